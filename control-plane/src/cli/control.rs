@@ -1,0 +1,72 @@
+//! `meshwork control`: the control-plane server, following a manifest directory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::serve::ControlPlane;
+use crate::source::{load_dir, watch_dir};
+
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// Directory of *.yaml manifests (read recursively, followed for changes).
+    #[arg(long)]
+    pub manifests: PathBuf,
+    /// Address of the gRPC API the proxies connect to.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    pub listen: SocketAddr,
+}
+
+/// Applies every valid change of `dir` to `cp`; an invalid change is logged and recorded, and the last good set
+/// keeps serving. Runs until the watcher stops.
+pub async fn follow(cp: ControlPlane, dir: PathBuf, served: [u8; 32]) {
+    let mut changes = watch_dir(dir, Duration::from_millis(300), Some(served));
+    while let Some(change) = changes.recv().await {
+        match change {
+            Ok(loaded) => {
+                cp.apply(loaded.set);
+                tracing::info!(generation = cp.desired.borrow().generation, "manifests changed: applied");
+            }
+            Err(diags) => {
+                tracing::error!("manifest change rejected, still serving the last good set:\n{diags}");
+                cp.reject(diags.0.iter().map(ToString::to_string).collect());
+            }
+        }
+    }
+}
+
+pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
+    let loaded = load_dir(&args.manifests).map_err(|d| anyhow::anyhow!("invalid manifests:\n{d}"))?;
+    let cp = ControlPlane::new(loaded.set);
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("bind {}", args.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "control plane serving");
+    tokio::spawn(follow(cp.clone(), args.manifests.clone(), loaded.digest));
+    cp.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

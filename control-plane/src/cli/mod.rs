@@ -1,0 +1,85 @@
+//! The `meshwork` command line.
+
+mod control;
+mod status;
+pub mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "meshwork", version, about = "Meshwork service mesh: control plane and CLI")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a whole mesh locally: control plane, every Workload behind its sidecar, the Gateways.
+    Up(up::UpArgs),
+    /// Serve the control plane for a manifest directory, following it for changes.
+    Control(control::ControlArgs),
+    /// Check a manifest directory; exit status 1 on any error.
+    Validate {
+        /// Directory of *.yaml manifests (read recursively).
+        dir: PathBuf,
+    },
+    /// List the proxies connected to a control plane.
+    Status(status::StatusArgs),
+}
+
+pub fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHWORK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).try_init();
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Validate { dir } => return validate(&dir),
+        Command::Up(args) => {
+            init_tracing("meshwork=info,meshwork_control=info,warn");
+            runtime().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(up::run(args)))
+        }
+        Command::Control(args) => {
+            init_tracing("info");
+            runtime().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(control::run(args)))
+        }
+        Command::Status(args) => runtime().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(status::run(args))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(dir: &std::path::Path) -> ExitCode {
+    match crate::source::load_dir(dir) {
+        Ok(loaded) => {
+            let s = &loaded.set;
+            println!(
+                "ok: {} workloads, {} gateways, {} routes{}",
+                s.workloads.len(),
+                s.gateways.len(),
+                s.routes.len(),
+                if s.meshes.is_empty() { "" } else { ", 1 mesh" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            eprintln!("{diags}");
+            eprintln!("{} error{}", diags.0.len(), if diags.0.len() == 1 { "" } else { "s" });
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! `meshwork up DIR`: a whole mesh on one machine. The control plane runs in-process; every Workload replica runs
+//! as a child process behind its own sidecar (a real `meshwork-proxy` process), every Gateway as a gateway proxy.
+//! Follows DIR: manifest edits are pushed live, and Workloads added, removed or changed are started or stopped.
+//!
+//! Output contract (stdout, one line each; tests and scripts read it):
+//! `started <node> role=<sidecar|gateway> admin=<addr> [app=<addr> inbound=<addr> outbound=<addr>] pid=<pid>`,
+//! `ready: gateway http://127.0.0.1:PORT ...` once every proxy has ACKed,
+//! `applied: generation N` after a valid edit is ACKed everywhere, `rejected: <error>` for an invalid one.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::model::{AppProtocol, ManifestSet, Run, Workload};
+use crate::serve::ControlPlane;
+use crate::source::{load_dir, watch_dir};
+use crate::translate::WORKLOAD_LABEL;
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Directory of *.yaml manifests (read recursively, followed for changes).
+    pub dir: PathBuf,
+    /// Address for the in-process control plane's gRPC API.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    pub control_plane: SocketAddr,
+    /// The meshwork-proxy binary (default: next to this executable, else on PATH).
+    #[arg(long)]
+    pub proxy_bin: Option<PathBuf>,
+    /// Log filter for the proxies (their MESHWORK_LOG).
+    #[arg(long, default_value = "warn")]
+    pub proxy_log: String,
+    /// How long to wait for every proxy to ACK its first snapshot.
+    #[arg(long, default_value = "60")]
+    pub ready_timeout_secs: u64,
+}
+
+/// Something `up` runs: a Workload replica (app + sidecar) or a Gateway proxy. Equal specs need no restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ProcSpec {
+    Replica { workload: Workload, index: u32 },
+    Gateway { name: String, namespace: String },
+}
+
+impl ProcSpec {
+    fn node_id(&self) -> String {
+        match self {
+            ProcSpec::Replica { workload, index } => {
+                let ns = &workload.meta.namespace;
+                let prefix = if ns == "default" { String::new() } else { format!("{ns}.") };
+                format!("{prefix}{}-{index}", workload.meta.name)
+            }
+            ProcSpec::Gateway { name, namespace } => {
+                let prefix = if namespace == "default" { String::new() } else { format!("{namespace}.") };
+                format!("{prefix}gateway-{name}")
+            }
+        }
+    }
+}
+
+fn desired(set: &ManifestSet) -> BTreeMap<String, ProcSpec> {
+    let mut out = BTreeMap::new();
+    for w in &set.workloads {
+        if let Run::Command { .. } = w.run {
+            for index in 0..w.replicas {
+                let spec = ProcSpec::Replica { workload: w.clone(), index };
+                out.insert(spec.node_id(), spec);
+            }
+        }
+    }
+    for g in &set.gateways {
+        let spec = ProcSpec::Gateway { name: g.meta.name.clone(), namespace: g.meta.namespace.clone() };
+        out.insert(spec.node_id(), spec);
+    }
+    out
+}
+
+struct Running {
+    spec: ProcSpec,
+    /// Sidecar/gateway proxy first, then the app (if any): stopped in reverse order.
+    children: Vec<Child>,
+}
+
+struct Supervisor {
+    cp_url: String,
+    dir: PathBuf,
+    proxy_bin: PathBuf,
+    proxy_log: String,
+    path_env: std::ffi::OsString,
+    running: BTreeMap<String, Running>,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    // Bind-then-release: another process could take the port in between; on a developer machine that is rare, and
+    // a clash shows up as a clear bind error from the app or proxy.
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn say(line: String) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Copies a child's output to our stderr, each line prefixed with its name.
+fn forward_output(child: &mut Child, name: &str) {
+    let streams: [Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>; 2] = [
+        child.stdout.take().map(|s| Box::new(s) as _),
+        child.stderr.take().map(|s| Box::new(s) as _),
+    ];
+    for s in streams.into_iter().flatten() {
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(s).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[{name}] {line}");
+            }
+        });
+    }
+}
+
+async fn wait_for_port(addr: SocketAddr, child: &mut Child, limit: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("exited with {status} before listening on {addr}");
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("did not listen on {addr} within {limit:?} (does it read the PORT environment variable?)");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Supervisor {
+    fn proxy_command(&self, node: &str, admin: u16) -> Command {
+        let mut cmd = Command::new(&self.proxy_bin);
+        cmd.arg("--control-plane").arg(&self.cp_url).arg("--node-id").arg(node).arg("--admin").arg(format!("127.0.0.1:{admin}"));
+        cmd.env("MESHWORK_LOG", &self.proxy_log).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd
+    }
+
+    async fn start(&self, node: &str, spec: &ProcSpec) -> anyhow::Result<Running> {
+        let admin = free_port()?;
+        match spec {
+            ProcSpec::Gateway { name, namespace } => {
+                let mut cmd = self.proxy_command(node, admin);
+                cmd.args(["--role", "gateway", "--service", name, "--namespace", namespace]);
+                let mut child = cmd.spawn().with_context(|| format!("start {}", self.proxy_bin.display()))?;
+                forward_output(&mut child, node);
+                say(format!("started {node} role=gateway admin=127.0.0.1:{admin} pid={}", child.id().unwrap_or(0)));
+                Ok(Running { spec: spec.clone(), children: vec![child] })
+            }
+            ProcSpec::Replica { workload, .. } => {
+                let (app_port, inbound, outbound) = (free_port()?, free_port()?, free_port()?);
+                let Run::Command { argv, shell, env } = &workload.run else { anyhow::bail!("not a command workload") };
+                let fill = |s: &str| s.replace("{port}", &app_port.to_string());
+                let mut app = if *shell {
+                    let mut c = Command::new("sh");
+                    c.arg("-c").arg(fill(&argv[0]));
+                    c
+                } else {
+                    let mut c = Command::new(fill(&argv[0]));
+                    c.args(argv[1..].iter().map(|a| fill(a)));
+                    c
+                };
+                let proxy_url = format!("http://127.0.0.1:{outbound}");
+                let labels: Vec<String> = workload.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                app.current_dir(&self.dir)
+                    .env("PATH", &self.path_env)
+                    .env("PORT", app_port.to_string())
+                    .env("HTTP_PROXY", &proxy_url)
+                    .env("http_proxy", &proxy_url)
+                    .env("MESHWORK_SERVICE", &workload.service)
+                    .env("MESHWORK_WORKLOAD", &workload.meta.name)
+                    .env("MESHWORK_LABELS", labels.join(","))
+                    .envs(env)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .kill_on_drop(true);
+                let mut app_child = app.spawn().with_context(|| format!("start {node}: {}", argv.join(" ")))?;
+                forward_output(&mut app_child, node);
+                let app_addr: SocketAddr = ([127, 0, 0, 1], app_port).into();
+                wait_for_port(app_addr, &mut app_child, Duration::from_secs(30)).await.with_context(|| format!("app {node}"))?;
+
+                let mut cmd = self.proxy_command(node, admin);
+                let protocol = match workload.protocol {
+                    AppProtocol::Http => "http",
+                    AppProtocol::Http2 => "http2",
+                    AppProtocol::Grpc => "grpc",
+                };
+                cmd.args(["--role", "sidecar", "--service", &workload.service, "--namespace", &workload.meta.namespace])
+                    .arg("--inbound")
+                    .arg(format!("127.0.0.1:{inbound}"))
+                    .arg("--outbound")
+                    .arg(format!("127.0.0.1:{outbound}"))
+                    .arg("--app")
+                    .arg(app_addr.to_string())
+                    .args(["--app-protocol", protocol])
+                    .arg("--label")
+                    .arg(format!("{WORKLOAD_LABEL}={}", workload.meta.name));
+                for l in &labels {
+                    cmd.arg("--label").arg(l);
+                }
+                let mut proxy = cmd.spawn().with_context(|| format!("start {}", self.proxy_bin.display()))?;
+                forward_output(&mut proxy, &format!("{node} sidecar"));
+                say(format!(
+                    "started {node} role=sidecar admin=127.0.0.1:{admin} app={app_addr} inbound=127.0.0.1:{inbound} outbound=127.0.0.1:{outbound} pid={}",
+                    proxy.id().unwrap_or(0)
+                ));
+                Ok(Running { spec: spec.clone(), children: vec![proxy, app_child] })
+            }
+        }
+    }
+
+    /// Starts what is desired and not running, stops what runs and is no longer desired (or changed).
+    async fn reconcile(&mut self, set: &ManifestSet) -> Vec<String> {
+        let want = desired(set);
+        let stale: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(node, r)| want.get(*node) != Some(&r.spec))
+            .map(|(node, _)| node.clone())
+            .collect();
+        for node in stale {
+            if let Some(r) = self.running.remove(&node) {
+                stop(&node, r).await;
+            }
+        }
+        let mut failed = Vec::new();
+        let starts: Vec<(String, ProcSpec)> = want.into_iter().filter(|(n, _)| !self.running.contains_key(n)).collect();
+        let results = futures_util::future::join_all(starts.iter().map(|(node, spec)| self.start(node, spec))).await;
+        for ((node, _), result) in starts.into_iter().zip(results) {
+            match result {
+                Ok(r) => {
+                    self.running.insert(node, r);
+                }
+                Err(e) => {
+                    say(format!("failed: {node}: {e:#}"));
+                    failed.push(node);
+                }
+            }
+        }
+        failed
+    }
+
+    async fn stop_all(&mut self) {
+        let all = std::mem::take(&mut self.running);
+        futures_util::future::join_all(all.into_iter().map(|(node, r)| stop_owned(node, r))).await;
+    }
+}
+
+async fn stop_owned(node: String, r: Running) {
+    stop(&node, r).await;
+}
+
+/// SIGTERM (the proxy drains, the app exits), then SIGKILL after a grace period.
+async fn stop(node: &str, mut r: Running) {
+    for child in &mut r.children {
+        if let Some(pid) = child.id() {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            }
+        }
+    }
+    for child in &mut r.children {
+        if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+            let _ = child.kill().await;
+        }
+    }
+    tracing::debug!(%node, "stopped");
+}
+
+fn default_proxy_bin() -> PathBuf {
+    let sibling = std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("meshwork-proxy")));
+    sibling.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("meshwork-proxy"))
+}
+
+/// PATH for apps: this executable's directory first, so the demo app and tools built beside it are found.
+fn app_path() -> std::ffi::OsString {
+    let mut dirs: Vec<PathBuf> = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).into_iter().collect();
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(dirs).unwrap_or_default()
+}
+
+/// Waits until every node we run is connected and has ACKed (or NACKed) the snapshot of `generation`.
+async fn wait_synced(cp: &ControlPlane, nodes: &[String], generation: u64, limit: Duration) -> Result<(), Vec<String>> {
+    let mut changes = cp.registry.subscribe_any();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let regs = cp.registry.list();
+        let pending: Vec<String> = nodes
+            .iter()
+            .filter(|n| {
+                !regs.iter().any(|r| {
+                    &r.node_id == *n
+                        && r.synced_generation >= generation
+                        && r.sent_version > 0
+                        && (r.acked_version == r.sent_version || r.last_nack.as_ref().is_some_and(|x| x.0 == r.sent_version))
+                })
+            })
+            .cloned()
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+            return Err(pending);
+        }
+    }
+}
+
+fn gateway_urls(set: &ManifestSet) -> Vec<String> {
+    set.gateways.iter().flat_map(|g| g.listeners.iter().map(|l| format!("http://127.0.0.1:{}", l.port))).collect()
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let dir = args.dir.canonicalize().with_context(|| format!("manifest directory {}", args.dir.display()))?;
+    let loaded = load_dir(&dir).map_err(|d| anyhow::anyhow!("invalid manifests:\n{d}"))?;
+    let cp = ControlPlane::new(loaded.set.clone());
+    let listener = tokio::net::TcpListener::bind(args.control_plane)
+        .await
+        .with_context(|| format!("bind the control plane on {} (use --control-plane to pick another address)", args.control_plane))?;
+    let cp_addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(cp.clone().serve(listener, async {
+        let _ = stop_rx.await;
+    }));
+    tracing::info!(addr = %cp_addr, "control plane serving");
+
+    let mut sup = Supervisor {
+        cp_url: format!("http://{cp_addr}"),
+        dir: dir.clone(),
+        proxy_bin: args.proxy_bin.clone().unwrap_or_else(default_proxy_bin),
+        proxy_log: args.proxy_log.clone(),
+        path_env: app_path(),
+        running: BTreeMap::new(),
+    };
+    let limit = Duration::from_secs(args.ready_timeout_secs);
+    let shutdown = super::control::shutdown_signal();
+    tokio::pin!(shutdown);
+
+    let outcome: anyhow::Result<()> = async {
+        let failed = tokio::select! {
+            f = sup.reconcile(&loaded.set) => f,
+            _ = &mut shutdown => return Ok(()),
+        };
+        if !failed.is_empty() {
+            anyhow::bail!("could not start: {}", failed.join(", "));
+        }
+        let nodes: Vec<String> = sup.running.keys().cloned().collect();
+        tokio::select! {
+            r = wait_synced(&cp, &nodes, 1, limit) => if let Err(pending) = r {
+                anyhow::bail!("proxies did not ACK their configuration within {limit:?}: {}", pending.join(", "));
+            },
+            _ = &mut shutdown => return Ok(()),
+        }
+        let urls = gateway_urls(&loaded.set);
+        if urls.is_empty() {
+            say(format!("ready: no gateway ({} proxies)", nodes.len()));
+        } else {
+            say(format!("ready: gateway {}", urls.join(" ")));
+        }
+
+        let mut changes = watch_dir(dir.clone(), Duration::from_millis(300), Some(loaded.digest));
+        loop {
+            let change = tokio::select! {
+                c = changes.recv() => c,
+                _ = &mut shutdown => return Ok(()),
+            };
+            let Some(change) = change else { return Ok(()) };
+            match change {
+                Ok(next) => {
+                    cp.apply(next.set.clone());
+                    let generation = cp.desired.borrow().generation;
+                    let failed = sup.reconcile(&next.set).await;
+                    let nodes: Vec<String> = sup.running.keys().cloned().collect();
+                    match wait_synced(&cp, &nodes, generation, limit).await {
+                        Ok(()) if failed.is_empty() => say(format!("applied: generation {generation}")),
+                        Ok(()) => say(format!("applied: generation {generation} (could not start: {})", failed.join(", "))),
+                        Err(pending) => say(format!("applied: generation {generation} (not yet ACKed by: {})", pending.join(", "))),
+                    }
+                }
+                Err(diags) => {
+                    for d in &diags.0 {
+                        say(format!("rejected: {d}"));
+                    }
+                    cp.reject(diags.0.iter().map(ToString::to_string).collect());
+                }
+            }
+        }
+    }
+    .await;
+
+    eprintln!("meshwork: stopping {} processes", sup.running.values().map(|r| r.children.len()).sum::<usize>());
+    sup.stop_all().await;
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    outcome
+}

@@ -1,0 +1,6 @@
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = meshwork_control::cli::Cli::parse();
+    meshwork_control::cli::run(cli)
+}

@@ -1,0 +1,230 @@
+//! The `meshwork.v1.Discovery` gRPC service: one session per proxy stream (versions, nonces, ACK/NACK, push only
+//! when that proxy's snapshot changed), and the Status RPC.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures_util::Stream;
+use meshwork_proto as pb;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::model::ManifestSet;
+use crate::registry::{Registration, Registry};
+use crate::translate::{snapshot_for, ProxyKey, ProxyRole};
+
+/// The manifest set being served.
+#[derive(Debug, Clone, Default)]
+pub struct Desired {
+    pub set: ManifestSet,
+    pub generation: u64,
+    /// Errors of the last rejected change, cleared by the next accepted one.
+    pub rejected: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct ControlPlane {
+    pub desired: watch::Sender<Arc<Desired>>,
+    pub registry: Arc<Registry>,
+}
+
+impl ControlPlane {
+    pub fn new(set: ManifestSet) -> Self {
+        let desired = Desired { set, generation: 1, rejected: Vec::new() };
+        ControlPlane { desired: watch::channel(Arc::new(desired)).0, registry: Arc::new(Registry::default()) }
+    }
+
+    /// Replaces the served manifest set; every proxy whose snapshot changes gets a push.
+    pub fn apply(&self, set: ManifestSet) {
+        self.desired.send_modify(|d| {
+            *d = Arc::new(Desired { set, generation: d.generation + 1, rejected: Vec::new() });
+        });
+    }
+
+    /// Records a rejected change; the last good set keeps serving.
+    pub fn reject(&self, errors: Vec<String>) {
+        self.desired.send_modify(|d| {
+            let mut next = (**d).clone();
+            next.rejected = errors;
+            *d = Arc::new(next);
+        });
+    }
+
+    pub fn service(&self) -> pb::discovery_server::DiscoveryServer<Self> {
+        pb::discovery_server::DiscoveryServer::new(self.clone())
+    }
+
+    /// Serves the gRPC API on an already-bound listener until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error> {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+            .add_service(self.service())
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn registration(hello: &pb::Hello, remote: Option<SocketAddr>) -> Result<Registration, Status> {
+    if hello.node_id.is_empty() {
+        return Err(Status::invalid_argument("hello.node_id: expected a non-empty node id"));
+    }
+    let role = match pb::Role::try_from(hello.role) {
+        Ok(pb::Role::Sidecar) => ProxyRole::Sidecar,
+        Ok(pb::Role::Gateway) => ProxyRole::Gateway,
+        _ => return Err(Status::invalid_argument("hello.role: expected ROLE_SIDECAR or ROLE_GATEWAY")),
+    };
+    if hello.service.is_empty() {
+        return Err(Status::invalid_argument("hello.service: expected the mesh service or Gateway name"));
+    }
+    if role == ProxyRole::Sidecar && hello.inbound_addr.parse::<SocketAddr>().is_err() {
+        return Err(Status::invalid_argument(format!("hello.inbound_addr: expected IP:port, got {:?}", hello.inbound_addr)));
+    }
+    tracing::debug!(node = %hello.node_id, ?remote, "proxy connected");
+    Ok(Registration {
+        conn_id: 0,
+        node_id: hello.node_id.clone(),
+        service: hello.service.clone(),
+        namespace: if hello.namespace.is_empty() { "default".into() } else { hello.namespace.clone() },
+        role,
+        labels: hello.labels.clone().into_iter().collect(),
+        inbound_addr: hello.inbound_addr.clone(),
+        connected_unix_ms: now_ms(),
+        sent_version: 0,
+        acked_version: 0,
+        last_nack: None,
+        synced_generation: 0,
+    })
+}
+
+type PushStream = Pin<Box<dyn Stream<Item = Result<pb::Push, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::discovery_server::Discovery for ControlPlane {
+    type StreamStream = PushStream;
+
+    async fn stream(&self, req: Request<Streaming<pb::ProxyMessage>>) -> Result<Response<PushStream>, Status> {
+        let remote = req.remote_addr();
+        let mut inbound = req.into_inner();
+        let hello = match inbound.message().await? {
+            Some(pb::ProxyMessage { msg: Some(pb::proxy_message::Msg::Hello(h)) }) => h,
+            _ => return Err(Status::invalid_argument("the first message on the stream must be a Hello")),
+        };
+        let reg = registration(&hello, remote)?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(session(self.clone(), reg, hello.applied_version, inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let desired = self.desired.borrow().clone();
+        let proxies = self
+            .registry
+            .list()
+            .into_iter()
+            .map(|r| pb::ProxyStatus {
+                node_id: r.node_id,
+                service: r.service,
+                role: match r.role {
+                    ProxyRole::Sidecar => pb::Role::Sidecar,
+                    ProxyRole::Gateway => pb::Role::Gateway,
+                } as i32,
+                inbound_addr: r.inbound_addr,
+                sent_version: r.sent_version,
+                acked_version: r.acked_version,
+                last_nack: r.last_nack.as_ref().map(|n| n.1.clone()).unwrap_or_default(),
+                last_nack_version: r.last_nack.as_ref().map_or(0, |n| n.0),
+                connected_unix_ms: r.connected_unix_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::StatusResponse {
+            proxies,
+            manifest_generation: desired.generation,
+            rejected_errors: desired.rejected.clone(),
+        }))
+    }
+}
+
+/// Removes the registration when the session ends, however it ends.
+struct Deregister(Arc<Registry>, String, u64);
+
+impl Drop for Deregister {
+    fn drop(&mut self) {
+        self.0.deregister(&self.1, self.2);
+    }
+}
+
+async fn session(
+    cp: ControlPlane,
+    reg: Registration,
+    applied_version: u64,
+    mut inbound: Streaming<pb::ProxyMessage>,
+    tx: mpsc::Sender<Result<pb::Push, Status>>,
+) {
+    let node = reg.node_id.clone();
+    let key = ProxyKey { role: reg.role, name: reg.service.clone(), namespace: reg.namespace.clone() };
+    let conn_id = cp.registry.register(reg);
+    let _guard = Deregister(cp.registry.clone(), node.clone(), conn_id);
+    let mut desired_rx = cp.desired.subscribe();
+    let mut endpoints_rx = cp.registry.subscribe_endpoints();
+    // Continue the proxy's numbering so versions only grow, across control-plane restarts too.
+    let mut version = applied_version;
+    let mut last_sent: Option<pb::Snapshot> = None;
+    let mut pending_nonce = String::new();
+    loop {
+        desired_rx.borrow_and_update();
+        endpoints_rx.borrow_and_update();
+        let set = desired_rx.borrow().clone();
+        let snapshot = snapshot_for(&set.set, &cp.registry.instances(), &key);
+        if last_sent.as_ref() != Some(&snapshot) {
+            version += 1;
+            pending_nonce = format!("{conn_id:x}-{version}");
+            let push = pb::Push { version, nonce: pending_nonce.clone(), snapshot: Some(snapshot.clone()) };
+            if tx.send(Ok(push)).await.is_err() {
+                break;
+            }
+            cp.registry.update(&node, conn_id, |r| r.sent_version = version);
+            tracing::debug!(%node, version, "pushed snapshot");
+            last_sent = Some(snapshot);
+        }
+        let generation = set.generation;
+        cp.registry.update(&node, conn_id, |r| r.synced_generation = generation);
+        tokio::select! {
+            r = desired_rx.changed() => if r.is_err() { break },
+            r = endpoints_rx.changed() => if r.is_err() { break },
+            msg = inbound.message() => match msg {
+                Ok(Some(pb::ProxyMessage { msg: Some(m) })) => handle_reply(&cp, &node, conn_id, &pending_nonce, m),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            },
+        }
+    }
+    tracing::info!(%node, "proxy disconnected");
+}
+
+fn handle_reply(cp: &ControlPlane, node: &str, conn_id: u64, pending_nonce: &str, msg: pb::proxy_message::Msg) {
+    use pb::proxy_message::Msg;
+    match msg {
+        // A reply to an older push (its nonce is stale) says nothing about the current one.
+        Msg::Ack(ack) if ack.nonce == pending_nonce => {
+            cp.registry.update(node, conn_id, |r| r.acked_version = ack.version);
+        }
+        Msg::Nack(nack) if nack.nonce == pending_nonce => {
+            tracing::warn!(%node, version = nack.version, reason = %nack.reason, "proxy rejected snapshot (NACK)");
+            cp.registry.update(node, conn_id, |r| r.last_nack = Some((nack.version, nack.reason.clone())));
+        }
+        Msg::Ack(_) | Msg::Nack(_) => {}
+        Msg::Hello(_) => tracing::warn!(%node, "ignoring a second Hello on the same stream"),
+    }
+}

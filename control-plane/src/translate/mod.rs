@@ -1,0 +1,127 @@
+//! Pure functions: a validated manifest set plus the live registry -> the snapshot one proxy needs.
+//! Output is deterministic (sorted), so "did this proxy's snapshot change?" is a plain equality test.
+
+mod routes;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meshwork_proto as pb;
+
+use crate::model::{AppProtocol, BackendKind, BackendRef, ManifestSet, Run};
+pub use routes::route_entries;
+
+/// Label that `meshwork up` gives every instance: the Workload it runs. Selects the instances of a Workload
+/// backend; instances started by hand are selected by the Workload's `spec.labels` instead.
+pub const WORKLOAD_LABEL: &str = "meshwork.dev/workload";
+
+/// A live sidecar instance, as announced on its discovery stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub node_id: String,
+    pub namespace: String,
+    pub service: String,
+    pub labels: BTreeMap<String, String>,
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyRole {
+    Sidecar,
+    Gateway,
+}
+
+/// Who a snapshot is for: a sidecar of a service, or a gateway proxy of a Gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyKey {
+    pub role: ProxyRole,
+    pub name: String,
+    pub namespace: String,
+}
+
+pub const OUTBOUND_LISTENER: &str = "outbound";
+
+/// Cluster name of a backend: `service/<ns>/<name>` or `workload/<ns>/<name>`.
+pub fn cluster_name(b: &BackendRef) -> String {
+    match b.kind {
+        BackendKind::Service => format!("service/{}/{}", b.namespace, b.name),
+        BackendKind::Workload => format!("workload/{}/{}", b.namespace, b.name),
+    }
+}
+
+pub fn snapshot_for(set: &ManifestSet, instances: &[Instance], proxy: &ProxyKey) -> pb::Snapshot {
+    let listeners = match proxy.role {
+        ProxyRole::Sidecar => vec![routes::outbound_listener(set, &proxy.namespace)],
+        ProxyRole::Gateway => routes::gateway_listeners(set, &proxy.namespace, &proxy.name),
+    };
+    let mut wanted = BTreeSet::new();
+    for l in &listeners {
+        for vh in &l.virtual_hosts {
+            for r in &vh.routes {
+                wanted.extend(r.backends.iter().map(|b| b.cluster.clone()));
+                for f in &r.filters {
+                    if let Some(pb::filter::Kind::RequestMirror(m)) = &f.kind {
+                        wanted.insert(m.cluster.clone());
+                    }
+                }
+            }
+        }
+    }
+    let clusters = wanted.into_iter().filter_map(|name| cluster(set, instances, &name)).collect();
+    pb::Snapshot { listeners, clusters }
+}
+
+fn cluster(set: &ManifestSet, instances: &[Instance], name: &str) -> Option<pb::Cluster> {
+    let mut parts = name.splitn(3, '/');
+    let (kind, ns, obj) = (parts.next()?, parts.next()?, parts.next()?);
+    let mut endpoints: Vec<pb::Endpoint> = Vec::new();
+    let external = |w: &crate::model::Workload, endpoints: &mut Vec<pb::Endpoint>| {
+        if let Run::External { endpoints: addrs } = &w.run {
+            for a in addrs {
+                endpoints.push(pb::Endpoint { address: a.clone(), labels: w.labels.clone().into_iter().collect(), node_id: String::new() });
+            }
+        }
+    };
+    let from_instance = |i: &Instance| pb::Endpoint {
+        address: i.addr.clone(),
+        labels: i.labels.clone().into_iter().collect(),
+        node_id: i.node_id.clone(),
+    };
+    let protocol;
+    match kind {
+        "service" => {
+            protocol = set.workloads.iter().find(|w| w.meta.namespace == ns && w.service == obj)?.protocol;
+            for w in set.workloads.iter().filter(|w| w.meta.namespace == ns && w.service == obj) {
+                external(w, &mut endpoints);
+            }
+            endpoints.extend(instances.iter().filter(|i| i.namespace == ns && i.service == obj).map(from_instance));
+        }
+        "workload" => {
+            let w = set.workloads.iter().find(|w| w.meta.namespace == ns && w.meta.name == obj)?;
+            protocol = w.protocol;
+            external(w, &mut endpoints);
+            let selected = |i: &&Instance| {
+                i.namespace == ns
+                    && i.service == w.service
+                    && match i.labels.get(WORKLOAD_LABEL) {
+                        Some(name) => name == obj,
+                        None => !w.labels.is_empty() && w.labels.iter().all(|(k, v)| i.labels.get(k) == Some(v)),
+                    }
+            };
+            endpoints.extend(instances.iter().filter(selected).map(from_instance));
+        }
+        _ => return None,
+    }
+    endpoints.sort_by(|a, b| a.address.cmp(&b.address).then(a.node_id.cmp(&b.node_id)));
+    endpoints.dedup_by(|a, b| a.address == b.address);
+    Some(pb::Cluster { name: name.to_string(), protocol: proto_protocol(protocol) as i32, endpoints })
+}
+
+pub fn proto_protocol(p: AppProtocol) -> pb::Protocol {
+    match p {
+        AppProtocol::Http => pb::Protocol::Http1,
+        AppProtocol::Http2 => pb::Protocol::Http2,
+        AppProtocol::Grpc => pb::Protocol::Grpc,
+    }
+}

@@ -1,0 +1,119 @@
+//! Cross-object checks: references resolve, names and ports do not clash. Field-level checks are in `model`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::diag::Diagnostic;
+use crate::model::{AppProtocol, BackendKind, BackendRef, Filter, ManifestSet, Meta, ParentKind};
+
+fn diag(meta: &Meta, line: usize, field: &str, message: String) -> Diagnostic {
+    Diagnostic { file: meta.file.clone(), line, field: field.to_string(), message }
+}
+
+/// The mesh services declared by Workloads: (namespace, service) -> protocol.
+pub fn services(set: &ManifestSet) -> BTreeMap<(String, String), AppProtocol> {
+    set.workloads
+        .iter()
+        .map(|w| ((w.meta.namespace.clone(), w.service.clone()), w.protocol))
+        .collect()
+}
+
+pub fn validate(set: &ManifestSet) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let mut names: HashMap<(&str, &str, &str), &Meta> = HashMap::new();
+    let objects = set
+        .workloads
+        .iter()
+        .map(|w| ("Workload", &w.meta))
+        .chain(set.gateways.iter().map(|g| ("Gateway", &g.meta)))
+        .chain(set.routes.iter().map(|r| (r.kind.as_str(), &r.meta)))
+        .chain(set.meshes.iter().map(|m| ("Mesh", &m.meta)));
+    for (kind, meta) in objects {
+        if let Some(first) = names.insert((kind, &meta.namespace, &meta.name), meta) {
+            out.push(diag(meta, meta.line, "metadata.name", format!("duplicate {kind} {}/{} (first defined at {}:{})", meta.namespace, meta.name, first.file.display(), first.line)));
+        }
+    }
+    if let Some(extra) = set.meshes.get(1) {
+        out.push(diag(&extra.meta, extra.meta.line, "kind", "only one Mesh object is allowed".into()));
+    }
+
+    let mut protocols: HashMap<(&str, &str), (AppProtocol, &Meta)> = HashMap::new();
+    for w in &set.workloads {
+        match protocols.get(&(w.meta.namespace.as_str(), w.service.as_str())) {
+            Some((p, first)) if *p != w.protocol => out.push(diag(&w.meta, w.meta.line, "spec.protocol", format!(
+                "service {} is {} in Workload {} but {} here: every workload of a service must speak the same protocol",
+                w.service, p.as_str(), first.name, w.protocol.as_str()
+            ))),
+            _ => {
+                protocols.insert((&w.meta.namespace, &w.service), (w.protocol, &w.meta));
+            }
+        }
+    }
+
+    let mut ports: HashMap<u16, (&Meta, &str)> = HashMap::new();
+    for g in &set.gateways {
+        let mut listener_names = HashSet::new();
+        for (i, l) in g.listeners.iter().enumerate() {
+            if !listener_names.insert(l.name.as_str()) {
+                out.push(diag(&g.meta, l.line, &format!("spec.listeners[{i}].name"), format!("duplicate listener name {:?}", l.name)));
+            }
+            if let Some((other, other_listener)) = ports.insert(l.port, (&g.meta, &l.name)) {
+                out.push(diag(&g.meta, l.line, &format!("spec.listeners[{i}].port"), format!(
+                    "port {} is already used by listener {:?} of Gateway {}/{}", l.port, other_listener, other.namespace, other.name
+                )));
+            }
+        }
+    }
+
+    let services = services(set);
+    let workloads: HashSet<(&str, &str)> = set.workloads.iter().map(|w| (w.meta.namespace.as_str(), w.meta.name.as_str())).collect();
+    let check_backend = |b: &BackendRef, meta: &Meta, out: &mut Vec<Diagnostic>| {
+        let known = match b.kind {
+            BackendKind::Service => services.contains_key(&(b.namespace.clone(), b.name.clone())),
+            BackendKind::Workload => workloads.contains(&(b.namespace.as_str(), b.name.as_str())),
+        };
+        if !known {
+            let what = if b.kind == BackendKind::Service { "mesh service (no Workload has spec.service" } else { "Workload (none is named" };
+            out.push(diag(meta, b.line, &format!("{}.name", b.field), format!("unknown {what} {:?} in namespace {})", b.name, b.namespace)));
+        }
+    };
+    for route in &set.routes {
+        let meta = &route.meta;
+        if route.parent_refs.is_empty() {
+            out.push(diag(meta, meta.line, "spec.parentRefs", "expected at least one Gateway or Service reference".into()));
+        }
+        for p in &route.parent_refs {
+            match p.kind {
+                ParentKind::Gateway => match set.gateways.iter().find(|g| g.meta.name == p.name && g.meta.namespace == p.namespace) {
+                    None => out.push(diag(meta, p.line, &format!("{}.name", p.field), format!("unknown Gateway {:?} in namespace {}", p.name, p.namespace))),
+                    Some(g) => {
+                        if let Some(section) = &p.section_name {
+                            if !g.listeners.iter().any(|l| &l.name == section) {
+                                let names: Vec<&str> = g.listeners.iter().map(|l| l.name.as_str()).collect();
+                                out.push(diag(meta, p.line, &format!("{}.sectionName", p.field), format!("Gateway {} has no listener {section:?} (it has: {})", g.meta.name, names.join(", "))));
+                            }
+                        }
+                    }
+                },
+                ParentKind::Service => {
+                    if !services.contains_key(&(p.namespace.clone(), p.name.clone())) {
+                        out.push(diag(meta, p.line, &format!("{}.name", p.field), format!("unknown mesh service {:?} in namespace {} (no Workload has spec.service {:?})", p.name, p.namespace, p.name)));
+                    }
+                    if !route.hostnames.is_empty() {
+                        out.push(diag(meta, meta.line, "spec.hostnames", "not allowed on a route attached to a Service: the service name is the host (GAMMA)".into()));
+                    }
+                }
+            }
+        }
+        for rule in &route.rules {
+            for b in &rule.backends {
+                check_backend(b, meta, &mut out);
+            }
+            for f in &rule.filters {
+                if let Filter::Mirror { backend, .. } = f {
+                    check_backend(backend, meta, &mut out);
+                }
+            }
+        }
+    }
+    out
+}
