@@ -1,6 +1,9 @@
 //! The `meshwork` command line.
 
 mod control;
+
+/// Resolves on Ctrl-C or SIGTERM (shared by the `meshwork` commands and `meshwork-proxy`).
+pub use control::shutdown_signal;
 mod status;
 pub mod up;
 
@@ -34,7 +37,7 @@ pub enum Command {
 pub fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MESHWORK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr).try_init();
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {

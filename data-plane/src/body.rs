@@ -1,0 +1,107 @@
+//! Body types of the proxy: named enums rather than boxed trait objects, so streaming costs no allocation.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::mpsc;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Body sent to an upstream.
+pub enum RequestBody {
+    /// The client's body, streamed through.
+    Incoming(Incoming),
+    /// The client's body, streamed through, with each data frame also copied to a mirror request.
+    Tee { inner: Incoming, copies: Vec<mpsc::Sender<Bytes>> },
+    /// A mirror's copy of a body.
+    Mirror(mpsc::Receiver<Bytes>),
+    Empty,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Tee { inner, copies } => {
+                let frame = std::task::ready!(Pin::new(inner).poll_frame(cx));
+                match &frame {
+                    // A mirror that cannot keep up loses its copy (its request fails); the real one never waits.
+                    Some(Ok(f)) => {
+                        if let Some(data) = f.data_ref() {
+                            copies.retain(|tx| tx.try_send(data.clone()).is_ok());
+                        }
+                    }
+                    _ => copies.clear(),
+                }
+                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+            }
+            RequestBody::Mirror(rx) => rx.poll_recv(cx).map(|d| d.map(|b| Ok(Frame::data(b)))),
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Incoming(b) | RequestBody::Tee { inner: b, .. } => b.is_end_stream(),
+            RequestBody::Mirror(_) => false,
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Incoming(b) | RequestBody::Tee { inner: b, .. } => b.size_hint(),
+            RequestBody::Mirror(_) => SizeHint::default(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// Body sent to a client.
+pub enum ResponseBody {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl ResponseBody {
+    pub fn text(s: impl Into<Bytes>) -> Self {
+        ResponseBody::Full(Some(s.into()))
+    }
+
+    pub fn empty() -> Self {
+        ResponseBody::Full(None)
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream(b) => b.is_end_stream(),
+            ResponseBody::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Upstream(b) => b.size_hint(),
+            ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ResponseBody::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! The control-plane stream: Hello, then for every Push apply-and-ACK or NACK. Reconnects with jittered
+//! exponential backoff forever; while disconnected the proxy keeps serving its last snapshot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshwork_proto as pb;
+use pb::proxy_message::Msg;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::app::Applier;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub async fn run(url: String, hello: pb::Hello, applier: Arc<Applier>) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match session(&url, &hello, &applier, &mut backoff).await {
+            Ok(()) => tracing::warn!(%url, "control plane closed the stream; reconnecting"),
+            Err(e) => tracing::warn!(%url, error = %e, "control plane unreachable; serving the last configuration"),
+        }
+        // Full jitter: many proxies losing the same control plane must not reconnect in lockstep.
+        let wait = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn session(url: &str, hello: &pb::Hello, applier: &Applier, backoff: &mut Duration) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await?;
+    let mut client = pb::discovery_client::DiscoveryClient::new(channel);
+    let (tx, rx) = mpsc::channel(4);
+    let mut hello = hello.clone();
+    hello.applied_version = applier.store.version();
+    tx.send(pb::ProxyMessage { msg: Some(Msg::Hello(hello)) }).await?;
+    let mut pushes = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+    tracing::info!(%url, "connected to the control plane");
+    while let Some(push) = pushes.message().await? {
+        *backoff = BACKOFF_MIN;
+        let reply = match applier.apply(push.version, push.snapshot.unwrap_or_default()) {
+            Ok(()) => Msg::Ack(pb::Ack { version: push.version, nonce: push.nonce }),
+            Err(reason) => {
+                tracing::warn!(version = push.version, %reason, "rejected snapshot (NACK); keeping the previous one");
+                Msg::Nack(pb::Nack { version: push.version, nonce: push.nonce, reason })
+            }
+        };
+        tx.send(pb::ProxyMessage { msg: Some(reply) }).await?;
+    }
+    Ok(())
+}

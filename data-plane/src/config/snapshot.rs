@@ -1,0 +1,190 @@
+//! The applied configuration: immutable, validated, with everything the request path needs precomputed
+//! (compiled regexes, parsed header names and values, routes pointing straight at their clusters).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::Method;
+use meshwork_proto as pb;
+use regex::Regex;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// `addr` as a URI authority, so building the upstream URI does not re-parse it.
+    pub authority: Authority,
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: Arc<str>,
+    pub protocol: Protocol,
+    pub endpoints: Vec<Endpoint>,
+    next: AtomicUsize,
+}
+
+impl Cluster {
+    pub fn new(name: Arc<str>, protocol: Protocol, endpoints: Vec<Endpoint>) -> Self {
+        Cluster { name, protocol, endpoints, next: AtomicUsize::new(0) }
+    }
+
+    /// Round robin over the endpoints.
+    pub fn pick(&self) -> Option<&Endpoint> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        self.endpoints.get(i % self.endpoints.len())
+    }
+}
+
+#[derive(Debug)]
+pub enum StrMatch {
+    Exact(String),
+    Regex(Regex),
+}
+
+impl StrMatch {
+    pub fn matches(&self, s: &str) -> bool {
+        match self {
+            StrMatch::Exact(v) => v == s,
+            StrMatch::Regex(r) => r.is_match(s),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum PathMatch {
+    Exact(String),
+    /// Gateway API prefix semantics: `/foo` matches `/foo` and `/foo/bar`, not `/foobar`.
+    Prefix(String),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    pub headers: Vec<(HeaderName, StrMatch)>,
+    pub query: Vec<(String, StrMatch)>,
+    pub method: Option<Method>,
+}
+
+#[derive(Debug, Default)]
+pub struct HeaderMod {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+#[derive(Debug)]
+pub enum PathRewrite {
+    Full(String),
+    Prefix(String),
+}
+
+#[derive(Debug)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    pub path: Option<PathRewrite>,
+    pub port: Option<u16>,
+    pub status: http::StatusCode,
+}
+
+#[derive(Debug)]
+pub struct Mirror {
+    pub cluster: Arc<Cluster>,
+    pub percent: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Filters {
+    pub request_headers: Option<HeaderMod>,
+    pub response_headers: Option<HeaderMod>,
+    pub rewrite_host: Option<HeaderValue>,
+    pub rewrite_path: Option<PathRewrite>,
+    pub redirect: Option<Redirect>,
+    pub mirrors: Vec<Mirror>,
+}
+
+#[derive(Debug)]
+pub struct WeightedCluster {
+    pub cluster: Arc<Cluster>,
+    /// Running total of weights up to and including this one.
+    pub cumulative: u32,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub matcher: RouteMatch,
+    pub filters: Filters,
+    pub backends: Vec<WeightedCluster>,
+    pub total_weight: u32,
+    pub timeout: Option<Duration>,
+}
+
+impl Route {
+    /// Weighted pick among the backends; `None` when every weight is zero (or there are none).
+    pub fn pick_backend(&self) -> Option<&Arc<Cluster>> {
+        match self.backends.as_slice() {
+            [] => None,
+            [only] if self.total_weight > 0 => Some(&only.cluster),
+            _ if self.total_weight == 0 => None,
+            many => {
+                let x = fastrand::u32(0..self.total_weight);
+                many.iter().find(|b| x < b.cumulative).map(|b| &b.cluster)
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct VirtualHost {
+    pub name: String,
+    pub routes: Vec<Route>,
+}
+
+/// Virtual hosts of a listener, indexed for lookup by host: exact names, then the longest `*.suffix`, then `*`.
+#[derive(Debug, Default)]
+pub struct VirtualHosts {
+    pub hosts: Vec<VirtualHost>,
+    pub exact: HashMap<String, usize>,
+    /// (suffix including the leading dot, index), longest first.
+    pub wildcards: Vec<(String, usize)>,
+    pub any: Option<usize>,
+}
+
+#[derive(Debug)]
+pub struct Listener {
+    pub name: Arc<str>,
+    pub port: u16,
+    pub vhosts: VirtualHosts,
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: u64,
+    pub listeners: HashMap<Arc<str>, Listener>,
+    pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
+    /// What was received, for /config_dump.
+    pub source: pb::Snapshot,
+}
+
+impl Snapshot {
+    /// The configuration before the first push: nothing routes yet.
+    pub fn empty() -> Self {
+        Snapshot { version: 0, listeners: HashMap::new(), clusters: HashMap::new(), source: pb::Snapshot::default() }
+    }
+}

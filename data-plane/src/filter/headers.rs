@@ -1,0 +1,214 @@
+//! Gateway API route filters: header modifiers, URL rewrite, redirect. Hop-by-hop handling and forwarding headers
+//! (x-forwarded-for, x-request-id) live here too: they are what every hop does to headers.
+
+use std::net::IpAddr;
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+
+use crate::config::snapshot::{HeaderMod, PathMatch, PathRewrite, Redirect};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+
+/// Removes hop-by-hop headers (RFC 9110 7.6.1), including those named by `Connection`. `TE: trailers` survives on
+/// requests: gRPC needs it end to end.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) {
+    if let Some(conn) = headers.remove(header::CONNECTION) {
+        if let Ok(list) = conn.to_str() {
+            for name in list.split(',') {
+                let name = name.trim();
+                if !name.is_empty() && !name.eq_ignore_ascii_case("te") {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
+        headers.remove(name);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::UPGRADE);
+    headers.remove(header::TRAILER);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    if request {
+        let keep_te = headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        if !keep_te {
+            headers.remove(header::TE);
+        }
+    } else {
+        headers.remove(header::TE);
+        headers.remove(header::PROXY_AUTHENTICATE);
+    }
+}
+
+/// Appends the peer to x-forwarded-for, sets x-forwarded-proto if absent, and gives the request an x-request-id
+/// if it has none (kept as is across hops, so every proxy and app logs the same id).
+pub fn forwarding_headers(headers: &mut HeaderMap, peer: IpAddr) {
+    let mut ip_buf = [0u8; 48];
+    let ip = format_ip(peer, &mut ip_buf);
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        Some(prev) => {
+            let mut v = BytesMut::with_capacity(prev.len() + 2 + ip.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ip);
+            HeaderValue::from_maybe_shared(v.freeze())
+        }
+        None => HeaderValue::from_bytes(ip),
+    };
+    if let Ok(xff) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), xff);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HTTP.clone());
+    }
+    if !headers.contains_key(&X_REQUEST_ID) {
+        headers.insert(X_REQUEST_ID.clone(), request_id());
+    }
+}
+
+fn format_ip(ip: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
+    use std::io::Write;
+    let mut cur = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cur, "{ip}");
+    let n = cur.position() as usize;
+    &buf[..n]
+}
+
+/// A random UUID (version 4) as a header value.
+pub fn request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bytes = fastrand::u128(..).to_be_bytes();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let mut out = [0u8; 36];
+    let mut j = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[j] = b'-';
+            j += 1;
+        }
+        out[j] = HEX[usize::from(b >> 4)];
+        out[j + 1] = HEX[usize::from(b & 0xf)];
+        j += 2;
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+pub fn apply_header_mod(headers: &mut HeaderMap, m: &HeaderMod) {
+    for (name, value) in &m.set {
+        headers.insert(name.clone(), value.clone());
+    }
+    for (name, value) in &m.add {
+        headers.append(name.clone(), value.clone());
+    }
+    for name in &m.remove {
+        headers.remove(name);
+    }
+}
+
+/// Rewrites `path` per a Gateway API path modifier; `matched` is the route's path match (for prefix replacement).
+pub fn rewrite_path(path: &str, rewrite: &PathRewrite, matched: &PathMatch) -> String {
+    match rewrite {
+        PathRewrite::Full(p) => p.clone(),
+        PathRewrite::Prefix(replacement) => {
+            let prefix_len = match matched {
+                PathMatch::Prefix(p) => p.len(),
+                _ => 0,
+            };
+            let rest = &path[prefix_len.min(path.len())..];
+            let base = replacement.trim_end_matches('/');
+            if rest.is_empty() {
+                if base.is_empty() { "/".to_string() } else { base.to_string() }
+            } else {
+                format!("{base}{rest}")
+            }
+        }
+    }
+}
+
+/// New path-and-query after a rewrite, keeping the query string.
+pub fn with_path(original: Option<&PathAndQuery>, new_path: &str) -> Option<PathAndQuery> {
+    let pq = match original.and_then(PathAndQuery::query) {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path.to_string(),
+    };
+    pq.parse().ok()
+}
+
+/// The Location of a RequestRedirect.
+pub fn redirect_location(r: &Redirect, host: &str, port: Option<u16>, pq: Option<&PathAndQuery>, matched: &PathMatch) -> String {
+    let scheme = r.scheme.as_deref().unwrap_or("http");
+    let host = r.hostname.as_deref().unwrap_or(host);
+    // Gateway API: an explicit port wins; a scheme change drops the old port (the new scheme's default applies).
+    let port = r.port.or(if r.scheme.is_some() { None } else { port });
+    let port = port.filter(|p| !(scheme == "http" && *p == 80 || scheme == "https" && *p == 443));
+    let path = pq.map_or("/", PathAndQuery::path);
+    let path = match &r.path {
+        Some(rw) => rewrite_path(path, rw, matched),
+        None => path.to_string(),
+    };
+    let query = pq.and_then(PathAndQuery::query).map(|q| format!("?{q}")).unwrap_or_default();
+    match port {
+        Some(p) => format!("{scheme}://{host}:{p}{path}{query}"),
+        None => format!("{scheme}://{host}{path}{query}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_rewrites() {
+        let m = PathMatch::Prefix("/v1".into());
+        let rw = PathRewrite::Prefix("/v2".into());
+        assert_eq!(rewrite_path("/v1/users", &rw, &m), "/v2/users");
+        assert_eq!(rewrite_path("/v1", &rw, &m), "/v2");
+        assert_eq!(rewrite_path("/v1/a", &PathRewrite::Prefix("/".into()), &m), "/a");
+        assert_eq!(rewrite_path("/v1", &PathRewrite::Prefix("/".into()), &m), "/");
+        assert_eq!(rewrite_path("/x", &PathRewrite::Full("/y".into()), &m), "/y");
+    }
+
+    #[test]
+    fn hop_by_hop_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, true);
+        assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none() && h.get(header::CONNECTION).is_none());
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+        assert!(h.get("x-kept").is_some());
+    }
+
+    #[test]
+    fn forwarding() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        forwarding_headers(&mut h, "127.0.0.1".parse().unwrap());
+        assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.0.0.1, 127.0.0.1");
+        let id = h.get(&X_REQUEST_ID).unwrap().to_str().unwrap().to_string();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        forwarding_headers(&mut h, "127.0.0.2".parse().unwrap());
+        assert_eq!(h.get(&X_REQUEST_ID).unwrap().to_str().unwrap(), id, "an existing id is kept");
+    }
+
+    #[test]
+    fn redirects() {
+        let r = Redirect { scheme: Some("https".into()), hostname: None, path: None, port: None, status: http::StatusCode::FOUND };
+        let pq: PathAndQuery = "/a?b=1".parse().unwrap();
+        assert_eq!(redirect_location(&r, "example.com", Some(8080), Some(&pq), &PathMatch::Prefix(String::new())), "https://example.com/a?b=1");
+        let r = Redirect { scheme: None, hostname: Some("new.example".into()), path: Some(PathRewrite::Full("/z".into())), port: None, status: http::StatusCode::MOVED_PERMANENTLY };
+        assert_eq!(redirect_location(&r, "example.com", Some(8080), Some(&pq), &PathMatch::Prefix(String::new())), "http://new.example:8080/z?b=1");
+    }
+}
