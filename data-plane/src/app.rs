@@ -49,6 +49,8 @@ pub struct Options {
     pub workers: usize,
     pub connect_timeout: Duration,
     pub drain: Duration,
+    /// On shutdown, how long to keep serving after deregistering, while peers learn this proxy is gone.
+    pub shutdown_delay: Duration,
 }
 
 struct Active {
@@ -179,6 +181,7 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
 
     let admin_socket = listener::bind(opts.admin).with_context(|| format!("bind the admin listener on {}", opts.admin))?;
     let (started_tx, started_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+    let (leaving_tx, leaving_rx) = watch::channel(false);
     let control_opts = opts.clone();
     let control_applier = applier.clone();
     let control_store = store.clone();
@@ -221,7 +224,8 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
                         inbound_addr: control_opts.inbound.map(|a| a.to_string()).unwrap_or_default(),
                         applied_version: 0,
                     };
-                    crate::config::client::run(url, hello, control_applier).await;
+                    crate::config::client::run(url, hello, control_applier, leaving_rx).await;
+                    std::future::pending::<()>().await;
                 }
             }
         });
@@ -230,6 +234,11 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
     tracing::info!(node = %opts.node_id, admin = %opts.admin, "meshwork-proxy started");
 
     meshwork_control::cli::shutdown_signal().await;
+    let _ = leaving_tx.send(true);
+    if matches!(opts.source, Source::ControlPlane(_)) && !opts.shutdown_delay.is_zero() {
+        tracing::info!(delay = ?opts.shutdown_delay, "shutting down: deregistered, serving while peers update");
+        tokio::time::sleep(opts.shutdown_delay).await;
+    }
     tracing::info!("shutting down: draining connections");
     let _ = stop_tx.send(true);
     applier.stop_all();

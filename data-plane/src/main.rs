@@ -68,6 +68,9 @@ struct Args {
     /// On shutdown, how long open connections get to finish.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_timeout: std::time::Duration,
+    /// On shutdown, how long to keep serving after leaving the registry, while peers stop routing here.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    shutdown_delay: std::time::Duration,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -113,5 +116,6 @@ fn main() -> anyhow::Result<()> {
         workers,
         connect_timeout: args.connect_timeout,
         drain: args.drain_timeout,
+        shutdown_delay: args.shutdown_delay,
     })
 }

@@ -18,6 +18,10 @@ pub struct ControlArgs {
     /// Address of the gRPC API the proxies connect to.
     #[arg(long, default_value = "127.0.0.1:15010")]
     pub listen: SocketAddr,
+    /// After a (re)start, how long proxies that already have a configuration wait for their peers to re-register
+    /// before they are pushed anything (longer than the proxies' 5 s maximum reconnect backoff).
+    #[arg(long, default_value = "6s", value_parser = |s: &str| crate::model::read::parse_duration(s).map_err(str::to_string))]
+    pub warmup: Duration,
 }
 
 /// Applies every valid change of `dir` to `cp`; an invalid change is logged and recorded, and the last good set
@@ -40,7 +44,7 @@ pub async fn follow(cp: ControlPlane, dir: PathBuf, served: [u8; 32]) {
 
 pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     let loaded = load_dir(&args.manifests).map_err(|d| anyhow::anyhow!("invalid manifests:\n{d}"))?;
-    let cp = ControlPlane::new(loaded.set);
+    let cp = ControlPlane::with_warmup(loaded.set, args.warmup);
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("bind {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "control plane serving");
     tokio::spawn(follow(cp.clone(), args.manifests.clone(), loaded.digest));

@@ -183,6 +183,7 @@ impl Supervisor {
                     .env("http_proxy", &proxy_url)
                     .env("MESHWORK_SERVICE", &workload.service)
                     .env("MESHWORK_WORKLOAD", &workload.meta.name)
+                    .env("MESHWORK_NODE_ID", node)
                     .env("MESHWORK_LABELS", labels.join(","))
                     .envs(env)
                     .stdin(Stdio::null())
@@ -265,17 +266,14 @@ async fn stop_owned(node: String, r: Running) {
     stop(&node, r).await;
 }
 
-/// SIGTERM (the proxy drains, the app exits), then SIGKILL after a grace period.
+/// The proxy first (it deregisters, keeps serving while peers learn, then drains), then the app; each gets SIGTERM
+/// and, after a grace period, SIGKILL.
 async fn stop(node: &str, mut r: Running) {
     for child in &mut r.children {
-        if let Some(pid) = child.id() {
-            if let Ok(pid) = i32::try_from(pid) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
-            }
+        if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
         }
-    }
-    for child in &mut r.children {
-        if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
             let _ = child.kill().await;
         }
     }
@@ -339,7 +337,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(cp.clone().serve(listener, async {
         let _ = stop_rx.await;
     }));
-    tracing::info!(addr = %cp_addr, "control plane serving");
+    say(format!("control plane: {cp_addr}"));
 
     let mut sup = Supervisor {
         cp_url: format!("http://{cp_addr}"),

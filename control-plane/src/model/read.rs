@@ -108,14 +108,13 @@ impl Reader<'_> {
 
     /// An integer in `min..=max`.
     pub fn int(&mut self, node: &Node, path: &str, min: i64, max: i64) -> Option<i64> {
-        let expected = if min == 0 && max >= i64::from(u32::MAX) {
-            "a non-negative integer".to_string()
-        } else {
-            format!("an integer from {min} to {max}")
-        };
         let parsed = match &node.kind {
             Kind::Scalar { value, quoted: false } => value.parse::<i64>().ok(),
             _ => None,
+        };
+        let expected = match parsed {
+            None if min == 0 => "a non-negative integer".to_string(),
+            _ => format!("an integer from {min} to {max}"),
         };
         match parsed {
             Some(v) if (min..=max).contains(&v) => Some(v),

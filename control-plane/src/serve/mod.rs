@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::Stream;
 use meshwork_proto as pb;
@@ -29,12 +29,26 @@ pub struct Desired {
 pub struct ControlPlane {
     pub desired: watch::Sender<Arc<Desired>>,
     pub registry: Arc<Registry>,
+    /// Until then, proxies that already serve a configuration are not pushed: after a control-plane restart the
+    /// registry is empty until every sidecar has reconnected, and pushing before that would take endpoints away
+    /// from working proxies. New proxies (nothing applied yet) are pushed at once.
+    warm_until: tokio::time::Instant,
 }
 
 impl ControlPlane {
     pub fn new(set: ManifestSet) -> Self {
+        Self::with_warmup(set, Duration::ZERO)
+    }
+
+    /// `warmup` should exceed the proxies' longest reconnect backoff (5 s), so every proxy that was connected to a
+    /// previous instance is back before anyone's endpoints are recomputed.
+    pub fn with_warmup(set: ManifestSet, warmup: Duration) -> Self {
         let desired = Desired { set, generation: 1, rejected: Vec::new() };
-        ControlPlane { desired: watch::channel(Arc::new(desired)).0, registry: Arc::new(Registry::default()) }
+        ControlPlane {
+            desired: watch::channel(Arc::new(desired)).0,
+            registry: Arc::new(Registry::default()),
+            warm_until: tokio::time::Instant::now() + warmup,
+        }
     }
 
     /// Replaces the served manifest set; every proxy whose snapshot changes gets a push.
@@ -182,6 +196,20 @@ async fn session(
     let mut version = applied_version;
     let mut last_sent: Option<pb::Snapshot> = None;
     let mut pending_nonce = String::new();
+    if applied_version > 0 {
+        // Keep answering the stream (so the proxy sees a live control plane) while the registry refills.
+        let warm = tokio::time::sleep_until(cp.warm_until);
+        tokio::pin!(warm);
+        loop {
+            tokio::select! {
+                _ = &mut warm => break,
+                msg = inbound.message() => match msg {
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => return,
+                },
+            }
+        }
+    }
     loop {
         desired_rx.borrow_and_update();
         endpoints_rx.borrow_and_update();

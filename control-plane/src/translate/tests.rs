@@ -1,0 +1,196 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use meshwork_proto as pb;
+
+use super::*;
+use crate::source::files::load_texts;
+
+fn set(yaml: &str) -> ManifestSet {
+    match load_texts(&[(PathBuf::from("t.yaml"), yaml.to_string())]) {
+        Ok(s) => s,
+        Err(d) => panic!("invalid test manifests:\n{d}"),
+    }
+}
+
+const BASE: &str = r#"
+apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {name: web}
+spec: {service: web, command: "true"}
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {name: api-v1}
+spec: {service: api, labels: {version: v1}, command: "true"}
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {name: api-v2}
+spec: {service: api, labels: {version: v2}, command: "true", protocol: http}
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {name: legacy}
+spec: {service: legacy, endpoints: ["10.0.0.9:80"]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge}
+spec: {listeners: [{name: http, port: 8080}, {name: admin, port: 8081}]}
+"#;
+
+fn gateway(s: &ManifestSet) -> pb::Snapshot {
+    snapshot_for(s, &[], &ProxyKey { role: ProxyRole::Gateway, name: "edge".into(), namespace: "default".into() })
+}
+
+fn instance(node: &str, service: &str, workload: &str, version: &str, addr: &str) -> Instance {
+    let mut labels = BTreeMap::new();
+    labels.insert(WORKLOAD_LABEL.to_string(), workload.to_string());
+    labels.insert("version".to_string(), version.to_string());
+    Instance { node_id: node.into(), namespace: "default".into(), service: service.into(), labels, addr: addr.into() }
+}
+
+#[test]
+fn precedence_exact_then_longest_prefix_then_method_then_headers() {
+    let s = set(&format!(
+        "{BASE}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: b}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules:
+    - matches: [{{path: {{value: /}}}}]
+      backendRefs: [{{name: web}}]
+    - matches: [{{path: {{value: /api}}, headers: [{{name: x-a, value: '1'}}]}}]
+      backendRefs: [{{name: api}}]
+    - matches: [{{path: {{type: RegularExpression, value: '/r.*'}}}}]
+      backendRefs: [{{name: api}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: a}}
+spec:
+  parentRefs: [{{name: edge, sectionName: http}}]
+  rules:
+    - matches: [{{path: {{value: /api/v1}}}}, {{path: {{value: /api}}, method: POST}}, {{path: {{type: Exact, value: /api}}}}]
+      backendRefs: [{{name: api}}]
+"
+    ));
+    let snap = gateway(&s);
+    let http = snap.listeners.iter().find(|l| l.name == "http").unwrap();
+    let names: Vec<&str> = http.virtual_hosts[0].routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "HTTPRoute/default/a/rule/0/match/2", // exact
+            "HTTPRoute/default/a/rule/0/match/0", // longest prefix
+            "HTTPRoute/default/a/rule/0/match/1", // /api with a method
+            "HTTPRoute/default/b/rule/1/match/0", // /api with a header
+            "HTTPRoute/default/b/rule/0/match/0", // /
+            "HTTPRoute/default/b/rule/2/match/0", // regex last
+        ]
+    );
+    // sectionName: route `a` is not on the admin listener.
+    let admin = snap.listeners.iter().find(|l| l.name == "admin").unwrap();
+    assert!(admin.virtual_hosts[0].routes.iter().all(|r| r.name.contains("/b/")));
+}
+
+#[test]
+fn hostnames_group_into_virtual_hosts() {
+    let s = set(&format!(
+        "{BASE}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: shop}}
+spec:
+  parentRefs: [{{name: edge}}]
+  hostnames: [shop.example.com, '*.example.com']
+  rules: [{{backendRefs: [{{name: api}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: any}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{backendRefs: [{{name: web}}]}}]
+"
+    ));
+    let snap = gateway(&s);
+    let vhosts = &snap.listeners[0].virtual_hosts;
+    let domains: Vec<&str> = vhosts.iter().map(|v| v.domains[0].as_str()).collect();
+    assert_eq!(domains, ["*", "*.example.com", "shop.example.com"]);
+    // The catch-all route also applies to named hosts (a route without hostnames matches every host).
+    assert_eq!(vhosts[2].routes.len(), 2);
+    assert_eq!(vhosts[0].routes.len(), 1);
+}
+
+#[test]
+fn endpoints_come_from_registry_and_static_addresses() {
+    let s = set(&format!(
+        "{BASE}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: split}}
+spec:
+  parentRefs: [{{kind: Service, name: api}}]
+  rules:
+    - backendRefs:
+        - {{group: meshwork.dev, kind: Workload, name: api-v1, weight: 90}}
+        - {{group: meshwork.dev, kind: Workload, name: api-v2, weight: 10}}
+"
+    ));
+    let instances = vec![
+        instance("api-v1-0", "api", "api-v1", "v1", "127.0.0.1:1001"),
+        instance("api-v1-1", "api", "api-v1", "v1", "127.0.0.1:1002"),
+        instance("api-v2-0", "api", "api-v2", "v2", "127.0.0.1:2001"),
+        instance("web-0", "web", "web", "", "127.0.0.1:3001"),
+    ];
+    let key = ProxyKey { role: ProxyRole::Sidecar, name: "web".into(), namespace: "default".into() };
+    let snap = snapshot_for(&s, &instances, &key);
+    let cluster = |n: &str| snap.clusters.iter().find(|c| c.name == n).unwrap_or_else(|| panic!("no cluster {n}"));
+    let addrs = |n: &str| cluster(n).endpoints.iter().map(|e| e.address.clone()).collect::<Vec<_>>();
+    assert_eq!(addrs("workload/default/api-v1"), ["127.0.0.1:1001", "127.0.0.1:1002"]);
+    assert_eq!(addrs("workload/default/api-v2"), ["127.0.0.1:2001"]);
+    assert_eq!(addrs("service/default/legacy"), ["10.0.0.9:80"]);
+    assert_eq!(addrs("service/default/web"), ["127.0.0.1:3001"]);
+    // Every service is reachable by its short name from the outbound listener; api via the split route.
+    let out = &snap.listeners[0];
+    let api = out.virtual_hosts.iter().find(|v| v.name == "api.default").unwrap();
+    assert!(api.domains.contains(&"api".to_string()) && api.domains.contains(&"api.default.svc.cluster.local".to_string()));
+    let weights: Vec<u32> = api.routes[0].backends.iter().map(|b| b.weight).collect();
+    assert_eq!(weights, [90, 10]);
+
+    // An instance leaving changes the snapshot (that is what triggers a push), and only its endpoint goes.
+    let fewer = snapshot_for(&s, &instances[1..], &key);
+    assert_ne!(fewer, snap);
+    assert_eq!(snapshot_for(&s, &instances, &key), snap, "deterministic");
+}
+
+#[test]
+fn grpc_methods_become_paths() {
+    let s = set(&format!(
+        "{BASE}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: g}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules:
+    - matches: [{{method: {{service: pkg.Svc, method: Get}}}}, {{method: {{service: pkg.Other}}}}]
+      backendRefs: [{{name: api}}]
+"
+    ));
+    let snap = gateway(&s);
+    let routes = &snap.listeners[0].virtual_hosts[0].routes;
+    let paths: Vec<(i32, &str, &str)> = routes
+        .iter()
+        .map(|r| {
+            let m = r.r#match.as_ref().unwrap();
+            let p = m.path.as_ref().unwrap();
+            (p.r#type, p.value.as_str(), m.method.as_str())
+        })
+        .collect();
+    assert_eq!(paths, [(pb::MatchType::MatchExact as i32, "/pkg.Svc/Get", "POST"), (pb::MatchType::MatchPrefix as i32, "/pkg.Other/", "POST")]);
+}

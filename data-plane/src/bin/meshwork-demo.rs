@@ -51,6 +51,7 @@ enum Cmd {
 struct Identity {
     service: String,
     workload: String,
+    node: String,
     version: String,
 }
 
@@ -65,6 +66,7 @@ impl Identity {
         Identity {
             service: std::env::var("MESHWORK_SERVICE").unwrap_or_else(|_| "demo".into()),
             workload: std::env::var("MESHWORK_WORKLOAD").unwrap_or_else(|_| "demo".into()),
+            node: std::env::var("MESHWORK_NODE_ID").unwrap_or_default(),
             version,
         }
     }
@@ -102,7 +104,7 @@ async fn echo(id: Arc<Identity>, count: Arc<AtomicU64>, req: Request<Incoming>) 
     json(
         status,
         &serde_json::json!({
-            "service": id.service, "workload": id.workload, "version": id.version,
+            "service": id.service, "workload": id.workload, "node": id.node, "version": id.version,
             "method": method, "path": path, "query": query, "http": version,
             "headers": headers, "body_bytes": body.len(),
         }),

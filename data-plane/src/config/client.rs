@@ -14,10 +14,19 @@ use crate::app::Applier;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-pub async fn run(url: String, hello: pb::Hello, applier: Arc<Applier>) {
+/// Runs until `leaving` turns true (the proxy is shutting down): then the stream is closed, which deregisters this
+/// proxy, so peers stop sending to it while it drains.
+pub async fn run(url: String, hello: pb::Hello, applier: Arc<Applier>, mut leaving: tokio::sync::watch::Receiver<bool>) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        match session(&url, &hello, &applier, &mut backoff).await {
+        let result = tokio::select! {
+            r = session(&url, &hello, &applier, &mut backoff) => r,
+            _ = leaving.wait_for(|l| *l) => {
+                tracing::info!("leaving the mesh: closed the control-plane stream");
+                return;
+            }
+        };
+        match result {
             Ok(()) => tracing::warn!(%url, "control plane closed the stream; reconnecting"),
             Err(e) => tracing::warn!(%url, error = %e, "control plane unreachable; serving the last configuration"),
         }

@@ -117,3 +117,6 @@ pub fn validate(set: &ManifestSet) -> Vec<Diagnostic> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

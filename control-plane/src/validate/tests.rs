@@ -1,0 +1,198 @@
+//! Diagnostics name the file, the line, the field path and what was expected; property tests check that no input
+//! makes the loader panic and that every error carries a position.
+
+use std::path::PathBuf;
+
+use proptest::prelude::*;
+
+use crate::source::files::load_texts;
+
+fn errors(files: &[(&str, &str)]) -> Vec<String> {
+    let files: Vec<(PathBuf, String)> = files.iter().map(|(p, t)| (PathBuf::from(p), t.to_string())).collect();
+    match load_texts(&files) {
+        Ok(_) => Vec::new(),
+        Err(d) => d.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+const SERVICES: &str = "apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata:
+  name: v1
+spec:
+  service: backend
+  command: app
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata:
+  name: v2
+spec:
+  service: backend
+  command: app
+";
+
+#[test]
+fn bad_weight_names_file_line_field_and_expectation() {
+    let routes = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: r
+spec:
+  parentRefs:
+    - kind: Service
+      name: backend
+  rules:
+    - backendRefs:
+        - name: backend
+          weight: 1
+        - name: backend
+          weight: ten
+";
+    assert_eq!(
+        errors(&[("services.yaml", SERVICES), ("routes.yaml", routes)]),
+        ["routes.yaml:14: spec.rules[0].backendRefs[1].weight: expected a non-negative integer, got \"ten\""]
+    );
+}
+
+#[test]
+fn unknown_fields_are_rejected_by_name() {
+    let routes = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{kind: Service, name: backend}]
+  rules:
+    - backendRefs: [{name: backend}]
+      sessionPersistence: {type: Cookie}
+";
+    let errs = errors(&[("s.yaml", SERVICES), ("r.yaml", routes)]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].starts_with("r.yaml:8: spec.rules[0].sessionPersistence: unknown or unsupported field"), "{errs:?}");
+}
+
+#[test]
+fn cross_object_references_are_checked() {
+    let routes = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs:
+    - name: nowhere
+    - kind: Service
+      name: ghost
+  rules:
+    - backendRefs:
+        - name: missing
+        - group: meshwork.dev
+          kind: Workload
+          name: v3
+";
+    let errs = errors(&[("s.yaml", SERVICES), ("r.yaml", routes)]);
+    let joined = errs.join("\n");
+    assert!(joined.contains("r.yaml:6: spec.parentRefs[0].name: unknown Gateway \"nowhere\""), "{joined}");
+    assert!(joined.contains("r.yaml:7: spec.parentRefs[1].name: unknown mesh service \"ghost\""), "{joined}");
+    assert!(joined.contains("r.yaml:11: spec.rules[0].backendRefs[0].name: unknown mesh service"), "{joined}");
+    assert!(joined.contains("r.yaml:12: spec.rules[0].backendRefs[1].name: unknown Workload"), "{joined}");
+}
+
+#[test]
+fn field_level_errors() {
+    let bad = "apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {name: Bad_Name}
+spec: {service: x, command: app}
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {name: both}
+spec: {service: x, command: app, endpoints: ['1.2.3.4:80']}
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {name: ep}
+spec: {service: y, endpoints: ['not-an-address'], protocol: spdy}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: g}
+spec: {listeners: [{name: a, port: 70000}, {name: b, port: 80, protocol: HTTPS}]}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: c}
+";
+    let errs = errors(&[("bad.yaml", bad)]);
+    let joined = errs.join("\n");
+    for want in [
+        "bad.yaml:3: metadata.name: expected a DNS-1123 name",
+        "bad.yaml:9: spec: expected either `command`",
+        "bad.yaml:14: spec.protocol: expected one of http, http2, grpc, got \"spdy\"",
+        "bad.yaml:14: spec.endpoints[0]: expected an IP:port address",
+        "bad.yaml:19: spec.listeners[0].port: expected an integer from 1 to 65535, got \"70000\"",
+        "bad.yaml:19: spec.listeners[1].protocol: expected one of HTTP, got \"HTTPS\"",
+        "bad.yaml:22: kind: unsupported apiVersion/kind v1 ConfigMap",
+    ] {
+        assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
+    }
+}
+
+#[test]
+fn yaml_syntax_errors_have_a_line() {
+    let errs = errors(&[("broken.yaml", "kind: Workload\nspec: [1, 2\nx: 3\n")]);
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("broken.yaml:"), "{errs:?}");
+    assert!(errs[0].contains("invalid YAML"), "{errs:?}");
+}
+
+#[test]
+fn gateway_port_clash_and_regex() {
+    let text = "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: a}
+spec: {listeners: [{name: x, port: 8080}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: b}
+spec: {listeners: [{name: y, port: 8080}]}
+";
+    let route = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{name: a}]
+  rules:
+    - matches: [{path: {type: RegularExpression, value: '/(unclosed'}}]
+";
+    // Cross-object checks run once every object parses (otherwise they would report follow-on noise).
+    let joined = errors(&[("g.yaml", text)]).join("\n");
+    assert!(joined.contains("g.yaml:9: spec.listeners[0].port: port 8080 is already used by listener \"x\" of Gateway default/a"), "{joined}");
+    let joined = errors(&[("g.yaml", text), ("r.yaml", route)]).join("\n");
+    assert!(joined.contains("r.yaml:7: spec.rules[0].matches[0].path.value: expected a regular expression"), "{joined}");
+    assert!(!joined.contains("already used"), "{joined}");
+}
+
+fn yamlish() -> impl Strategy<Value = String> {
+    let atoms = prop::sample::select(vec![
+        "apiVersion: gateway.networking.k8s.io/v1\n", "apiVersion: meshwork.dev/v1alpha1\n", "kind: HTTPRoute\n",
+        "kind: Workload\n", "kind: Gateway\n", "metadata: {name: a}\n", "metadata:\n  name: b\n", "spec:\n",
+        "  rules:\n", "    - backendRefs: [{name: a, weight: 3}]\n", "  parentRefs: [{name: a}]\n", "  service: s\n",
+        "  command: x\n", "  listeners: [{name: l, port: 1}]\n", "---\n", "  weight: -1\n", "  - [\n", ": :\n",
+        "  matches: [{path: {type: RegularExpression, value: '('}}]\n", "&a x: *a\n", "\t\n",
+    ]);
+    prop::collection::vec(atoms, 0..24).prop_map(|v| v.concat())
+}
+
+proptest! {
+    #[test]
+    fn never_panics_and_every_error_has_a_position(text in yamlish()) {
+        let files = vec![(PathBuf::from("p.yaml"), text)];
+        if let Err(d) = load_texts(&files) {
+            for diag in d.0 {
+                prop_assert_eq!(diag.file.to_str(), Some("p.yaml"));
+                prop_assert!(diag.line >= 1, "no line in {}", diag);
+            }
+        }
+    }
+}

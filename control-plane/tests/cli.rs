@@ -1,0 +1,49 @@
+//! The `meshwork` binary as a user runs it.
+
+use std::process::Command;
+
+fn meshwork() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_meshwork"))
+}
+
+#[test]
+fn validate_accepts_the_quickstart() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local/quickstart");
+    let out = meshwork().args(["validate", dir]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: 5 workloads, 1 gateways, 2 routes"));
+}
+
+#[test]
+fn validate_reports_errors_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("nested")).unwrap();
+    std::fs::write(
+        dir.path().join("nested/route.yml"),
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n",
+    )
+    .unwrap();
+    let out = meshwork().arg("validate").arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nested/route.yml:5: spec.parentRefs[0].name: unknown Gateway \"gw\""), "{err}");
+    assert!(err.contains("1 error"), "{err}");
+}
+
+#[test]
+fn validate_rejects_an_empty_or_missing_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = meshwork().arg("validate").arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no *.yaml or *.yml files found"));
+    let out = meshwork().args(["validate", "/nonexistent/meshwork"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn status_without_a_control_plane_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = meshwork().args(["status", "--control-plane", &format!("127.0.0.1:{port}")]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the control plane"));
+}
