@@ -43,10 +43,29 @@ pub struct UpArgs {
 }
 
 /// Something `up` runs: a Workload replica (app + sidecar) or a Gateway proxy. Equal specs need no restart.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum ProcSpec {
     Replica { workload: Workload, index: u32 },
     Gateway { name: String, namespace: String },
+}
+
+impl PartialEq for ProcSpec {
+    /// Only what a running instance depends on: not `replicas`, not where in a file the manifest sits.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ProcSpec::Replica { workload: a, index: i }, ProcSpec::Replica { workload: b, index: j }) => {
+                i == j
+                    && a.meta.name == b.meta.name
+                    && a.meta.namespace == b.meta.namespace
+                    && a.service == b.service
+                    && a.labels == b.labels
+                    && a.protocol == b.protocol
+                    && a.run == b.run
+            }
+            (ProcSpec::Gateway { name: a, namespace: x }, ProcSpec::Gateway { name: b, namespace: y }) => a == b && x == y,
+            _ => false,
+        }
+    }
 }
 
 impl ProcSpec {
@@ -225,7 +244,8 @@ impl Supervisor {
         }
     }
 
-    /// Starts what is desired and not running, stops what runs and is no longer desired (or changed).
+    /// Starts what is desired and not running, stops what runs and is no longer desired. A changed instance is
+    /// replaced rolling: the new one starts (and takes over the node id in the registry) before the old one stops.
     async fn reconcile(&mut self, set: &ManifestSet) -> Vec<String> {
         let want = desired(set);
         let stale: Vec<String> = self
@@ -234,11 +254,13 @@ impl Supervisor {
             .filter(|(node, r)| want.get(*node) != Some(&r.spec))
             .map(|(node, _)| node.clone())
             .collect();
-        for node in stale {
-            if let Some(r) = self.running.remove(&node) {
-                stop(&node, r).await;
-            }
-        }
+        let retiring: Vec<(String, Running)> = stale.into_iter().filter_map(|n| self.running.remove(&n).map(|r| (n, r))).collect();
+        let failed = self.start_missing(want).await;
+        futures_util::future::join_all(retiring.into_iter().map(|(node, r)| stop_owned(node, r))).await;
+        failed
+    }
+
+    async fn start_missing(&mut self, want: BTreeMap<String, ProcSpec>) -> Vec<String> {
         let mut failed = Vec::new();
         let starts: Vec<(String, ProcSpec)> = want.into_iter().filter(|(n, _)| !self.running.contains_key(n)).collect();
         let results = futures_util::future::join_all(starts.iter().map(|(node, spec)| self.start(node, spec))).await;

@@ -1,0 +1,278 @@
+//! End-to-end test harness: real processes (`meshwork up`, `meshwork control`, `meshwork-proxy`, the demo app) on
+//! 127.0.0.1, every wait bounded, every process stopped (by PID) when its guard drops.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::mpsc;
+
+/// A binary built by this workspace (`cargo test --workspace` builds all of them before any test runs).
+pub fn bin(name: &str) -> PathBuf {
+    let proxy = PathBuf::from(env!("CARGO_BIN_EXE_meshwork-proxy"));
+    let path = proxy.with_file_name(name);
+    assert!(path.exists(), "{} is not built; run the tests with `cargo test --workspace` (it builds every binary)", path.display());
+    path
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process stopped with SIGTERM (then SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Proc { child, name: name.to_string() }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+
+    /// SIGTERM, then wait up to `limit`, then SIGKILL.
+    pub fn stop(&mut self, limit: Duration) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop(Duration::from_secs(20));
+        }
+    }
+}
+
+/// A node started by `meshwork up`, from its `started ...` line.
+#[derive(Debug, Clone, Default)]
+pub struct Node {
+    pub fields: HashMap<String, String>,
+}
+
+impl Node {
+    pub fn get(&self, k: &str) -> &str {
+        self.fields.get(k).map_or("", String::as_str)
+    }
+}
+
+/// `meshwork up DIR`, with its stdout lines available to wait on.
+pub struct Mesh {
+    pub proc: Proc,
+    lines: mpsc::UnboundedReceiver<String>,
+    pub seen: Arc<Mutex<Vec<String>>>,
+    pub nodes: HashMap<String, Node>,
+    pub control_plane: String,
+    pub ready: String,
+    pub dir: PathBuf,
+}
+
+impl Mesh {
+    pub async fn up(dir: &Path) -> Mesh {
+        let log = std::fs::File::create(dir.join("up.log")).unwrap();
+        let mut cmd = Command::new(bin("meshwork"));
+        cmd.arg("up")
+            .arg(dir)
+            .args(["--control-plane", "127.0.0.1:0", "--ready-timeout-secs", "60"])
+            .env("MESHWORK_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        let mut proc = Proc::spawn("meshwork up", &mut cmd);
+        let stdout = proc.child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                seen2.lock().unwrap().push(line.clone());
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut mesh = Mesh { proc, lines, seen, nodes: HashMap::new(), control_plane: String::new(), ready: String::new(), dir: dir.to_path_buf() };
+        mesh.ready = mesh.wait_line("ready:", Duration::from_secs(90)).await;
+        for line in mesh.seen.lock().unwrap().iter() {
+            if let Some(rest) = line.strip_prefix("control plane: ") {
+                mesh.control_plane = rest.to_string();
+            }
+        }
+        mesh.refresh_nodes();
+        mesh
+    }
+
+    pub fn refresh_nodes(&mut self) {
+        for line in self.seen.lock().unwrap().iter() {
+            if let Some(rest) = line.strip_prefix("started ") {
+                let mut words = rest.split_whitespace();
+                let name = words.next().unwrap().to_string();
+                let fields = words.filter_map(|w| w.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                self.nodes.insert(name, Node { fields });
+            }
+        }
+    }
+
+    /// Waits for a stdout line starting with `prefix` (lines before it are skipped).
+    pub async fn wait_line(&mut self, prefix: &str, limit: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(line)) if line.starts_with(prefix) => return line,
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("meshwork up exited while waiting for {prefix:?}; log:\n{}", self.log()),
+                Err(_) => panic!("no {prefix:?} line within {limit:?}; stdout so far: {:?}\nlog:\n{}", self.seen.lock().unwrap(), self.log()),
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("up.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) {
+    // Write-then-rename, as editors do, so the watcher never sees half a file.
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("not JSON ({}): {}", self.status, String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(16).build_http()
+}
+
+pub fn h2_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+pub async fn send(c: &HttpClient, method: &str, url: &str, headers: &[(&str, &str)], body: Bytes) -> Result<Resp, String> {
+    let mut b = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(body)).map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), c.request(req))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| format!("{e:?}"))?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Resp { status: parts.status.as_u16(), headers: parts.headers, body })
+}
+
+pub async fn get(c: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Resp {
+    send(c, "GET", url, headers, Bytes::new()).await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// Polls `f` until it returns Some, for at most `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Continuous load in the background: `workers` loops of GET `url` until stopped. Counts non-200 answers and
+/// transport errors as failures, with the first few recorded.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl Load {
+    pub fn start(url: String, workers: usize) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..workers)
+            .map(|_| {
+                let (url, stop, c) = (url.clone(), stop.clone(), client());
+                tokio::spawn(async move {
+                    let (mut ok, mut failures) = (0u64, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match send(&c, "GET", &url, &[], Bytes::new()).await {
+                            Ok(r) if r.status == 200 => ok += 1,
+                            Ok(r) => failures.push(format!("{}: {}", r.status, r.text().trim())),
+                            Err(e) => failures.push(e),
+                        }
+                    }
+                    (ok, failures)
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    /// Stops the load; returns (successes, failures).
+    pub async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut ok = 0;
+        let mut failures = Vec::new();
+        for t in self.tasks {
+            let (o, f) = t.await.unwrap();
+            ok += o;
+            failures.extend(f);
+        }
+        (ok, failures)
+    }
+}
+
+/// The control plane's view of the connected proxies.
+pub async fn cp_status(addr: &str) -> Option<meshwork_proto::StatusResponse> {
+    let mut c = meshwork_proto::discovery_client::DiscoveryClient::connect(format!("http://{addr}")).await.ok()?;
+    c.status(meshwork_proto::StatusRequest {}).await.ok().map(|r| r.into_inner())
+}
