@@ -1,0 +1,89 @@
+//! `meshwork-proxy --manifests DIR`: a gateway with no control plane, sharing the control plane's validation and
+//! translation, following the directory live and keeping its config on a bad edit.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn manifests(gw: u16, origin: u16, prefix: &str) -> String {
+    format!(
+        "apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {{name: origin}}
+spec: {{service: origin, endpoints: ['127.0.0.1:{origin}']}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec: {{listeners: [{{name: http, port: {gw}}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules:
+    - matches: [{{path: {{value: {prefix}}}}}]
+      backendRefs: [{{name: origin}}]
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_gateway_follows_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gw, origin, admin) = (free_port(), free_port(), free_port());
+    let _origin = Proc::spawn(
+        "origin",
+        Command::new(bin("meshwork-demo")).args(["echo", "--port", &origin.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()),
+    );
+    write(dir.path(), "m.yaml", &manifests(gw, origin, "/a"));
+    let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
+    let _proxy = Proc::spawn(
+        "proxy",
+        Command::new(bin("meshwork-proxy"))
+            .arg("--manifests")
+            .arg(dir.path())
+            .args(["--workers", "1", "--admin", &format!("127.0.0.1:{admin}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log)),
+    );
+    let c = client();
+    let base = format!("http://127.0.0.1:{gw}");
+    eventually(Duration::from_secs(15), "the standalone gateway", || {
+        let (c, base) = (c.clone(), base.clone());
+        async move { send(&c, "GET", &format!("{base}/a"), &[], Default::default()).await.ok().filter(|r| r.status == 200) }
+    })
+    .await;
+    assert_eq!(get(&c, &format!("{base}/b"), &[]).await.status, 404);
+
+    write(dir.path(), "m.yaml", &manifests(gw, origin, "/b"));
+    eventually(Duration::from_secs(10), "the edit to apply", || {
+        let (c, base) = (c.clone(), base.clone());
+        async move { (get(&c, &format!("{base}/b"), &[]).await.status == 200).then_some(()) }
+    })
+    .await;
+    assert_eq!(get(&c, &format!("{base}/a"), &[]).await.status, 404);
+
+    std::fs::write(dir.path().join("bad.yaml"), "kind: [\n").unwrap();
+    let log_path = dir.path().join("proxy.log");
+    eventually(Duration::from_secs(10), "the bad edit to be reported", || {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        async move { (log.contains("keeping the previous configuration") && log.contains("bad.yaml:2: invalid YAML")).then_some(()) }
+    })
+    .await;
+    assert_eq!(get(&c, &format!("{base}/b"), &[]).await.status, 200, "a bad edit keeps the last good config");
+}
+
+#[test]
+fn standalone_reports_invalid_manifests_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "m.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec: {listeners: []}\n");
+    let out = Command::new(bin("meshwork-proxy")).arg("--manifests").arg(dir.path()).args(["--admin", "127.0.0.1:0"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("m.yaml:4: spec.listeners: expected at least one listener"), "{err}");
+}
