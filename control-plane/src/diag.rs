@@ -50,7 +50,10 @@ pub struct Sink {
 
 impl Sink {
     pub fn new(file: impl Into<PathBuf>) -> Self {
-        Sink { file: Arc::from(file.into()), diags: Vec::new() }
+        Sink {
+            file: Arc::from(file.into()),
+            diags: Vec::new(),
+        }
     }
 
     pub fn error(&mut self, line: usize, field: impl Into<String>, message: impl Into<String>) {

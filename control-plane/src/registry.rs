@@ -85,7 +85,11 @@ impl Registry {
     }
 
     pub fn update(&self, node_id: &str, conn_id: u64, f: impl FnOnce(&mut Registration)) {
-        if let Some(r) = self.lock().get_mut(node_id).filter(|r| r.conn_id == conn_id) {
+        if let Some(r) = self
+            .lock()
+            .get_mut(node_id)
+            .filter(|r| r.conn_id == conn_id)
+        {
             f(r);
         }
         Self::bump(&self.any_changed);

@@ -1,5 +1,7 @@
 //! The `meshwork` binary as a user runs it.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::process::Command;
 
 fn meshwork() -> Command {
@@ -10,8 +12,14 @@ fn meshwork() -> Command {
 fn validate_accepts_the_quickstart() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local/quickstart");
     let out = meshwork().args(["validate", dir]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: 5 workloads, 1 gateways, 2 routes"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("ok: 5 workloads, 1 gateways, 2 routes")
+    );
 }
 
 #[test]
@@ -26,7 +34,10 @@ fn validate_reports_errors_and_exits_1() {
     let out = meshwork().arg("validate").arg(dir.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("nested/route.yml:5: spec.parentRefs[0].name: unknown Gateway \"gw\""), "{err}");
+    assert!(
+        err.contains("nested/route.yml:5: spec.parentRefs[0].name: unknown Gateway \"gw\""),
+        "{err}"
+    );
     assert!(err.contains("1 error"), "{err}");
 }
 
@@ -36,14 +47,24 @@ fn validate_rejects_an_empty_or_missing_directory() {
     let out = meshwork().arg("validate").arg(dir.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no *.yaml or *.yml files found"));
-    let out = meshwork().args(["validate", "/nonexistent/meshwork"]).output().unwrap();
+    let out = meshwork()
+        .args(["validate", "/nonexistent/meshwork"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
 
 #[test]
 fn status_without_a_control_plane_is_a_clear_error() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let out = meshwork().args(["status", "--control-plane", &format!("127.0.0.1:{port}")]).output().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = meshwork()
+        .args(["status", "--control-plane", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the control plane"));
 }

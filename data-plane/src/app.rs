@@ -30,7 +30,10 @@ pub enum Role {
 #[derive(Debug, Clone)]
 pub enum Source {
     ControlPlane(String),
-    Manifests { dir: PathBuf, gateway: Option<String> },
+    Manifests {
+        dir: PathBuf,
+        gateway: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -88,23 +91,42 @@ impl Applier {
                 if !unchanged && l.port != 0 {
                     let addr = SocketAddr::from(([127, 0, 0, 1], l.port));
                     // Rebinding a port we already serve under another name would clash with ourselves: stop it first.
-                    let same_port: Vec<Arc<str>> = mgr.active.iter().filter(|(_, a)| a.port == l.port).map(|(n, _)| n.clone()).collect();
+                    let same_port: Vec<Arc<str>> = mgr
+                        .active
+                        .iter()
+                        .filter(|(_, a)| a.port == l.port)
+                        .map(|(n, _)| n.clone())
+                        .collect();
                     let socket = if same_port.is_empty() {
                         listener::bind(addr)
                     } else {
-                        Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "port moves between listeners; not supported live"))
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::AddrInUse,
+                            "port moves between listeners; not supported live",
+                        ))
                     };
                     match socket {
                         Ok(s) => bound.push((l.name.clone(), l.port, s)),
-                        Err(e) => return Err(format!("listener {:?}: cannot bind {addr}: {e}", l.name)),
+                        Err(e) => {
+                            return Err(format!("listener {:?}: cannot bind {addr}: {e}", l.name))
+                        }
                     }
                 }
             }
         }
-        let wanted: HashMap<Arc<str>, u16> = snap.listeners.values().map(|l| (l.name.clone(), l.port)).collect();
+        let wanted: HashMap<Arc<str>, u16> = snap
+            .listeners
+            .values()
+            .map(|l| (l.name.clone(), l.port))
+            .collect();
         self.store.publish(snap);
         if self.manage_listeners {
-            let retired: Vec<Arc<str>> = mgr.active.iter().filter(|(n, a)| wanted.get(*n) != Some(&a.port)).map(|(n, _)| n.clone()).collect();
+            let retired: Vec<Arc<str>> = mgr
+                .active
+                .iter()
+                .filter(|(n, a)| wanted.get(*n) != Some(&a.port))
+                .map(|(n, _)| n.clone())
+                .collect();
             for name in retired {
                 if let Some(a) = mgr.active.remove(&name) {
                     let _ = a.stop.send(true);
@@ -112,7 +134,11 @@ impl Applier {
             }
             for (name, port, socket) in bound {
                 let (stop, stop_rx) = watch::channel(false);
-                let ctx = Arc::new(ListenerCtx { mode: Mode::Routed(name.clone()), store: self.store.clone(), upstreams: self.upstreams.clone() });
+                let ctx = Arc::new(ListenerCtx {
+                    mode: Mode::Routed(name.clone()),
+                    store: self.store.clone(),
+                    upstreams: self.upstreams.clone(),
+                });
                 let drain = self.drain;
                 let _guard = mgr.data.enter();
                 match tokio::net::TcpListener::from_std(socket) {
@@ -121,7 +147,9 @@ impl Applier {
                         tracing::info!(listener = %name, port, "listening");
                         mgr.active.insert(name, Active { port, stop });
                     }
-                    Err(e) => tracing::error!(listener = %name, error = %e, "cannot register listener"),
+                    Err(e) => {
+                        tracing::error!(listener = %name, error = %e, "cannot register listener")
+                    }
                 }
             }
         }
@@ -144,12 +172,17 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         b.worker_threads(opts.workers);
         b
     };
-    let rt = builder.enable_all().thread_name("meshwork-worker").build()?;
+    let rt = builder
+        .enable_all()
+        .thread_name("meshwork-worker")
+        .build()?;
     rt.block_on(main_async(opts))
 }
 
 fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 async fn main_async(opts: Options) -> anyhow::Result<()> {
@@ -159,15 +192,40 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
     let mut static_listeners = Vec::new();
 
     if opts.role == Role::Sidecar {
-        let (Some(inbound), Some(outbound), Some(app)) = (opts.inbound, opts.outbound, opts.app) else {
+        let (Some(inbound), Some(outbound), Some(app)) = (opts.inbound, opts.outbound, opts.app)
+        else {
             anyhow::bail!("a sidecar needs --inbound, --outbound and --app");
         };
         let authority = app.to_string().parse().context("--app")?;
-        let app_cluster = Arc::new(Cluster::new(Arc::from(format!("local-app/{}", opts.service)), opts.app_protocol, vec![Endpoint { addr: app, authority }]));
-        for (addr, mode) in [(inbound, Mode::Inbound(app_cluster)), (outbound, Mode::Routed(Arc::from(meshwork_control::translate::OUTBOUND_LISTENER)))] {
-            let l = tokio::net::TcpListener::from_std(listener::bind(addr).with_context(|| format!("bind {addr}"))?)?;
-            let ctx = Arc::new(ListenerCtx { mode, store: store.clone(), upstreams: upstreams.clone() });
-            static_listeners.push(tokio::spawn(listener::serve(l, ctx, stop_rx.clone(), opts.drain)));
+        let app_cluster = Arc::new(Cluster::new(
+            Arc::from(format!("local-app/{}", opts.service)),
+            opts.app_protocol,
+            vec![Endpoint {
+                addr: app,
+                authority,
+            }],
+        ));
+        for (addr, mode) in [
+            (inbound, Mode::Inbound(app_cluster)),
+            (
+                outbound,
+                Mode::Routed(Arc::from(meshwork_control::translate::OUTBOUND_LISTENER)),
+            ),
+        ] {
+            let l = tokio::net::TcpListener::from_std(
+                listener::bind(addr).with_context(|| format!("bind {addr}"))?,
+            )?;
+            let ctx = Arc::new(ListenerCtx {
+                mode,
+                store: store.clone(),
+                upstreams: upstreams.clone(),
+            });
+            static_listeners.push(tokio::spawn(listener::serve(
+                l,
+                ctx,
+                stop_rx.clone(),
+                opts.drain,
+            )));
         }
     }
 
@@ -176,60 +234,87 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
         upstreams: upstreams.clone(),
         manage_listeners: opts.role == Role::Gateway,
         drain: opts.drain,
-        manager: Mutex::new(ListenerManager { data: Handle::current(), active: HashMap::new() }),
+        manager: Mutex::new(ListenerManager {
+            data: Handle::current(),
+            active: HashMap::new(),
+        }),
     });
 
-    let admin_socket = listener::bind(opts.admin).with_context(|| format!("bind the admin listener on {}", opts.admin))?;
+    let admin_socket = listener::bind(opts.admin)
+        .with_context(|| format!("bind the admin listener on {}", opts.admin))?;
     let (started_tx, started_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
     let (leaving_tx, leaving_rx) = watch::channel(false);
     let control_opts = opts.clone();
     let control_applier = applier.clone();
     let control_store = store.clone();
-    std::thread::Builder::new().name("meshwork-control".into()).spawn(move || {
-        let rt = match control_runtime() {
-            Ok(rt) => rt,
-            Err(e) => {
-                let _ = started_tx.send(Err(e.into()));
-                return;
-            }
-        };
-        rt.block_on(async move {
-            let admin = match tokio::net::TcpListener::from_std(admin_socket) {
-                Ok(l) => l,
+    std::thread::Builder::new()
+        .name("meshwork-control".into())
+        .spawn(move || {
+            let rt = match control_runtime() {
+                Ok(rt) => rt,
                 Err(e) => {
                     let _ = started_tx.send(Err(e.into()));
                     return;
                 }
             };
-            let role = if control_opts.role == Role::Gateway { "gateway" } else { "sidecar" };
-            let state = Arc::new(crate::admin::AdminState { store: control_store, node_id: control_opts.node_id.clone(), role });
-            tokio::spawn(crate::admin::serve(admin, state));
-            match control_opts.source.clone() {
-                Source::Manifests { dir, gateway } => {
-                    let r = crate::config::standalone::start(dir, gateway, control_opts.namespace.clone(), control_applier).await;
-                    let failed = r.is_err();
-                    let _ = started_tx.send(r);
-                    if !failed {
+            rt.block_on(async move {
+                let admin = match tokio::net::TcpListener::from_std(admin_socket) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e.into()));
+                        return;
+                    }
+                };
+                let role = if control_opts.role == Role::Gateway {
+                    "gateway"
+                } else {
+                    "sidecar"
+                };
+                let state = Arc::new(crate::admin::AdminState {
+                    store: control_store,
+                    node_id: control_opts.node_id.clone(),
+                    role,
+                });
+                tokio::spawn(crate::admin::serve(admin, state));
+                match control_opts.source.clone() {
+                    Source::Manifests { dir, gateway } => {
+                        let r = crate::config::standalone::start(
+                            dir,
+                            gateway,
+                            control_opts.namespace.clone(),
+                            control_applier,
+                        )
+                        .await;
+                        let failed = r.is_err();
+                        let _ = started_tx.send(r);
+                        if !failed {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    Source::ControlPlane(url) => {
+                        let _ = started_tx.send(Ok(()));
+                        let hello = pb::Hello {
+                            node_id: control_opts.node_id.clone(),
+                            service: control_opts.service.clone(),
+                            namespace: control_opts.namespace.clone(),
+                            role: if control_opts.role == Role::Gateway {
+                                pb::Role::Gateway
+                            } else {
+                                pb::Role::Sidecar
+                            } as i32,
+                            labels: control_opts.labels.iter().cloned().collect(),
+                            inbound_addr: control_opts
+                                .inbound
+                                .map(|a| a.to_string())
+                                .unwrap_or_default(),
+                            applied_version: 0,
+                        };
+                        crate::config::client::run(url, hello, control_applier, leaving_rx).await;
                         std::future::pending::<()>().await;
                     }
                 }
-                Source::ControlPlane(url) => {
-                    let _ = started_tx.send(Ok(()));
-                    let hello = pb::Hello {
-                        node_id: control_opts.node_id.clone(),
-                        service: control_opts.service.clone(),
-                        namespace: control_opts.namespace.clone(),
-                        role: if control_opts.role == Role::Gateway { pb::Role::Gateway } else { pb::Role::Sidecar } as i32,
-                        labels: control_opts.labels.iter().cloned().collect(),
-                        inbound_addr: control_opts.inbound.map(|a| a.to_string()).unwrap_or_default(),
-                        applied_version: 0,
-                    };
-                    crate::config::client::run(url, hello, control_applier, leaving_rx).await;
-                    std::future::pending::<()>().await;
-                }
-            }
-        });
-    })?;
+            });
+        })?;
     started_rx.await.context("control thread stopped")??;
     tracing::info!(node = %opts.node_id, admin = %opts.admin, "meshwork-proxy started");
 

@@ -15,7 +15,10 @@ pub enum RequestBody {
     /// The client's body, streamed through.
     Incoming(Incoming),
     /// The client's body, streamed through, with each data frame also copied to a mirror request.
-    Tee { inner: Incoming, copies: Vec<mpsc::Sender<Bytes>> },
+    Tee {
+        inner: Incoming,
+        copies: Vec<mpsc::Sender<Bytes>>,
+    },
     /// A mirror's copy of a body.
     Mirror(mpsc::Receiver<Bytes>),
     Empty,
@@ -25,7 +28,10 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             RequestBody::Tee { inner, copies } => {
@@ -83,7 +89,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),

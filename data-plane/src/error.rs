@@ -15,9 +15,17 @@ pub enum ProxyError {
     #[error("no healthy endpoint for {0}")]
     NoEndpoint(String),
     #[error("upstream connect error ({cluster} at {addr}): {source}")]
-    Connect { cluster: String, addr: String, source: hyper_util::client::legacy::Error },
+    Connect {
+        cluster: String,
+        addr: String,
+        source: hyper_util::client::legacy::Error,
+    },
     #[error("upstream request failed ({cluster} at {addr}): {source}")]
-    Upstream { cluster: String, addr: String, source: hyper_util::client::legacy::Error },
+    Upstream {
+        cluster: String,
+        addr: String,
+        source: hyper_util::client::legacy::Error,
+    },
     #[error("upstream did not answer within {0:?}")]
     Timeout(Duration),
     #[error("bad request: {0}")]
@@ -28,9 +36,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ProxyError::NotConfigured(_) | ProxyError::NoEndpoint(_) | ProxyError::Connect { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NotConfigured(_)
+            | ProxyError::NoEndpoint(_)
+            | ProxyError::Connect { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NoBackend(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,

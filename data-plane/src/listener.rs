@@ -29,7 +29,12 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 /// Serves until `stop` turns true, then stops accepting and gives open connections `drain` to finish.
-pub async fn serve(listener: TcpListener, ctx: Arc<ListenerCtx>, mut stop: watch::Receiver<bool>, drain: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<ListenerCtx>,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
     let builder = Arc::new(builder());
     let graceful = GracefulShutdown::new();
     loop {
@@ -52,7 +57,9 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ListenerCtx>, mut stop: watch
             let ctx = ctx.clone();
             async move { Ok::<_, Infallible>(handle(&ctx, req, peer).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -61,7 +68,10 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ListenerCtx>, mut stop: watch
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("drain period over; closing remaining connections");
     }
 }

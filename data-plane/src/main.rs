@@ -24,7 +24,11 @@ enum AppProtocolArg {
 #[command(name = "meshwork-proxy", version)]
 struct Args {
     /// Control plane URL (e.g. http://127.0.0.1:15010).
-    #[arg(long, conflicts_with = "manifests", required_unless_present = "manifests")]
+    #[arg(
+        long,
+        conflicts_with = "manifests",
+        required_unless_present = "manifests"
+    )]
     control_plane: Option<String>,
     /// Standalone gateway: translate this manifest directory locally and follow it (no control plane).
     #[arg(long)]
@@ -74,11 +78,14 @@ struct Args {
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    meshwork_control::model::read::parse_duration(s).map_err(|e| format!("expected a duration like 5s or 250ms: {e}"))
+    meshwork_control::model::read::parse_duration(s)
+        .map_err(|e| format!("expected a duration like 5s or 250ms: {e}"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -86,18 +93,42 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (source, default_role) = match (args.control_plane, args.manifests) {
         (Some(url), None) => (Source::ControlPlane(url), None),
-        (None, Some(dir)) => (Source::Manifests { dir, gateway: args.gateway }, Some(RoleArg::Gateway)),
+        (None, Some(dir)) => (
+            Source::Manifests {
+                dir,
+                gateway: args.gateway,
+            },
+            Some(RoleArg::Gateway),
+        ),
         _ => anyhow::bail!("give exactly one of --control-plane and --manifests"),
     };
-    let role = match args.role.or(default_role).context("--role sidecar|gateway is required with --control-plane")? {
+    let role = match args
+        .role
+        .or(default_role)
+        .context("--role sidecar|gateway is required with --control-plane")?
+    {
         RoleArg::Sidecar => Role::Sidecar,
         RoleArg::Gateway => Role::Gateway,
     };
     if matches!(source, Source::ControlPlane(_)) && args.service.is_empty() {
-        anyhow::bail!("--service is required with --control-plane (the mesh service, or the Gateway name)");
+        anyhow::bail!(
+            "--service is required with --control-plane (the mesh service, or the Gateway name)"
+        );
     }
-    let node_id = args.node_id.unwrap_or_else(|| format!("{}-{}", if args.service.is_empty() { "gateway" } else { &args.service }, std::process::id()));
-    let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let node_id = args.node_id.unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            if args.service.is_empty() {
+                "gateway"
+            } else {
+                &args.service
+            },
+            std::process::id()
+        )
+    });
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     app::run(Options {
         source,
         role,

@@ -37,48 +37,86 @@ pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
     tracing::debug!(error = %crate::error::chain(err), "request failed");
     let mut resp = Response::new(ResponseBody::text(format!("meshwork: {err}\n")));
     *resp.status_mut() = err.status();
-    resp.headers_mut().insert(header::CONTENT_TYPE, TEXT_PLAIN.clone());
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, TEXT_PLAIN.clone());
     resp
 }
 
-pub async fn handle(ctx: &ListenerCtx, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+pub async fn handle(
+    ctx: &ListenerCtx,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ResponseBody> {
     match route_and_forward(ctx, req, peer).await {
         Ok(resp) => resp,
         Err(e) => error_response(&e),
     }
 }
 
-async fn route_and_forward(ctx: &ListenerCtx, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<ResponseBody>, ProxyError> {
+async fn route_and_forward(
+    ctx: &ListenerCtx,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<ResponseBody>, ProxyError> {
     let name = match &ctx.mode {
         Mode::Inbound(app) => {
-            let endpoint = app.pick().ok_or_else(|| ProxyError::NoEndpoint(app.name.to_string()))?;
+            let endpoint = app
+                .pick()
+                .ok_or_else(|| ProxyError::NoEndpoint(app.name.to_string()))?;
             let (mut parts, body) = req.into_parts();
             prepare_headers(&mut parts, peer);
-            return forward(ctx, parts, RequestBody::Incoming(body), app, endpoint.authority.clone(), None).await;
+            return forward(
+                ctx,
+                parts,
+                RequestBody::Incoming(body),
+                app,
+                endpoint.authority.clone(),
+                None,
+            )
+            .await;
         }
         Mode::Routed(name) => name,
     };
     // The snapshot is loaded once: this request finishes on it even if a new one is published meanwhile.
     let snapshot = ctx.store.load();
-    let listener = snapshot.listeners.get(name).ok_or_else(|| ProxyError::NotConfigured(name.to_string()))?;
+    let listener = snapshot
+        .listeners
+        .get(name)
+        .ok_or_else(|| ProxyError::NotConfigured(name.to_string()))?;
     let (mut parts, body) = req.into_parts();
     let host = router::request_host(&parts).unwrap_or("");
-    let no_route = || ProxyError::NoRoute { host: host.to_string(), path: parts.uri.path().to_string() };
+    let no_route = || ProxyError::NoRoute {
+        host: host.to_string(),
+        path: parts.uri.path().to_string(),
+    };
     let vhost = router::find_vhost(&listener.vhosts, host).ok_or_else(no_route)?;
     let route = router::find_route(vhost, &parts).ok_or_else(no_route)?;
 
     if let Some(redirect) = &route.filters.redirect {
         return Ok(redirect_response(route, redirect, &parts));
     }
-    let cluster = route.pick_backend().ok_or_else(|| ProxyError::NoBackend(route.name.to_string()))?;
-    let endpoint = cluster.pick().ok_or_else(|| ProxyError::NoEndpoint(cluster.name.to_string()))?;
+    let cluster = route
+        .pick_backend()
+        .ok_or_else(|| ProxyError::NoBackend(route.name.to_string()))?;
+    let endpoint = cluster
+        .pick()
+        .ok_or_else(|| ProxyError::NoEndpoint(cluster.name.to_string()))?;
 
     prepare_headers(&mut parts, peer);
     apply_request_filters(&mut parts, route);
     let body = mirror(ctx, &parts, body, &route.filters);
-    let fut = forward(ctx, parts, body, cluster, endpoint.authority.clone(), route.filters.response_headers.as_ref());
+    let fut = forward(
+        ctx,
+        parts,
+        body,
+        cluster,
+        endpoint.authority.clone(),
+        route.filters.response_headers.as_ref(),
+    );
     match route.timeout {
-        Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| ProxyError::Timeout(t))?,
+        Some(t) => tokio::time::timeout(t, fut)
+            .await
+            .map_err(|_| ProxyError::Timeout(t))?,
         None => fut.await,
     }
 }
@@ -86,7 +124,11 @@ async fn route_and_forward(ctx: &ListenerCtx, req: Request<Incoming>, peer: Sock
 fn prepare_headers(parts: &mut http::request::Parts, peer: SocketAddr) {
     // An HTTP/2 request carries its host in :authority; an HTTP/1.1 upstream needs a Host header.
     if !parts.headers.contains_key(header::HOST) {
-        if let Some(v) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        if let Some(v) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
             parts.headers.insert(header::HOST, v);
         }
     }
@@ -112,13 +154,27 @@ fn apply_request_filters(parts: &mut http::request::Parts, route: &Route) {
     }
 }
 
-fn redirect_response(route: &Route, r: &crate::config::snapshot::Redirect, parts: &http::request::Parts) -> Response<ResponseBody> {
+fn redirect_response(
+    route: &Route,
+    r: &crate::config::snapshot::Redirect,
+    parts: &http::request::Parts,
+) -> Response<ResponseBody> {
     let host = router::request_host(parts).unwrap_or("localhost");
-    let port = parts
-        .uri
-        .port_u16()
-        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).and_then(|h| h.rsplit_once(':')).and_then(|(_, p)| p.parse().ok()));
-    let location = headers::redirect_location(r, host, port, parts.uri.path_and_query(), &route.matcher.path);
+    let port = parts.uri.port_u16().or_else(|| {
+        parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse().ok())
+    });
+    let location = headers::redirect_location(
+        r,
+        host,
+        port,
+        parts.uri.path_and_query(),
+        &route.matcher.path,
+    );
     let mut resp = Response::new(ResponseBody::empty());
     *resp.status_mut() = r.status;
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -128,7 +184,12 @@ fn redirect_response(route: &Route, r: &crate::config::snapshot::Redirect, parts
 }
 
 /// Fires a copy of the request at each mirror (per its percentage), without waiting for or using the answers.
-fn mirror(ctx: &ListenerCtx, parts: &http::request::Parts, body: Incoming, filters: &Filters) -> RequestBody {
+fn mirror(
+    ctx: &ListenerCtx,
+    parts: &http::request::Parts,
+    body: Incoming,
+    filters: &Filters,
+) -> RequestBody {
     if filters.mirrors.is_empty() {
         return RequestBody::Incoming(body);
     }
@@ -138,7 +199,9 @@ fn mirror(ctx: &ListenerCtx, parts: &http::request::Parts, body: Incoming, filte
         if m.percent < 100 && fastrand::u32(0..100) >= m.percent {
             continue;
         }
-        let Some(endpoint) = m.cluster.pick() else { continue };
+        let Some(endpoint) = m.cluster.pick() else {
+            continue;
+        };
         let mirror_body = if has_body {
             let (tx, rx) = tokio::sync::mpsc::channel(16);
             copies.push(tx);
@@ -146,7 +209,9 @@ fn mirror(ctx: &ListenerCtx, parts: &http::request::Parts, body: Incoming, filte
         } else {
             RequestBody::Empty
         };
-        let Some(uri) = upstream_uri(endpoint.authority.clone(), parts.uri.path_and_query()) else { continue };
+        let Some(uri) = upstream_uri(endpoint.authority.clone(), parts.uri.path_and_query()) else {
+            continue;
+        };
         let mut req = Request::new(mirror_body);
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
@@ -157,14 +222,19 @@ fn mirror(ctx: &ListenerCtx, parts: &http::request::Parts, body: Incoming, filte
         tokio::spawn(async move {
             match fut.await {
                 Ok(resp) => upstream::drain(resp).await,
-                Err(e) => tracing::debug!(%cluster, error = %crate::error::chain(&e), "mirror request failed"),
+                Err(e) => {
+                    tracing::debug!(%cluster, error = %crate::error::chain(&e), "mirror request failed")
+                }
             }
         });
     }
     if copies.is_empty() {
         RequestBody::Incoming(body)
     } else {
-        RequestBody::Tee { inner: body, copies }
+        RequestBody::Tee {
+            inner: body,
+            copies,
+        }
     }
 }
 
@@ -179,7 +249,10 @@ fn upstream_uri(authority: http::uri::Authority, pq: Option<&PathAndQuery>) -> O
     let mut p = http::uri::Parts::default();
     p.scheme = Some(Scheme::HTTP);
     p.authority = Some(authority);
-    p.path_and_query = Some(pq.cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+    p.path_and_query = Some(
+        pq.cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
     Uri::from_parts(p).ok()
 }
 
@@ -192,17 +265,30 @@ async fn forward(
     response_headers: Option<&crate::config::snapshot::HeaderMod>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let addr = authority.as_str().to_string();
-    let uri = upstream_uri(authority, parts.uri.path_and_query()).ok_or(ProxyError::BadRequest("cannot build the upstream URI"))?;
+    let uri = upstream_uri(authority, parts.uri.path_and_query())
+        .ok_or(ProxyError::BadRequest("cannot build the upstream URI"))?;
     let mut req = Request::from_parts(parts, body);
     *req.uri_mut() = uri;
     *req.version_mut() = version_for(cluster.protocol);
-    let resp = ctx.upstreams.request(cluster.protocol, req).await.map_err(|source| {
-        if source.is_connect() {
-            ProxyError::Connect { cluster: cluster.name.to_string(), addr: addr.clone(), source }
-        } else {
-            ProxyError::Upstream { cluster: cluster.name.to_string(), addr: addr.clone(), source }
-        }
-    })?;
+    let resp = ctx
+        .upstreams
+        .request(cluster.protocol, req)
+        .await
+        .map_err(|source| {
+            if source.is_connect() {
+                ProxyError::Connect {
+                    cluster: cluster.name.to_string(),
+                    addr: addr.clone(),
+                    source,
+                }
+            } else {
+                ProxyError::Upstream {
+                    cluster: cluster.name.to_string(),
+                    addr: addr.clone(),
+                    source,
+                }
+            }
+        })?;
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
     if let Some(m) = response_headers {
@@ -210,4 +296,3 @@ async fn forward(
     }
     Ok(Response::from_parts(parts, ResponseBody::Upstream(body)))
 }
-

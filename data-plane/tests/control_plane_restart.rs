@@ -1,6 +1,8 @@
 //! The control plane killed and restarted while traffic flows: proxies keep serving their last config, reconnect,
 //! and nothing fails. Then a registered instance stops and disappears from every proxy's endpoints.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::process::{Command, Stdio};
@@ -9,11 +11,22 @@ use std::time::Duration;
 use common::*;
 
 fn control_plane(dir: &std::path::Path, port: u16) -> Proc {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("cp.log")).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("cp.log"))
+        .unwrap();
     Proc::spawn(
         "meshwork control",
         Command::new(bin("meshwork"))
-            .args(["control", "--listen", &format!("127.0.0.1:{port}"), "--warmup", "3s", "--manifests"])
+            .args([
+                "control",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--warmup",
+                "3s",
+                "--manifests",
+            ])
             .arg(dir.join("manifests"))
             .stdout(Stdio::null())
             .stderr(Stdio::from(log)),
@@ -22,13 +35,26 @@ fn control_plane(dir: &std::path::Path, port: u16) -> Proc {
 
 fn proxy(dir: &std::path::Path, name: &str, args: &[String]) -> Proc {
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    Proc::spawn(name, Command::new(bin("meshwork-proxy")).args(args).env("MESHWORK_LOG", "info").stdout(Stdio::null()).stderr(Stdio::from(log)))
+    Proc::spawn(
+        name,
+        Command::new(bin("meshwork-proxy"))
+            .args(args)
+            .env("MESHWORK_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log)),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_plane_restart_under_load() {
     let dir = tempfile::tempdir().unwrap();
-    let (cp_port, gw, app, inbound, outbound) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let (cp_port, gw, app, inbound, outbound) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
     std::fs::create_dir(dir.path().join("manifests")).unwrap();
     write(
         &dir.path().join("manifests"),
@@ -56,16 +82,32 @@ spec:
     let mut cp = control_plane(dir.path(), cp_port);
     let _app = Proc::spawn(
         "app",
-        Command::new(bin("meshwork-demo")).args(["echo", "--port", &app.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()),
+        Command::new(bin("meshwork-demo"))
+            .args(["echo", "--port", &app.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
     );
     let cp_url = format!("http://127.0.0.1:{cp_port}");
     let mut sidecar = proxy(
         dir.path(),
         "sidecar",
         &[
-            "--control-plane", &cp_url, "--node-id", "backend-0", "--service", "backend", "--role", "sidecar",
-            "--inbound", &format!("127.0.0.1:{inbound}"), "--outbound", &format!("127.0.0.1:{outbound}"),
-            "--app", &format!("127.0.0.1:{app}"), "--admin", &format!("127.0.0.1:{}", free_port()),
+            "--control-plane",
+            &cp_url,
+            "--node-id",
+            "backend-0",
+            "--service",
+            "backend",
+            "--role",
+            "sidecar",
+            "--inbound",
+            &format!("127.0.0.1:{inbound}"),
+            "--outbound",
+            &format!("127.0.0.1:{outbound}"),
+            "--app",
+            &format!("127.0.0.1:{app}"),
+            "--admin",
+            &format!("127.0.0.1:{}", free_port()),
         ]
         .map(String::from),
     );
@@ -73,14 +115,32 @@ spec:
     let _gateway = proxy(
         dir.path(),
         "gateway",
-        &["--control-plane", &cp_url, "--node-id", "gw", "--service", "edge", "--role", "gateway", "--admin", &gw_admin, "--workers", "1"]
-            .map(String::from),
+        &[
+            "--control-plane",
+            &cp_url,
+            "--node-id",
+            "gw",
+            "--service",
+            "edge",
+            "--role",
+            "gateway",
+            "--admin",
+            &gw_admin,
+            "--workers",
+            "1",
+        ]
+        .map(String::from),
     );
     let c = client();
     let url = format!("http://127.0.0.1:{gw}/x");
     eventually(Duration::from_secs(20), "the gateway to serve", || {
         let (c, url) = (c.clone(), url.clone());
-        async move { send(&c, "GET", &url, &[], Default::default()).await.ok().filter(|r| r.status == 200) }
+        async move {
+            send(&c, "GET", &url, &[], Default::default())
+                .await
+                .ok()
+                .filter(|r| r.status == 200)
+        }
     })
     .await;
     let ready = get(&c, &format!("http://{gw_admin}/ready"), &[]).await;
@@ -93,34 +153,61 @@ spec:
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let cp2 = control_plane(dir.path(), cp_port);
     let cp_addr = format!("127.0.0.1:{cp_port}");
-    eventually(Duration::from_secs(30), "both proxies to reconnect and ACK", || {
-        let cp_addr = cp_addr.clone();
-        async move {
-            let s = cp_status(&cp_addr).await?;
-            let synced = |id: &str| s.proxies.iter().any(|p| p.node_id == id && p.sent_version > 0 && p.acked_version == p.sent_version);
-            (synced("gw") && synced("backend-0")).then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(30),
+        "both proxies to reconnect and ACK",
+        || {
+            let cp_addr = cp_addr.clone();
+            async move {
+                let s = cp_status(&cp_addr).await?;
+                let synced = |id: &str| {
+                    s.proxies.iter().any(|p| {
+                        p.node_id == id && p.sent_version > 0 && p.acked_version == p.sent_version
+                    })
+                };
+                (synced("gw") && synced("backend-0")).then_some(())
+            }
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (ok, failures) = load.finish().await;
-    assert!(failures.is_empty(), "{} failures across a control-plane restart, e.g. {:?}", failures.len(), &failures[..failures.len().min(3)]);
+    assert!(
+        failures.is_empty(),
+        "{} failures across a control-plane restart, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
     assert!(ok > 100, "load ran ({ok})");
 
     // Versions keep growing across the restart (the proxy announces what it applied).
-    let gw_status = cp_status(&cp_addr).await.unwrap().proxies.into_iter().find(|p| p.node_id == "gw").unwrap();
+    let gw_status = cp_status(&cp_addr)
+        .await
+        .unwrap()
+        .proxies
+        .into_iter()
+        .find(|p| p.node_id == "gw")
+        .unwrap();
     assert!(gw_status.acked_version >= 2, "{gw_status:?}");
 
     // An instance that stops leaves the registry and every proxy's endpoints.
     sidecar.stop(Duration::from_secs(10));
-    eventually(Duration::from_secs(10), "the endpoint to disappear from the gateway", || {
-        let (c, admin) = (c.clone(), gw_admin.clone());
-        async move {
-            let dump = get(&c, &format!("http://{admin}/config_dump"), &[]).await.json();
-            let eps = dump["snapshot"]["clusters"][0]["endpoints"].as_array()?.len();
-            (eps == 0).then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the endpoint to disappear from the gateway",
+        || {
+            let (c, admin) = (c.clone(), gw_admin.clone());
+            async move {
+                let dump = get(&c, &format!("http://{admin}/config_dump"), &[])
+                    .await
+                    .json();
+                let eps = dump["snapshot"]["clusters"][0]["endpoints"]
+                    .as_array()?
+                    .len();
+                (eps == 0).then_some(())
+            }
+        },
+    )
     .await;
     let s = cp_status(&cp_addr).await.unwrap();
     assert!(!s.proxies.iter().any(|p| p.node_id == "backend-0"));

@@ -1,6 +1,8 @@
 //! HTTP/2 (h2c) and gRPC through a gateway and sidecars: unary and server-streaming calls, error statuses carried
 //! in trailers, a large streamed request body, h1 and h2 clients on the same listener.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::time::Duration;
@@ -60,21 +62,55 @@ async fn grpc_and_h2_through_gateway_and_sidecars() {
     let mesh = Mesh::up(dir.path()).await;
 
     // gRPC through the gateway (h2c in, h2c to the greeter's sidecar, h2c to the app).
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{gw}")).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{gw}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut grpc = EchoClient::new(channel);
-    let reply = grpc.say(EchoRequest { message: "hi".into(), count: 0 }).await.unwrap().into_inner();
-    assert_eq!((reply.message.as_str(), reply.served_by.as_str()), ("hi", "greeter/v1"));
+    let reply = grpc
+        .say(EchoRequest {
+            message: "hi".into(),
+            count: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (reply.message.as_str(), reply.served_by.as_str()),
+        ("hi", "greeter/v1")
+    );
 
-    let mut stream = grpc.repeat(EchoRequest { message: "m".into(), count: 2000 }).await.unwrap().into_inner();
+    let mut stream = grpc
+        .repeat(EchoRequest {
+            message: "m".into(),
+            count: 2000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let mut n = 0;
     while let Some(item) = stream.message().await.unwrap() {
         assert_eq!(item.message, format!("m {n}"));
         n += 1;
     }
-    assert_eq!(n, 2000, "every streamed message arrives, then the OK status in trailers");
+    assert_eq!(
+        n, 2000,
+        "every streamed message arrives, then the OK status in trailers"
+    );
 
-    let err = grpc.repeat(EchoRequest { message: "m".into(), count: 20_000 }).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument, "grpc-status travels back: {err:?}");
+    let err = grpc
+        .repeat(EchoRequest {
+            message: "m".into(),
+            count: 20_000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::InvalidArgument,
+        "grpc-status travels back: {err:?}"
+    );
 
     // gRPC from an app through its sidecar's outbound listener, addressed by service name (:authority).
     let outbound = mesh.nodes["h2echo-0"].get("outbound").to_string();
@@ -84,7 +120,14 @@ async fn grpc_and_h2_through_gateway_and_sidecars() {
         .connect()
         .await
         .unwrap();
-    let reply = EchoClient::new(channel).say(EchoRequest { message: "east-west".into(), count: 0 }).await.unwrap().into_inner();
+    let reply = EchoClient::new(channel)
+        .say(EchoRequest {
+            message: "east-west".into(),
+            count: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(reply.served_by, "greeter/v1");
 
     // h2c and HTTP/1.1 clients on the same gateway listener; the upstream is HTTP/2 either way.
@@ -96,9 +139,18 @@ async fn grpc_and_h2_through_gateway_and_sidecars() {
 
     // A large request body streams through both hops intact.
     let big = Bytes::from(vec![7u8; 8 * 1024 * 1024]);
-    let r = tokio::time::timeout(Duration::from_secs(30), send(&client(), "POST", &format!("http://127.0.0.1:{gw}/h2/upload"), &[], big))
-        .await
-        .unwrap()
-        .unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        send(
+            &client(),
+            "POST",
+            &format!("http://127.0.0.1:{gw}/h2/upload"),
+            &[],
+            big,
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(r.json()["body_bytes"], 8 * 1024 * 1024);
 }

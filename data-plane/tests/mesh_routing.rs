@@ -1,6 +1,8 @@
 //! `meshwork up` on a test manifest set: every HTTPRoute feature through a real gateway and real sidecars, then
 //! live changes under load (a route edit, an invalid edit, a NACK, a scale-down), with zero failed requests.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::collections::HashMap;
@@ -141,15 +143,29 @@ struct Fixture {
 
 impl Fixture {
     fn workloads(&self, replicas: u32) {
-        let text = WORKLOADS.replace("REPLICAS", &replicas.to_string()).replace("DEAD", &self.dead.to_string());
+        let text = WORKLOADS
+            .replace("REPLICAS", &replicas.to_string())
+            .replace("DEAD", &self.dead.to_string());
         write(self.dir.path(), "workloads.yaml", &text);
     }
     fn gateway(&self, extra_port: Option<u16>) {
-        let extra = extra_port.map(|p| format!("    - {{name: extra, port: {p}, protocol: HTTP}}")).unwrap_or_default();
-        write(self.dir.path(), "gateway.yaml", &GATEWAY.replace("GW", &self.gw.to_string()).replace("EXTRA", &extra));
+        let extra = extra_port
+            .map(|p| format!("    - {{name: extra, port: {p}, protocol: HTTP}}"))
+            .unwrap_or_default();
+        write(
+            self.dir.path(),
+            "gateway.yaml",
+            &GATEWAY
+                .replace("GW", &self.gw.to_string())
+                .replace("EXTRA", &extra),
+        );
     }
     fn routes(&self, w1: &str, w2: &str) {
-        write(self.dir.path(), "routes.yaml", &ROUTES.replace("W1", w1).replace("W2", w2));
+        write(
+            self.dir.path(),
+            "routes.yaml",
+            &ROUTES.replace("W1", w1).replace("W2", w2),
+        );
     }
 }
 
@@ -164,7 +180,11 @@ fn field<'a>(v: &'a serde_json::Value, path: &[&str]) -> &'a str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_filters_and_live_changes() {
     let dir = tempfile::tempdir().unwrap();
-    let fx = Fixture { gw: free_port(), dead: free_port(), dir };
+    let fx = Fixture {
+        gw: free_port(),
+        dead: free_port(),
+        dir,
+    };
     fx.workloads(2);
     fx.gateway(None);
     fx.routes("80", "20");
@@ -174,24 +194,78 @@ async fn routing_filters_and_live_changes() {
     let c = client();
 
     // Header modifiers, hop-by-hop removal, forwarding headers.
-    let r = get(&c, &format!("{base}/exact"), &[("x-remove-me", "1"), ("connection", "x-secret"), ("x-secret", "s")]).await;
+    let r = get(
+        &c,
+        &format!("{base}/exact"),
+        &[
+            ("x-remove-me", "1"),
+            ("connection", "x-secret"),
+            ("x-secret", "s"),
+        ],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let j = r.json();
     assert_eq!(field(&j, &["workload"]), "web");
     assert_eq!(field(&j, &["headers", "x-added"]), "yes");
-    assert!(j["headers"].get("x-remove-me").is_none() && j["headers"].get("x-secret").is_none(), "{j}");
-    assert_eq!(field(&j, &["headers", "x-forwarded-for"]), "127.0.0.1, 127.0.0.1", "gateway and sidecar each append");
+    assert!(
+        j["headers"].get("x-remove-me").is_none() && j["headers"].get("x-secret").is_none(),
+        "{j}"
+    );
+    assert_eq!(
+        field(&j, &["headers", "x-forwarded-for"]),
+        "127.0.0.1, 127.0.0.1",
+        "gateway and sidecar each append"
+    );
     assert_eq!(field(&j, &["headers", "x-request-id"]).len(), 36);
     assert_eq!(r.headers.get("x-resp").unwrap(), "r");
 
     // Method, query, header, regex matches; precedence puts the more specific rule first.
-    let post = send(&c, "POST", &format!("{base}/api/x"), &[], Bytes::from_static(b"{}")).await.unwrap();
+    let post = send(
+        &c,
+        "POST",
+        &format!("{base}/api/x"),
+        &[],
+        Bytes::from_static(b"{}"),
+    )
+    .await
+    .unwrap();
     assert_eq!(field(&post.json(), &["workload"]), "backend-v2");
-    assert_eq!(get(&c, &format!("{base}/api/x"), &[]).await.status, 404, "GET has no route");
-    assert_eq!(field(&get(&c, &format!("{base}/q?debug=1"), &[]).await.json(), &["workload"]), "backend-v2");
-    assert_eq!(field(&get(&c, &format!("{base}/q?debug=0"), &[]).await.json(), &["workload"]), "web");
-    assert_eq!(field(&get(&c, &format!("{base}/anything"), &[("x-canary", "yes")]).await.json(), &["workload"]), "backend-v2");
-    assert_eq!(field(&get(&c, &format!("{base}/re/123"), &[]).await.json(), &["workload"]), "backend-v2");
+    assert_eq!(
+        get(&c, &format!("{base}/api/x"), &[]).await.status,
+        404,
+        "GET has no route"
+    );
+    assert_eq!(
+        field(
+            &get(&c, &format!("{base}/q?debug=1"), &[]).await.json(),
+            &["workload"]
+        ),
+        "backend-v2"
+    );
+    assert_eq!(
+        field(
+            &get(&c, &format!("{base}/q?debug=0"), &[]).await.json(),
+            &["workload"]
+        ),
+        "web"
+    );
+    assert_eq!(
+        field(
+            &get(&c, &format!("{base}/anything"), &[("x-canary", "yes")])
+                .await
+                .json(),
+            &["workload"]
+        ),
+        "backend-v2"
+    );
+    assert_eq!(
+        field(
+            &get(&c, &format!("{base}/re/123"), &[]).await.json(),
+            &["workload"]
+        ),
+        "backend-v2"
+    );
     let nf = get(&c, &format!("{base}/re/abc"), &[]).await;
     assert_eq!(nf.status, 404);
     assert!(nf.text().contains("no route"), "{}", nf.text());
@@ -199,8 +273,13 @@ async fn routing_filters_and_live_changes() {
     // Redirect and rewrite.
     let r = get(&c, &format!("{base}/old/x?a=1"), &[]).await;
     assert_eq!(r.status, 301);
-    assert_eq!(r.headers.get("location").unwrap().to_str().unwrap(), format!("{base}/new?a=1"));
-    let j = get(&c, &format!("{base}/rewrite/abc?z=2"), &[]).await.json();
+    assert_eq!(
+        r.headers.get("location").unwrap().to_str().unwrap(),
+        format!("{base}/new?a=1")
+    );
+    let j = get(&c, &format!("{base}/rewrite/abc?z=2"), &[])
+        .await
+        .json();
     assert_eq!(field(&j, &["path"]), "/v2/abc");
     assert_eq!(field(&j, &["query"]), "z=2");
     assert_eq!(field(&j, &["headers", "host"]), "rewritten.example");
@@ -209,15 +288,27 @@ async fn routing_filters_and_live_changes() {
     let count = |r: Resp| r.json()["requests"].as_u64().unwrap();
     let before = count(get(&c, &format!("{base}/sink-count"), &[]).await);
     for _ in 0..5 {
-        let r = send(&c, "POST", &format!("{base}/mirror"), &[], Bytes::from(vec![b'm'; 100_000])).await.unwrap();
+        let r = send(
+            &c,
+            "POST",
+            &format!("{base}/mirror"),
+            &[],
+            Bytes::from(vec![b'm'; 100_000]),
+        )
+        .await
+        .unwrap();
         assert_eq!(field(&r.json(), &["workload"]), "web");
         assert_eq!(r.json()["body_bytes"], 100_000);
     }
-    eventually(Duration::from_secs(5), "mirrored requests at the sink", || {
-        let c = c.clone();
-        let url = format!("{base}/sink-count");
-        async move { (count(get(&c, &url, &[]).await) == before + 5).then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(5),
+        "mirrored requests at the sink",
+        || {
+            let c = c.clone();
+            let url = format!("{base}/sink-count");
+            async move { (count(get(&c, &url, &[]).await) == before + 5).then_some(()) }
+        },
+    )
     .await;
 
     // Weighted split (80/20) and round robin over backend-v1's two replicas.
@@ -229,7 +320,12 @@ async fn routing_filters_and_live_changes() {
         tasks.push(tokio::spawn(async move {
             let mut nodes = Vec::new();
             for _ in 0..n / 8 {
-                nodes.push(get(&c, &url, &[]).await.json()["node"].as_str().unwrap().to_string());
+                nodes.push(
+                    get(&c, &url, &[]).await.json()["node"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                );
             }
             nodes
         }));
@@ -240,100 +336,197 @@ async fn routing_filters_and_live_changes() {
         }
     }
     let v2 = f64::from(by_node.get("backend-v2-0").copied().unwrap_or(0)) / f64::from(n);
-    assert!((0.17..=0.23).contains(&v2), "v2 share {v2} outside 0.20 +- 0.03: {by_node:?}");
+    assert!(
+        (0.17..=0.23).contains(&v2),
+        "v2 share {v2} outside 0.20 +- 0.03: {by_node:?}"
+    );
     let (a, b) = (by_node["backend-v1-0"], by_node["backend-v1-1"]);
-    assert!(a.abs_diff(b) * 10 <= a + b, "round robin over v1 replicas: {a} vs {b}");
+    assert!(
+        a.abs_diff(b) * 10 <= a + b,
+        "round robin over v1 replicas: {a} vs {b}"
+    );
 
     // East-west: the frontend app calls `http://backend/...` through HTTP_PROXY; the GAMMA route pins beta users.
     let j = get(&c, &format!("{base}/fe/hello"), &[]).await.json();
     assert_eq!(field(&j, &["called"]), "http://backend/hello");
     assert_eq!(field(&j, &["response", "workload"]), "backend-v1");
-    let j = get(&c, &format!("{base}/fe/hello"), &[("x-user", "beta"), ("x-request-id", "req-42")]).await.json();
+    let j = get(
+        &c,
+        &format!("{base}/fe/hello"),
+        &[("x-user", "beta"), ("x-request-id", "req-42")],
+    )
+    .await
+    .json();
     assert_eq!(field(&j, &["response", "workload"]), "backend-v2");
-    assert_eq!(field(&j, &["response", "headers", "x-request-id"]), "req-42", "the request id survives every hop");
+    assert_eq!(
+        field(&j, &["response", "headers", "x-request-id"]),
+        "req-42",
+        "the request id survives every hop"
+    );
 
     // Errors map to statuses with a body that says why.
     let r = get(&c, &format!("{base}/slow/2000"), &[]).await;
     assert_eq!(r.status, 504, "{}", r.text());
     let r = get(&c, &format!("{base}/empty"), &[]).await;
-    assert_eq!((r.status, r.text().contains("no healthy endpoint")), (503, true), "{}", r.text());
+    assert_eq!(
+        (r.status, r.text().contains("no healthy endpoint")),
+        (503, true),
+        "{}",
+        r.text()
+    );
     let r = get(&c, &format!("{base}/dead"), &[]).await;
-    assert_eq!((r.status, r.text().contains("connect error")), (503, true), "{}", r.text());
+    assert_eq!(
+        (r.status, r.text().contains("connect error")),
+        (503, true),
+        "{}",
+        r.text()
+    );
 
     // A route edited under continuous load: zero failed requests, and the new weights take over.
     let load = Load::start(format!("{base}/split"), 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
     fx.routes("0", "100");
-    mesh.wait_line("applied: generation 2", Duration::from_secs(30)).await;
+    mesh.wait_line("applied: generation 2", Duration::from_secs(30))
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (ok, failures) = load.finish().await;
-    assert!(failures.is_empty(), "{} failures during a route edit, e.g. {:?}", failures.len(), &failures[..failures.len().min(3)]);
+    assert!(
+        failures.is_empty(),
+        "{} failures during a route edit, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
     assert!(ok > 50, "load ran ({ok} requests)");
     for _ in 0..50 {
-        assert_eq!(field(&get(&c, &format!("{base}/split"), &[]).await.json(), &["workload"]), "backend-v2");
+        assert_eq!(
+            field(
+                &get(&c, &format!("{base}/split"), &[]).await.json(),
+                &["workload"]
+            ),
+            "backend-v2"
+        );
     }
 
     // An invalid edit is rejected with file, line and field; the last good set keeps serving.
     fx.routes("ten", "100");
     let line = mesh.wait_line("rejected:", Duration::from_secs(30)).await;
     let written = std::fs::read_to_string(fx.dir.path().join("routes.yaml")).unwrap();
-    let at = written.lines().position(|l| l.contains("weight: ten")).unwrap() + 1;
+    let at = written
+        .lines()
+        .position(|l| l.contains("weight: ten"))
+        .unwrap()
+        + 1;
     let want = format!("routes.yaml:{at}: spec.rules[9].backendRefs[0].weight: expected a non-negative integer, got \"ten\"");
-    assert!(line.ends_with(&want), "{line}\nwanted it to end with {want}");
+    assert!(
+        line.ends_with(&want),
+        "{line}\nwanted it to end with {want}"
+    );
     let status = cp_status(&mesh.control_plane).await.unwrap();
     assert!(status.rejected_errors[0].contains("got \"ten\""));
-    assert_eq!(field(&get(&c, &format!("{base}/split"), &[]).await.json(), &["workload"]), "backend-v2");
+    assert_eq!(
+        field(
+            &get(&c, &format!("{base}/split"), &[]).await.json(),
+            &["workload"]
+        ),
+        "backend-v2"
+    );
     fx.routes("0", "100");
 
     // A snapshot the gateway cannot apply (its new listener's port is taken) is NACKed; it keeps serving.
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = squatter.local_addr().unwrap().port();
     fx.gateway(Some(taken));
-    mesh.wait_line("applied: generation", Duration::from_secs(30)).await;
+    mesh.wait_line("applied: generation", Duration::from_secs(30))
+        .await;
     let gw = eventually(Duration::from_secs(10), "a NACK from the gateway", || {
         let cp = mesh.control_plane.clone();
-        async move { cp_status(&cp).await?.proxies.into_iter().find(|p| p.node_id == "gateway-edge" && !p.last_nack.is_empty()) }
+        async move {
+            cp_status(&cp)
+                .await?
+                .proxies
+                .into_iter()
+                .find(|p| p.node_id == "gateway-edge" && !p.last_nack.is_empty())
+        }
     })
     .await;
-    assert!(gw.last_nack.contains("cannot bind") && gw.last_nack.contains(&taken.to_string()), "{}", gw.last_nack);
+    assert!(
+        gw.last_nack.contains("cannot bind") && gw.last_nack.contains(&taken.to_string()),
+        "{}",
+        gw.last_nack
+    );
     assert!(gw.acked_version < gw.sent_version);
-    assert_eq!(get(&c, &format!("{base}/exact"), &[]).await.status, 200, "previous config still serving");
+    assert_eq!(
+        get(&c, &format!("{base}/exact"), &[]).await.status,
+        200,
+        "previous config still serving"
+    );
     drop(squatter);
     fx.gateway(None);
-    mesh.wait_line("applied: generation", Duration::from_secs(30)).await;
+    mesh.wait_line("applied: generation", Duration::from_secs(30))
+        .await;
 
     // Scale-down under load: the instance leaves the registry before it stops, so no request fails.
     let load = Load::start(format!("{base}/fe/x"), 4);
     fx.workloads(1);
     fx.routes("100", "0");
-    let line = mesh.wait_line("applied: generation", Duration::from_secs(60)).await;
+    let line = mesh
+        .wait_line("applied: generation", Duration::from_secs(60))
+        .await;
     assert!(!line.contains("not yet"), "{line}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (ok, failures) = load.finish().await;
-    assert!(failures.is_empty(), "{} failures during scale-down, e.g. {:?}", failures.len(), &failures[..failures.len().min(3)]);
+    assert!(
+        failures.is_empty(),
+        "{} failures during scale-down, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
     assert!(ok > 20);
     let status = cp_status(&mesh.control_plane).await.unwrap();
-    assert!(!status.proxies.iter().any(|p| p.node_id == "backend-v1-1"), "stopped instance deregistered");
+    assert!(
+        !status.proxies.iter().any(|p| p.node_id == "backend-v1-1"),
+        "stopped instance deregistered"
+    );
     let admin = mesh.nodes["gateway-edge"].get("admin").to_string();
-    let dump = get(&c, &format!("http://{admin}/config_dump"), &[]).await.json();
+    let dump = get(&c, &format!("http://{admin}/config_dump"), &[])
+        .await
+        .json();
     let clusters = dump["snapshot"]["clusters"].as_array().unwrap();
-    let v1 = clusters.iter().find(|cl| cl["name"] == "workload/default/backend-v1").unwrap();
+    let v1 = clusters
+        .iter()
+        .find(|cl| cl["name"] == "workload/default/backend-v1")
+        .unwrap();
     assert_eq!(v1["endpoints"].as_array().unwrap().len(), 1, "{v1}");
     let mut nodes = HashMap::new();
     for _ in 0..20 {
-        *nodes.entry(get(&c, &format!("{base}/split"), &[]).await.json()["node"].as_str().unwrap().to_string()).or_insert(0) += 1;
+        *nodes
+            .entry(
+                get(&c, &format!("{base}/split"), &[]).await.json()["node"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+            .or_insert(0) += 1;
     }
     assert_eq!(nodes.keys().collect::<Vec<_>>(), ["backend-v1-0"]);
 
     // Ctrl-C / SIGTERM stops every process `up` started.
-    let pids: Vec<i32> = mesh.seen.lock().unwrap().iter().filter_map(|l| l.rsplit_once("pid=").and_then(|(_, p)| p.parse().ok())).collect();
+    let pids: Vec<i32> = mesh
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.rsplit_once("pid=").and_then(|(_, p)| p.parse().ok()))
+        .collect();
     mesh.proc.stop(Duration::from_secs(30));
     for pid in pids {
-        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() && !is_zombie(pid);
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+            && !is_zombie(pid);
         assert!(!alive, "process {pid} outlived meshwork up");
     }
 }
 
 fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
 }

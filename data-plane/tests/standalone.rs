@@ -1,6 +1,8 @@
 //! `meshwork-proxy --manifests DIR`: a gateway with no control plane, sharing the control plane's validation and
 //! translation, following the directory live and keeping its config on a bad edit.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::process::{Command, Stdio};
@@ -38,7 +40,10 @@ async fn standalone_gateway_follows_its_directory() {
     let (gw, origin, admin) = (free_port(), free_port(), free_port());
     let _origin = Proc::spawn(
         "origin",
-        Command::new(bin("meshwork-demo")).args(["echo", "--port", &origin.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()),
+        Command::new(bin("meshwork-demo"))
+            .args(["echo", "--port", &origin.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
     );
     write(dir.path(), "m.yaml", &manifests(gw, origin, "/a"));
     let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
@@ -55,7 +60,12 @@ async fn standalone_gateway_follows_its_directory() {
     let base = format!("http://127.0.0.1:{gw}");
     eventually(Duration::from_secs(15), "the standalone gateway", || {
         let (c, base) = (c.clone(), base.clone());
-        async move { send(&c, "GET", &format!("{base}/a"), &[], Default::default()).await.ok().filter(|r| r.status == 200) }
+        async move {
+            send(&c, "GET", &format!("{base}/a"), &[], Default::default())
+                .await
+                .ok()
+                .filter(|r| r.status == 200)
+        }
     })
     .await;
     assert_eq!(get(&c, &format!("{base}/b"), &[]).await.status, 404);
@@ -70,20 +80,40 @@ async fn standalone_gateway_follows_its_directory() {
 
     std::fs::write(dir.path().join("bad.yaml"), "kind: [\n").unwrap();
     let log_path = dir.path().join("proxy.log");
-    eventually(Duration::from_secs(10), "the bad edit to be reported", || {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        async move { (log.contains("keeping the previous configuration") && log.contains("bad.yaml:2: invalid YAML")).then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the bad edit to be reported",
+        || {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            async move {
+                (log.contains("keeping the previous configuration")
+                    && log.contains("bad.yaml:2: invalid YAML"))
+                .then_some(())
+            }
+        },
+    )
     .await;
-    assert_eq!(get(&c, &format!("{base}/b"), &[]).await.status, 200, "a bad edit keeps the last good config");
+    assert_eq!(
+        get(&c, &format!("{base}/b"), &[]).await.status,
+        200,
+        "a bad edit keeps the last good config"
+    );
 }
 
 #[test]
 fn standalone_reports_invalid_manifests_at_startup() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "m.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec: {listeners: []}\n");
-    let out = Command::new(bin("meshwork-proxy")).arg("--manifests").arg(dir.path()).args(["--admin", "127.0.0.1:0"]).output().unwrap();
+    let out = Command::new(bin("meshwork-proxy"))
+        .arg("--manifests")
+        .arg(dir.path())
+        .args(["--admin", "127.0.0.1:0"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("m.yaml:4: spec.listeners: expected at least one listener"), "{err}");
+    assert!(
+        err.contains("m.yaml:4: spec.listeners: expected at least one listener"),
+        "{err}"
+    );
 }

@@ -32,10 +32,15 @@ pub async fn follow(cp: ControlPlane, dir: PathBuf, served: [u8; 32]) {
         match change {
             Ok(loaded) => {
                 cp.apply(loaded.set);
-                tracing::info!(generation = cp.desired.borrow().generation, "manifests changed: applied");
+                tracing::info!(
+                    generation = cp.desired.borrow().generation,
+                    "manifests changed: applied"
+                );
             }
             Err(diags) => {
-                tracing::error!("manifest change rejected, still serving the last good set:\n{diags}");
+                tracing::error!(
+                    "manifest change rejected, still serving the last good set:\n{diags}"
+                );
                 cp.reject(diags.0.iter().map(ToString::to_string).collect());
             }
         }
@@ -43,9 +48,12 @@ pub async fn follow(cp: ControlPlane, dir: PathBuf, served: [u8; 32]) {
 }
 
 pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
-    let loaded = load_dir(&args.manifests).map_err(|d| anyhow::anyhow!("invalid manifests:\n{d}"))?;
+    let loaded =
+        load_dir(&args.manifests).map_err(|d| anyhow::anyhow!("invalid manifests:\n{d}"))?;
     let cp = ControlPlane::with_warmup(loaded.set, args.warmup);
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("bind {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("bind {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "control plane serving");
     tokio::spawn(follow(cp.clone(), args.manifests.clone(), loaded.digest));
     cp.serve(listener, shutdown_signal()).await?;

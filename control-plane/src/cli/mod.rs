@@ -13,7 +13,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "meshwork", version, about = "Meshwork service mesh: control plane and CLI")]
+#[command(
+    name = "meshwork",
+    version,
+    about = "Meshwork service mesh: control plane and CLI"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -37,11 +41,19 @@ pub enum Command {
 pub fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MESHWORK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -49,13 +61,19 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Validate { dir } => return validate(&dir),
         Command::Up(args) => {
             init_tracing("meshwork=info,meshwork_control=info,warn");
-            runtime().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(up::run(args)))
+            runtime()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(up::run(args)))
         }
         Command::Control(args) => {
             init_tracing("info");
-            runtime().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(control::run(args)))
+            runtime()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(control::run(args)))
         }
-        Command::Status(args) => runtime().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(status::run(args))),
+        Command::Status(args) => runtime()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(status::run(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -81,7 +99,11 @@ fn validate(dir: &std::path::Path) -> ExitCode {
         }
         Err(diags) => {
             eprintln!("{diags}");
-            eprintln!("{} error{}", diags.0.len(), if diags.0.len() == 1 { "" } else { "s" });
+            eprintln!(
+                "{} error{}",
+                diags.0.len(),
+                if diags.0.len() == 1 { "" } else { "s" }
+            );
             ExitCode::FAILURE
         }
     }

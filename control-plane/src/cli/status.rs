@@ -11,7 +11,11 @@ pub struct StatusArgs {
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let url = if args.control_plane.contains("://") { args.control_plane.clone() } else { format!("http://{}", args.control_plane) };
+    let url = if args.control_plane.contains("://") {
+        args.control_plane.clone()
+    } else {
+        format!("http://{}", args.control_plane)
+    };
     let mut client = pb::discovery_client::DiscoveryClient::connect(url.clone())
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the control plane at {url}: {e}"))?;
@@ -37,8 +41,19 @@ pub fn render(status: &pb::StatusResponse) -> String {
                 Ok(pb::Role::Sidecar) => "sidecar",
                 _ => "?",
             };
-            let nack = if p.last_nack.is_empty() { "-".to_string() } else { format!("v{}: {}", p.last_nack_version, p.last_nack) };
-            [p.node_id.clone(), p.service.clone(), role.to_string(), format!("v{}", p.acked_version), format!("v{}", p.sent_version), nack]
+            let nack = if p.last_nack.is_empty() {
+                "-".to_string()
+            } else {
+                format!("v{}: {}", p.last_nack_version, p.last_nack)
+            };
+            [
+                p.node_id.clone(),
+                p.service.clone(),
+                role.to_string(),
+                format!("v{}", p.acked_version),
+                format!("v{}", p.sent_version),
+                nack,
+            ]
         })
         .collect();
     let header = ["NODE", "SERVICE", "ROLE", "ACKED", "SENT", "LAST NACK"].map(String::from);
@@ -49,7 +64,11 @@ pub fn render(status: &pb::StatusResponse) -> String {
         }
     }
     for r in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }

@@ -53,7 +53,16 @@ impl PartialEq for ProcSpec {
     /// Only what a running instance depends on: not `replicas`, not where in a file the manifest sits.
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (ProcSpec::Replica { workload: a, index: i }, ProcSpec::Replica { workload: b, index: j }) => {
+            (
+                ProcSpec::Replica {
+                    workload: a,
+                    index: i,
+                },
+                ProcSpec::Replica {
+                    workload: b,
+                    index: j,
+                },
+            ) => {
                 i == j
                     && a.meta.name == b.meta.name
                     && a.meta.namespace == b.meta.namespace
@@ -62,7 +71,16 @@ impl PartialEq for ProcSpec {
                     && a.protocol == b.protocol
                     && a.run == b.run
             }
-            (ProcSpec::Gateway { name: a, namespace: x }, ProcSpec::Gateway { name: b, namespace: y }) => a == b && x == y,
+            (
+                ProcSpec::Gateway {
+                    name: a,
+                    namespace: x,
+                },
+                ProcSpec::Gateway {
+                    name: b,
+                    namespace: y,
+                },
+            ) => a == b && x == y,
             _ => false,
         }
     }
@@ -73,11 +91,19 @@ impl ProcSpec {
         match self {
             ProcSpec::Replica { workload, index } => {
                 let ns = &workload.meta.namespace;
-                let prefix = if ns == "default" { String::new() } else { format!("{ns}.") };
+                let prefix = if ns == "default" {
+                    String::new()
+                } else {
+                    format!("{ns}.")
+                };
                 format!("{prefix}{}-{index}", workload.meta.name)
             }
             ProcSpec::Gateway { name, namespace } => {
-                let prefix = if namespace == "default" { String::new() } else { format!("{namespace}.") };
+                let prefix = if namespace == "default" {
+                    String::new()
+                } else {
+                    format!("{namespace}.")
+                };
                 format!("{prefix}gateway-{name}")
             }
         }
@@ -89,13 +115,19 @@ fn desired(set: &ManifestSet) -> BTreeMap<String, ProcSpec> {
     for w in &set.workloads {
         if let Run::Command { .. } = w.run {
             for index in 0..w.replicas {
-                let spec = ProcSpec::Replica { workload: w.clone(), index };
+                let spec = ProcSpec::Replica {
+                    workload: w.clone(),
+                    index,
+                };
                 out.insert(spec.node_id(), spec);
             }
         }
     }
     for g in &set.gateways {
-        let spec = ProcSpec::Gateway { name: g.meta.name.clone(), namespace: g.meta.namespace.clone() };
+        let spec = ProcSpec::Gateway {
+            name: g.meta.name.clone(),
+            namespace: g.meta.namespace.clone(),
+        };
         out.insert(spec.node_id(), spec);
     }
     out
@@ -119,7 +151,9 @@ struct Supervisor {
 fn free_port() -> std::io::Result<u16> {
     // Bind-then-release: another process could take the port in between; on a developer machine that is rare, and
     // a clash shows up as a clear bind error from the app or proxy.
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn say(line: String) {
@@ -164,8 +198,16 @@ async fn wait_for_port(addr: SocketAddr, child: &mut Child, limit: Duration) -> 
 impl Supervisor {
     fn proxy_command(&self, node: &str, admin: u16) -> Command {
         let mut cmd = Command::new(&self.proxy_bin);
-        cmd.arg("--control-plane").arg(&self.cp_url).arg("--node-id").arg(node).arg("--admin").arg(format!("127.0.0.1:{admin}"));
-        cmd.env("MESHWORK_LOG", &self.proxy_log).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd.arg("--control-plane")
+            .arg(&self.cp_url)
+            .arg("--node-id")
+            .arg(node)
+            .arg("--admin")
+            .arg(format!("127.0.0.1:{admin}"));
+        cmd.env("MESHWORK_LOG", &self.proxy_log)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         cmd
     }
 
@@ -174,15 +216,32 @@ impl Supervisor {
         match spec {
             ProcSpec::Gateway { name, namespace } => {
                 let mut cmd = self.proxy_command(node, admin);
-                cmd.args(["--role", "gateway", "--service", name, "--namespace", namespace]);
-                let mut child = cmd.spawn().with_context(|| format!("start {}", self.proxy_bin.display()))?;
+                cmd.args([
+                    "--role",
+                    "gateway",
+                    "--service",
+                    name,
+                    "--namespace",
+                    namespace,
+                ]);
+                let mut child = cmd
+                    .spawn()
+                    .with_context(|| format!("start {}", self.proxy_bin.display()))?;
                 forward_output(&mut child, node);
-                say(format!("started {node} role=gateway admin=127.0.0.1:{admin} pid={}", child.id().unwrap_or(0)));
-                Ok(Running { spec: spec.clone(), children: vec![child] })
+                say(format!(
+                    "started {node} role=gateway admin=127.0.0.1:{admin} pid={}",
+                    child.id().unwrap_or(0)
+                ));
+                Ok(Running {
+                    spec: spec.clone(),
+                    children: vec![child],
+                })
             }
             ProcSpec::Replica { workload, .. } => {
                 let (app_port, inbound, outbound) = (free_port()?, free_port()?, free_port()?);
-                let Run::Command { argv, shell, env } = &workload.run else { anyhow::bail!("not a command workload") };
+                let Run::Command { argv, shell, env } = &workload.run else {
+                    anyhow::bail!("not a command workload")
+                };
                 let fill = |s: &str| s.replace("{port}", &app_port.to_string());
                 let mut app = if *shell {
                     let mut c = Command::new("sh");
@@ -194,7 +253,11 @@ impl Supervisor {
                     c
                 };
                 let proxy_url = format!("http://127.0.0.1:{outbound}");
-                let labels: Vec<String> = workload.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let labels: Vec<String> = workload
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
                 app.current_dir(&self.dir)
                     .env("PATH", &self.path_env)
                     .env("PORT", app_port.to_string())
@@ -209,10 +272,14 @@ impl Supervisor {
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
                     .kill_on_drop(true);
-                let mut app_child = app.spawn().with_context(|| format!("start {node}: {}", argv.join(" ")))?;
+                let mut app_child = app
+                    .spawn()
+                    .with_context(|| format!("start {node}: {}", argv.join(" ")))?;
                 forward_output(&mut app_child, node);
                 let app_addr: SocketAddr = ([127, 0, 0, 1], app_port).into();
-                wait_for_port(app_addr, &mut app_child, Duration::from_secs(30)).await.with_context(|| format!("app {node}"))?;
+                wait_for_port(app_addr, &mut app_child, Duration::from_secs(30))
+                    .await
+                    .with_context(|| format!("app {node}"))?;
 
                 let mut cmd = self.proxy_command(node, admin);
                 let protocol = match workload.protocol {
@@ -220,26 +287,38 @@ impl Supervisor {
                     AppProtocol::Http2 => "http2",
                     AppProtocol::Grpc => "grpc",
                 };
-                cmd.args(["--role", "sidecar", "--service", &workload.service, "--namespace", &workload.meta.namespace])
-                    .arg("--inbound")
-                    .arg(format!("127.0.0.1:{inbound}"))
-                    .arg("--outbound")
-                    .arg(format!("127.0.0.1:{outbound}"))
-                    .arg("--app")
-                    .arg(app_addr.to_string())
-                    .args(["--app-protocol", protocol])
-                    .arg("--label")
-                    .arg(format!("{WORKLOAD_LABEL}={}", workload.meta.name));
+                cmd.args([
+                    "--role",
+                    "sidecar",
+                    "--service",
+                    &workload.service,
+                    "--namespace",
+                    &workload.meta.namespace,
+                ])
+                .arg("--inbound")
+                .arg(format!("127.0.0.1:{inbound}"))
+                .arg("--outbound")
+                .arg(format!("127.0.0.1:{outbound}"))
+                .arg("--app")
+                .arg(app_addr.to_string())
+                .args(["--app-protocol", protocol])
+                .arg("--label")
+                .arg(format!("{WORKLOAD_LABEL}={}", workload.meta.name));
                 for l in &labels {
                     cmd.arg("--label").arg(l);
                 }
-                let mut proxy = cmd.spawn().with_context(|| format!("start {}", self.proxy_bin.display()))?;
+                let mut proxy = cmd
+                    .spawn()
+                    .with_context(|| format!("start {}", self.proxy_bin.display()))?;
                 forward_output(&mut proxy, &format!("{node} sidecar"));
                 say(format!(
                     "started {node} role=sidecar admin=127.0.0.1:{admin} app={app_addr} inbound=127.0.0.1:{inbound} outbound=127.0.0.1:{outbound} pid={}",
                     proxy.id().unwrap_or(0)
                 ));
-                Ok(Running { spec: spec.clone(), children: vec![proxy, app_child] })
+                Ok(Running {
+                    spec: spec.clone(),
+                    children: vec![proxy, app_child],
+                })
             }
         }
     }
@@ -254,16 +333,26 @@ impl Supervisor {
             .filter(|(node, r)| want.get(*node) != Some(&r.spec))
             .map(|(node, _)| node.clone())
             .collect();
-        let retiring: Vec<(String, Running)> = stale.into_iter().filter_map(|n| self.running.remove(&n).map(|r| (n, r))).collect();
+        let retiring: Vec<(String, Running)> = stale
+            .into_iter()
+            .filter_map(|n| self.running.remove(&n).map(|r| (n, r)))
+            .collect();
         let failed = self.start_missing(want).await;
-        futures_util::future::join_all(retiring.into_iter().map(|(node, r)| stop_owned(node, r))).await;
+        futures_util::future::join_all(retiring.into_iter().map(|(node, r)| stop_owned(node, r)))
+            .await;
         failed
     }
 
     async fn start_missing(&mut self, want: BTreeMap<String, ProcSpec>) -> Vec<String> {
         let mut failed = Vec::new();
-        let starts: Vec<(String, ProcSpec)> = want.into_iter().filter(|(n, _)| !self.running.contains_key(n)).collect();
-        let results = futures_util::future::join_all(starts.iter().map(|(node, spec)| self.start(node, spec))).await;
+        let starts: Vec<(String, ProcSpec)> = want
+            .into_iter()
+            .filter(|(n, _)| !self.running.contains_key(n))
+            .collect();
+        let results = futures_util::future::join_all(
+            starts.iter().map(|(node, spec)| self.start(node, spec)),
+        )
+        .await;
         for ((node, _), result) in starts.into_iter().zip(results) {
             match result {
                 Ok(r) => {
@@ -293,9 +382,15 @@ async fn stop_owned(node: String, r: Running) {
 async fn stop(node: &str, mut r: Running) {
     for child in &mut r.children {
         if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
-        if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_err()
+        {
             let _ = child.kill().await;
         }
     }
@@ -303,13 +398,21 @@ async fn stop(node: &str, mut r: Running) {
 }
 
 fn default_proxy_bin() -> PathBuf {
-    let sibling = std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("meshwork-proxy")));
-    sibling.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("meshwork-proxy"))
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("meshwork-proxy")));
+    sibling
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("meshwork-proxy"))
 }
 
 /// PATH for apps: this executable's directory first, so the demo app and tools built beside it are found.
 fn app_path() -> std::ffi::OsString {
-    let mut dirs: Vec<PathBuf> = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).into_iter().collect();
+    let mut dirs: Vec<PathBuf> = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .into_iter()
+        .collect();
     if let Some(path) = std::env::var_os("PATH") {
         dirs.extend(std::env::split_paths(&path));
     }
@@ -317,7 +420,12 @@ fn app_path() -> std::ffi::OsString {
 }
 
 /// Waits until every node we run is connected and has ACKed (or NACKed) the snapshot of `generation`.
-async fn wait_synced(cp: &ControlPlane, nodes: &[String], generation: u64, limit: Duration) -> Result<(), Vec<String>> {
+async fn wait_synced(
+    cp: &ControlPlane,
+    nodes: &[String],
+    generation: u64,
+    limit: Duration,
+) -> Result<(), Vec<String>> {
     let mut changes = cp.registry.subscribe_any();
     let deadline = tokio::time::Instant::now() + limit;
     loop {
@@ -329,7 +437,8 @@ async fn wait_synced(cp: &ControlPlane, nodes: &[String], generation: u64, limit
                     &r.node_id == *n
                         && r.synced_generation >= generation
                         && r.sent_version > 0
-                        && (r.acked_version == r.sent_version || r.last_nack.as_ref().is_some_and(|x| x.0 == r.sent_version))
+                        && (r.acked_version == r.sent_version
+                            || r.last_nack.as_ref().is_some_and(|x| x.0 == r.sent_version))
                 })
             })
             .cloned()
@@ -337,23 +446,41 @@ async fn wait_synced(cp: &ControlPlane, nodes: &[String], generation: u64, limit
         if pending.is_empty() {
             return Ok(());
         }
-        if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+        if tokio::time::timeout_at(deadline, changes.changed())
+            .await
+            .is_err()
+        {
             return Err(pending);
         }
     }
 }
 
 fn gateway_urls(set: &ManifestSet) -> Vec<String> {
-    set.gateways.iter().flat_map(|g| g.listeners.iter().map(|l| format!("http://127.0.0.1:{}", l.port))).collect()
+    set.gateways
+        .iter()
+        .flat_map(|g| {
+            g.listeners
+                .iter()
+                .map(|l| format!("http://127.0.0.1:{}", l.port))
+        })
+        .collect()
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let dir = args.dir.canonicalize().with_context(|| format!("manifest directory {}", args.dir.display()))?;
+    let dir = args
+        .dir
+        .canonicalize()
+        .with_context(|| format!("manifest directory {}", args.dir.display()))?;
     let loaded = load_dir(&dir).map_err(|d| anyhow::anyhow!("invalid manifests:\n{d}"))?;
     let cp = ControlPlane::new(loaded.set.clone());
     let listener = tokio::net::TcpListener::bind(args.control_plane)
         .await
-        .with_context(|| format!("bind the control plane on {} (use --control-plane to pick another address)", args.control_plane))?;
+        .with_context(|| {
+            format!(
+                "bind the control plane on {} (use --control-plane to pick another address)",
+                args.control_plane
+            )
+        })?;
     let cp_addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(cp.clone().serve(listener, async {
@@ -425,7 +552,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     .await;
 
-    eprintln!("meshwork: stopping {} processes", sup.running.values().map(|r| r.children.len()).sum::<usize>());
+    eprintln!(
+        "meshwork: stopping {} processes",
+        sup.running
+            .values()
+            .map(|r| r.children.len())
+            .sum::<usize>()
+    );
     sup.stop_all().await;
     let _ = stop_tx.send(());
     let _ = server.await;

@@ -48,7 +48,11 @@ impl AppProtocol {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Run {
     /// `meshwork up` starts `replicas` copies, each behind its own sidecar.
-    Command { argv: Vec<String>, shell: bool, env: BTreeMap<String, String> },
+    Command {
+        argv: Vec<String>,
+        shell: bool,
+        env: BTreeMap<String, String>,
+    },
     /// An app outside the mesh (no sidecar): plain upstream addresses.
     External { endpoints: Vec<String> },
 }
@@ -91,25 +95,40 @@ pub struct ManifestSet {
     pub meshes: Vec<Mesh>,
 }
 
-const KINDS: &str = "meshwork.dev/v1alpha1 Workload/Mesh, gateway.networking.k8s.io/v1 Gateway/HTTPRoute/GRPCRoute";
+const KINDS: &str =
+    "meshwork.dev/v1alpha1 Workload/Mesh, gateway.networking.k8s.io/v1 Gateway/HTTPRoute/GRPCRoute";
 
 /// Parses one YAML document into `set`, reporting problems to `sink`.
 pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
     let mut r = Reader { sink };
-    let Some(root) = r.obj(doc, "", &["apiVersion", "kind", "metadata", "spec"]) else { return };
-    let api = r.req_string(&root, "apiVersion", "an API version such as meshwork.dev/v1alpha1");
+    let Some(root) = r.obj(doc, "", &["apiVersion", "kind", "metadata", "spec"]) else {
+        return;
+    };
+    let api = r.req_string(
+        &root,
+        "apiVersion",
+        "an API version such as meshwork.dev/v1alpha1",
+    );
     let kind = r.req_string(&root, "kind", "an object kind such as HTTPRoute");
-    let (Some(api), Some(kind)) = (api, kind) else { return };
+    let (Some(api), Some(kind)) = (api, kind) else {
+        return;
+    };
     let kind_line = root.get("kind").map_or(root.line, |n| n.line);
     let known = matches!(
         (api.as_str(), kind.as_str()),
         (MESHWORK_API, "Workload" | "Mesh") | (GATEWAY_API, "Gateway" | "HTTPRoute" | "GRPCRoute")
     );
     if !known {
-        r.error(kind_line, "kind", format!("unsupported apiVersion/kind {api} {kind} (supported: {KINDS})"));
+        r.error(
+            kind_line,
+            "kind",
+            format!("unsupported apiVersion/kind {api} {kind} (supported: {KINDS})"),
+        );
         return;
     }
-    let Some(meta) = parse_meta(&mut r, &root) else { return };
+    let Some(meta) = parse_meta(&mut r, &root) else {
+        return;
+    };
     let spec = match root.get("spec") {
         Some(s) => s,
         None if kind == "Mesh" => {
@@ -117,7 +136,11 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
             return;
         }
         None => {
-            r.error(root.line, "spec", "required field is missing: expected a mapping");
+            r.error(
+                root.line,
+                "spec",
+                "required field is missing: expected a mapping",
+            );
             return;
         }
     };
@@ -127,11 +150,7 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
                 set.workloads.push(w);
             }
         }
-        "Mesh" => {
-            if r.obj(spec, "spec", &[]).is_some() {
-                set.meshes.push(Mesh { meta });
-            }
-        }
+        "Mesh" if r.obj(spec, "spec", &[]).is_some() => set.meshes.push(Mesh { meta }),
         "Gateway" => {
             if let Some(g) = parse_gateway(&mut r, meta, spec) {
                 set.gateways.push(g);
@@ -153,7 +172,11 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
 
 fn parse_meta(r: &mut Reader<'_>, root: &Obj<'_>) -> Option<Meta> {
     let node = r.required(root, "metadata", "a mapping with at least `name`")?;
-    let md = r.obj(node, "metadata", &["name", "namespace", "labels", "annotations"])?;
+    let md = r.obj(
+        node,
+        "metadata",
+        &["name", "namespace", "labels", "annotations"],
+    )?;
     // labels/annotations are accepted as Kubernetes metadata; they carry no behaviour (spec.labels does).
     for key in ["labels", "annotations"] {
         if let Some(n) = md.get(key) {
@@ -163,39 +186,83 @@ fn parse_meta(r: &mut Reader<'_>, root: &Obj<'_>) -> Option<Meta> {
     let name = r.req_string(&md, "name", "a DNS-1123 name such as `backend-v1`")?;
     let name_line = md.get("name").map_or(md.line, |n| n.line);
     if !valid_name(&name) {
-        r.error(name_line, "metadata.name", format!("expected a DNS-1123 name (lowercase letters, digits, '-', '.'), got {name:?}"));
+        r.error(
+            name_line,
+            "metadata.name",
+            format!("expected a DNS-1123 name (lowercase letters, digits, '-', '.'), got {name:?}"),
+        );
         return None;
     }
-    let namespace = r.opt_string(&md, "namespace").unwrap_or_else(|| "default".to_string());
+    let namespace = r
+        .opt_string(&md, "namespace")
+        .unwrap_or_else(|| "default".to_string());
     if !valid_name(&namespace) {
-        r.error(md.line, "metadata.namespace", format!("expected a DNS-1123 name, got {namespace:?}"));
+        r.error(
+            md.line,
+            "metadata.namespace",
+            format!("expected a DNS-1123 name, got {namespace:?}"),
+        );
         return None;
     }
-    Some(Meta { name, namespace, file: r.sink.file.clone(), line: root.line })
+    Some(Meta {
+        name,
+        namespace,
+        file: r.sink.file.clone(),
+        line: root.line,
+    })
 }
 
 fn parse_workload(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Workload> {
-    let s = r.obj(spec, "spec", &["service", "labels", "replicas", "protocol", "command", "env", "endpoints"])?;
-    let service = r.req_string(&s, "service", "the mesh service name this workload belongs to");
+    let s = r.obj(
+        spec,
+        "spec",
+        &[
+            "service",
+            "labels",
+            "replicas",
+            "protocol",
+            "command",
+            "env",
+            "endpoints",
+        ],
+    )?;
+    let service = r.req_string(
+        &s,
+        "service",
+        "the mesh service name this workload belongs to",
+    );
     if let Some(svc) = &service {
         if !valid_name(svc) || svc.contains('.') {
-            r.error(s.get("service").map_or(s.line, |n| n.line), "spec.service", format!("expected a DNS-1123 label (lowercase letters, digits, '-'), got {svc:?}"));
+            r.error(
+                s.get("service").map_or(s.line, |n| n.line),
+                "spec.service",
+                format!("expected a DNS-1123 label (lowercase letters, digits, '-'), got {svc:?}"),
+            );
         }
     }
-    let labels = s.get("labels").map(|n| r.string_map(n, "spec.labels")).unwrap_or_default();
+    let labels = s
+        .get("labels")
+        .map(|n| r.string_map(n, "spec.labels"))
+        .unwrap_or_default();
     let replicas = match s.get("replicas") {
         Some(n) => r.int(n, "spec.replicas", 0, 64).map_or(1, |v| v as u32),
         None => 1,
     };
     let protocol = match s.get("protocol") {
-        Some(n) => match r.choice(n, "spec.protocol", &["http", "http2", "grpc"]).as_deref() {
+        Some(n) => match r
+            .choice(n, "spec.protocol", &["http", "http2", "grpc"])
+            .as_deref()
+        {
             Some("http2") => AppProtocol::Http2,
             Some("grpc") => AppProtocol::Grpc,
             _ => AppProtocol::Http,
         },
         None => AppProtocol::Http,
     };
-    let env = s.get("env").map(|n| r.string_map(n, "spec.env")).unwrap_or_default();
+    let env = s
+        .get("env")
+        .map(|n| r.string_map(n, "spec.env"))
+        .unwrap_or_default();
     let run = match (s.get("command"), s.get("endpoints")) {
         (Some(cmd), None) => {
             let (argv, shell) = match cmd.as_scalar() {
@@ -203,16 +270,24 @@ fn parse_workload(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Workloa
                 None => (r.string_list(cmd, "spec.command"), false),
             };
             if argv.is_empty() || argv[0].trim().is_empty() {
-                r.error(cmd.line, "spec.command", "expected a command line or a non-empty list of arguments");
+                r.error(
+                    cmd.line,
+                    "spec.command",
+                    "expected a command line or a non-empty list of arguments",
+                );
                 return None;
             }
             Run::Command { argv, shell, env }
         }
         (None, Some(eps)) => {
             if s.has("env") {
-                r.error(s.line, "spec.env", "only meaningful with spec.command (external endpoints are not started)");
+                r.error(
+                    s.line,
+                    "spec.env",
+                    "only meaningful with spec.command (external endpoints are not started)",
+                );
             }
-            let Some(items) = r.list(eps, "spec.endpoints") else { return None };
+            let items = r.list(eps, "spec.endpoints")?;
             let mut endpoints = Vec::new();
             for (i, n) in items.iter().enumerate() {
                 let path = index("spec.endpoints", i);
@@ -238,7 +313,14 @@ fn parse_workload(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Workloa
             return None;
         }
     };
-    Some(Workload { meta, service: service?, labels, replicas, protocol, run })
+    Some(Workload {
+        meta,
+        service: service?,
+        labels,
+        replicas,
+        protocol,
+        run,
+    })
 }
 
 fn parse_gateway(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Gateway> {
@@ -246,16 +328,30 @@ fn parse_gateway(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Gateway>
     if let Some(n) = s.get("gatewayClassName") {
         r.string(n, "spec.gatewayClassName");
     }
-    let node = r.required(&s, "listeners", "a list of listeners with name, port and protocol")?;
+    let node = r.required(
+        &s,
+        "listeners",
+        "a list of listeners with name, port and protocol",
+    )?;
     let items = r.list(node, "spec.listeners")?;
     if items.is_empty() {
-        r.error(node.line, "spec.listeners", "expected at least one listener");
+        r.error(
+            node.line,
+            "spec.listeners",
+            "expected at least one listener",
+        );
     }
     let mut listeners = Vec::new();
     for (i, n) in items.iter().enumerate() {
         let path = index("spec.listeners", i);
-        let Some(l) = r.obj(n, &path, &["name", "port", "protocol"]) else { continue };
-        let name = r.req_string(&l, "name", "a listener name (sectionName in route parentRefs)");
+        let Some(l) = r.obj(n, &path, &["name", "port", "protocol"]) else {
+            continue;
+        };
+        let name = r.req_string(
+            &l,
+            "name",
+            "a listener name (sectionName in route parentRefs)",
+        );
         let port = r
             .required(&l, "port", "a port number")
             .and_then(|p| r.int(p, &l.field("port"), 1, 65535));
@@ -263,7 +359,11 @@ fn parse_gateway(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Gateway>
             r.choice(p, &l.field("protocol"), &["HTTP"]);
         }
         if let (Some(name), Some(port)) = (name, port) {
-            listeners.push(GatewayListener { name, port: port as u16, line: n.line });
+            listeners.push(GatewayListener {
+                name,
+                port: port as u16,
+                line: n.line,
+            });
         }
     }
     Some(Gateway { meta, listeners })

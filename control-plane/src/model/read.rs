@@ -56,13 +56,21 @@ impl Reader<'_> {
     /// Reads a mapping, reporting every key not in `allowed` (and `unsupported` keys with their own reason).
     pub fn obj<'a>(&mut self, node: &'a Node, path: &str, allowed: &[&str]) -> Option<Obj<'a>> {
         let Kind::Map(entries) = &node.kind else {
-            self.error(node.line, path, format!("expected a mapping, got {}", node.describe()));
+            self.error(
+                node.line,
+                path,
+                format!("expected a mapping, got {}", node.describe()),
+            );
             return None;
         };
         let mut seen: Vec<&str> = Vec::new();
         for (k, _) in entries {
             let Some(key) = k.as_scalar() else {
-                self.error(k.line, path, format!("expected string keys, got {}", k.describe()));
+                self.error(
+                    k.line,
+                    path,
+                    format!("expected string keys, got {}", k.describe()),
+                );
                 continue;
             };
             if seen.contains(&key) {
@@ -73,17 +81,28 @@ impl Reader<'_> {
                 self.error(
                     k.line,
                     join(path, key),
-                    format!("unknown or unsupported field (supported here: {})", allowed.join(", ")),
+                    format!(
+                        "unknown or unsupported field (supported here: {})",
+                        allowed.join(", ")
+                    ),
                 );
             }
         }
-        Some(Obj { line: node.line, path: path.to_string(), entries })
+        Some(Obj {
+            line: node.line,
+            path: path.to_string(),
+            entries,
+        })
     }
 
     pub fn required<'a>(&mut self, obj: &Obj<'a>, key: &str, expected: &str) -> Option<&'a Node> {
         let v = obj.get(key);
         if v.is_none() {
-            self.error(obj.line, obj.field(key), format!("required field is missing: expected {expected}"));
+            self.error(
+                obj.line,
+                obj.field(key),
+                format!("required field is missing: expected {expected}"),
+            );
         }
         v
     }
@@ -92,7 +111,11 @@ impl Reader<'_> {
         match &node.kind {
             Kind::Scalar { value, .. } => Some(value.clone()),
             _ => {
-                self.error(node.line, path, format!("expected a string, got {}", node.describe()));
+                self.error(
+                    node.line,
+                    path,
+                    format!("expected a string, got {}", node.describe()),
+                );
                 None
             }
         }
@@ -103,13 +126,17 @@ impl Reader<'_> {
     }
 
     pub fn req_string(&mut self, obj: &Obj<'_>, key: &str, expected: &str) -> Option<String> {
-        self.required(obj, key, expected).and_then(|n| self.string(n, &obj.field(key)))
+        self.required(obj, key, expected)
+            .and_then(|n| self.string(n, &obj.field(key)))
     }
 
     /// An integer in `min..=max`.
     pub fn int(&mut self, node: &Node, path: &str, min: i64, max: i64) -> Option<i64> {
         let parsed = match &node.kind {
-            Kind::Scalar { value, quoted: false } => value.parse::<i64>().ok(),
+            Kind::Scalar {
+                value,
+                quoted: false,
+            } => value.parse::<i64>().ok(),
             _ => None,
         };
         let expected = match parsed {
@@ -119,7 +146,11 @@ impl Reader<'_> {
         match parsed {
             Some(v) if (min..=max).contains(&v) => Some(v),
             _ => {
-                self.error(node.line, path, format!("expected {expected}, got {}", node.describe()));
+                self.error(
+                    node.line,
+                    path,
+                    format!("expected {expected}, got {}", node.describe()),
+                );
                 None
             }
         }
@@ -129,14 +160,20 @@ impl Reader<'_> {
         match &node.kind {
             Kind::Seq(items) => Some(items),
             _ => {
-                self.error(node.line, path, format!("expected a list, got {}", node.describe()));
+                self.error(
+                    node.line,
+                    path,
+                    format!("expected a list, got {}", node.describe()),
+                );
                 None
             }
         }
     }
 
     pub fn string_list(&mut self, node: &Node, path: &str) -> Vec<String> {
-        let Some(items) = self.list(node, path) else { return Vec::new() };
+        let Some(items) = self.list(node, path) else {
+            return Vec::new();
+        };
         items
             .iter()
             .enumerate()
@@ -148,12 +185,20 @@ impl Reader<'_> {
     pub fn string_map(&mut self, node: &Node, path: &str) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         let Kind::Map(entries) = &node.kind else {
-            self.error(node.line, path, format!("expected a mapping of strings, got {}", node.describe()));
+            self.error(
+                node.line,
+                path,
+                format!("expected a mapping of strings, got {}", node.describe()),
+            );
             return out;
         };
         for (k, v) in entries {
             let Some(key) = k.as_scalar() else {
-                self.error(k.line, path, format!("expected string keys, got {}", k.describe()));
+                self.error(
+                    k.line,
+                    path,
+                    format!("expected string keys, got {}", k.describe()),
+                );
                 continue;
             };
             let field = join(path, key);
@@ -171,7 +216,13 @@ impl Reader<'_> {
         match parse_duration(&text) {
             Ok(d) => Some(d),
             Err(why) => {
-                self.error(node.line, path, format!("expected a duration like \"250ms\" or \"1m30s\", got {text:?} ({why})"));
+                self.error(
+                    node.line,
+                    path,
+                    format!(
+                        "expected a duration like \"250ms\" or \"1m30s\", got {text:?} ({why})"
+                    ),
+                );
                 None
             }
         }
@@ -183,7 +234,11 @@ impl Reader<'_> {
         if choices.contains(&text.as_str()) {
             Some(text)
         } else {
-            self.error(node.line, path, format!("expected one of {}, got {text:?}", choices.join(", ")));
+            self.error(
+                node.line,
+                path,
+                format!("expected one of {}, got {text:?}", choices.join(", ")),
+            );
             None
         }
     }
@@ -234,7 +289,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, &'static str> {
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && name.as_bytes()[0].is_ascii_alphanumeric()
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
 }

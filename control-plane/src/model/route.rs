@@ -63,7 +63,12 @@ pub struct Match {
 
 impl Default for Match {
     fn default() -> Self {
-        Match { path: PathMatch::Prefix("/".into()), headers: vec![], query: vec![], method: None }
+        Match {
+            path: PathMatch::Prefix("/".into()),
+            headers: vec![],
+            query: vec![],
+            method: None,
+        }
     }
 }
 
@@ -102,9 +107,21 @@ pub enum PathModifier {
 pub enum Filter {
     RequestHeaders(HeaderMod),
     ResponseHeaders(HeaderMod),
-    Rewrite { hostname: Option<String>, path: Option<PathModifier> },
-    Redirect { scheme: Option<String>, hostname: Option<String>, path: Option<PathModifier>, port: Option<u16>, status: u16 },
-    Mirror { backend: BackendRef, percent: u32 },
+    Rewrite {
+        hostname: Option<String>,
+        path: Option<PathModifier>,
+    },
+    Redirect {
+        scheme: Option<String>,
+        hostname: Option<String>,
+        path: Option<PathModifier>,
+        port: Option<u16>,
+        status: u16,
+    },
+    Mirror {
+        backend: BackendRef,
+        percent: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,20 +142,36 @@ pub struct Route {
     pub rules: Vec<Rule>,
 }
 
-const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
 
-pub(super) fn parse_route(r: &mut Reader<'_>, meta: Meta, spec: &Node, kind: RouteKind) -> Option<Route> {
+pub(super) fn parse_route(
+    r: &mut Reader<'_>,
+    meta: Meta,
+    spec: &Node,
+    kind: RouteKind,
+) -> Option<Route> {
     let s = r.obj(spec, "spec", &["parentRefs", "hostnames", "rules"])?;
     let mut parent_refs = Vec::new();
     match s.get("parentRefs") {
         Some(n) => {
-            for (i, p) in r.list(n, "spec.parentRefs").unwrap_or_default().iter().enumerate() {
+            for (i, p) in r
+                .list(n, "spec.parentRefs")
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
                 if let Some(p) = parse_parent(r, p, &index("spec.parentRefs", i), &meta.namespace) {
                     parent_refs.push(p);
                 }
             }
         }
-        None => r.error(s.line, "spec.parentRefs", "required field is missing: expected a list of Gateway or Service references"),
+        None => r.error(
+            s.line,
+            "spec.parentRefs",
+            "required field is missing: expected a list of Gateway or Service references",
+        ),
     }
     let hostnames = match s.get("hostnames") {
         Some(n) => {
@@ -155,26 +188,53 @@ pub(super) fn parse_route(r: &mut Reader<'_>, meta: Meta, spec: &Node, kind: Rou
     let mut rules = Vec::new();
     match s.get("rules") {
         Some(n) => {
-            for (i, rule) in r.list(n, "spec.rules").unwrap_or_default().iter().enumerate() {
-                if let Some(rule) = parse_rule(r, rule, &index("spec.rules", i), kind, &meta.namespace) {
+            for (i, rule) in r
+                .list(n, "spec.rules")
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
+                if let Some(rule) =
+                    parse_rule(r, rule, &index("spec.rules", i), kind, &meta.namespace)
+                {
                     rules.push(rule);
                 }
             }
         }
-        None => rules.push(Rule { line: s.line, matches: vec![Match::default()], filters: vec![], backends: vec![], timeout: None }),
+        None => rules.push(Rule {
+            line: s.line,
+            matches: vec![Match::default()],
+            filters: vec![],
+            backends: vec![],
+            timeout: None,
+        }),
     }
-    Some(Route { meta, kind, parent_refs, hostnames, rules })
+    Some(Route {
+        meta,
+        kind,
+        parent_refs,
+        hostnames,
+        rules,
+    })
 }
 
 fn parse_parent(r: &mut Reader<'_>, node: &Node, path: &str, ns: &str) -> Option<ParentRef> {
-    let p = r.obj(node, path, &["group", "kind", "name", "namespace", "sectionName", "port"])?;
+    let p = r.obj(
+        node,
+        path,
+        &["group", "kind", "name", "namespace", "sectionName", "port"],
+    )?;
     let kind_name = r.opt_string(&p, "kind").unwrap_or_else(|| "Gateway".into());
     let group = r.opt_string(&p, "group");
     let kind = match kind_name.as_str() {
         "Gateway" => ParentKind::Gateway,
         "Service" => ParentKind::Service,
         other => {
-            r.error(p.line, p.field("kind"), format!("expected Gateway or Service, got {other:?}"));
+            r.error(
+                p.line,
+                p.field("kind"),
+                format!("expected Gateway or Service, got {other:?}"),
+            );
             return None;
         }
     };
@@ -191,22 +251,50 @@ fn parse_parent(r: &mut Reader<'_>, node: &Node, path: &str, ns: &str) -> Option
         r.int(n, &p.field("port"), 1, 65535);
     }
     let name = r.req_string(&p, "name", "the name of the Gateway or mesh Service")?;
-    let namespace = r.opt_string(&p, "namespace").unwrap_or_else(|| ns.to_string());
+    let namespace = r
+        .opt_string(&p, "namespace")
+        .unwrap_or_else(|| ns.to_string());
     let section_name = r.opt_string(&p, "sectionName");
     if kind == ParentKind::Service && section_name.is_some() {
-        r.error(p.line, p.field("sectionName"), "only meaningful for a Gateway parent (a listener name)");
+        r.error(
+            p.line,
+            p.field("sectionName"),
+            "only meaningful for a Gateway parent (a listener name)",
+        );
     }
-    Some(ParentRef { kind, name, namespace, section_name, line: p.line, field: path.to_string() })
+    Some(ParentRef {
+        kind,
+        name,
+        namespace,
+        section_name,
+        line: p.line,
+        field: path.to_string(),
+    })
 }
 
-fn parse_rule(r: &mut Reader<'_>, node: &Node, path: &str, kind: RouteKind, ns: &str) -> Option<Rule> {
-    let rule = r.obj(node, path, &["name", "matches", "filters", "backendRefs", "timeouts"])?;
+fn parse_rule(
+    r: &mut Reader<'_>,
+    node: &Node,
+    path: &str,
+    kind: RouteKind,
+    ns: &str,
+) -> Option<Rule> {
+    let rule = r.obj(
+        node,
+        path,
+        &["name", "matches", "filters", "backendRefs", "timeouts"],
+    )?;
     if let Some(n) = rule.get("name") {
         r.string(n, &rule.field("name"));
     }
     let mut matches = Vec::new();
     if let Some(n) = rule.get("matches") {
-        for (i, m) in r.list(n, &rule.field("matches")).unwrap_or_default().iter().enumerate() {
+        for (i, m) in r
+            .list(n, &rule.field("matches"))
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
             let mpath = index(&rule.field("matches"), i);
             let parsed = match kind {
                 RouteKind::Http => parse_http_match(r, m, &mpath),
@@ -220,20 +308,44 @@ fn parse_rule(r: &mut Reader<'_>, node: &Node, path: &str, kind: RouteKind, ns: 
     }
     let mut filters = Vec::new();
     if let Some(n) = rule.get("filters") {
-        for (i, f) in r.list(n, &rule.field("filters")).unwrap_or_default().iter().enumerate() {
-            filters.extend(parse_filter(r, f, &index(&rule.field("filters"), i), kind, ns));
+        for (i, f) in r
+            .list(n, &rule.field("filters"))
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            filters.extend(parse_filter(
+                r,
+                f,
+                &index(&rule.field("filters"), i),
+                kind,
+                ns,
+            ));
         }
     }
     let mut backends = Vec::new();
     if let Some(n) = rule.get("backendRefs") {
-        for (i, b) in r.list(n, &rule.field("backendRefs")).unwrap_or_default().iter().enumerate() {
-            backends.extend(parse_backend(r, b, &index(&rule.field("backendRefs"), i), ns, true));
+        for (i, b) in r
+            .list(n, &rule.field("backendRefs"))
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            backends.extend(parse_backend(
+                r,
+                b,
+                &index(&rule.field("backendRefs"), i),
+                ns,
+                true,
+            ));
         }
     }
     let timeout = match rule.get("timeouts") {
         Some(n) => {
             let t = r.obj(n, &rule.field("timeouts"), &["request"])?;
-            t.get("request").and_then(|d| r.duration(d, &t.field("request"))).filter(|d| !d.is_zero())
+            t.get("request")
+                .and_then(|d| r.duration(d, &t.field("request")))
+                .filter(|d| !d.is_zero())
         }
         None => None,
     };
@@ -241,48 +353,96 @@ fn parse_rule(r: &mut Reader<'_>, node: &Node, path: &str, kind: RouteKind, ns: 
     let redirect = filters.iter().any(|f| matches!(f, Filter::Redirect { .. }));
     let rewrite = filters.iter().any(|f| matches!(f, Filter::Rewrite { .. }));
     if redirect && rewrite {
-        r.error(rule.line, rule.field("filters"), "RequestRedirect and URLRewrite cannot be used in the same rule");
+        r.error(
+            rule.line,
+            rule.field("filters"),
+            "RequestRedirect and URLRewrite cannot be used in the same rule",
+        );
     }
     if redirect && !backends.is_empty() {
-        r.error(rule.line, rule.field("backendRefs"), "a rule with a RequestRedirect filter answers itself: expected no backendRefs");
+        r.error(
+            rule.line,
+            rule.field("backendRefs"),
+            "a rule with a RequestRedirect filter answers itself: expected no backendRefs",
+        );
     }
     let prefix_rewrite = filters.iter().any(|f| match f {
-        Filter::Rewrite { path, .. } | Filter::Redirect { path, .. } => matches!(path, Some(PathModifier::Prefix(_))),
+        Filter::Rewrite { path, .. } | Filter::Redirect { path, .. } => {
+            matches!(path, Some(PathModifier::Prefix(_)))
+        }
         _ => false,
     });
-    if prefix_rewrite && !matches.iter().all(|m| matches!(m.path, PathMatch::Prefix(_))) {
-        r.error(rule.line, rule.field("filters"), "ReplacePrefixMatch needs every match of the rule to be a PathPrefix match");
+    if prefix_rewrite
+        && !matches
+            .iter()
+            .all(|m| matches!(m.path, PathMatch::Prefix(_)))
+    {
+        r.error(
+            rule.line,
+            rule.field("filters"),
+            "ReplacePrefixMatch needs every match of the rule to be a PathPrefix match",
+        );
     }
     let mut seen = std::collections::HashSet::new();
     for f in &filters {
         let key = std::mem::discriminant(f);
         if !matches!(f, Filter::Mirror { .. }) && !seen.insert(key) {
-            r.error(rule.line, rule.field("filters"), "each filter type may appear once per rule (RequestMirror excepted)");
+            r.error(
+                rule.line,
+                rule.field("filters"),
+                "each filter type may appear once per rule (RequestMirror excepted)",
+            );
         }
     }
-    Some(Rule { line: rule.line, matches, filters, backends, timeout })
+    Some(Rule {
+        line: rule.line,
+        matches,
+        filters,
+        backends,
+        timeout,
+    })
 }
 
 fn parse_value_matches(r: &mut Reader<'_>, node: &Node, path: &str, what: &str) -> Vec<ValueMatch> {
     let mut out = Vec::new();
     for (i, h) in r.list(node, path).unwrap_or_default().iter().enumerate() {
         let hpath = index(path, i);
-        let Some(o) = r.obj(h, &hpath, &["type", "name", "value"]) else { continue };
+        let Some(o) = r.obj(h, &hpath, &["type", "name", "value"]) else {
+            continue;
+        };
         let regex = match o.get("type") {
-            Some(t) => r.choice(t, &o.field("type"), &["Exact", "RegularExpression"]).as_deref() == Some("RegularExpression"),
+            Some(t) => {
+                r.choice(t, &o.field("type"), &["Exact", "RegularExpression"])
+                    .as_deref()
+                    == Some("RegularExpression")
+            }
             None => false,
         };
         let name = r.req_string(&o, "name", &format!("a {what} name"));
         let value = r.req_string(&o, "value", &format!("the {what} value to match"));
-        let (Some(name), Some(value)) = (name, value) else { continue };
+        let (Some(name), Some(value)) = (name, value) else {
+            continue;
+        };
         if what == "header" && !valid_header_name(&name) {
-            r.error(o.line, o.field("name"), format!("expected an HTTP header name, got {name:?}"));
+            r.error(
+                o.line,
+                o.field("name"),
+                format!("expected an HTTP header name, got {name:?}"),
+            );
             continue;
         }
         if regex && !check_regex(r, &value, o.line, &o.field("value")) {
             continue;
         }
-        out.push(ValueMatch { name: if what == "header" { name.to_ascii_lowercase() } else { name }, regex, value });
+        out.push(ValueMatch {
+            name: if what == "header" {
+                name.to_ascii_lowercase()
+            } else {
+                name
+            },
+            regex,
+            value,
+        });
     }
     out
 }
@@ -291,8 +451,18 @@ fn check_regex(r: &mut Reader<'_>, pattern: &str, line: usize, field: &str) -> b
     match regex::Regex::new(pattern) {
         Ok(_) => true,
         Err(e) => {
-            let why = e.to_string().lines().last().unwrap_or("invalid").trim().to_string();
-            r.error(line, field, format!("expected a regular expression (RE2 syntax), got {pattern:?}: {why}"));
+            let why = e
+                .to_string()
+                .lines()
+                .last()
+                .unwrap_or("invalid")
+                .trim()
+                .to_string();
+            r.error(
+                line,
+                field,
+                format!("expected a regular expression (RE2 syntax), got {pattern:?}: {why}"),
+            );
             false
         }
     }
@@ -304,7 +474,11 @@ fn parse_http_match(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Match
     if let Some(n) = m.get("path") {
         let p = r.obj(n, &m.field("path"), &["type", "value"])?;
         let ty = match p.get("type") {
-            Some(t) => r.choice(t, &p.field("type"), &["Exact", "PathPrefix", "RegularExpression"])?,
+            Some(t) => r.choice(
+                t,
+                &p.field("type"),
+                &["Exact", "PathPrefix", "RegularExpression"],
+            )?,
             None => "PathPrefix".into(),
         };
         let value = r.opt_string(&p, "value").unwrap_or_else(|| "/".into());
@@ -316,7 +490,11 @@ fn parse_http_match(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Match
                 PathMatch::Regex(value)
             }
             _ if !value.starts_with('/') => {
-                r.error(p.line, p.field("value"), format!("expected an absolute path starting with '/', got {value:?}"));
+                r.error(
+                    p.line,
+                    p.field("value"),
+                    format!("expected an absolute path starting with '/', got {value:?}"),
+                );
                 return None;
             }
             "Exact" => PathMatch::Exact(value),
@@ -337,18 +515,29 @@ fn parse_http_match(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Match
 
 fn parse_grpc_match(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Match> {
     let m = r.obj(node, path, &["method", "headers"])?;
-    let mut out = Match { method: Some("POST".into()), ..Match::default() };
+    let mut out = Match {
+        method: Some("POST".into()),
+        ..Match::default()
+    };
     if let Some(n) = m.get("method") {
         let g = r.obj(n, &m.field("method"), &["type", "service", "method"])?;
         let regex = match g.get("type") {
-            Some(t) => r.choice(t, &g.field("type"), &["Exact", "RegularExpression"])?.as_str() == "RegularExpression",
+            Some(t) => {
+                r.choice(t, &g.field("type"), &["Exact", "RegularExpression"])?
+                    .as_str()
+                    == "RegularExpression"
+            }
             None => false,
         };
         let service = r.opt_string(&g, "service");
         let method = r.opt_string(&g, "method");
         out.path = match (regex, service, method) {
             (_, None, None) => {
-                r.error(g.line, g.field("service"), "expected `service`, `method` or both");
+                r.error(
+                    g.line,
+                    g.field("service"),
+                    "expected `service`, `method` or both",
+                );
                 return None;
             }
             (false, Some(s), Some(me)) => PathMatch::Exact(format!("/{s}/{me}")),
@@ -371,7 +560,13 @@ fn parse_grpc_match(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Match
     Some(out)
 }
 
-fn parse_backend(r: &mut Reader<'_>, node: &Node, path: &str, ns: &str, weighted: bool) -> Option<BackendRef> {
+fn parse_backend(
+    r: &mut Reader<'_>,
+    node: &Node,
+    path: &str,
+    ns: &str,
+    weighted: bool,
+) -> Option<BackendRef> {
     let allowed: &[&str] = if weighted {
         &["group", "kind", "name", "namespace", "port", "weight"]
     } else {
@@ -396,8 +591,17 @@ fn parse_backend(r: &mut Reader<'_>, node: &Node, path: &str, ns: &str, weighted
         None => 1,
     };
     let name = r.req_string(&b, "name", "the name of a mesh Service (or Workload)")?;
-    let namespace = r.opt_string(&b, "namespace").unwrap_or_else(|| ns.to_string());
-    Some(BackendRef { kind, name, namespace, weight, line: b.line, field: path.to_string() })
+    let namespace = r
+        .opt_string(&b, "namespace")
+        .unwrap_or_else(|| ns.to_string());
+    Some(BackendRef {
+        kind,
+        name,
+        namespace,
+        weight,
+        line: b.line,
+        field: path.to_string(),
+    })
 }
 
 fn parse_header_mod(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<HeaderMod> {
@@ -405,16 +609,33 @@ fn parse_header_mod(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Heade
     let mut out = HeaderMod::default();
     for (key, dest) in [("set", &mut out.set), ("add", &mut out.add)] {
         let Some(n) = o.get(key) else { continue };
-        for (i, h) in r.list(n, &o.field(key)).unwrap_or_default().iter().enumerate() {
+        for (i, h) in r
+            .list(n, &o.field(key))
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
             let hpath = index(&o.field(key), i);
-            let Some(h) = r.obj(h, &hpath, &["name", "value"]) else { continue };
+            let Some(h) = r.obj(h, &hpath, &["name", "value"]) else {
+                continue;
+            };
             let name = r.req_string(&h, "name", "a header name");
             let value = r.req_string(&h, "value", "a header value");
-            let (Some(name), Some(value)) = (name, value) else { continue };
+            let (Some(name), Some(value)) = (name, value) else {
+                continue;
+            };
             if !valid_header_name(&name) {
-                r.error(h.line, h.field("name"), format!("expected an HTTP header name, got {name:?}"));
+                r.error(
+                    h.line,
+                    h.field("name"),
+                    format!("expected an HTTP header name, got {name:?}"),
+                );
             } else if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
-                r.error(h.line, h.field("value"), "expected a header value without control characters");
+                r.error(
+                    h.line,
+                    h.field("value"),
+                    "expected a header value without control characters",
+                );
             } else {
                 dest.push((name.to_ascii_lowercase(), value));
             }
@@ -425,7 +646,11 @@ fn parse_header_mod(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Heade
             if valid_header_name(&name) {
                 out.remove.push(name.to_ascii_lowercase());
             } else {
-                r.error(n.line, index(&o.field("remove"), i), format!("expected an HTTP header name, got {name:?}"));
+                r.error(
+                    n.line,
+                    index(&o.field("remove"), i),
+                    format!("expected an HTTP header name, got {name:?}"),
+                );
             }
         }
     }
@@ -433,26 +658,52 @@ fn parse_header_mod(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Heade
 }
 
 fn parse_path_modifier(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<PathModifier> {
-    let o = r.obj(node, path, &["type", "replaceFullPath", "replacePrefixMatch"])?;
+    let o = r.obj(
+        node,
+        path,
+        &["type", "replaceFullPath", "replacePrefixMatch"],
+    )?;
     let ty = r.required(&o, "type", "ReplaceFullPath or ReplacePrefixMatch")?;
-    let ty = r.choice(ty, &o.field("type"), &["ReplaceFullPath", "ReplacePrefixMatch"])?;
+    let ty = r.choice(
+        ty,
+        &o.field("type"),
+        &["ReplaceFullPath", "ReplacePrefixMatch"],
+    )?;
     let (key, other) = if ty == "ReplaceFullPath" {
         ("replaceFullPath", "replacePrefixMatch")
     } else {
         ("replacePrefixMatch", "replaceFullPath")
     };
     if o.has(other) {
-        r.error(o.line, o.field(other), format!("does not go with type {ty} (use `{key}`)"));
+        r.error(
+            o.line,
+            o.field(other),
+            format!("does not go with type {ty} (use `{key}`)"),
+        );
     }
     let value = r.req_string(&o, key, "a path starting with '/'")?;
     if !value.starts_with('/') {
-        r.error(o.line, o.field(key), format!("expected a path starting with '/', got {value:?}"));
+        r.error(
+            o.line,
+            o.field(key),
+            format!("expected a path starting with '/', got {value:?}"),
+        );
         return None;
     }
-    Some(if ty == "ReplaceFullPath" { PathModifier::Full(value) } else { PathModifier::Prefix(value) })
+    Some(if ty == "ReplaceFullPath" {
+        PathModifier::Full(value)
+    } else {
+        PathModifier::Prefix(value)
+    })
 }
 
-fn parse_filter(r: &mut Reader<'_>, node: &Node, path: &str, kind: RouteKind, ns: &str) -> Option<Filter> {
+fn parse_filter(
+    r: &mut Reader<'_>,
+    node: &Node,
+    path: &str,
+    kind: RouteKind,
+    ns: &str,
+) -> Option<Filter> {
     let configs = [
         ("RequestHeaderModifier", "requestHeaderModifier"),
         ("ResponseHeaderModifier", "responseHeaderModifier"),
@@ -462,7 +713,11 @@ fn parse_filter(r: &mut Reader<'_>, node: &Node, path: &str, kind: RouteKind, ns
     ];
     let types: Vec<&str> = match kind {
         RouteKind::Http => configs.iter().map(|c| c.0).collect(),
-        RouteKind::Grpc => vec!["RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror"],
+        RouteKind::Grpc => vec![
+            "RequestHeaderModifier",
+            "ResponseHeaderModifier",
+            "RequestMirror",
+        ],
     };
     let mut allowed = vec!["type"];
     allowed.extend(configs.iter().filter(|c| types.contains(&c.0)).map(|c| c.1));
@@ -472,7 +727,11 @@ fn parse_filter(r: &mut Reader<'_>, node: &Node, path: &str, kind: RouteKind, ns
     let key = configs.iter().find(|c| c.0 == ty).map(|c| c.1)?;
     for (_, other) in configs.iter().filter(|c| c.1 != key) {
         if f.has(other) {
-            r.error(f.line, f.field(other), format!("does not go with type {ty} (use `{key}`)"));
+            r.error(
+                f.line,
+                f.field(other),
+                format!("does not go with type {ty} (use `{key}`)"),
+            );
         }
     }
     let cfg = r.required(&f, key, &format!("the {ty} configuration"))?;
@@ -483,7 +742,9 @@ fn parse_filter(r: &mut Reader<'_>, node: &Node, path: &str, kind: RouteKind, ns
         "URLRewrite" => {
             let o = r.obj(cfg, &cpath, &["hostname", "path"])?;
             let hostname = r.opt_string(&o, "hostname");
-            let path = o.get("path").and_then(|p| parse_path_modifier(r, p, &o.field("path")));
+            let path = o
+                .get("path")
+                .and_then(|p| parse_path_modifier(r, p, &o.field("path")));
             Some(Filter::Rewrite { hostname, path })
         }
         "RequestRedirect" => parse_redirect(r, cfg, &cpath),
@@ -502,13 +763,19 @@ fn parse_filter(r: &mut Reader<'_>, node: &Node, path: &str, kind: RouteKind, ns
 }
 
 fn parse_redirect(r: &mut Reader<'_>, cfg: &Node, cpath: &str) -> Option<Filter> {
-    let o: Obj<'_> = r.obj(cfg, cpath, &["scheme", "hostname", "path", "port", "statusCode"])?;
+    let o: Obj<'_> = r.obj(
+        cfg,
+        cpath,
+        &["scheme", "hostname", "path", "port", "statusCode"],
+    )?;
     let scheme = match o.get("scheme") {
         Some(n) => Some(r.choice(n, &o.field("scheme"), &["http", "https"])?),
         None => None,
     };
     let hostname = r.opt_string(&o, "hostname");
-    let path = o.get("path").and_then(|p| parse_path_modifier(r, p, &join(cpath, "path")));
+    let path = o
+        .get("path")
+        .and_then(|p| parse_path_modifier(r, p, &join(cpath, "path")));
     let port = match o.get("port") {
         Some(n) => Some(r.int(n, &o.field("port"), 1, 65535)? as u16),
         None => None,
@@ -517,19 +784,31 @@ fn parse_redirect(r: &mut Reader<'_>, cfg: &Node, cpath: &str) -> Option<Filter>
         Some(n) => {
             let code = r.int(n, &o.field("statusCode"), 300, 399)? as u16;
             if ![301, 302, 303, 307, 308].contains(&code) {
-                r.error(n.line, o.field("statusCode"), format!("expected 301, 302, 303, 307 or 308, got {code}"));
+                r.error(
+                    n.line,
+                    o.field("statusCode"),
+                    format!("expected 301, 302, 303, 307 or 308, got {code}"),
+                );
                 return None;
             }
             code
         }
         None => 302,
     };
-    Some(Filter::Redirect { scheme, hostname, path, port, status })
+    Some(Filter::Redirect {
+        scheme,
+        hostname,
+        path,
+        port,
+        status,
+    })
 }
 
 pub fn valid_header_name(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 pub fn valid_hostname(h: &str) -> bool {
@@ -539,7 +818,9 @@ pub fn valid_hostname(h: &str) -> bool {
         && rest.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })

@@ -43,7 +43,11 @@ impl ControlPlane {
     /// `warmup` should exceed the proxies' longest reconnect backoff (5 s), so every proxy that was connected to a
     /// previous instance is back before anyone's endpoints are recomputed.
     pub fn with_warmup(set: ManifestSet, warmup: Duration) -> Self {
-        let desired = Desired { set, generation: 1, rejected: Vec::new() };
+        let desired = Desired {
+            set,
+            generation: 1,
+            rejected: Vec::new(),
+        };
         ControlPlane {
             desired: watch::channel(Arc::new(desired)).0,
             registry: Arc::new(Registry::default()),
@@ -54,7 +58,11 @@ impl ControlPlane {
     /// Replaces the served manifest set; every proxy whose snapshot changes gets a push.
     pub fn apply(&self, set: ManifestSet) {
         self.desired.send_modify(|d| {
-            *d = Arc::new(Desired { set, generation: d.generation + 1, rejected: Vec::new() });
+            *d = Arc::new(Desired {
+                set,
+                generation: d.generation + 1,
+                rejected: Vec::new(),
+            });
         });
     }
 
@@ -87,30 +95,47 @@ impl ControlPlane {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn registration(hello: &pb::Hello, remote: Option<SocketAddr>) -> Result<Registration, Status> {
     if hello.node_id.is_empty() {
-        return Err(Status::invalid_argument("hello.node_id: expected a non-empty node id"));
+        return Err(Status::invalid_argument(
+            "hello.node_id: expected a non-empty node id",
+        ));
     }
     let role = match pb::Role::try_from(hello.role) {
         Ok(pb::Role::Sidecar) => ProxyRole::Sidecar,
         Ok(pb::Role::Gateway) => ProxyRole::Gateway,
-        _ => return Err(Status::invalid_argument("hello.role: expected ROLE_SIDECAR or ROLE_GATEWAY")),
+        _ => {
+            return Err(Status::invalid_argument(
+                "hello.role: expected ROLE_SIDECAR or ROLE_GATEWAY",
+            ))
+        }
     };
     if hello.service.is_empty() {
-        return Err(Status::invalid_argument("hello.service: expected the mesh service or Gateway name"));
+        return Err(Status::invalid_argument(
+            "hello.service: expected the mesh service or Gateway name",
+        ));
     }
     if role == ProxyRole::Sidecar && hello.inbound_addr.parse::<SocketAddr>().is_err() {
-        return Err(Status::invalid_argument(format!("hello.inbound_addr: expected IP:port, got {:?}", hello.inbound_addr)));
+        return Err(Status::invalid_argument(format!(
+            "hello.inbound_addr: expected IP:port, got {:?}",
+            hello.inbound_addr
+        )));
     }
     tracing::debug!(node = %hello.node_id, ?remote, "proxy connected");
     Ok(Registration {
         conn_id: 0,
         node_id: hello.node_id.clone(),
         service: hello.service.clone(),
-        namespace: if hello.namespace.is_empty() { "default".into() } else { hello.namespace.clone() },
+        namespace: if hello.namespace.is_empty() {
+            "default".into()
+        } else {
+            hello.namespace.clone()
+        },
         role,
         labels: hello.labels.clone().into_iter().collect(),
         inbound_addr: hello.inbound_addr.clone(),
@@ -128,20 +153,38 @@ type PushStream = Pin<Box<dyn Stream<Item = Result<pb::Push, Status>> + Send>>;
 impl pb::discovery_server::Discovery for ControlPlane {
     type StreamStream = PushStream;
 
-    async fn stream(&self, req: Request<Streaming<pb::ProxyMessage>>) -> Result<Response<PushStream>, Status> {
+    async fn stream(
+        &self,
+        req: Request<Streaming<pb::ProxyMessage>>,
+    ) -> Result<Response<PushStream>, Status> {
         let remote = req.remote_addr();
         let mut inbound = req.into_inner();
         let hello = match inbound.message().await? {
-            Some(pb::ProxyMessage { msg: Some(pb::proxy_message::Msg::Hello(h)) }) => h,
-            _ => return Err(Status::invalid_argument("the first message on the stream must be a Hello")),
+            Some(pb::ProxyMessage {
+                msg: Some(pb::proxy_message::Msg::Hello(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message on the stream must be a Hello",
+                ))
+            }
         };
         let reg = registration(&hello, remote)?;
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(session(self.clone(), reg, hello.applied_version, inbound, tx));
+        tokio::spawn(session(
+            self.clone(),
+            reg,
+            hello.applied_version,
+            inbound,
+            tx,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let desired = self.desired.borrow().clone();
         let proxies = self
             .registry
@@ -157,7 +200,11 @@ impl pb::discovery_server::Discovery for ControlPlane {
                 inbound_addr: r.inbound_addr,
                 sent_version: r.sent_version,
                 acked_version: r.acked_version,
-                last_nack: r.last_nack.as_ref().map(|n| n.1.clone()).unwrap_or_default(),
+                last_nack: r
+                    .last_nack
+                    .as_ref()
+                    .map(|n| n.1.clone())
+                    .unwrap_or_default(),
                 last_nack_version: r.last_nack.as_ref().map_or(0, |n| n.0),
                 connected_unix_ms: r.connected_unix_ms,
             })
@@ -187,7 +234,11 @@ async fn session(
     tx: mpsc::Sender<Result<pb::Push, Status>>,
 ) {
     let node = reg.node_id.clone();
-    let key = ProxyKey { role: reg.role, name: reg.service.clone(), namespace: reg.namespace.clone() };
+    let key = ProxyKey {
+        role: reg.role,
+        name: reg.service.clone(),
+        namespace: reg.namespace.clone(),
+    };
     let conn_id = cp.registry.register(reg);
     let _guard = Deregister(cp.registry.clone(), node.clone(), conn_id);
     let mut desired_rx = cp.desired.subscribe();
@@ -218,16 +269,22 @@ async fn session(
         if last_sent.as_ref() != Some(&snapshot) {
             version += 1;
             pending_nonce = format!("{conn_id:x}-{version}");
-            let push = pb::Push { version, nonce: pending_nonce.clone(), snapshot: Some(snapshot.clone()) };
+            let push = pb::Push {
+                version,
+                nonce: pending_nonce.clone(),
+                snapshot: Some(snapshot.clone()),
+            };
             if tx.send(Ok(push)).await.is_err() {
                 break;
             }
-            cp.registry.update(&node, conn_id, |r| r.sent_version = version);
+            cp.registry
+                .update(&node, conn_id, |r| r.sent_version = version);
             tracing::debug!(%node, version, "pushed snapshot");
             last_sent = Some(snapshot);
         }
         let generation = set.generation;
-        cp.registry.update(&node, conn_id, |r| r.synced_generation = generation);
+        cp.registry
+            .update(&node, conn_id, |r| r.synced_generation = generation);
         tokio::select! {
             r = desired_rx.changed() => if r.is_err() { break },
             r = endpoints_rx.changed() => if r.is_err() { break },
@@ -241,16 +298,25 @@ async fn session(
     tracing::info!(%node, "proxy disconnected");
 }
 
-fn handle_reply(cp: &ControlPlane, node: &str, conn_id: u64, pending_nonce: &str, msg: pb::proxy_message::Msg) {
+fn handle_reply(
+    cp: &ControlPlane,
+    node: &str,
+    conn_id: u64,
+    pending_nonce: &str,
+    msg: pb::proxy_message::Msg,
+) {
     use pb::proxy_message::Msg;
     match msg {
         // A reply to an older push (its nonce is stale) says nothing about the current one.
         Msg::Ack(ack) if ack.nonce == pending_nonce => {
-            cp.registry.update(node, conn_id, |r| r.acked_version = ack.version);
+            cp.registry
+                .update(node, conn_id, |r| r.acked_version = ack.version);
         }
         Msg::Nack(nack) if nack.nonce == pending_nonce => {
             tracing::warn!(%node, version = nack.version, reason = %nack.reason, "proxy rejected snapshot (NACK)");
-            cp.registry.update(node, conn_id, |r| r.last_nack = Some((nack.version, nack.reason.clone())));
+            cp.registry.update(node, conn_id, |r| {
+                r.last_nack = Some((nack.version, nack.reason.clone()))
+            });
         }
         Msg::Ack(_) | Msg::Nack(_) => {}
         Msg::Hello(_) => tracing::warn!(%node, "ignoring a second Hello on the same stream"),

@@ -47,7 +47,11 @@ fn read_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, Diagnostics> {
     paths.sort();
     paths
         .into_iter()
-        .map(|p| std::fs::read_to_string(&p).map(|text| (p.clone(), text)).map_err(|e| io_err(&p, e)))
+        .map(|p| {
+            std::fs::read_to_string(&p)
+                .map(|text| (p.clone(), text))
+                .map_err(|e| io_err(&p, e))
+        })
         .collect()
 }
 
@@ -69,7 +73,9 @@ pub fn load_texts(files: &[(PathBuf, String)]) -> Result<ManifestSet, Diagnostic
     for (path, text) in files {
         let mut sink = Sink::new(path.clone());
         match parse_documents(text) {
-            Ok(docs) => docs.iter().for_each(|d| parse_document(d, &mut sink, &mut set)),
+            Ok(docs) => docs
+                .iter()
+                .for_each(|d| parse_document(d, &mut sink, &mut set)),
             Err(e) => sink.error(e.line, "", format!("invalid YAML: {}", e.message)),
         }
         diags.extend(sink.diags);

@@ -16,7 +16,10 @@ pub struct Node {
 pub enum Kind {
     Null,
     /// `quoted` is true for quoted and block scalars: they are always strings.
-    Scalar { value: String, quoted: bool },
+    Scalar {
+        value: String,
+        quoted: bool,
+    },
     Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
 }
@@ -51,13 +54,18 @@ pub struct YamlError {
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, YamlError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    parser
-        .load(&mut builder, true)
-        .map_err(|e| YamlError { line: e.marker().line(), message: e.info().to_string() })?;
+    parser.load(&mut builder, true).map_err(|e| YamlError {
+        line: e.marker().line(),
+        message: e.info().to_string(),
+    })?;
     if let Some(err) = builder.error {
         return Err(err);
     }
-    Ok(builder.docs.into_iter().filter(|d| d.kind != Kind::Null).collect())
+    Ok(builder
+        .docs
+        .into_iter()
+        .filter(|d| d.kind != Kind::Null)
+        .collect())
 }
 
 #[derive(Default)]
@@ -103,16 +111,26 @@ impl MarkedEventReceiver for Builder {
                 let is_null = !quoted
                     && tag.is_none()
                     && matches!(value.as_str(), "" | "~" | "null" | "Null" | "NULL");
-                let kind = if is_null { Kind::Null } else { Kind::Scalar { value, quoted } };
+                let kind = if is_null {
+                    Kind::Null
+                } else {
+                    Kind::Scalar { value, quoted }
+                };
                 self.push_value(Node { line, kind }, anchor);
             }
             Event::SequenceStart(anchor, _) => {
-                self.stack.push(Node { line, kind: Kind::Seq(Vec::new()) });
+                self.stack.push(Node {
+                    line,
+                    kind: Kind::Seq(Vec::new()),
+                });
                 self.keys.push(None);
                 self.anchor_stack.push(anchor);
             }
             Event::MappingStart(anchor, _) => {
-                self.stack.push(Node { line, kind: Kind::Map(Vec::new()) });
+                self.stack.push(Node {
+                    line,
+                    kind: Kind::Map(Vec::new()),
+                });
                 self.keys.push(None);
                 self.anchor_stack.push(anchor);
             }
@@ -126,7 +144,10 @@ impl MarkedEventReceiver for Builder {
             Event::Alias(id) => match self.anchors.get(&id).cloned() {
                 Some(node) => self.push_value(Node { line, ..node }, 0),
                 None => {
-                    self.error.get_or_insert(YamlError { line, message: "unknown alias".into() });
+                    self.error.get_or_insert(YamlError {
+                        line,
+                        message: "unknown alias".into(),
+                    });
                 }
             },
             Event::DocumentStart
@@ -146,12 +167,24 @@ mod tests {
     fn lines_and_documents() {
         let docs = parse_documents("a: 1\nb:\n  - x\n  - 'y'\n---\n---\nc: ~\n").unwrap();
         assert_eq!(docs.len(), 2);
-        let Kind::Map(entries) = &docs[0].kind else { panic!("map") };
+        let Kind::Map(entries) = &docs[0].kind else {
+            panic!("map")
+        };
         assert_eq!(entries[1].0.as_scalar(), Some("b"));
-        let Kind::Seq(items) = &entries[1].1.kind else { panic!("seq") };
+        let Kind::Seq(items) = &entries[1].1.kind else {
+            panic!("seq")
+        };
         assert_eq!(items[1].line, 4);
-        assert_eq!(items[1].kind, Kind::Scalar { value: "y".into(), quoted: true });
-        let Kind::Map(entries) = &docs[1].kind else { panic!("map") };
+        assert_eq!(
+            items[1].kind,
+            Kind::Scalar {
+                value: "y".into(),
+                quoted: true
+            }
+        );
+        let Kind::Map(entries) = &docs[1].kind else {
+            panic!("map")
+        };
         assert_eq!(entries[0].1.kind, Kind::Null);
     }
 
@@ -164,7 +197,9 @@ mod tests {
     #[test]
     fn aliases_resolve() {
         let docs = parse_documents("a: &x {k: v}\nb: *x\n").unwrap();
-        let Kind::Map(entries) = &docs[0].kind else { panic!("map") };
+        let Kind::Map(entries) = &docs[0].kind else {
+            panic!("map")
+        };
         assert_eq!(entries[0].1.kind, entries[1].1.kind);
     }
 }

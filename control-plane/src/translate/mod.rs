@@ -68,8 +68,14 @@ pub fn snapshot_for(set: &ManifestSet, instances: &[Instance], proxy: &ProxyKey)
             }
         }
     }
-    let clusters = wanted.into_iter().filter_map(|name| cluster(set, instances, &name)).collect();
-    pb::Snapshot { listeners, clusters }
+    let clusters = wanted
+        .into_iter()
+        .filter_map(|name| cluster(set, instances, &name))
+        .collect();
+    pb::Snapshot {
+        listeners,
+        clusters,
+    }
 }
 
 fn cluster(set: &ManifestSet, instances: &[Instance], name: &str) -> Option<pb::Cluster> {
@@ -79,7 +85,11 @@ fn cluster(set: &ManifestSet, instances: &[Instance], name: &str) -> Option<pb::
     let external = |w: &crate::model::Workload, endpoints: &mut Vec<pb::Endpoint>| {
         if let Run::External { endpoints: addrs } = &w.run {
             for a in addrs {
-                endpoints.push(pb::Endpoint { address: a.clone(), labels: w.labels.clone().into_iter().collect(), node_id: String::new() });
+                endpoints.push(pb::Endpoint {
+                    address: a.clone(),
+                    labels: w.labels.clone().into_iter().collect(),
+                    node_id: String::new(),
+                });
             }
         }
     };
@@ -91,14 +101,30 @@ fn cluster(set: &ManifestSet, instances: &[Instance], name: &str) -> Option<pb::
     let protocol;
     match kind {
         "service" => {
-            protocol = set.workloads.iter().find(|w| w.meta.namespace == ns && w.service == obj)?.protocol;
-            for w in set.workloads.iter().filter(|w| w.meta.namespace == ns && w.service == obj) {
+            protocol = set
+                .workloads
+                .iter()
+                .find(|w| w.meta.namespace == ns && w.service == obj)?
+                .protocol;
+            for w in set
+                .workloads
+                .iter()
+                .filter(|w| w.meta.namespace == ns && w.service == obj)
+            {
                 external(w, &mut endpoints);
             }
-            endpoints.extend(instances.iter().filter(|i| i.namespace == ns && i.service == obj).map(from_instance));
+            endpoints.extend(
+                instances
+                    .iter()
+                    .filter(|i| i.namespace == ns && i.service == obj)
+                    .map(from_instance),
+            );
         }
         "workload" => {
-            let w = set.workloads.iter().find(|w| w.meta.namespace == ns && w.meta.name == obj)?;
+            let w = set
+                .workloads
+                .iter()
+                .find(|w| w.meta.namespace == ns && w.meta.name == obj)?;
             protocol = w.protocol;
             external(w, &mut endpoints);
             let selected = |i: &&Instance| {
@@ -106,7 +132,10 @@ fn cluster(set: &ManifestSet, instances: &[Instance], name: &str) -> Option<pb::
                     && i.service == w.service
                     && match i.labels.get(WORKLOAD_LABEL) {
                         Some(name) => name == obj,
-                        None => !w.labels.is_empty() && w.labels.iter().all(|(k, v)| i.labels.get(k) == Some(v)),
+                        None => {
+                            !w.labels.is_empty()
+                                && w.labels.iter().all(|(k, v)| i.labels.get(k) == Some(v))
+                        }
                     }
             };
             endpoints.extend(instances.iter().filter(selected).map(from_instance));
@@ -115,7 +144,11 @@ fn cluster(set: &ManifestSet, instances: &[Instance], name: &str) -> Option<pb::
     }
     endpoints.sort_by(|a, b| a.address.cmp(&b.address).then(a.node_id.cmp(&b.node_id)));
     endpoints.dedup_by(|a, b| a.address == b.address);
-    Some(pb::Cluster { name: name.to_string(), protocol: proto_protocol(protocol) as i32, endpoints })
+    Some(pb::Cluster {
+        name: name.to_string(),
+        protocol: proto_protocol(protocol) as i32,
+        endpoints,
+    })
 }
 
 pub fn proto_protocol(p: AppProtocol) -> pb::Protocol {

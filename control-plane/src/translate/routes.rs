@@ -6,7 +6,10 @@ use std::collections::BTreeSet;
 use meshwork_proto as pb;
 
 use super::{cluster_name, OUTBOUND_LISTENER};
-use crate::model::{BackendKind, BackendRef, Filter, HeaderMod, ManifestSet, Match, ParentKind, PathMatch, PathModifier, Route, Rule};
+use crate::model::{
+    BackendKind, BackendRef, Filter, HeaderMod, ManifestSet, Match, ParentKind, PathMatch,
+    PathModifier, Route, Rule,
+};
 use crate::validate::services;
 
 /// One (route, rule, match) triple; a proxy tries them in order.
@@ -25,9 +28,22 @@ pub fn route_entries<'a>(routes: &[&'a Route]) -> Vec<Entry<'a>> {
     let mut entries: Vec<Entry<'a>> = routes
         .iter()
         .flat_map(|route| {
-            route.rules.iter().enumerate().flat_map(move |(rule_index, rule)| {
-                rule.matches.iter().enumerate().map(move |(match_index, m)| Entry { route, rule_index, rule, match_index, m })
-            })
+            route
+                .rules
+                .iter()
+                .enumerate()
+                .flat_map(move |(rule_index, rule)| {
+                    rule.matches
+                        .iter()
+                        .enumerate()
+                        .map(move |(match_index, m)| Entry {
+                            route,
+                            rule_index,
+                            rule,
+                            match_index,
+                            m,
+                        })
+                })
         })
         .collect();
     entries.sort_by_key(|e| {
@@ -51,8 +67,15 @@ pub fn route_entries<'a>(routes: &[&'a Route]) -> Vec<Entry<'a>> {
 }
 
 fn header_mod(h: &HeaderMod) -> pb::HeaderModifier {
-    let pair = |(n, v): &(String, String)| pb::Header { name: n.clone(), value: v.clone() };
-    pb::HeaderModifier { set: h.set.iter().map(pair).collect(), add: h.add.iter().map(pair).collect(), remove: h.remove.clone() }
+    let pair = |(n, v): &(String, String)| pb::Header {
+        name: n.clone(),
+        value: v.clone(),
+    };
+    pb::HeaderModifier {
+        set: h.set.iter().map(pair).collect(),
+        add: h.add.iter().map(pair).collect(),
+        remove: h.remove.clone(),
+    }
 }
 
 fn filter(f: &Filter) -> pb::Filter {
@@ -67,24 +90,45 @@ fn filter(f: &Filter) -> pb::Filter {
                 PathModifier::Prefix(v) => pb::url_rewrite::Path::ReplacePrefixMatch(v.clone()),
             }),
         }),
-        Filter::Redirect { scheme, hostname, path, port, status } => Kind::RequestRedirect(pb::RequestRedirect {
+        Filter::Redirect {
+            scheme,
+            hostname,
+            path,
+            port,
+            status,
+        } => Kind::RequestRedirect(pb::RequestRedirect {
             scheme: scheme.clone().unwrap_or_default(),
             hostname: hostname.clone().unwrap_or_default(),
             path: path.as_ref().map(|p| match p {
                 PathModifier::Full(v) => pb::request_redirect::Path::ReplaceFullPath(v.clone()),
-                PathModifier::Prefix(v) => pb::request_redirect::Path::ReplacePrefixMatch(v.clone()),
+                PathModifier::Prefix(v) => {
+                    pb::request_redirect::Path::ReplacePrefixMatch(v.clone())
+                }
             }),
             port: port.map_or(0, u32::from),
             status_code: u32::from(*status),
         }),
-        Filter::Mirror { backend, percent } => Kind::RequestMirror(pb::RequestMirror { cluster: cluster_name(backend), percent: *percent }),
+        Filter::Mirror { backend, percent } => Kind::RequestMirror(pb::RequestMirror {
+            cluster: cluster_name(backend),
+            percent: *percent,
+        }),
     };
     pb::Filter { kind: Some(kind) }
 }
 
 fn value_matches(v: &[crate::model::ValueMatch]) -> Vec<(String, i32, String)> {
     v.iter()
-        .map(|m| (m.name.clone(), if m.regex { pb::MatchType::MatchRegex } else { pb::MatchType::MatchExact } as i32, m.value.clone()))
+        .map(|m| {
+            (
+                m.name.clone(),
+                if m.regex {
+                    pb::MatchType::MatchRegex
+                } else {
+                    pb::MatchType::MatchExact
+                } as i32,
+                m.value.clone(),
+            )
+        })
         .collect()
 }
 
@@ -96,15 +140,47 @@ fn route_proto(e: &Entry<'_>) -> pb::Route {
     };
     let route = e.route;
     pb::Route {
-        name: format!("{}/{}/{}/rule/{}/match/{}", route.kind.as_str(), route.meta.namespace, route.meta.name, e.rule_index, e.match_index),
+        name: format!(
+            "{}/{}/{}/rule/{}/match/{}",
+            route.kind.as_str(),
+            route.meta.namespace,
+            route.meta.name,
+            e.rule_index,
+            e.match_index
+        ),
         r#match: Some(pb::RouteMatch {
-            path: Some(pb::PathMatch { r#type: ty as i32, value: value.clone() }),
-            headers: value_matches(&e.m.headers).into_iter().map(|(name, r#type, value)| pb::HeaderMatch { name, r#type, value }).collect(),
-            query_params: value_matches(&e.m.query).into_iter().map(|(name, r#type, value)| pb::QueryMatch { name, r#type, value }).collect(),
+            path: Some(pb::PathMatch {
+                r#type: ty as i32,
+                value: value.clone(),
+            }),
+            headers: value_matches(&e.m.headers)
+                .into_iter()
+                .map(|(name, r#type, value)| pb::HeaderMatch {
+                    name,
+                    r#type,
+                    value,
+                })
+                .collect(),
+            query_params: value_matches(&e.m.query)
+                .into_iter()
+                .map(|(name, r#type, value)| pb::QueryMatch {
+                    name,
+                    r#type,
+                    value,
+                })
+                .collect(),
             method: e.m.method.clone().unwrap_or_default(),
         }),
         filters: e.rule.filters.iter().map(filter).collect(),
-        backends: e.rule.backends.iter().map(|b| pb::WeightedBackend { cluster: cluster_name(b), weight: b.weight }).collect(),
+        backends: e
+            .rule
+            .backends
+            .iter()
+            .map(|b| pb::WeightedBackend {
+                cluster: cluster_name(b),
+                weight: b.weight,
+            })
+            .collect(),
         timeout_ms: e.rule.timeout.map_or(0, |d| d.as_millis().max(1) as u64),
     }
 }
@@ -113,7 +189,10 @@ fn default_route(cluster: String) -> pb::Route {
     pb::Route {
         name: "default".into(),
         r#match: Some(pb::RouteMatch {
-            path: Some(pb::PathMatch { r#type: pb::MatchType::MatchPrefix as i32, value: "/".into() }),
+            path: Some(pb::PathMatch {
+                r#type: pb::MatchType::MatchPrefix as i32,
+                value: "/".into(),
+            }),
             ..Default::default()
         }),
         filters: vec![],
@@ -130,21 +209,44 @@ pub fn outbound_listener(set: &ManifestSet, own_ns: &str) -> pb::Listener {
         let attached: Vec<&Route> = set
             .routes
             .iter()
-            .filter(|r| r.parent_refs.iter().any(|p| p.kind == ParentKind::Service && p.name == svc && p.namespace == ns))
+            .filter(|r| {
+                r.parent_refs
+                    .iter()
+                    .any(|p| p.kind == ParentKind::Service && p.name == svc && p.namespace == ns)
+            })
             .collect();
         let routes = if attached.is_empty() {
-            let b = BackendRef { kind: BackendKind::Service, name: svc.clone(), namespace: ns.clone(), weight: 1, line: 0, field: String::new() };
+            let b = BackendRef {
+                kind: BackendKind::Service,
+                name: svc.clone(),
+                namespace: ns.clone(),
+                weight: 1,
+                line: 0,
+                field: String::new(),
+            };
             vec![default_route(cluster_name(&b))]
         } else {
             route_entries(&attached).iter().map(route_proto).collect()
         };
-        let mut domains = vec![format!("{svc}.{ns}"), format!("{svc}.{ns}.svc"), format!("{svc}.{ns}.svc.cluster.local")];
+        let mut domains = vec![
+            format!("{svc}.{ns}"),
+            format!("{svc}.{ns}.svc"),
+            format!("{svc}.{ns}.svc.cluster.local"),
+        ];
         if ns == own_ns {
             domains.insert(0, svc.clone());
         }
-        virtual_hosts.push(pb::VirtualHost { name: format!("{svc}.{ns}"), domains, routes });
+        virtual_hosts.push(pb::VirtualHost {
+            name: format!("{svc}.{ns}"),
+            domains,
+            routes,
+        });
     }
-    pb::Listener { name: OUTBOUND_LISTENER.into(), port: 0, virtual_hosts }
+    pb::Listener {
+        name: OUTBOUND_LISTENER.into(),
+        port: 0,
+        virtual_hosts,
+    }
 }
 
 fn host_applies(route: &Route, host: &str) -> bool {
@@ -157,7 +259,13 @@ fn host_applies(route: &Route, host: &str) -> bool {
 /// A gateway's listeners, each with the routes attached to it (by Gateway, optionally by sectionName), grouped
 /// into virtual hosts by hostname.
 pub fn gateway_listeners(set: &ManifestSet, ns: &str, name: &str) -> Vec<pb::Listener> {
-    let Some(gw) = set.gateways.iter().find(|g| g.meta.name == name && g.meta.namespace == ns) else { return Vec::new() };
+    let Some(gw) = set
+        .gateways
+        .iter()
+        .find(|g| g.meta.name == name && g.meta.namespace == ns)
+    else {
+        return Vec::new();
+    };
     gw.listeners
         .iter()
         .map(|l| {
@@ -173,18 +281,36 @@ pub fn gateway_listeners(set: &ManifestSet, ns: &str, name: &str) -> Vec<pb::Lis
                     })
                 })
                 .collect();
-            let mut hosts: BTreeSet<String> = attached.iter().flat_map(|r| r.hostnames.iter().cloned()).collect();
+            let mut hosts: BTreeSet<String> = attached
+                .iter()
+                .flat_map(|r| r.hostnames.iter().cloned())
+                .collect();
             if attached.iter().any(|r| r.hostnames.is_empty()) {
                 hosts.insert("*".into());
             }
             let virtual_hosts = hosts
                 .into_iter()
                 .map(|host| {
-                    let routes: Vec<&Route> = attached.iter().copied().filter(|r| host == "*" && r.hostnames.is_empty() || host != "*" && host_applies(r, &host)).collect();
-                    pb::VirtualHost { name: host.clone(), domains: vec![host], routes: route_entries(&routes).iter().map(route_proto).collect() }
+                    let routes: Vec<&Route> = attached
+                        .iter()
+                        .copied()
+                        .filter(|r| {
+                            host == "*" && r.hostnames.is_empty()
+                                || host != "*" && host_applies(r, &host)
+                        })
+                        .collect();
+                    pb::VirtualHost {
+                        name: host.clone(),
+                        domains: vec![host],
+                        routes: route_entries(&routes).iter().map(route_proto).collect(),
+                    }
                 })
                 .collect();
-            pb::Listener { name: l.name.clone(), port: u32::from(l.port), virtual_hosts }
+            pb::Listener {
+                name: l.name.clone(),
+                port: u32::from(l.port),
+                virtual_hosts,
+            }
         })
         .collect()
 }

@@ -41,14 +41,28 @@ spec: {listeners: [{name: http, port: 8080}, {name: admin, port: 8081}]}
 "#;
 
 fn gateway(s: &ManifestSet) -> pb::Snapshot {
-    snapshot_for(s, &[], &ProxyKey { role: ProxyRole::Gateway, name: "edge".into(), namespace: "default".into() })
+    snapshot_for(
+        s,
+        &[],
+        &ProxyKey {
+            role: ProxyRole::Gateway,
+            name: "edge".into(),
+            namespace: "default".into(),
+        },
+    )
 }
 
 fn instance(node: &str, service: &str, workload: &str, version: &str, addr: &str) -> Instance {
     let mut labels = BTreeMap::new();
     labels.insert(WORKLOAD_LABEL.to_string(), workload.to_string());
     labels.insert("version".to_string(), version.to_string());
-    Instance { node_id: node.into(), namespace: "default".into(), service: service.into(), labels, addr: addr.into() }
+    Instance {
+        node_id: node.into(),
+        namespace: "default".into(),
+        service: service.into(),
+        labels,
+        addr: addr.into(),
+    }
 }
 
 #[test]
@@ -80,7 +94,11 @@ spec:
     ));
     let snap = gateway(&s);
     let http = snap.listeners.iter().find(|l| l.name == "http").unwrap();
-    let names: Vec<&str> = http.virtual_hosts[0].routes.iter().map(|r| r.name.as_str()).collect();
+    let names: Vec<&str> = http.virtual_hosts[0]
+        .routes
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
     assert_eq!(
         names,
         [
@@ -94,7 +112,10 @@ spec:
     );
     // sectionName: route `a` is not on the admin listener.
     let admin = snap.listeners.iter().find(|l| l.name == "admin").unwrap();
-    assert!(admin.virtual_hosts[0].routes.iter().all(|r| r.name.contains("/b/")));
+    assert!(admin.virtual_hosts[0]
+        .routes
+        .iter()
+        .all(|r| r.name.contains("/b/")));
 }
 
 #[test]
@@ -147,18 +168,45 @@ spec:
         instance("api-v2-0", "api", "api-v2", "v2", "127.0.0.1:2001"),
         instance("web-0", "web", "web", "", "127.0.0.1:3001"),
     ];
-    let key = ProxyKey { role: ProxyRole::Sidecar, name: "web".into(), namespace: "default".into() };
+    let key = ProxyKey {
+        role: ProxyRole::Sidecar,
+        name: "web".into(),
+        namespace: "default".into(),
+    };
     let snap = snapshot_for(&s, &instances, &key);
-    let cluster = |n: &str| snap.clusters.iter().find(|c| c.name == n).unwrap_or_else(|| panic!("no cluster {n}"));
-    let addrs = |n: &str| cluster(n).endpoints.iter().map(|e| e.address.clone()).collect::<Vec<_>>();
-    assert_eq!(addrs("workload/default/api-v1"), ["127.0.0.1:1001", "127.0.0.1:1002"]);
+    let cluster = |n: &str| {
+        snap.clusters
+            .iter()
+            .find(|c| c.name == n)
+            .unwrap_or_else(|| panic!("no cluster {n}"))
+    };
+    let addrs = |n: &str| {
+        cluster(n)
+            .endpoints
+            .iter()
+            .map(|e| e.address.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        addrs("workload/default/api-v1"),
+        ["127.0.0.1:1001", "127.0.0.1:1002"]
+    );
     assert_eq!(addrs("workload/default/api-v2"), ["127.0.0.1:2001"]);
     assert_eq!(addrs("service/default/legacy"), ["10.0.0.9:80"]);
     assert_eq!(addrs("service/default/web"), ["127.0.0.1:3001"]);
     // Every service is reachable by its short name from the outbound listener; api via the split route.
     let out = &snap.listeners[0];
-    let api = out.virtual_hosts.iter().find(|v| v.name == "api.default").unwrap();
-    assert!(api.domains.contains(&"api".to_string()) && api.domains.contains(&"api.default.svc.cluster.local".to_string()));
+    let api = out
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == "api.default")
+        .unwrap();
+    assert!(
+        api.domains.contains(&"api".to_string())
+            && api
+                .domains
+                .contains(&"api.default.svc.cluster.local".to_string())
+    );
     let weights: Vec<u32> = api.routes[0].backends.iter().map(|b| b.weight).collect();
     assert_eq!(weights, [90, 10]);
 
@@ -192,5 +240,11 @@ spec:
             (p.r#type, p.value.as_str(), m.method.as_str())
         })
         .collect();
-    assert_eq!(paths, [(pb::MatchType::MatchExact as i32, "/pkg.Svc/Get", "POST"), (pb::MatchType::MatchPrefix as i32, "/pkg.Other/", "POST")]);
+    assert_eq!(
+        paths,
+        [
+            (pb::MatchType::MatchExact as i32, "/pkg.Svc/Get", "POST"),
+            (pb::MatchType::MatchPrefix as i32, "/pkg.Other/", "POST")
+        ]
+    );
 }

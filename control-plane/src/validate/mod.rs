@@ -6,7 +6,12 @@ use crate::diag::Diagnostic;
 use crate::model::{AppProtocol, BackendKind, BackendRef, Filter, ManifestSet, Meta, ParentKind};
 
 fn diag(meta: &Meta, line: usize, field: &str, message: String) -> Diagnostic {
-    Diagnostic { file: meta.file.clone(), line, field: field.to_string(), message }
+    Diagnostic {
+        file: meta.file.clone(),
+        line,
+        field: field.to_string(),
+        message,
+    }
 }
 
 /// The mesh services declared by Workloads: (namespace, service) -> protocol.
@@ -29,11 +34,27 @@ pub fn validate(set: &ManifestSet) -> Vec<Diagnostic> {
         .chain(set.meshes.iter().map(|m| ("Mesh", &m.meta)));
     for (kind, meta) in objects {
         if let Some(first) = names.insert((kind, &meta.namespace, &meta.name), meta) {
-            out.push(diag(meta, meta.line, "metadata.name", format!("duplicate {kind} {}/{} (first defined at {}:{})", meta.namespace, meta.name, first.file.display(), first.line)));
+            out.push(diag(
+                meta,
+                meta.line,
+                "metadata.name",
+                format!(
+                    "duplicate {kind} {}/{} (first defined at {}:{})",
+                    meta.namespace,
+                    meta.name,
+                    first.file.display(),
+                    first.line
+                ),
+            ));
         }
     }
     if let Some(extra) = set.meshes.get(1) {
-        out.push(diag(&extra.meta, extra.meta.line, "kind", "only one Mesh object is allowed".into()));
+        out.push(diag(
+            &extra.meta,
+            extra.meta.line,
+            "kind",
+            "only one Mesh object is allowed".into(),
+        ));
     }
 
     let mut protocols: HashMap<(&str, &str), (AppProtocol, &Meta)> = HashMap::new();
@@ -54,42 +75,90 @@ pub fn validate(set: &ManifestSet) -> Vec<Diagnostic> {
         let mut listener_names = HashSet::new();
         for (i, l) in g.listeners.iter().enumerate() {
             if !listener_names.insert(l.name.as_str()) {
-                out.push(diag(&g.meta, l.line, &format!("spec.listeners[{i}].name"), format!("duplicate listener name {:?}", l.name)));
+                out.push(diag(
+                    &g.meta,
+                    l.line,
+                    &format!("spec.listeners[{i}].name"),
+                    format!("duplicate listener name {:?}", l.name),
+                ));
             }
             if let Some((other, other_listener)) = ports.insert(l.port, (&g.meta, &l.name)) {
-                out.push(diag(&g.meta, l.line, &format!("spec.listeners[{i}].port"), format!(
-                    "port {} is already used by listener {:?} of Gateway {}/{}", l.port, other_listener, other.namespace, other.name
-                )));
+                out.push(diag(
+                    &g.meta,
+                    l.line,
+                    &format!("spec.listeners[{i}].port"),
+                    format!(
+                        "port {} is already used by listener {:?} of Gateway {}/{}",
+                        l.port, other_listener, other.namespace, other.name
+                    ),
+                ));
             }
         }
     }
 
     let services = services(set);
-    let workloads: HashSet<(&str, &str)> = set.workloads.iter().map(|w| (w.meta.namespace.as_str(), w.meta.name.as_str())).collect();
+    let workloads: HashSet<(&str, &str)> = set
+        .workloads
+        .iter()
+        .map(|w| (w.meta.namespace.as_str(), w.meta.name.as_str()))
+        .collect();
     let check_backend = |b: &BackendRef, meta: &Meta, out: &mut Vec<Diagnostic>| {
         let known = match b.kind {
             BackendKind::Service => services.contains_key(&(b.namespace.clone(), b.name.clone())),
             BackendKind::Workload => workloads.contains(&(b.namespace.as_str(), b.name.as_str())),
         };
         if !known {
-            let what = if b.kind == BackendKind::Service { "mesh service (no Workload has spec.service" } else { "Workload (none is named" };
-            out.push(diag(meta, b.line, &format!("{}.name", b.field), format!("unknown {what} {:?} in namespace {})", b.name, b.namespace)));
+            let what = if b.kind == BackendKind::Service {
+                "mesh service (no Workload has spec.service"
+            } else {
+                "Workload (none is named"
+            };
+            out.push(diag(
+                meta,
+                b.line,
+                &format!("{}.name", b.field),
+                format!("unknown {what} {:?} in namespace {})", b.name, b.namespace),
+            ));
         }
     };
     for route in &set.routes {
         let meta = &route.meta;
         if route.parent_refs.is_empty() {
-            out.push(diag(meta, meta.line, "spec.parentRefs", "expected at least one Gateway or Service reference".into()));
+            out.push(diag(
+                meta,
+                meta.line,
+                "spec.parentRefs",
+                "expected at least one Gateway or Service reference".into(),
+            ));
         }
         for p in &route.parent_refs {
             match p.kind {
-                ParentKind::Gateway => match set.gateways.iter().find(|g| g.meta.name == p.name && g.meta.namespace == p.namespace) {
-                    None => out.push(diag(meta, p.line, &format!("{}.name", p.field), format!("unknown Gateway {:?} in namespace {}", p.name, p.namespace))),
+                ParentKind::Gateway => match set
+                    .gateways
+                    .iter()
+                    .find(|g| g.meta.name == p.name && g.meta.namespace == p.namespace)
+                {
+                    None => out.push(diag(
+                        meta,
+                        p.line,
+                        &format!("{}.name", p.field),
+                        format!("unknown Gateway {:?} in namespace {}", p.name, p.namespace),
+                    )),
                     Some(g) => {
                         if let Some(section) = &p.section_name {
                             if !g.listeners.iter().any(|l| &l.name == section) {
-                                let names: Vec<&str> = g.listeners.iter().map(|l| l.name.as_str()).collect();
-                                out.push(diag(meta, p.line, &format!("{}.sectionName", p.field), format!("Gateway {} has no listener {section:?} (it has: {})", g.meta.name, names.join(", "))));
+                                let names: Vec<&str> =
+                                    g.listeners.iter().map(|l| l.name.as_str()).collect();
+                                out.push(diag(
+                                    meta,
+                                    p.line,
+                                    &format!("{}.sectionName", p.field),
+                                    format!(
+                                        "Gateway {} has no listener {section:?} (it has: {})",
+                                        g.meta.name,
+                                        names.join(", ")
+                                    ),
+                                ));
                             }
                         }
                     }

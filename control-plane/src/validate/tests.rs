@@ -8,7 +8,10 @@ use proptest::prelude::*;
 use crate::source::files::load_texts;
 
 fn errors(files: &[(&str, &str)]) -> Vec<String> {
-    let files: Vec<(PathBuf, String)> = files.iter().map(|(p, t)| (PathBuf::from(p), t.to_string())).collect();
+    let files: Vec<(PathBuf, String)> = files
+        .iter()
+        .map(|(p, t)| (PathBuf::from(p), t.to_string()))
+        .collect();
     match load_texts(&files) {
         Ok(_) => Vec::new(),
         Err(d) => d.0.iter().map(ToString::to_string).collect(),
@@ -68,7 +71,12 @@ spec:
 ";
     let errs = errors(&[("s.yaml", SERVICES), ("r.yaml", routes)]);
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].starts_with("r.yaml:8: spec.rules[0].sessionPersistence: unknown or unsupported field"), "{errs:?}");
+    assert!(
+        errs[0].starts_with(
+            "r.yaml:8: spec.rules[0].sessionPersistence: unknown or unsupported field"
+        ),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -90,10 +98,22 @@ spec:
 ";
     let errs = errors(&[("s.yaml", SERVICES), ("r.yaml", routes)]);
     let joined = errs.join("\n");
-    assert!(joined.contains("r.yaml:6: spec.parentRefs[0].name: unknown Gateway \"nowhere\""), "{joined}");
-    assert!(joined.contains("r.yaml:7: spec.parentRefs[1].name: unknown mesh service \"ghost\""), "{joined}");
-    assert!(joined.contains("r.yaml:11: spec.rules[0].backendRefs[0].name: unknown mesh service"), "{joined}");
-    assert!(joined.contains("r.yaml:12: spec.rules[0].backendRefs[1].name: unknown Workload"), "{joined}");
+    assert!(
+        joined.contains("r.yaml:6: spec.parentRefs[0].name: unknown Gateway \"nowhere\""),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("r.yaml:7: spec.parentRefs[1].name: unknown mesh service \"ghost\""),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("r.yaml:11: spec.rules[0].backendRefs[0].name: unknown mesh service"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("r.yaml:12: spec.rules[0].backendRefs[1].name: unknown Workload"),
+        "{joined}"
+    );
 }
 
 #[test]
@@ -169,17 +189,38 @@ spec:
     let joined = errors(&[("g.yaml", text)]).join("\n");
     assert!(joined.contains("g.yaml:9: spec.listeners[0].port: port 8080 is already used by listener \"x\" of Gateway default/a"), "{joined}");
     let joined = errors(&[("g.yaml", text), ("r.yaml", route)]).join("\n");
-    assert!(joined.contains("r.yaml:7: spec.rules[0].matches[0].path.value: expected a regular expression"), "{joined}");
+    assert!(
+        joined.contains(
+            "r.yaml:7: spec.rules[0].matches[0].path.value: expected a regular expression"
+        ),
+        "{joined}"
+    );
     assert!(!joined.contains("already used"), "{joined}");
 }
 
 fn yamlish() -> impl Strategy<Value = String> {
     let atoms = prop::sample::select(vec![
-        "apiVersion: gateway.networking.k8s.io/v1\n", "apiVersion: meshwork.dev/v1alpha1\n", "kind: HTTPRoute\n",
-        "kind: Workload\n", "kind: Gateway\n", "metadata: {name: a}\n", "metadata:\n  name: b\n", "spec:\n",
-        "  rules:\n", "    - backendRefs: [{name: a, weight: 3}]\n", "  parentRefs: [{name: a}]\n", "  service: s\n",
-        "  command: x\n", "  listeners: [{name: l, port: 1}]\n", "---\n", "  weight: -1\n", "  - [\n", ": :\n",
-        "  matches: [{path: {type: RegularExpression, value: '('}}]\n", "&a x: *a\n", "\t\n",
+        "apiVersion: gateway.networking.k8s.io/v1\n",
+        "apiVersion: meshwork.dev/v1alpha1\n",
+        "kind: HTTPRoute\n",
+        "kind: Workload\n",
+        "kind: Gateway\n",
+        "metadata: {name: a}\n",
+        "metadata:\n  name: b\n",
+        "spec:\n",
+        "  rules:\n",
+        "    - backendRefs: [{name: a, weight: 3}]\n",
+        "  parentRefs: [{name: a}]\n",
+        "  service: s\n",
+        "  command: x\n",
+        "  listeners: [{name: l, port: 1}]\n",
+        "---\n",
+        "  weight: -1\n",
+        "  - [\n",
+        ": :\n",
+        "  matches: [{path: {type: RegularExpression, value: '('}}]\n",
+        "&a x: *a\n",
+        "\t\n",
     ]);
     prop::collection::vec(atoms, 0..24).prop_map(|v| v.concat())
 }

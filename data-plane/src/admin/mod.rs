@@ -19,10 +19,17 @@ pub struct AdminState {
     pub role: &'static str,
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     r
 }
 
@@ -32,9 +39,17 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/ready" => {
             let v = state.store.version();
             if v > 0 {
-                respond(StatusCode::OK, "text/plain", format!("ready: config version {v}\n"))
+                respond(
+                    StatusCode::OK,
+                    "text/plain",
+                    format!("ready: config version {v}\n"),
+                )
             } else {
-                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: no configuration applied yet\n")
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: no configuration applied yet\n",
+                )
             }
         }
         "/config_dump" => {
@@ -47,23 +62,35 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             });
             match serde_json::to_vec_pretty(&dump) {
                 Ok(body) => respond(StatusCode::OK, "application/json", body),
-                Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+                Err(e) => respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    e.to_string(),
+                ),
             }
         }
-        _ => respond(StatusCode::NOT_FOUND, "text/plain", "admin endpoints: /live /ready /config_dump\n"),
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "admin endpoints: /live /ready /config_dump\n",
+        ),
     }
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let resp = route(&state, &req);
                 async move { Ok::<_, Infallible>(resp) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }

@@ -75,32 +75,58 @@ impl Identity {
 fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string() + "\n")));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
-async fn echo(id: Arc<Identity>, count: Arc<AtomicU64>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn echo(
+    id: Arc<Identity>,
+    count: Arc<AtomicU64>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     if path == "/_demo/count" {
-        return json(StatusCode::OK, &serde_json::json!({ "requests": count.load(Ordering::Relaxed) }));
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({ "requests": count.load(Ordering::Relaxed) }),
+        );
     }
     count.fetch_add(1, Ordering::Relaxed);
     let mut status = StatusCode::OK;
-    if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
+    if let Some(code) = path
+        .strip_prefix("/status/")
+        .and_then(|c| c.parse::<u16>().ok())
+    {
         status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
     }
-    if let Some(ms) = path.strip_prefix("/delay/").and_then(|c| c.parse::<u64>().ok()) {
+    if let Some(ms) = path
+        .strip_prefix("/delay/")
+        .and_then(|c| c.parse::<u64>().ok())
+    {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into())))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
+            )
+        })
         .collect();
     let method = req.method().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let version = format!("{:?}", req.version());
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     json(
         status,
         &serde_json::json!({
@@ -112,8 +138,14 @@ async fn echo(id: Arc<Identity>, count: Arc<AtomicU64>, req: Request<Incoming>) 
 }
 
 /// One request through the forward proxy in HTTP_PROXY, absolute-form, as curl or any HTTP library would send it.
-async fn call_via_proxy(proxy: SocketAddr, url: &str, headers: &http::HeaderMap) -> anyhow::Result<(StatusCode, Bytes)> {
-    let stream = tokio::net::TcpStream::connect(proxy).await.with_context(|| format!("connect to HTTP_PROXY {proxy}"))?;
+async fn call_via_proxy(
+    proxy: SocketAddr,
+    url: &str,
+    headers: &http::HeaderMap,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    let stream = tokio::net::TcpStream::connect(proxy)
+        .await
+        .with_context(|| format!("connect to HTTP_PROXY {proxy}"))?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let mut req = Request::get(url).body(http_body_util::Empty::<Bytes>::new())?;
@@ -123,17 +155,31 @@ async fn call_via_proxy(proxy: SocketAddr, url: &str, headers: &http::HeaderMap)
             req.headers_mut().append(k.clone(), v.clone());
         }
     }
-    let host = url.trim_start_matches("http://").split('/').next().unwrap_or("").to_string();
-    req.headers_mut().insert(http::header::HOST, http::HeaderValue::from_str(&host)?);
+    let host = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    req.headers_mut()
+        .insert(http::header::HOST, http::HeaderValue::from_str(&host)?);
     let resp = send.send_request(req).await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, body))
 }
 
-async fn frontend(id: Arc<Identity>, upstream: Arc<str>, proxy: Option<SocketAddr>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn frontend(
+    id: Arc<Identity>,
+    upstream: Arc<str>,
+    proxy: Option<SocketAddr>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let Some(proxy) = proxy else {
-        return json(StatusCode::INTERNAL_SERVER_ERROR, &serde_json::json!({"error": "HTTP_PROXY is not set"}));
+        return json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &serde_json::json!({"error": "HTTP_PROXY is not set"}),
+        );
     };
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let url = match pq.strip_prefix("/legacy") {
@@ -142,10 +188,18 @@ async fn frontend(id: Arc<Identity>, upstream: Arc<str>, proxy: Option<SocketAdd
     };
     match call_via_proxy(proxy, &url, req.headers()).await {
         Ok((status, body)) => {
-            let inner: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
-            json(status, &serde_json::json!({ "frontend": id.workload, "called": url, "status": status.as_u16(), "response": inner }))
+            let inner: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&body).into())
+            });
+            json(
+                status,
+                &serde_json::json!({ "frontend": id.workload, "called": url, "status": status.as_u16(), "response": inner }),
+            )
         }
-        Err(e) => json(StatusCode::BAD_GATEWAY, &serde_json::json!({ "frontend": id.workload, "called": url, "error": format!("{e:#}") })),
+        Err(e) => json(
+            StatusCode::BAD_GATEWAY,
+            &serde_json::json!({ "frontend": id.workload, "called": url, "error": format!("{e:#}") }),
+        ),
     }
 }
 
@@ -153,20 +207,37 @@ struct EchoGrpc(Arc<Identity>);
 
 #[tonic::async_trait]
 impl demo::echo_server::Echo for EchoGrpc {
-    async fn say(&self, req: tonic::Request<demo::EchoRequest>) -> Result<tonic::Response<demo::EchoReply>, tonic::Status> {
+    async fn say(
+        &self,
+        req: tonic::Request<demo::EchoRequest>,
+    ) -> Result<tonic::Response<demo::EchoReply>, tonic::Status> {
         let served_by = format!("{}/{}", self.0.service, self.0.version);
-        Ok(tonic::Response::new(demo::EchoReply { message: req.into_inner().message, served_by }))
+        Ok(tonic::Response::new(demo::EchoReply {
+            message: req.into_inner().message,
+            served_by,
+        }))
     }
 
-    type RepeatStream = tokio_stream::Iter<std::vec::IntoIter<Result<demo::EchoReply, tonic::Status>>>;
+    type RepeatStream =
+        tokio_stream::Iter<std::vec::IntoIter<Result<demo::EchoReply, tonic::Status>>>;
 
-    async fn repeat(&self, req: tonic::Request<demo::EchoRequest>) -> Result<tonic::Response<Self::RepeatStream>, tonic::Status> {
+    async fn repeat(
+        &self,
+        req: tonic::Request<demo::EchoRequest>,
+    ) -> Result<tonic::Response<Self::RepeatStream>, tonic::Status> {
         let r = req.into_inner();
         if r.count > 10_000 {
             return Err(tonic::Status::invalid_argument("count: at most 10000"));
         }
         let served_by = format!("{}/{}", self.0.service, self.0.version);
-        let items: Vec<_> = (0..r.count).map(|i| Ok(demo::EchoReply { message: format!("{} {i}", r.message), served_by: served_by.clone() })).collect();
+        let items: Vec<_> = (0..r.count)
+            .map(|i| {
+                Ok(demo::EchoReply {
+                    message: format!("{} {i}", r.message),
+                    served_by: served_by.clone(),
+                })
+            })
+            .collect();
         Ok(tonic::Response::new(tokio_stream::iter(items)))
     }
 }
@@ -176,12 +247,20 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let port = match args.port {
         Some(p) => p,
-        None => std::env::var("PORT").context("set PORT or pass --port")?.parse().context("PORT")?,
+        None => std::env::var("PORT")
+            .context("set PORT or pass --port")?
+            .parse()
+            .context("PORT")?,
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let id = Arc::new(Identity::from_env());
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
-    eprintln!("meshwork-demo listening on {addr} as {}/{}", id.service, id.workload);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("bind {addr}"))?;
+    eprintln!(
+        "meshwork-demo listening on {addr} as {}/{}",
+        id.service, id.workload
+    );
     match args.cmd {
         Cmd::Grpc => {
             tonic::transport::Server::builder()
@@ -194,17 +273,25 @@ async fn main() -> anyhow::Result<()> {
             let count = Arc::new(AtomicU64::new(0));
             let handler = move |req| echo(id.clone(), count.clone(), req);
             if let Some(extra) = args.also_listen {
-                let extra = tokio::net::TcpListener::bind(extra).await.with_context(|| format!("bind {extra}"))?;
+                let extra = tokio::net::TcpListener::bind(extra)
+                    .await
+                    .with_context(|| format!("bind {extra}"))?;
                 tokio::spawn(serve(extra, handler.clone()));
             }
             serve(listener, handler).await
         }
         Cmd::Frontend { upstream } => {
-            let proxy = std::env::var("HTTP_PROXY")
-                .ok()
-                .and_then(|p| p.trim_start_matches("http://").trim_end_matches('/').parse::<SocketAddr>().ok());
+            let proxy = std::env::var("HTTP_PROXY").ok().and_then(|p| {
+                p.trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .parse::<SocketAddr>()
+                    .ok()
+            });
             let upstream: Arc<str> = Arc::from(upstream);
-            serve(listener, move |req| frontend(id.clone(), upstream.clone(), proxy, req)).await
+            serve(listener, move |req| {
+                frontend(id.clone(), upstream.clone(), proxy, req)
+            })
+            .await
         }
     }
 }
@@ -222,7 +309,9 @@ where
                 let fut = handler(req);
                 async move { Ok::<_, Infallible>(fut.await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }

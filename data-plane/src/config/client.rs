@@ -16,7 +16,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Runs until `leaving` turns true (the proxy is shutting down): then the stream is closed, which deregisters this
 /// proxy, so peers stop sending to it while it drains.
-pub async fn run(url: String, hello: pb::Hello, applier: Arc<Applier>, mut leaving: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(
+    url: String,
+    hello: pb::Hello,
+    applier: Arc<Applier>,
+    mut leaving: tokio::sync::watch::Receiver<bool>,
+) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let result = tokio::select! {
@@ -28,7 +33,9 @@ pub async fn run(url: String, hello: pb::Hello, applier: Arc<Applier>, mut leavi
         };
         match result {
             Ok(()) => tracing::warn!(%url, "control plane closed the stream; reconnecting"),
-            Err(e) => tracing::warn!(%url, error = %e, "control plane unreachable; serving the last configuration"),
+            Err(e) => {
+                tracing::warn!(%url, error = %e, "control plane unreachable; serving the last configuration")
+            }
         }
         // Full jitter: many proxies losing the same control plane must not reconnect in lockstep.
         let wait = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
@@ -37,7 +44,12 @@ pub async fn run(url: String, hello: pb::Hello, applier: Arc<Applier>, mut leavi
     }
 }
 
-async fn session(url: &str, hello: &pb::Hello, applier: &Applier, backoff: &mut Duration) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn session(
+    url: &str,
+    hello: &pb::Hello,
+    applier: &Applier,
+    backoff: &mut Duration,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?
         .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(10))
@@ -47,16 +59,26 @@ async fn session(url: &str, hello: &pb::Hello, applier: &Applier, backoff: &mut 
     let (tx, rx) = mpsc::channel(4);
     let mut hello = hello.clone();
     hello.applied_version = applier.store.version();
-    tx.send(pb::ProxyMessage { msg: Some(Msg::Hello(hello)) }).await?;
+    tx.send(pb::ProxyMessage {
+        msg: Some(Msg::Hello(hello)),
+    })
+    .await?;
     let mut pushes = client.stream(ReceiverStream::new(rx)).await?.into_inner();
     tracing::info!(%url, "connected to the control plane");
     while let Some(push) = pushes.message().await? {
         *backoff = BACKOFF_MIN;
         let reply = match applier.apply(push.version, push.snapshot.unwrap_or_default()) {
-            Ok(()) => Msg::Ack(pb::Ack { version: push.version, nonce: push.nonce }),
+            Ok(()) => Msg::Ack(pb::Ack {
+                version: push.version,
+                nonce: push.nonce,
+            }),
             Err(reason) => {
                 tracing::warn!(version = push.version, %reason, "rejected snapshot (NACK); keeping the previous one");
-                Msg::Nack(pb::Nack { version: push.version, nonce: push.nonce, reason })
+                Msg::Nack(pb::Nack {
+                    version: push.version,
+                    nonce: push.nonce,
+                    reason,
+                })
             }
         };
         tx.send(pb::ProxyMessage { msg: Some(reply) }).await?;

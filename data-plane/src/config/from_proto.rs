@@ -21,12 +21,16 @@ pub struct InvalidSnapshot {
 }
 
 fn invalid(path: impl Into<String>, message: impl Into<String>) -> InvalidSnapshot {
-    InvalidSnapshot { path: path.into(), message: message.into() }
+    InvalidSnapshot {
+        path: path.into(),
+        message: message.into(),
+    }
 }
 
 fn regex(path: &str, pattern: &str) -> Result<Regex, InvalidSnapshot> {
     // Anchored: a regex match is a full match, as in Envoy.
-    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| invalid(path, format!("bad regex {pattern:?}: {e}")))
+    Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| invalid(path, format!("bad regex {pattern:?}: {e}")))
 }
 
 fn str_match(path: &str, ty: i32, value: &str) -> Result<StrMatch, InvalidSnapshot> {
@@ -38,7 +42,8 @@ fn str_match(path: &str, ty: i32, value: &str) -> Result<StrMatch, InvalidSnapsh
 }
 
 fn header_name(path: &str, name: &str) -> Result<HeaderName, InvalidSnapshot> {
-    HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid(path, format!("bad header name {name:?}")))
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| invalid(path, format!("bad header name {name:?}")))
 }
 
 fn header_value(path: &str, value: &str) -> Result<HeaderValue, InvalidSnapshot> {
@@ -47,12 +52,18 @@ fn header_value(path: &str, value: &str) -> Result<HeaderValue, InvalidSnapshot>
 
 fn header_mod(path: &str, m: &pb::HeaderModifier) -> Result<HeaderMod, InvalidSnapshot> {
     let pairs = |list: &[pb::Header]| -> Result<Vec<(HeaderName, HeaderValue)>, InvalidSnapshot> {
-        list.iter().map(|h| Ok((header_name(path, &h.name)?, header_value(path, &h.value)?))).collect()
+        list.iter()
+            .map(|h| Ok((header_name(path, &h.name)?, header_value(path, &h.value)?)))
+            .collect()
     };
     Ok(HeaderMod {
         set: pairs(&m.set)?,
         add: pairs(&m.add)?,
-        remove: m.remove.iter().map(|n| header_name(path, n)).collect::<Result<_, _>>()?,
+        remove: m
+            .remove
+            .iter()
+            .map(|n| header_name(path, n))
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -67,41 +78,84 @@ fn cluster(c: &pb::Cluster) -> Result<Cluster, InvalidSnapshot> {
         .endpoints
         .iter()
         .map(|e| {
-            let addr: SocketAddr = e.address.parse().map_err(|_| invalid(&path, format!("bad endpoint address {:?}", e.address)))?;
-            let authority = addr.to_string().parse().map_err(|_| invalid(&path, "bad endpoint authority"))?;
+            let addr: SocketAddr = e
+                .address
+                .parse()
+                .map_err(|_| invalid(&path, format!("bad endpoint address {:?}", e.address)))?;
+            let authority = addr
+                .to_string()
+                .parse()
+                .map_err(|_| invalid(&path, "bad endpoint authority"))?;
             Ok(Endpoint { addr, authority })
         })
         .collect::<Result<Vec<_>, InvalidSnapshot>>()?;
-    Ok(Cluster::new(Arc::from(c.name.as_str()), protocol, endpoints))
+    Ok(Cluster::new(
+        Arc::from(c.name.as_str()),
+        protocol,
+        endpoints,
+    ))
 }
 
-fn route(r: &pb::Route, clusters: &HashMap<Arc<str>, Arc<Cluster>>) -> Result<Route, InvalidSnapshot> {
+fn route(
+    r: &pb::Route,
+    clusters: &HashMap<Arc<str>, Arc<Cluster>>,
+) -> Result<Route, InvalidSnapshot> {
     let path = format!("route {}", r.name);
-    let lookup = |name: &str| clusters.get(name).cloned().ok_or_else(|| invalid(&path, format!("unknown cluster {name:?}")));
+    let lookup = |name: &str| {
+        clusters
+            .get(name)
+            .cloned()
+            .ok_or_else(|| invalid(&path, format!("unknown cluster {name:?}")))
+    };
     let m = r.r#match.clone().unwrap_or_default();
-    let pm = m.path.unwrap_or(pb::PathMatch { r#type: pb::MatchType::MatchPrefix as i32, value: "/".into() });
+    let pm = m.path.unwrap_or(pb::PathMatch {
+        r#type: pb::MatchType::MatchPrefix as i32,
+        value: "/".into(),
+    });
     let path_match = match pb::MatchType::try_from(pm.r#type) {
         Ok(pb::MatchType::MatchExact) => PathMatch::Exact(pm.value),
-        Ok(pb::MatchType::MatchPrefix) => PathMatch::Prefix(pm.value.trim_end_matches('/').to_string()),
+        Ok(pb::MatchType::MatchPrefix) => {
+            PathMatch::Prefix(pm.value.trim_end_matches('/').to_string())
+        }
         Ok(pb::MatchType::MatchRegex) => PathMatch::Regex(regex(&path, &pm.value)?),
         Err(_) => return Err(invalid(&path, "unknown path match type")),
     };
     let matcher = RouteMatch {
         path: path_match,
-        headers: m.headers.iter().map(|h| Ok((header_name(&path, &h.name)?, str_match(&path, h.r#type, &h.value)?))).collect::<Result<_, _>>()?,
-        query: m.query_params.iter().map(|q| Ok((q.name.clone(), str_match(&path, q.r#type, &q.value)?))).collect::<Result<_, _>>()?,
+        headers: m
+            .headers
+            .iter()
+            .map(|h| {
+                Ok((
+                    header_name(&path, &h.name)?,
+                    str_match(&path, h.r#type, &h.value)?,
+                ))
+            })
+            .collect::<Result<_, _>>()?,
+        query: m
+            .query_params
+            .iter()
+            .map(|q| Ok((q.name.clone(), str_match(&path, q.r#type, &q.value)?)))
+            .collect::<Result<_, _>>()?,
         method: if m.method.is_empty() {
             None
         } else {
-            Some(Method::from_bytes(m.method.as_bytes()).map_err(|_| invalid(&path, format!("bad method {:?}", m.method)))?)
+            Some(
+                Method::from_bytes(m.method.as_bytes())
+                    .map_err(|_| invalid(&path, format!("bad method {:?}", m.method)))?,
+            )
         },
     };
     let mut filters = Filters::default();
     for f in &r.filters {
         use pb::filter::Kind;
         match &f.kind {
-            Some(Kind::RequestHeaderModifier(h)) => filters.request_headers = Some(header_mod(&path, h)?),
-            Some(Kind::ResponseHeaderModifier(h)) => filters.response_headers = Some(header_mod(&path, h)?),
+            Some(Kind::RequestHeaderModifier(h)) => {
+                filters.request_headers = Some(header_mod(&path, h)?)
+            }
+            Some(Kind::ResponseHeaderModifier(h)) => {
+                filters.response_headers = Some(header_mod(&path, h)?)
+            }
             Some(Kind::UrlRewrite(u)) => {
                 if !u.hostname.is_empty() {
                     filters.rewrite_host = Some(header_value(&path, &u.hostname)?);
@@ -116,19 +170,28 @@ fn route(r: &pb::Route, clusters: &HashMap<Arc<str>, Arc<Cluster>>) -> Result<Ro
                     .ok()
                     .and_then(|s| http::StatusCode::from_u16(s).ok())
                     .filter(|s| s.is_redirection())
-                    .ok_or_else(|| invalid(&path, format!("bad redirect status {}", rd.status_code)))?;
+                    .ok_or_else(|| {
+                        invalid(&path, format!("bad redirect status {}", rd.status_code))
+                    })?;
                 filters.redirect = Some(Redirect {
                     scheme: Some(rd.scheme.clone()).filter(|s| !s.is_empty()),
                     hostname: Some(rd.hostname.clone()).filter(|s| !s.is_empty()),
                     path: rd.path.as_ref().map(|p| match p {
-                        pb::request_redirect::Path::ReplaceFullPath(v) => PathRewrite::Full(v.clone()),
-                        pb::request_redirect::Path::ReplacePrefixMatch(v) => PathRewrite::Prefix(v.clone()),
+                        pb::request_redirect::Path::ReplaceFullPath(v) => {
+                            PathRewrite::Full(v.clone())
+                        }
+                        pb::request_redirect::Path::ReplacePrefixMatch(v) => {
+                            PathRewrite::Prefix(v.clone())
+                        }
                     }),
                     port: u16::try_from(rd.port).ok().filter(|p| *p != 0),
                     status,
                 });
             }
-            Some(Kind::RequestMirror(mi)) => filters.mirrors.push(Mirror { cluster: lookup(&mi.cluster)?, percent: mi.percent.min(100) }),
+            Some(Kind::RequestMirror(mi)) => filters.mirrors.push(Mirror {
+                cluster: lookup(&mi.cluster)?,
+                percent: mi.percent.min(100),
+            }),
             None => return Err(invalid(&path, "empty filter")),
         }
     }
@@ -138,8 +201,13 @@ fn route(r: &pb::Route, clusters: &HashMap<Arc<str>, Arc<Cluster>>) -> Result<Ro
         if b.weight == 0 {
             continue;
         }
-        total = total.checked_add(b.weight).ok_or_else(|| invalid(&path, "weights overflow"))?;
-        backends.push(WeightedCluster { cluster: lookup(&b.cluster)?, cumulative: total });
+        total = total
+            .checked_add(b.weight)
+            .ok_or_else(|| invalid(&path, "weights overflow"))?;
+        backends.push(WeightedCluster {
+            cluster: lookup(&b.cluster)?,
+            cumulative: total,
+        });
     }
     Ok(Route {
         name: Arc::from(r.name.as_str()),
@@ -151,11 +219,23 @@ fn route(r: &pb::Route, clusters: &HashMap<Arc<str>, Arc<Cluster>>) -> Result<Ro
     })
 }
 
-fn listener(l: &pb::Listener, clusters: &HashMap<Arc<str>, Arc<Cluster>>) -> Result<Listener, InvalidSnapshot> {
-    let port = u16::try_from(l.port).map_err(|_| invalid(format!("listener {}", l.name), format!("bad port {}", l.port)))?;
+fn listener(
+    l: &pb::Listener,
+    clusters: &HashMap<Arc<str>, Arc<Cluster>>,
+) -> Result<Listener, InvalidSnapshot> {
+    let port = u16::try_from(l.port).map_err(|_| {
+        invalid(
+            format!("listener {}", l.name),
+            format!("bad port {}", l.port),
+        )
+    })?;
     let mut vhosts = VirtualHosts::default();
     for (i, vh) in l.virtual_hosts.iter().enumerate() {
-        let routes = vh.routes.iter().map(|r| route(r, clusters)).collect::<Result<Vec<_>, _>>()?;
+        let routes = vh
+            .routes
+            .iter()
+            .map(|r| route(r, clusters))
+            .collect::<Result<Vec<_>, _>>()?;
         for d in &vh.domains {
             let d = d.to_ascii_lowercase();
             if d == "*" {
@@ -166,23 +246,43 @@ fn listener(l: &pb::Listener, clusters: &HashMap<Arc<str>, Arc<Cluster>>) -> Res
                 vhosts.exact.insert(d, i);
             }
         }
-        vhosts.hosts.push(VirtualHost { name: vh.name.clone(), routes });
+        vhosts.hosts.push(VirtualHost {
+            name: vh.name.clone(),
+            routes,
+        });
     }
-    vhosts.wildcards.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-    Ok(Listener { name: Arc::from(l.name.as_str()), port, vhosts })
+    vhosts
+        .wildcards
+        .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    Ok(Listener {
+        name: Arc::from(l.name.as_str()),
+        port,
+        vhosts,
+    })
 }
 
 impl Snapshot {
     pub fn from_proto(version: u64, pb: pb::Snapshot) -> Result<Snapshot, InvalidSnapshot> {
-        let clusters: HashMap<Arc<str>, Arc<Cluster>> =
-            pb.clusters.iter().map(|c| Ok((Arc::from(c.name.as_str()), Arc::new(cluster(c)?)))).collect::<Result<_, InvalidSnapshot>>()?;
+        let clusters: HashMap<Arc<str>, Arc<Cluster>> = pb
+            .clusters
+            .iter()
+            .map(|c| Ok((Arc::from(c.name.as_str()), Arc::new(cluster(c)?))))
+            .collect::<Result<_, InvalidSnapshot>>()?;
         let mut listeners = HashMap::new();
         for l in &pb.listeners {
             let built = listener(l, &clusters)?;
             if listeners.insert(built.name.clone(), built).is_some() {
-                return Err(invalid(format!("listener {}", l.name), "duplicate listener name"));
+                return Err(invalid(
+                    format!("listener {}", l.name),
+                    "duplicate listener name",
+                ));
             }
         }
-        Ok(Snapshot { version, listeners, clusters, source: pb })
+        Ok(Snapshot {
+            version,
+            listeners,
+            clusters,
+            source: pb,
+        })
     }
 }

@@ -36,7 +36,12 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(name: Arc<str>, protocol: Protocol, endpoints: Vec<Endpoint>) -> Self {
-        Cluster { name, protocol, endpoints, next: AtomicUsize::new(0) }
+        Cluster {
+            name,
+            protocol,
+            endpoints,
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// Round robin over the endpoints.
@@ -185,6 +190,11 @@ pub struct Snapshot {
 impl Snapshot {
     /// The configuration before the first push: nothing routes yet.
     pub fn empty() -> Self {
-        Snapshot { version: 0, listeners: HashMap::new(), clusters: HashMap::new(), source: pb::Snapshot::default() }
+        Snapshot {
+            version: 0,
+            listeners: HashMap::new(),
+            clusters: HashMap::new(),
+            source: pb::Snapshot::default(),
+        }
     }
 }

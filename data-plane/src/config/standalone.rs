@@ -14,9 +14,20 @@ use crate::app::Applier;
 
 /// Which Gateway this proxy runs: the named one, or the only one.
 fn gateway_key(set: &ManifestSet, name: Option<&str>, namespace: &str) -> Result<ProxyKey, String> {
-    let key = |n: &str, ns: &str| ProxyKey { role: ProxyRole::Gateway, name: n.to_string(), namespace: ns.to_string() };
+    let key = |n: &str, ns: &str| ProxyKey {
+        role: ProxyRole::Gateway,
+        name: n.to_string(),
+        namespace: ns.to_string(),
+    };
     match name {
-        Some(n) if set.gateways.iter().any(|g| g.meta.name == n && g.meta.namespace == namespace) => Ok(key(n, namespace)),
+        Some(n)
+            if set
+                .gateways
+                .iter()
+                .any(|g| g.meta.name == n && g.meta.namespace == namespace) =>
+        {
+            Ok(key(n, namespace))
+        }
         Some(n) => Err(format!("no Gateway {namespace}/{n} in the manifests")),
         None => match set.gateways.as_slice() {
             [only] => Ok(key(&only.meta.name, &only.meta.namespace)),
@@ -31,11 +42,19 @@ fn translate(set: &ManifestSet, key: &ProxyKey) -> pb::Snapshot {
 }
 
 /// Applies the directory once (an error here is a startup error), then follows it in the background.
-pub async fn start(dir: PathBuf, gateway: Option<String>, namespace: String, applier: Arc<Applier>) -> anyhow::Result<()> {
+pub async fn start(
+    dir: PathBuf,
+    gateway: Option<String>,
+    namespace: String,
+    applier: Arc<Applier>,
+) -> anyhow::Result<()> {
     let loaded = load_dir(&dir).map_err(|d| anyhow::anyhow!("invalid manifests:\n{d}"))?;
-    let key = gateway_key(&loaded.set, gateway.as_deref(), &namespace).map_err(anyhow::Error::msg)?;
+    let key =
+        gateway_key(&loaded.set, gateway.as_deref(), &namespace).map_err(anyhow::Error::msg)?;
     let mut version = 1;
-    applier.apply(version, translate(&loaded.set, &key)).map_err(anyhow::Error::msg)?;
+    applier
+        .apply(version, translate(&loaded.set, &key))
+        .map_err(anyhow::Error::msg)?;
     tokio::spawn(async move {
         let mut changes = watch_dir(dir, Duration::from_millis(300), Some(loaded.digest));
         while let Some(change) = changes.recv().await {
@@ -44,10 +63,14 @@ pub async fn start(dir: PathBuf, gateway: Option<String>, namespace: String, app
                     version += 1;
                     match applier.apply(version, translate(&next.set, &key)) {
                         Ok(()) => tracing::info!(version, "manifests changed: applied"),
-                        Err(e) => tracing::error!(error = %e, "manifests changed but cannot be applied; keeping the previous configuration"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "manifests changed but cannot be applied; keeping the previous configuration")
+                        }
                     }
                 }
-                Err(d) => tracing::error!("manifest change rejected, keeping the previous configuration:\n{d}"),
+                Err(d) => tracing::error!(
+                    "manifest change rejected, keeping the previous configuration:\n{d}"
+                ),
             }
         }
     });

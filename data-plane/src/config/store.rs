@@ -14,7 +14,10 @@ pub struct ConfigStore {
 
 impl Default for ConfigStore {
     fn default() -> Self {
-        ConfigStore { current: ArcSwap::from_pointee(Snapshot::empty()), applied: watch::channel(0).0 }
+        ConfigStore {
+            current: ArcSwap::from_pointee(Snapshot::empty()),
+            applied: watch::channel(0).0,
+        }
     }
 }
 

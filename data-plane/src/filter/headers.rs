@@ -37,7 +37,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) {
     headers.remove(header::TRAILER);
     headers.remove(header::PROXY_AUTHORIZATION);
     if request {
-        let keep_te = headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        let keep_te = headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         if !keep_te {
             headers.remove(header::TE);
         }
@@ -125,7 +127,11 @@ pub fn rewrite_path(path: &str, rewrite: &PathRewrite, matched: &PathMatch) -> S
             let rest = &path[prefix_len.min(path.len())..];
             let base = replacement.trim_end_matches('/');
             if rest.is_empty() {
-                if base.is_empty() { "/".to_string() } else { base.to_string() }
+                if base.is_empty() {
+                    "/".to_string()
+                } else {
+                    base.to_string()
+                }
             } else {
                 format!("{base}{rest}")
             }
@@ -143,7 +149,13 @@ pub fn with_path(original: Option<&PathAndQuery>, new_path: &str) -> Option<Path
 }
 
 /// The Location of a RequestRedirect.
-pub fn redirect_location(r: &Redirect, host: &str, port: Option<u16>, pq: Option<&PathAndQuery>, matched: &PathMatch) -> String {
+pub fn redirect_location(
+    r: &Redirect,
+    host: &str,
+    port: Option<u16>,
+    pq: Option<&PathAndQuery>,
+    matched: &PathMatch,
+) -> String {
     let scheme = r.scheme.as_deref().unwrap_or("http");
     let host = r.hostname.as_deref().unwrap_or(host);
     // Gateway API: an explicit port wins; a scheme change drops the old port (the new scheme's default applies).
@@ -154,7 +166,10 @@ pub fn redirect_location(r: &Redirect, host: &str, port: Option<u16>, pq: Option
         Some(rw) => rewrite_path(path, rw, matched),
         None => path.to_string(),
     };
-    let query = pq.and_then(PathAndQuery::query).map(|q| format!("?{q}")).unwrap_or_default();
+    let query = pq
+        .and_then(PathAndQuery::query)
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
     match port {
         Some(p) => format!("{scheme}://{host}:{p}{path}{query}"),
         None => format!("{scheme}://{host}{path}{query}"),
@@ -171,21 +186,37 @@ mod tests {
         let rw = PathRewrite::Prefix("/v2".into());
         assert_eq!(rewrite_path("/v1/users", &rw, &m), "/v2/users");
         assert_eq!(rewrite_path("/v1", &rw, &m), "/v2");
-        assert_eq!(rewrite_path("/v1/a", &PathRewrite::Prefix("/".into()), &m), "/a");
-        assert_eq!(rewrite_path("/v1", &PathRewrite::Prefix("/".into()), &m), "/");
-        assert_eq!(rewrite_path("/x", &PathRewrite::Full("/y".into()), &m), "/y");
+        assert_eq!(
+            rewrite_path("/v1/a", &PathRewrite::Prefix("/".into()), &m),
+            "/a"
+        );
+        assert_eq!(
+            rewrite_path("/v1", &PathRewrite::Prefix("/".into()), &m),
+            "/"
+        );
+        assert_eq!(
+            rewrite_path("/x", &PathRewrite::Full("/y".into()), &m),
+            "/y"
+        );
     }
 
     #[test]
     fn hop_by_hop_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h, true);
-        assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none() && h.get(header::CONNECTION).is_none());
+        assert!(
+            h.get("x-secret").is_none()
+                && h.get("keep-alive").is_none()
+                && h.get(header::CONNECTION).is_none()
+        );
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
         assert!(h.get("x-kept").is_some());
     }
@@ -200,15 +231,49 @@ mod tests {
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
         forwarding_headers(&mut h, "127.0.0.2".parse().unwrap());
-        assert_eq!(h.get(&X_REQUEST_ID).unwrap().to_str().unwrap(), id, "an existing id is kept");
+        assert_eq!(
+            h.get(&X_REQUEST_ID).unwrap().to_str().unwrap(),
+            id,
+            "an existing id is kept"
+        );
     }
 
     #[test]
     fn redirects() {
-        let r = Redirect { scheme: Some("https".into()), hostname: None, path: None, port: None, status: http::StatusCode::FOUND };
+        let r = Redirect {
+            scheme: Some("https".into()),
+            hostname: None,
+            path: None,
+            port: None,
+            status: http::StatusCode::FOUND,
+        };
         let pq: PathAndQuery = "/a?b=1".parse().unwrap();
-        assert_eq!(redirect_location(&r, "example.com", Some(8080), Some(&pq), &PathMatch::Prefix(String::new())), "https://example.com/a?b=1");
-        let r = Redirect { scheme: None, hostname: Some("new.example".into()), path: Some(PathRewrite::Full("/z".into())), port: None, status: http::StatusCode::MOVED_PERMANENTLY };
-        assert_eq!(redirect_location(&r, "example.com", Some(8080), Some(&pq), &PathMatch::Prefix(String::new())), "http://new.example:8080/z?b=1");
+        assert_eq!(
+            redirect_location(
+                &r,
+                "example.com",
+                Some(8080),
+                Some(&pq),
+                &PathMatch::Prefix(String::new())
+            ),
+            "https://example.com/a?b=1"
+        );
+        let r = Redirect {
+            scheme: None,
+            hostname: Some("new.example".into()),
+            path: Some(PathRewrite::Full("/z".into())),
+            port: None,
+            status: http::StatusCode::MOVED_PERMANENTLY,
+        };
+        assert_eq!(
+            redirect_location(
+                &r,
+                "example.com",
+                Some(8080),
+                Some(&pq),
+                &PathMatch::Prefix(String::new())
+            ),
+            "http://new.example:8080/z?b=1"
+        );
     }
 }

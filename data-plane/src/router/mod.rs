@@ -36,7 +36,13 @@ pub fn find_vhost<'a>(vhosts: &'a VirtualHosts, host: &str) -> Option<&'a Virtua
         .exact
         .get(host)
         .copied()
-        .or_else(|| vhosts.wildcards.iter().find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str())).map(|(_, i)| *i))
+        .or_else(|| {
+            vhosts
+                .wildcards
+                .iter()
+                .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+                .map(|(_, i)| *i)
+        })
         .or(vhosts.any)?;
     vhosts.hosts.get(idx)
 }
@@ -49,20 +55,30 @@ pub fn path_matches(m: &PathMatch, path: &str) -> bool {
     match m {
         PathMatch::Exact(p) => p == path,
         // Stored without a trailing slash: "" matches everything, "/foo" matches "/foo" and "/foo/..." only.
-        PathMatch::Prefix(p) => path.starts_with(p.as_str()) && matches!(path.as_bytes().get(p.len()), None | Some(b'/')),
+        PathMatch::Prefix(p) => {
+            path.starts_with(p.as_str())
+                && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
+        }
         PathMatch::Regex(r) => r.is_match(path),
     }
 }
 
 pub fn matches(m: &RouteMatch, parts: &Parts) -> bool {
-    if m.method.as_ref().is_some_and(|method| method != parts.method) {
+    if m.method
+        .as_ref()
+        .is_some_and(|method| method != parts.method)
+    {
         return false;
     }
     if !path_matches(&m.path, parts.uri.path()) {
         return false;
     }
     let headers_ok = m.headers.iter().all(|(name, want)| {
-        parts.headers.get_all(name).iter().any(|v| v.to_str().is_ok_and(|v| want.matches(v)))
+        parts
+            .headers
+            .get_all(name)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| want.matches(v)))
     });
     if !headers_ok {
         return false;
@@ -72,6 +88,8 @@ pub fn matches(m: &RouteMatch, parts: &Parts) -> bool {
     }
     let query = parts.uri.query().unwrap_or("");
     m.query.iter().all(|(name, want)| {
-        form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).is_some_and(|(_, v)| want.matches(&v))
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == name)
+            .is_some_and(|(_, v)| want.matches(&v))
     })
 }

@@ -13,12 +13,30 @@ fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> Parts {
     b.body(()).unwrap().into_parts().0
 }
 
-fn route(name: &str, ty: pb::MatchType, path: &str, method: &str, headers: Vec<pb::HeaderMatch>, query: Vec<pb::QueryMatch>) -> pb::Route {
+fn route(
+    name: &str,
+    ty: pb::MatchType,
+    path: &str,
+    method: &str,
+    headers: Vec<pb::HeaderMatch>,
+    query: Vec<pb::QueryMatch>,
+) -> pb::Route {
     pb::Route {
         name: name.into(),
-        r#match: Some(pb::RouteMatch { path: Some(pb::PathMatch { r#type: ty as i32, value: path.into() }), headers, query_params: query, method: method.into() }),
+        r#match: Some(pb::RouteMatch {
+            path: Some(pb::PathMatch {
+                r#type: ty as i32,
+                value: path.into(),
+            }),
+            headers,
+            query_params: query,
+            method: method.into(),
+        }),
         filters: vec![],
-        backends: vec![pb::WeightedBackend { cluster: "c".into(), weight: 1 }],
+        backends: vec![pb::WeightedBackend {
+            cluster: "c".into(),
+            weight: 1,
+        }],
         timeout_ms: 0,
     }
 }
@@ -27,11 +45,23 @@ fn snapshot(routes: Vec<pb::Route>, domains: Vec<Vec<&str>>) -> Snapshot {
     let virtual_hosts = domains
         .into_iter()
         .enumerate()
-        .map(|(i, d)| pb::VirtualHost { name: format!("vh{i}"), domains: d.into_iter().map(String::from).collect(), routes: routes.clone() })
+        .map(|(i, d)| pb::VirtualHost {
+            name: format!("vh{i}"),
+            domains: d.into_iter().map(String::from).collect(),
+            routes: routes.clone(),
+        })
         .collect();
     let pb = pb::Snapshot {
-        listeners: vec![pb::Listener { name: "l".into(), port: 0, virtual_hosts }],
-        clusters: vec![pb::Cluster { name: "c".into(), protocol: 0, endpoints: vec![] }],
+        listeners: vec![pb::Listener {
+            name: "l".into(),
+            port: 0,
+            virtual_hosts,
+        }],
+        clusters: vec![pb::Cluster {
+            name: "c".into(),
+            protocol: 0,
+            endpoints: vec![],
+        }],
     };
     Snapshot::from_proto(1, pb).unwrap()
 }
@@ -49,31 +79,99 @@ fn matches_path_method_headers_query() {
     let s = snapshot(
         vec![
             route("exact", pb::MatchType::MatchExact, "/a", "", vec![], vec![]),
-            route("post", pb::MatchType::MatchPrefix, "/api", "POST", vec![], vec![]),
-            route("hdr", pb::MatchType::MatchPrefix, "/api", "", vec![pb::HeaderMatch { name: "x-user".into(), r#type: exact, value: "beta".into() }], vec![]),
-            route("q", pb::MatchType::MatchPrefix, "/api", "", vec![], vec![pb::QueryMatch { name: "debug".into(), r#type: regex, value: "[0-9]+".into() }]),
-            route("api", pb::MatchType::MatchPrefix, "/api/", "", vec![], vec![]),
-            route("re", pb::MatchType::MatchRegex, "/r/[a-z]+", "", vec![], vec![]),
+            route(
+                "post",
+                pb::MatchType::MatchPrefix,
+                "/api",
+                "POST",
+                vec![],
+                vec![],
+            ),
+            route(
+                "hdr",
+                pb::MatchType::MatchPrefix,
+                "/api",
+                "",
+                vec![pb::HeaderMatch {
+                    name: "x-user".into(),
+                    r#type: exact,
+                    value: "beta".into(),
+                }],
+                vec![],
+            ),
+            route(
+                "q",
+                pb::MatchType::MatchPrefix,
+                "/api",
+                "",
+                vec![],
+                vec![pb::QueryMatch {
+                    name: "debug".into(),
+                    r#type: regex,
+                    value: "[0-9]+".into(),
+                }],
+            ),
+            route(
+                "api",
+                pb::MatchType::MatchPrefix,
+                "/api/",
+                "",
+                vec![],
+                vec![],
+            ),
+            route(
+                "re",
+                pb::MatchType::MatchRegex,
+                "/r/[a-z]+",
+                "",
+                vec![],
+                vec![],
+            ),
         ],
         vec![vec!["*"]],
     );
     assert_eq!(pick(&s, &parts("GET", "/a", &[])), Some("exact"));
     assert_eq!(pick(&s, &parts("GET", "/a/b", &[])), None);
     assert_eq!(pick(&s, &parts("POST", "/api/x", &[])), Some("post"));
-    assert_eq!(pick(&s, &parts("GET", "/api/x", &[("x-user", "beta")])), Some("hdr"));
+    assert_eq!(
+        pick(&s, &parts("GET", "/api/x", &[("x-user", "beta")])),
+        Some("hdr")
+    );
     assert_eq!(pick(&s, &parts("GET", "/api?debug=12", &[])), Some("q"));
     // The query does not match `q`; `/api/` matches `/api` (a trailing slash in a prefix is ignored).
     assert_eq!(pick(&s, &parts("GET", "/api?debug=x", &[])), Some("api"));
     assert_eq!(pick(&s, &parts("GET", "/api/y", &[])), Some("api"));
-    assert_eq!(pick(&s, &parts("GET", "/apix", &[])), None, "prefix /api must not match /apix");
+    assert_eq!(
+        pick(&s, &parts("GET", "/apix", &[])),
+        None,
+        "prefix /api must not match /apix"
+    );
     assert_eq!(pick(&s, &parts("GET", "/r/abc", &[])), Some("re"));
-    assert_eq!(pick(&s, &parts("GET", "/r/abc/d", &[])), None, "regex is a full match");
+    assert_eq!(
+        pick(&s, &parts("GET", "/r/abc/d", &[])),
+        None,
+        "regex is a full match"
+    );
 }
 
 #[test]
 fn host_selection_exact_then_wildcard_then_any() {
-    let routes = vec![route("r", pb::MatchType::MatchPrefix, "/", "", vec![], vec![])];
-    let s = snapshot(routes, vec![vec!["*"], vec!["*.example.com"], vec!["shop.example.com", "backend"]]);
+    let routes = vec![route(
+        "r",
+        pb::MatchType::MatchPrefix,
+        "/",
+        "",
+        vec![],
+        vec![],
+    )];
+    let s = snapshot(
+        routes,
+        vec![
+            vec!["*"],
+            vec!["*.example.com"],
+            vec!["shop.example.com", "backend"],
+        ],
+    );
     let l = s.listeners.get("l").unwrap();
     let host = |h: &str| find_vhost(&l.vhosts, h).map(|v| v.name.clone());
     assert_eq!(host("shop.example.com").as_deref(), Some("vh2"));
@@ -81,9 +179,18 @@ fn host_selection_exact_then_wildcard_then_any() {
     assert_eq!(host("a.example.com").as_deref(), Some("vh1"));
     assert_eq!(host("example.com").as_deref(), Some("vh0"));
     // absolute-form (HTTP_PROXY) and Host with port
-    assert_eq!(request_host(&parts("GET", "http://backend:8080/x", &[])), Some("backend"));
-    assert_eq!(request_host(&parts("GET", "/x", &[("host", "backend:80")])), Some("backend"));
-    assert_eq!(request_host(&parts("GET", "/x", &[("host", "[::1]:80")])), Some("::1"));
+    assert_eq!(
+        request_host(&parts("GET", "http://backend:8080/x", &[])),
+        Some("backend")
+    );
+    assert_eq!(
+        request_host(&parts("GET", "/x", &[("host", "backend:80")])),
+        Some("backend")
+    );
+    assert_eq!(
+        request_host(&parts("GET", "/x", &[("host", "[::1]:80")])),
+        Some("::1")
+    );
 }
 
 proptest! {

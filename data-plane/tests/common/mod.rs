@@ -1,6 +1,8 @@
 //! End-to-end test harness: real processes (`meshwork up`, `meshwork control`, `meshwork-proxy`, the demo app) on
 //! 127.0.0.1, every wait bounded, every process stopped (by PID) when its guard drops.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
+// The process guard runs in Drop, outside any runtime, so it waits on the std clock.
+#![allow(clippy::disallowed_types)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -20,12 +22,20 @@ use tokio::sync::mpsc;
 pub fn bin(name: &str) -> PathBuf {
     let proxy = PathBuf::from(env!("CARGO_BIN_EXE_meshwork-proxy"));
     let path = proxy.with_file_name(name);
-    assert!(path.exists(), "{} is not built; run the tests with `cargo test --workspace` (it builds every binary)", path.display());
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests with `cargo test --workspace` (it builds every binary)",
+        path.display()
+    );
     path
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A child process stopped with SIGTERM (then SIGKILL) when dropped.
@@ -37,7 +47,10 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
         let child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
-        Proc { child, name: name.to_string() }
+        Proc {
+            child,
+            name: name.to_string(),
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -100,7 +113,12 @@ impl Mesh {
         let mut cmd = Command::new(bin("meshwork"));
         cmd.arg("up")
             .arg(dir)
-            .args(["--control-plane", "127.0.0.1:0", "--ready-timeout-secs", "60"])
+            .args([
+                "--control-plane",
+                "127.0.0.1:0",
+                "--ready-timeout-secs",
+                "60",
+            ])
             .env("MESHWORK_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
@@ -117,7 +135,15 @@ impl Mesh {
                 }
             }
         });
-        let mut mesh = Mesh { proc, lines, seen, nodes: HashMap::new(), control_plane: String::new(), ready: String::new(), dir: dir.to_path_buf() };
+        let mut mesh = Mesh {
+            proc,
+            lines,
+            seen,
+            nodes: HashMap::new(),
+            control_plane: String::new(),
+            ready: String::new(),
+            dir: dir.to_path_buf(),
+        };
         mesh.ready = mesh.wait_line("ready:", Duration::from_secs(90)).await;
         for line in mesh.seen.lock().unwrap().iter() {
             if let Some(rest) = line.strip_prefix("control plane: ") {
@@ -133,7 +159,10 @@ impl Mesh {
             if let Some(rest) = line.strip_prefix("started ") {
                 let mut words = rest.split_whitespace();
                 let name = words.next().unwrap().to_string();
-                let fields = words.filter_map(|w| w.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                let fields = words
+                    .filter_map(|w| w.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
                 self.nodes.insert(name, Node { fields });
             }
         }
@@ -146,8 +175,15 @@ impl Mesh {
             match tokio::time::timeout_at(deadline, self.lines.recv()).await {
                 Ok(Some(line)) if line.starts_with(prefix) => return line,
                 Ok(Some(_)) => continue,
-                Ok(None) => panic!("meshwork up exited while waiting for {prefix:?}; log:\n{}", self.log()),
-                Err(_) => panic!("no {prefix:?} line within {limit:?}; stdout so far: {:?}\nlog:\n{}", self.seen.lock().unwrap(), self.log()),
+                Ok(None) => panic!(
+                    "meshwork up exited while waiting for {prefix:?}; log:\n{}",
+                    self.log()
+                ),
+                Err(_) => panic!(
+                    "no {prefix:?} line within {limit:?}; stdout so far: {:?}\nlog:\n{}",
+                    self.seen.lock().unwrap(),
+                    self.log()
+                ),
             }
         }
     }
@@ -175,7 +211,13 @@ pub struct Resp {
 
 impl Resp {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("not JSON ({}): {}", self.status, String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| {
+            panic!(
+                "not JSON ({}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     pub fn text(&self) -> String {
@@ -186,14 +228,24 @@ impl Resp {
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 pub fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(16).build_http()
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(16)
+        .build_http()
 }
 
 pub fn h2_client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
 }
 
-pub async fn send(c: &HttpClient, method: &str, url: &str, headers: &[(&str, &str)], body: Bytes) -> Result<Resp, String> {
+pub async fn send(
+    c: &HttpClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Resp, String> {
     let mut b = http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         b = b.header(*k, *v);
@@ -205,11 +257,17 @@ pub async fn send(c: &HttpClient, method: &str, url: &str, headers: &[(&str, &st
         .map_err(|e| format!("{e:?}"))?;
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok(Resp { status: parts.status.as_u16(), headers: parts.headers, body })
+    Ok(Resp {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    })
 }
 
 pub async fn get(c: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Resp {
-    send(c, "GET", url, headers, Bytes::new()).await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    send(c, "GET", url, headers, Bytes::new())
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }
 
 /// Polls `f` until it returns Some, for at most `limit`.
@@ -223,7 +281,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -273,6 +334,12 @@ impl Load {
 
 /// The control plane's view of the connected proxies.
 pub async fn cp_status(addr: &str) -> Option<meshwork_proto::StatusResponse> {
-    let mut c = meshwork_proto::discovery_client::DiscoveryClient::connect(format!("http://{addr}")).await.ok()?;
-    c.status(meshwork_proto::StatusRequest {}).await.ok().map(|r| r.into_inner())
+    let mut c =
+        meshwork_proto::discovery_client::DiscoveryClient::connect(format!("http://{addr}"))
+            .await
+            .ok()?;
+    c.status(meshwork_proto::StatusRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner())
 }
