@@ -264,7 +264,7 @@ async fn forward(
     authority: http::uri::Authority,
     response_headers: Option<&crate::config::snapshot::HeaderMod>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let addr = authority.as_str().to_string();
+    let endpoint_addr = authority.clone();
     let uri = upstream_uri(authority, parts.uri.path_and_query())
         .ok_or(ProxyError::BadRequest("cannot build the upstream URI"))?;
     let mut req = Request::from_parts(parts, body);
@@ -275,16 +275,18 @@ async fn forward(
         .request(cluster.protocol, req)
         .await
         .map_err(|source| {
+            // Only the error path pays for these strings.
+            let (cluster, addr) = (cluster.name.to_string(), endpoint_addr.to_string());
             if source.is_connect() {
                 ProxyError::Connect {
-                    cluster: cluster.name.to_string(),
-                    addr: addr.clone(),
+                    cluster,
+                    addr,
                     source,
                 }
             } else {
                 ProxyError::Upstream {
-                    cluster: cluster.name.to_string(),
-                    addr: addr.clone(),
+                    cluster,
+                    addr,
                     source,
                 }
             }

@@ -32,10 +32,12 @@ pub fn find_vhost<'a>(vhosts: &'a VirtualHosts, host: &str) -> Option<&'a Virtua
     } else {
         host
     };
-    let idx = vhosts
-        .exact
-        .get(host)
-        .copied()
+    let exact = if vhosts.exact.is_empty() {
+        None
+    } else {
+        vhosts.exact.get(host).copied()
+    };
+    let idx = exact
         .or_else(|| {
             vhosts
                 .wildcards
