@@ -13,5 +13,5 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 [[ -x "$SHARED_BENCH/run.sh" ]] || { echo "bench/run.sh: no harness at $SHARED_BENCH (set MESHWORK_SHARED_BENCH)" >&2; exit 2; }
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p meshwork-proxy --bin meshwork-proxy
 exec "$SHARED_BENCH/run.sh" \
-  --extra "name=meshwork port=18110 cmd=MESHWORK_LOG=off $TARGET/release/meshwork-proxy --manifests $ROOT/bench/manifests --workers 1 --admin 127.0.0.1:18119" \
+  --extra "name=meshwork port=18110 cmd=env MESHWORK_LOG=off $TARGET/release/meshwork-proxy --manifests $ROOT/bench/manifests --workers 1 --admin 127.0.0.1:18119" \
   "$@"
