@@ -213,5 +213,18 @@ spec:
     assert!(!s.proxies.iter().any(|p| p.node_id == "backend-0"));
     let r = get(&c, &url, &[]).await;
     assert_eq!(r.status, 503, "{}", r.text());
-    drop(cp2);
+
+    // SIGTERM stops the control plane promptly even with proxies still streaming from it.
+    let mut cp2 = cp2;
+    cp2.signal(nix::sys::signal::Signal::SIGTERM);
+    let exited = eventually(
+        Duration::from_secs(5),
+        "the control plane to exit on SIGTERM",
+        || {
+            let status = cp2.child.try_wait().unwrap();
+            async move { status }
+        },
+    )
+    .await;
+    assert!(exited.success(), "{exited:?}");
 }

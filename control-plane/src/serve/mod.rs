@@ -33,6 +33,9 @@ pub struct ControlPlane {
     /// registry is empty until every sidecar has reconnected, and pushing before that would take endpoints away
     /// from working proxies. New proxies (nothing applied yet) are pushed at once.
     warm_until: tokio::time::Instant,
+    /// Set when the server shuts down: sessions end their streams (a discovery stream never ends by itself, and a
+    /// graceful server shutdown would otherwise wait for it forever).
+    closing: watch::Sender<bool>,
 }
 
 impl ControlPlane {
@@ -52,6 +55,7 @@ impl ControlPlane {
             desired: watch::channel(Arc::new(desired)).0,
             registry: Arc::new(Registry::default()),
             warm_until: tokio::time::Instant::now() + warmup,
+            closing: watch::channel(false).0,
         }
     }
 
@@ -86,6 +90,11 @@ impl ControlPlane {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), tonic::transport::Error> {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let closing = self.closing.clone();
+        let shutdown = async move {
+            shutdown.await;
+            closing.send_replace(true);
+        };
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
             .add_service(self.service())
@@ -247,6 +256,7 @@ async fn session(
     let mut version = applied_version;
     let mut last_sent: Option<pb::Snapshot> = None;
     let mut pending_nonce = String::new();
+    let mut closing = cp.closing.subscribe();
     if applied_version > 0 {
         // Keep answering the stream (so the proxy sees a live control plane) while the registry refills.
         let warm = tokio::time::sleep_until(cp.warm_until);
@@ -254,6 +264,7 @@ async fn session(
         loop {
             tokio::select! {
                 _ = &mut warm => break,
+                _ = closing.wait_for(|c| *c) => return,
                 msg = inbound.message() => match msg {
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => return,
@@ -286,6 +297,7 @@ async fn session(
         cp.registry
             .update(&node, conn_id, |r| r.synced_generation = generation);
         tokio::select! {
+            _ = closing.wait_for(|c| *c) => break,
             r = desired_rx.changed() => if r.is_err() { break },
             r = endpoints_rx.changed() => if r.is_err() { break },
             msg = inbound.message() => match msg {
