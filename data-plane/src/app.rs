@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::config::snapshot::{Cluster, Endpoint, Protocol};
 use crate::config::{ConfigStore, Snapshot};
+use crate::filter::wasm::{PluginMeta, WasmRuntime};
 use crate::listener;
 use crate::stack::{ListenerCtx, Mode};
 use crate::upstream::Upstreams;
@@ -71,6 +72,8 @@ struct ListenerManager {
 /// Any failure before publishing is a NACK and leaves everything as it was.
 pub struct Applier {
     pub store: Arc<ConfigStore>,
+    pub wasm: Arc<WasmRuntime>,
+    node_id: String,
     upstreams: Upstreams,
     manage_listeners: bool,
     drain: Duration,
@@ -78,11 +81,57 @@ pub struct Applier {
 }
 
 impl Applier {
-    pub fn apply(&self, version: u64, pb: pb::Snapshot) -> Result<(), String> {
+    /// Compiles new modules, builds the snapshot's Wasm plugins (reusing the running ones whose definition did not
+    /// change, so their instances and in-flight streams carry on), then the snapshot itself.
+    fn build(
+        &self,
+        version: u64,
+        pb: pb::Snapshot,
+        modules: Vec<pb::WasmModule>,
+    ) -> Result<Snapshot, String> {
+        for m in &modules {
+            self.wasm
+                .add_module(&m.digest, &m.code)
+                .map_err(|e| format!("wasm module {}: {e}", m.digest))?;
+        }
+        let previous = self.store.load();
+        let mut plugins = HashMap::new();
+        for p in &pb.wasm_plugins {
+            let unchanged = previous.source.wasm_plugins.iter().any(|old| old == p);
+            let handle = match previous.plugins.get(&p.name) {
+                Some(h) if unchanged => h.clone(),
+                _ => {
+                    let meta = PluginMeta {
+                        name: p.name.clone(),
+                        root_id: p.root_id.clone(),
+                        config: p.config.clone(),
+                        env: p.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                        node_id: self.node_id.clone(),
+                        fail_open: p.fail_open,
+                        memory_limit: usize::try_from(p.memory_limit_bytes).unwrap_or(usize::MAX),
+                        cpu_per_call: Duration::from_millis(p.cpu_per_call_ms.max(1)),
+                        started: tokio::time::Instant::now(),
+                    };
+                    self.wasm
+                        .plugin(&p.digest, meta)
+                        .map_err(|e| format!("wasm plugin {}: {e}", p.name))?
+                }
+            };
+            plugins.insert(p.name.clone(), handle);
+        }
+        Snapshot::from_proto(version, pb, plugins).map_err(|e| e.to_string())
+    }
+
+    pub fn apply(
+        &self,
+        version: u64,
+        pb: pb::Snapshot,
+        modules: Vec<pb::WasmModule>,
+    ) -> Result<(), String> {
         if version == self.store.version() && pb == self.store.load().source {
             return Ok(()); // a reconnect re-sent what we already serve
         }
-        let snap = Snapshot::from_proto(version, pb).map_err(|e| e.to_string())?;
+        let snap = self.build(version, pb, modules)?;
         let mut mgr = self.manager.lock().unwrap_or_else(|p| p.into_inner());
         let mut bound = Vec::new();
         if self.manage_listeners {
@@ -229,8 +278,13 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
         }
     }
 
+    let wasm = Arc::new(
+        WasmRuntime::new(opts.workers).map_err(|e| anyhow::anyhow!("wasm engine: {e:#}"))?,
+    );
     let applier = Arc::new(Applier {
         store: store.clone(),
+        wasm,
+        node_id: opts.node_id.clone(),
         upstreams: upstreams.clone(),
         manage_listeners: opts.role == Role::Gateway,
         drain: opts.drain,
@@ -308,6 +362,7 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
                                 .map(|a| a.to_string())
                                 .unwrap_or_default(),
                             applied_version: 0,
+                            cached_modules: Vec::new(),
                         };
                         crate::config::client::run(url, hello, control_applier, leaving_rx).await;
                         std::future::pending::<()>().await;

@@ -13,6 +13,7 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::config::snapshot::{Cluster, Filters, Protocol, Route};
 use crate::config::ConfigStore;
 use crate::error::ProxyError;
+use crate::filter::chain::{Chain, Verdict};
 use crate::filter::headers;
 use crate::router;
 use crate::upstream::{self, Upstreams};
@@ -64,8 +65,21 @@ async fn route_and_forward(
                 .pick()
                 .ok_or_else(|| ProxyError::NoEndpoint(app.name.to_string()))?;
             let (mut parts, body) = req.into_parts();
+            let snapshot = ctx.store.load();
+            let eos = http_body::Body::is_end_stream(&body);
+            let (mut chain, verdict) = Chain::on_request(
+                &snapshot.inbound_wasm,
+                &mut parts,
+                peer,
+                "inbound",
+                &app.name,
+                eos,
+            );
+            if let Verdict::Respond(r) = verdict {
+                return Ok(r);
+            }
             prepare_headers(&mut parts, peer);
-            return forward(
+            let resp = forward(
                 ctx,
                 parts,
                 RequestBody::Incoming(body),
@@ -73,7 +87,8 @@ async fn route_and_forward(
                 endpoint.authority.clone(),
                 None,
             )
-            .await;
+            .await?;
+            return Ok(through_response_filters(&mut chain, resp));
         }
         Mode::Routed(name) => name,
     };
@@ -91,13 +106,26 @@ async fn route_and_forward(
     };
     let vhost = router::find_vhost(&listener.vhosts, host).ok_or_else(no_route)?;
     let route = router::find_route(vhost, &parts).ok_or_else(no_route)?;
+    let cluster = route.pick_backend();
 
+    // Wasm filters see the request before the router acts on it (as Envoy's HTTP filters run before its router).
+    let eos = http_body::Body::is_end_stream(&body);
+    let cluster_name = cluster.map_or("", |c| &*c.name);
+    let (mut chain, verdict) = Chain::on_request(
+        &route.wasm,
+        &mut parts,
+        peer,
+        &route.name,
+        cluster_name,
+        eos,
+    );
+    if let Verdict::Respond(r) = verdict {
+        return Ok(r);
+    }
     if let Some(redirect) = &route.filters.redirect {
         return Ok(redirect_response(route, redirect, &parts));
     }
-    let cluster = route
-        .pick_backend()
-        .ok_or_else(|| ProxyError::NoBackend(route.name.to_string()))?;
+    let cluster = cluster.ok_or_else(|| ProxyError::NoBackend(route.name.to_string()))?;
     let endpoint = cluster
         .pick()
         .ok_or_else(|| ProxyError::NoEndpoint(cluster.name.to_string()))?;
@@ -113,11 +141,25 @@ async fn route_and_forward(
         endpoint.authority.clone(),
         route.filters.response_headers.as_ref(),
     );
-    match route.timeout {
+    let resp = match route.timeout {
         Some(t) => tokio::time::timeout(t, fut)
             .await
-            .map_err(|_| ProxyError::Timeout(t))?,
-        None => fut.await,
+            .map_err(|_| ProxyError::Timeout(t))??,
+        None => fut.await?,
+    };
+    Ok(through_response_filters(&mut chain, resp))
+}
+
+/// Response headers through the Wasm filters (last to first); a filter may answer instead.
+fn through_response_filters(
+    chain: &mut Chain,
+    resp: Response<ResponseBody>,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = resp.into_parts();
+    let eos = http_body::Body::is_end_stream(&body);
+    match chain.on_response(&mut parts, eos) {
+        Some(local) => local,
+        None => Response::from_parts(parts, body),
     }
 }
 

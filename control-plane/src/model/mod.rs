@@ -3,12 +3,14 @@
 
 pub mod read;
 mod route;
+pub mod wasm;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 pub use route::*;
+pub use wasm::{WasmPlugin, WasmTarget, WasmTargetKind};
 
 use crate::diag::Sink;
 use crate::source::yaml::Node;
@@ -93,6 +95,7 @@ pub struct ManifestSet {
     pub gateways: Vec<Gateway>,
     pub routes: Vec<Route>,
     pub meshes: Vec<Mesh>,
+    pub wasm_plugins: Vec<WasmPlugin>,
 }
 
 const KINDS: &str =
@@ -116,7 +119,8 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
     let kind_line = root.get("kind").map_or(root.line, |n| n.line);
     let known = matches!(
         (api.as_str(), kind.as_str()),
-        (MESHWORK_API, "Workload" | "Mesh") | (GATEWAY_API, "Gateway" | "HTTPRoute" | "GRPCRoute")
+        (MESHWORK_API, "Workload" | "Mesh" | "WasmPlugin")
+            | (GATEWAY_API, "Gateway" | "HTTPRoute" | "GRPCRoute")
     );
     if !known {
         r.error(
@@ -151,6 +155,11 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
             }
         }
         "Mesh" if r.obj(spec, "spec", &[]).is_some() => set.meshes.push(Mesh { meta }),
+        "WasmPlugin" => {
+            if let Some(p) = wasm::parse(&mut r, meta, spec) {
+                set.wasm_plugins.push(p);
+            }
+        }
         "Gateway" => {
             if let Some(g) = parse_gateway(&mut r, meta, spec) {
                 set.gateways.push(g);

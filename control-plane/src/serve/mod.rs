@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::model::ManifestSet;
 use crate::registry::{Registration, Registry};
-use crate::translate::{snapshot_for, ProxyKey, ProxyRole};
+use crate::translate::{modules_for, snapshot_for, ProxyKey, ProxyRole};
 
 /// The manifest set being served.
 #[derive(Debug, Clone, Default)]
@@ -180,10 +180,12 @@ impl pb::discovery_server::Discovery for ControlPlane {
         };
         let reg = registration(&hello, remote)?;
         let (tx, rx) = mpsc::channel(4);
+        let cached = hello.cached_modules.iter().cloned().collect();
         tokio::spawn(session(
             self.clone(),
             reg,
             hello.applied_version,
+            cached,
             inbound,
             tx,
         ));
@@ -239,6 +241,7 @@ async fn session(
     cp: ControlPlane,
     reg: Registration,
     applied_version: u64,
+    mut has_modules: std::collections::HashSet<String>,
     mut inbound: Streaming<pb::ProxyMessage>,
     tx: mpsc::Sender<Result<pb::Push, Status>>,
 ) {
@@ -280,10 +283,17 @@ async fn session(
         if last_sent.as_ref() != Some(&snapshot) {
             version += 1;
             pending_nonce = format!("{conn_id:x}-{version}");
+            // Module bytes go once per digest per proxy; a proxy that reconnects says which it has.
+            let modules: Vec<pb::WasmModule> = modules_for(&set.set, &snapshot)
+                .into_iter()
+                .filter(|m| !has_modules.contains(&m.digest))
+                .collect();
+            has_modules.extend(modules.iter().map(|m| m.digest.clone()));
             let push = pb::Push {
                 version,
                 nonce: pending_nonce.clone(),
                 snapshot: Some(snapshot.clone()),
+                modules,
             };
             if tx.send(Ok(push)).await.is_err() {
                 break;

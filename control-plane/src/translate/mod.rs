@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use meshwork_proto as pb;
 
-use crate::model::{AppProtocol, BackendKind, BackendRef, ManifestSet, Run};
+use crate::model::{
+    AppProtocol, BackendKind, BackendRef, ManifestSet, Run, WasmPlugin, WasmTargetKind,
+};
 pub use routes::route_entries;
 
 /// Label that `meshwork up` gives every instance: the Workload it runs. Selects the instances of a Workload
@@ -72,10 +74,93 @@ pub fn snapshot_for(set: &ManifestSet, instances: &[Instance], proxy: &ProxyKey)
         .into_iter()
         .filter_map(|name| cluster(set, instances, &name))
         .collect();
-    pb::Snapshot {
+    let mut snapshot = pb::Snapshot {
         listeners,
         clusters,
+        wasm_plugins: Vec::new(),
+        inbound_wasm: Vec::new(),
+    };
+    attach_wasm(set, proxy, &mut snapshot);
+    snapshot
+}
+
+pub fn plugin_name(p: &WasmPlugin) -> String {
+    format!("{}/{}", p.meta.namespace, p.meta.name)
+}
+
+/// Puts each WasmPlugin on what it targets: a Gateway's routes, an HTTPRoute's routes (wherever attached), or the
+/// inbound listener of a Service's sidecars. Filters run by phase (AUTHN, AUTHZ, STATS, unspecified), then by
+/// descending priority, then by name.
+fn attach_wasm(set: &ManifestSet, proxy: &ProxyKey, snapshot: &mut pb::Snapshot) {
+    if set.wasm_plugins.is_empty() {
+        return;
     }
+    let mut plugins: Vec<&WasmPlugin> = set.wasm_plugins.iter().collect();
+    plugins.sort_by_key(|p| (p.phase, std::cmp::Reverse(p.priority), plugin_name(p)));
+    let targets = |p: &WasmPlugin, kind: WasmTargetKind, ns: &str, name: &str| {
+        p.meta.namespace == ns && p.targets.iter().any(|t| t.kind == kind && t.name == name)
+    };
+    let mut used = BTreeSet::new();
+    for l in &mut snapshot.listeners {
+        for vh in &mut l.virtual_hosts {
+            for r in &mut vh.routes {
+                let mut parts = r.name.splitn(4, '/');
+                let (kind, ns, name) = (
+                    parts.next().unwrap_or(""),
+                    parts.next().unwrap_or(""),
+                    parts.next().unwrap_or(""),
+                );
+                r.wasm = plugins
+                    .iter()
+                    .filter(|p| {
+                        (proxy.role == ProxyRole::Gateway
+                            && targets(p, WasmTargetKind::Gateway, &proxy.namespace, &proxy.name))
+                            || (kind == "HTTPRoute"
+                                && targets(p, WasmTargetKind::HttpRoute, ns, name))
+                    })
+                    .map(|p| plugin_name(p))
+                    .collect();
+                used.extend(r.wasm.iter().cloned());
+            }
+        }
+    }
+    if proxy.role == ProxyRole::Sidecar {
+        snapshot.inbound_wasm = plugins
+            .iter()
+            .filter(|p| targets(p, WasmTargetKind::Service, &proxy.namespace, &proxy.name))
+            .map(|p| plugin_name(p))
+            .collect();
+        used.extend(snapshot.inbound_wasm.iter().cloned());
+    }
+    snapshot.wasm_plugins = plugins
+        .iter()
+        .filter(|p| used.contains(&plugin_name(p)))
+        .map(|p| pb::WasmPlugin {
+            name: plugin_name(p),
+            digest: p.digest.clone(),
+            root_id: p.root_id.clone(),
+            config: p.config.clone(),
+            fail_open: p.fail_open,
+            env: p.env.iter().cloned().collect(),
+            memory_limit_bytes: p.memory_limit,
+            cpu_per_call_ms: p.cpu_per_call.as_millis() as u64,
+        })
+        .collect();
+}
+
+/// The code of every module `snapshot` uses, by digest.
+pub fn modules_for(set: &ManifestSet, snapshot: &pb::Snapshot) -> Vec<pb::WasmModule> {
+    let mut seen = BTreeSet::new();
+    snapshot
+        .wasm_plugins
+        .iter()
+        .filter(|p| seen.insert(p.digest.clone()))
+        .filter_map(|p| set.wasm_plugins.iter().find(|w| w.digest == p.digest))
+        .map(|w| pb::WasmModule {
+            digest: w.digest.clone(),
+            code: w.code.as_ref().clone(),
+        })
+        .collect()
 }
 
 fn cluster(set: &ManifestSet, instances: &[Instance], name: &str) -> Option<pb::Cluster> {

@@ -182,6 +182,7 @@ fn route_proto(e: &Entry<'_>) -> pb::Route {
             })
             .collect(),
         timeout_ms: e.rule.timeout.map_or(0, |d| d.as_millis().max(1) as u64),
+        wasm: Vec::new(),
     }
 }
 
@@ -198,6 +199,7 @@ fn default_route(cluster: String) -> pb::Route {
         filters: vec![],
         backends: vec![pb::WeightedBackend { cluster, weight: 1 }],
         timeout_ms: 0,
+        wasm: Vec::new(),
     }
 }
 

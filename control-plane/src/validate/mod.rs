@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::diag::Diagnostic;
-use crate::model::{AppProtocol, BackendKind, BackendRef, Filter, ManifestSet, Meta, ParentKind};
+use crate::model::{
+    AppProtocol, BackendKind, BackendRef, Filter, ManifestSet, Meta, ParentKind, WasmTargetKind,
+};
 
 fn diag(meta: &Meta, line: usize, field: &str, message: String) -> Diagnostic {
     Diagnostic {
@@ -31,7 +33,8 @@ pub fn validate(set: &ManifestSet) -> Vec<Diagnostic> {
         .map(|w| ("Workload", &w.meta))
         .chain(set.gateways.iter().map(|g| ("Gateway", &g.meta)))
         .chain(set.routes.iter().map(|r| (r.kind.as_str(), &r.meta)))
-        .chain(set.meshes.iter().map(|m| ("Mesh", &m.meta)));
+        .chain(set.meshes.iter().map(|m| ("Mesh", &m.meta)))
+        .chain(set.wasm_plugins.iter().map(|p| ("WasmPlugin", &p.meta)));
     for (kind, meta) in objects {
         if let Some(first) = names.insert((kind, &meta.namespace, &meta.name), meta) {
             out.push(diag(
@@ -121,6 +124,31 @@ pub fn validate(set: &ManifestSet) -> Vec<Diagnostic> {
             ));
         }
     };
+    for p in &set.wasm_plugins {
+        for t in &p.targets {
+            let ns = p.meta.namespace.as_str();
+            let known = match t.kind {
+                WasmTargetKind::Gateway => set
+                    .gateways
+                    .iter()
+                    .any(|g| g.meta.name == t.name && g.meta.namespace == ns),
+                WasmTargetKind::Service => services.contains_key(&(ns.to_string(), t.name.clone())),
+                WasmTargetKind::HttpRoute => set.routes.iter().any(|r| {
+                    r.kind == crate::model::RouteKind::Http
+                        && r.meta.name == t.name
+                        && r.meta.namespace == ns
+                }),
+            };
+            if !known {
+                out.push(diag(
+                    &p.meta,
+                    t.line,
+                    &format!("{}.name", t.field),
+                    format!("unknown {:?} {:?} in namespace {ns}", t.kind, t.name),
+                ));
+            }
+        }
+    }
     for route in &set.routes {
         let meta = &route.meta;
         if route.parent_refs.is_empty() {

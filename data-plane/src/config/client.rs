@@ -59,6 +59,7 @@ async fn session(
     let (tx, rx) = mpsc::channel(4);
     let mut hello = hello.clone();
     hello.applied_version = applier.store.version();
+    hello.cached_modules = applier.wasm.module_digests();
     tx.send(pb::ProxyMessage {
         msg: Some(Msg::Hello(hello)),
     })
@@ -67,7 +68,11 @@ async fn session(
     tracing::info!(%url, "connected to the control plane");
     while let Some(push) = pushes.message().await? {
         *backoff = BACKOFF_MIN;
-        let reply = match applier.apply(push.version, push.snapshot.unwrap_or_default()) {
+        let reply = match applier.apply(
+            push.version,
+            push.snapshot.unwrap_or_default(),
+            push.modules,
+        ) {
             Ok(()) => Msg::Ack(pb::Ack {
                 version: push.version,
                 nonce: push.nonce,

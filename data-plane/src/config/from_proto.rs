@@ -12,6 +12,7 @@ use meshwork_proto as pb;
 use regex::Regex;
 
 use super::snapshot::*;
+use crate::filter::wasm::PluginHandle;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]
@@ -96,9 +97,28 @@ fn cluster(c: &pb::Cluster) -> Result<Cluster, InvalidSnapshot> {
     ))
 }
 
+type Plugins = HashMap<String, Arc<PluginHandle>>;
+
+fn plugin_list(
+    path: &str,
+    names: &[String],
+    plugins: &Plugins,
+) -> Result<Vec<Arc<PluginHandle>>, InvalidSnapshot> {
+    names
+        .iter()
+        .map(|n| {
+            plugins
+                .get(n)
+                .cloned()
+                .ok_or_else(|| invalid(path, format!("unknown wasm plugin {n:?}")))
+        })
+        .collect()
+}
+
 fn route(
     r: &pb::Route,
     clusters: &HashMap<Arc<str>, Arc<Cluster>>,
+    plugins: &Plugins,
 ) -> Result<Route, InvalidSnapshot> {
     let path = format!("route {}", r.name);
     let lookup = |name: &str| {
@@ -216,12 +236,14 @@ fn route(
         backends,
         total_weight: total,
         timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms)),
+        wasm: plugin_list(&path, &r.wasm, plugins)?,
     })
 }
 
 fn listener(
     l: &pb::Listener,
     clusters: &HashMap<Arc<str>, Arc<Cluster>>,
+    plugins: &Plugins,
 ) -> Result<Listener, InvalidSnapshot> {
     let port = u16::try_from(l.port).map_err(|_| {
         invalid(
@@ -234,7 +256,7 @@ fn listener(
         let routes = vh
             .routes
             .iter()
-            .map(|r| route(r, clusters))
+            .map(|r| route(r, clusters, plugins))
             .collect::<Result<Vec<_>, _>>()?;
         for d in &vh.domains {
             let d = d.to_ascii_lowercase();
@@ -262,7 +284,12 @@ fn listener(
 }
 
 impl Snapshot {
-    pub fn from_proto(version: u64, pb: pb::Snapshot) -> Result<Snapshot, InvalidSnapshot> {
+    /// `plugins`: the Wasm plugins built for this snapshot, by name (see `app::Applier`).
+    pub fn from_proto(
+        version: u64,
+        pb: pb::Snapshot,
+        plugins: Plugins,
+    ) -> Result<Snapshot, InvalidSnapshot> {
         let clusters: HashMap<Arc<str>, Arc<Cluster>> = pb
             .clusters
             .iter()
@@ -270,7 +297,7 @@ impl Snapshot {
             .collect::<Result<_, InvalidSnapshot>>()?;
         let mut listeners = HashMap::new();
         for l in &pb.listeners {
-            let built = listener(l, &clusters)?;
+            let built = listener(l, &clusters, &plugins)?;
             if listeners.insert(built.name.clone(), built).is_some() {
                 return Err(invalid(
                     format!("listener {}", l.name),
@@ -278,10 +305,13 @@ impl Snapshot {
                 ));
             }
         }
+        let inbound_wasm = plugin_list("inbound", &pb.inbound_wasm, &plugins)?;
         Ok(Snapshot {
             version,
             listeners,
             clusters,
+            inbound_wasm,
+            plugins,
             source: pb,
         })
     }

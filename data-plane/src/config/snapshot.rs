@@ -13,6 +13,8 @@ use http::Method;
 use meshwork_proto as pb;
 use regex::Regex;
 
+use crate::filter::wasm::PluginHandle;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Http1,
@@ -138,6 +140,8 @@ pub struct Route {
     pub backends: Vec<WeightedCluster>,
     pub total_weight: u32,
     pub timeout: Option<Duration>,
+    /// Wasm filters, in the order they run on the request.
+    pub wasm: Vec<Arc<PluginHandle>>,
 }
 
 impl Route {
@@ -183,6 +187,10 @@ pub struct Snapshot {
     pub version: u64,
     pub listeners: HashMap<Arc<str>, Listener>,
     pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
+    /// Sidecars: Wasm filters on the inbound listener.
+    pub inbound_wasm: Vec<Arc<PluginHandle>>,
+    /// Every Wasm plugin of this snapshot, by name (kept across snapshots while unchanged).
+    pub plugins: HashMap<String, Arc<PluginHandle>>,
     /// What was received, for /config_dump.
     pub source: pb::Snapshot,
 }
@@ -194,6 +202,8 @@ impl Snapshot {
             version: 0,
             listeners: HashMap::new(),
             clusters: HashMap::new(),
+            inbound_wasm: Vec::new(),
+            plugins: HashMap::new(),
             source: pb::Snapshot::default(),
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use meshwork_control::model::ManifestSet;
 use meshwork_control::source::{load_dir, watch_dir};
-use meshwork_control::translate::{snapshot_for, ProxyKey, ProxyRole};
+use meshwork_control::translate::{modules_for, snapshot_for, ProxyKey, ProxyRole};
 use meshwork_proto as pb;
 
 use crate::app::Applier;
@@ -37,8 +37,11 @@ fn gateway_key(set: &ManifestSet, name: Option<&str>, namespace: &str) -> Result
     }
 }
 
-fn translate(set: &ManifestSet, key: &ProxyKey) -> pb::Snapshot {
-    snapshot_for(set, &[], key)
+/// The gateway's snapshot and the code of the modules it uses (compiled once per digest by the proxy).
+fn translate(set: &ManifestSet, key: &ProxyKey) -> (pb::Snapshot, Vec<pb::WasmModule>) {
+    let snapshot = snapshot_for(set, &[], key);
+    let modules = modules_for(set, &snapshot);
+    (snapshot, modules)
 }
 
 /// Applies the directory once (an error here is a startup error), then follows it in the background.
@@ -52,16 +55,14 @@ pub async fn start(
     let key =
         gateway_key(&loaded.set, gateway.as_deref(), &namespace).map_err(anyhow::Error::msg)?;
     let mut version = 1;
-    applier
-        .apply(version, translate(&loaded.set, &key))
-        .map_err(anyhow::Error::msg)?;
+    apply(&applier, version, translate(&loaded.set, &key)).map_err(anyhow::Error::msg)?;
     tokio::spawn(async move {
         let mut changes = watch_dir(dir, Duration::from_millis(300), Some(loaded.digest));
         while let Some(change) = changes.recv().await {
             match change {
                 Ok(next) => {
                     version += 1;
-                    match applier.apply(version, translate(&next.set, &key)) {
+                    match apply(&applier, version, translate(&next.set, &key)) {
                         Ok(()) => tracing::info!(version, "manifests changed: applied"),
                         Err(e) => {
                             tracing::error!(error = %e, "manifests changed but cannot be applied; keeping the previous configuration")
@@ -75,4 +76,12 @@ pub async fn start(
         }
     });
     Ok(())
+}
+
+fn apply(
+    applier: &Applier,
+    version: u64,
+    (snapshot, modules): (pb::Snapshot, Vec<pb::WasmModule>),
+) -> Result<(), String> {
+    applier.apply(version, snapshot, modules)
 }

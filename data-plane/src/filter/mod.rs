@@ -1,3 +1,5 @@
-//! Stage 4: filters. Today the Gateway API route filters (`headers`); the Wasm filter chain joins here.
+//! Stage 4: filters. The Gateway API route filters (`headers`), and the Wasm filter chain (`chain`, `wasm`).
 
+pub mod chain;
 pub mod headers;
+pub mod wasm;

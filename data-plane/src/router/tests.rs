@@ -38,6 +38,7 @@ fn route(
             weight: 1,
         }],
         timeout_ms: 0,
+        wasm: vec![],
     }
 }
 
@@ -62,8 +63,9 @@ fn snapshot(routes: Vec<pb::Route>, domains: Vec<Vec<&str>>) -> Snapshot {
             protocol: 0,
             endpoints: vec![],
         }],
+        ..Default::default()
     };
-    Snapshot::from_proto(1, pb).unwrap()
+    Snapshot::from_proto(1, pb, Default::default()).unwrap()
 }
 
 fn pick<'a>(s: &'a Snapshot, p: &Parts) -> Option<&'a str> {
@@ -208,8 +210,8 @@ proptest! {
         let clusters: Vec<pb::Cluster> = (0..w.len()).map(|i| pb::Cluster { name: format!("c{i}"), protocol: 0, endpoints: vec![] }).collect();
         let mut r = route("r", pb::MatchType::MatchPrefix, "/", "", vec![], vec![]);
         r.backends = w.iter().enumerate().map(|(i, w)| pb::WeightedBackend { cluster: format!("c{i}"), weight: *w }).collect();
-        let pb = pb::Snapshot { listeners: vec![pb::Listener { name: "l".into(), port: 0, virtual_hosts: vec![pb::VirtualHost { name: "v".into(), domains: vec!["*".into()], routes: vec![r] }] }], clusters };
-        let s = Snapshot::from_proto(1, pb).unwrap();
+        let pb = pb::Snapshot { listeners: vec![pb::Listener { name: "l".into(), port: 0, virtual_hosts: vec![pb::VirtualHost { name: "v".into(), domains: vec!["*".into()], routes: vec![r] }] }], clusters, ..Default::default() };
+        let s = Snapshot::from_proto(1, pb, Default::default()).unwrap();
         let route = &s.listeners.get("l").unwrap().vhosts.hosts[0].routes[0];
         for _ in 0..20 {
             match route.pick_backend() {

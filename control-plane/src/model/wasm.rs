@@ -1,0 +1,271 @@
+//! `meshwork.dev/v1alpha1` WasmPlugin, with Istio's field names where they exist. The module file is read and
+//! verified here, so a missing file or a wrong sha256 is a manifest error with its line.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::read::{index, Reader};
+use super::Meta;
+use crate::source::yaml::{Kind, Node};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WasmTargetKind {
+    Gateway,
+    Service,
+    HttpRoute,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WasmTarget {
+    pub kind: WasmTargetKind,
+    pub name: String,
+    pub line: usize,
+    pub field: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WasmPlugin {
+    pub meta: Meta,
+    pub digest: String,
+    pub code: Arc<Vec<u8>>,
+    pub root_id: String,
+    pub config: Vec<u8>,
+    /// AUTHN 0, AUTHZ 1, STATS 2, UNSPECIFIED_PHASE 3: the order filters run in, then higher priority first.
+    pub phase: u8,
+    pub priority: i64,
+    pub fail_open: bool,
+    pub env: Vec<(String, String)>,
+    pub targets: Vec<WasmTarget>,
+    pub memory_limit: u64,
+    pub cpu_per_call: Duration,
+}
+
+pub const DEFAULT_MEMORY: u64 = 64 << 20;
+pub const DEFAULT_CPU_PER_CALL: Duration = Duration::from_millis(100);
+
+/// YAML -> JSON for `pluginConfig`: plain scalars keep their YAML type (numbers, booleans, null), quoted ones are
+/// strings.
+fn to_json(node: &Node) -> serde_json::Value {
+    use serde_json::Value;
+    match &node.kind {
+        Kind::Null => Value::Null,
+        Kind::Scalar {
+            value,
+            quoted: true,
+        } => Value::String(value.clone()),
+        Kind::Scalar {
+            value,
+            quoted: false,
+        } => match value.as_str() {
+            "true" | "True" | "TRUE" => Value::Bool(true),
+            "false" | "False" | "FALSE" => Value::Bool(false),
+            v => v
+                .parse::<i64>()
+                .map(Value::from)
+                .or_else(|_| v.parse::<f64>().map(Value::from))
+                .unwrap_or_else(|_| Value::String(value.clone())),
+        },
+        Kind::Seq(items) => Value::Array(items.iter().map(to_json).collect()),
+        Kind::Map(entries) => Value::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (k.as_scalar().unwrap_or("").to_string(), to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// `16Mi`, `512Ki`, `1Gi`, or plain bytes (Kubernetes quantities, binary suffixes).
+fn parse_bytes(s: &str) -> Option<u64> {
+    let (num, mult) = match s {
+        _ if s.ends_with("Ki") => (&s[..s.len() - 2], 1u64 << 10),
+        _ if s.ends_with("Mi") => (&s[..s.len() - 2], 1 << 20),
+        _ if s.ends_with("Gi") => (&s[..s.len() - 2], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+pub(super) fn parse(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<WasmPlugin> {
+    let s = r.obj(
+        spec,
+        "spec",
+        &[
+            "url",
+            "sha256",
+            "pluginConfig",
+            "pluginName",
+            "phase",
+            "priority",
+            "failStrategy",
+            "vmConfig",
+            "targetRefs",
+            "limits",
+        ],
+    )?;
+    let url = r.req_string(
+        &s,
+        "url",
+        "the module: a path relative to this manifest, or file:///absolute/path.wasm",
+    )?;
+    let url_line = s.get("url").map_or(s.line, |n| n.line);
+    if url.starts_with("http://") || url.starts_with("https://") || url.starts_with("oci://") {
+        r.error(
+            url_line,
+            "spec.url",
+            "remote modules are not supported yet: expected a file path or file:// URL",
+        );
+        return None;
+    }
+    let path = std::path::Path::new(url.strip_prefix("file://").unwrap_or(&url));
+    let path = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        r.sink
+            .file
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(path)
+    };
+    let code = match std::fs::read(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            r.error(
+                url_line,
+                "spec.url",
+                format!("cannot read the module {}: {e}", path.display()),
+            );
+            return None;
+        }
+    };
+    let digest: String = Sha256::digest(&code)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if let Some(want) = r.opt_string(&s, "sha256") {
+        if want.to_ascii_lowercase() != digest {
+            r.error(
+                s.get("sha256").map_or(s.line, |n| n.line),
+                "spec.sha256",
+                format!(
+                    "expected the module's sha256 {want}, but {} has {digest}",
+                    path.display()
+                ),
+            );
+            return None;
+        }
+    }
+    let config = match s.get("pluginConfig") {
+        Some(n) => match &n.kind {
+            Kind::Scalar { value, .. } => value.clone().into_bytes(),
+            _ => to_json(n).to_string().into_bytes(),
+        },
+        None => Vec::new(),
+    };
+    let root_id = r.opt_string(&s, "pluginName").unwrap_or_default();
+    let phase = match s.get("phase") {
+        Some(n) => match r
+            .choice(
+                n,
+                "spec.phase",
+                &["AUTHN", "AUTHZ", "STATS", "UNSPECIFIED_PHASE"],
+            )?
+            .as_str()
+        {
+            "AUTHN" => 0,
+            "AUTHZ" => 1,
+            "STATS" => 2,
+            _ => 3,
+        },
+        None => 3,
+    };
+    let priority = match s.get("priority") {
+        Some(n) => r.int(n, "spec.priority", -1_000_000, 1_000_000)?,
+        None => 0,
+    };
+    let fail_open = match s.get("failStrategy") {
+        Some(n) => r.choice(n, "spec.failStrategy", &["FAIL_CLOSE", "FAIL_OPEN"])? == "FAIL_OPEN",
+        None => false,
+    };
+    let mut env = Vec::new();
+    if let Some(n) = s.get("vmConfig") {
+        let vm = r.obj(n, "spec.vmConfig", &["env"])?;
+        if let Some(list) = vm.get("env") {
+            for (i, e) in r
+                .list(list, "spec.vmConfig.env")
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
+                let path = index("spec.vmConfig.env", i);
+                let Some(o) = r.obj(e, &path, &["name", "value"]) else {
+                    continue;
+                };
+                if let (Some(k), Some(v)) = (
+                    r.req_string(&o, "name", "a variable name"),
+                    r.req_string(&o, "value", "its value"),
+                ) {
+                    env.push((k, v));
+                }
+            }
+        }
+    }
+    let mut targets = Vec::new();
+    match s.get("targetRefs") {
+        Some(n) => {
+            for (i, t) in r.list(n, "spec.targetRefs").unwrap_or_default().iter().enumerate() {
+                let path = index("spec.targetRefs", i);
+                let Some(o) = r.obj(t, &path, &["group", "kind", "name"]) else { continue };
+                if let Some(g) = o.get("group") {
+                    r.string(g, &o.field("group"));
+                }
+                let kind = match r.required(&o, "kind", "Gateway, Service or HTTPRoute").and_then(|k| r.choice(k, &o.field("kind"), &["Gateway", "Service", "HTTPRoute"])) {
+                    Some(k) if k == "Gateway" => WasmTargetKind::Gateway,
+                    Some(k) if k == "Service" => WasmTargetKind::Service,
+                    Some(_) => WasmTargetKind::HttpRoute,
+                    None => continue,
+                };
+                if let Some(name) = r.req_string(&o, "name", "the target's name") {
+                    targets.push(WasmTarget { kind, name, line: o.line, field: path });
+                }
+            }
+        }
+        None => r.error(s.line, "spec.targetRefs", "required field is missing: expected a list of Gateway, Service or HTTPRoute references"),
+    }
+    let (mut memory_limit, mut cpu_per_call) = (DEFAULT_MEMORY, DEFAULT_CPU_PER_CALL);
+    if let Some(n) = s.get("limits") {
+        let l = r.obj(n, "spec.limits", &["memory", "cpuPerCall"])?;
+        if let Some(m) = l.get("memory") {
+            let text = r.string(m, "spec.limits.memory")?;
+            match parse_bytes(&text) {
+                Some(b) if b >= 1 << 20 => memory_limit = b,
+                _ => r.error(
+                    m.line,
+                    "spec.limits.memory",
+                    format!("expected a size of at least 1Mi such as \"32Mi\", got {text:?}"),
+                ),
+            }
+        }
+        if let Some(c) = l.get("cpuPerCall") {
+            cpu_per_call = r
+                .duration(c, "spec.limits.cpuPerCall")
+                .filter(|d| !d.is_zero())?;
+        }
+    }
+    Some(WasmPlugin {
+        meta,
+        digest,
+        code: Arc::new(code),
+        root_id,
+        config,
+        phase,
+        priority,
+        fail_open,
+        env,
+        targets,
+        memory_limit,
+        cpu_per_call,
+    })
+}

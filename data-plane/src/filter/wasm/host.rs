@@ -1,0 +1,768 @@
+//! The host side of the proxy-wasm ABI v0.2.1 (and 0.2.0, which differs only by `proxy_get_log_level`): every
+//! `env` function is linked. Calls this host does not implement yet return UNIMPLEMENTED (listed in
+//! docs/filters.md), never a trap; statuses are exactly the spec's, because the Rust SDK panics on any other.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use wasmtime::{Caller, Linker, StoreLimits};
+
+use super::abi::{buffer, deserialize_map, map, serialize_map, status, MAX_MAP_BYTES};
+use super::memory::{read, read_string, return_bytes, write_u32, write_u64};
+use super::stream::{LocalResponse, StreamData};
+use super::PluginMeta;
+
+/// Process-wide state filters share: shared data (with CAS), shared queues, metrics.
+#[derive(Default)]
+pub struct Shared {
+    data: Mutex<HashMap<String, (Vec<u8>, u32)>>,
+    queues: Mutex<Vec<(String, std::collections::VecDeque<Vec<u8>>)>>,
+    metrics: Mutex<Vec<(String, i32, i64)>>,
+}
+
+impl Shared {
+    /// (name, type, value) of every metric filters defined, for the admin endpoint.
+    pub fn metrics(&self) -> Vec<(String, i32, i64)> {
+        self.metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+pub struct HostState {
+    pub limits: StoreLimits,
+    pub meta: Arc<PluginMeta>,
+    pub shared: Arc<Shared>,
+    /// The stream whose callback is running (None during root-context calls).
+    pub stream: Option<StreamData>,
+    pub root_id: u32,
+    /// Set by a callback that resets the stream (`proxy_close_stream`).
+    pub closed: bool,
+}
+
+type C<'a> = Caller<'a, HostState>;
+type R = wasmtime::Result<i32>;
+
+fn st(r: Result<(), i32>) -> i32 {
+    match r {
+        Ok(()) => status::OK,
+        Err(s) => s,
+    }
+}
+
+fn headers_mut<'a>(
+    c: &'a mut C<'_>,
+    map_type: i32,
+) -> Result<(&'a mut Vec<(String, String)>, &'a mut bool), i32> {
+    let s = c.data_mut().stream.as_mut().ok_or(status::NOT_FOUND)?;
+    match map_type {
+        map::REQUEST_HEADERS => Ok((&mut s.request_headers, &mut s.request_dirty)),
+        map::RESPONSE_HEADERS if s.response_code.is_some() => {
+            Ok((&mut s.response_headers, &mut s.response_dirty))
+        }
+        map::RESPONSE_HEADERS | map::REQUEST_TRAILERS | map::RESPONSE_TRAILERS => {
+            Err(status::NOT_FOUND)
+        }
+        _ => Err(status::BAD_ARGUMENT),
+    }
+}
+
+fn log_at(meta: &PluginMeta, level: i32, msg: &str) -> i32 {
+    let plugin = meta.name.as_str();
+    match level {
+        0 => tracing::trace!(plugin, "{msg}"),
+        1 => tracing::debug!(plugin, "{msg}"),
+        2 => tracing::info!(plugin, "{msg}"),
+        3 => tracing::warn!(plugin, "{msg}"),
+        4 | 5 => tracing::error!(plugin, "{msg}"),
+        _ => return status::BAD_ARGUMENT,
+    }
+    status::OK
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A property's bytes, as Envoy encodes them: strings raw, integers 8-byte little-endian.
+fn property(c: &C<'_>, path: &[&str]) -> Option<Vec<u8>> {
+    let d = c.data();
+    let meta = &d.meta;
+    let joined = path.join(".");
+    if let Some(s) = &d.stream {
+        if let Some((_, v)) = s.custom.iter().find(|(k, _)| *k == joined) {
+            return Some(v.clone());
+        }
+    }
+    let text = |s: &str| Some(s.as_bytes().to_vec());
+    let int = |v: i64| Some(v.to_le_bytes().to_vec());
+    match joined.as_str() {
+        "plugin_name" => return text(&meta.name),
+        "plugin_root_id" => return text(&meta.root_id),
+        "plugin_vm_id" => return text(""),
+        "node.id" => return text(&meta.node_id),
+        _ => {}
+    }
+    let s = d.stream.as_ref()?;
+    let req = |k: &str| super::stream::get(&s.request_headers, k).map(|v| v.as_bytes().to_vec());
+    match joined.as_str() {
+        "request.path" => req(":path"),
+        "request.url_path" => {
+            req(":path").map(|p| p.split(|b| *b == b'?').next().unwrap_or_default().to_vec())
+        }
+        "request.host" => req(":authority"),
+        "request.method" => req(":method"),
+        "request.scheme" => req(":scheme"),
+        "request.id" => req("x-request-id"),
+        "request.protocol" => text(s.protocol),
+        "request.useragent" => req("user-agent"),
+        "request.referer" => req("referer"),
+        "request.headers" => Some(serialize_map(&s.request_headers)),
+        "response.code" => s.response_code.and_then(|code| int(i64::from(code))),
+        "response.headers" if s.response_code.is_some() => Some(serialize_map(&s.response_headers)),
+        "source.address" => s.source.map(|a| a.to_string().into_bytes()),
+        "source.port" => s.source.and_then(|a| int(i64::from(a.port()))),
+        "connection.mtls" => Some(vec![0]),
+        "route_name" | "xds.route_name" => text(&s.route_name),
+        "cluster_name" | "xds.cluster_name" => text(&s.cluster_name),
+        _ => None,
+    }
+}
+
+/// Links every `env` function of ABI 0.2.1 (plus the 0.1.0 names, harmless for newer modules).
+pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    l.func_wrap(
+        "env",
+        "proxy_log",
+        |mut c: C<'_>, level: i32, p: i32, n: i32| -> R {
+            Ok(match read_string(&mut c, p, n) {
+                Ok(msg) => log_at(&c.data().meta.clone(), level, &msg),
+                Err(s) => s,
+            })
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_log_level",
+        |mut c: C<'_>, out: i32| -> R {
+            let level = if tracing::enabled!(tracing::Level::TRACE) {
+                0
+            } else if tracing::enabled!(tracing::Level::DEBUG) {
+                1
+            } else if tracing::enabled!(tracing::Level::INFO) {
+                2
+            } else if tracing::enabled!(tracing::Level::WARN) {
+                3
+            } else {
+                4
+            };
+            Ok(st(write_u32(&mut c, out, level)))
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_current_time_nanoseconds",
+        |mut c: C<'_>, out: i32| -> R { Ok(st(write_u64(&mut c, out, now_nanos()))) },
+    )?;
+
+    // Buffers: plugin and VM configuration. Bodies are not exposed yet (filters see headers only): NOT_FOUND.
+    l.func_wrap(
+        "env",
+        "proxy_get_buffer_bytes",
+        |mut c: C<'_>, ty: i32, start: i32, max: i32, ptr_out: i32, len_out: i32| -> R {
+            let meta = c.data().meta.clone();
+            let buf: &[u8] = match ty {
+                buffer::PLUGIN_CONFIGURATION => &meta.config,
+                buffer::VM_CONFIGURATION => &[],
+                buffer::REQUEST_BODY | buffer::RESPONSE_BODY => return Ok(status::NOT_FOUND),
+                _ => return Ok(status::NOT_FOUND),
+            };
+            let (start, max) = (start as u32 as usize, max as u32 as usize);
+            if start > buf.len() {
+                return Ok(status::BAD_ARGUMENT);
+            }
+            let end = start.saturating_add(max).min(buf.len());
+            Ok(st(return_bytes(
+                &mut c,
+                &buf[start..end],
+                ptr_out,
+                len_out,
+            )?))
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_buffer_status",
+        |mut c: C<'_>, ty: i32, len_out: i32, flags_out: i32| -> R {
+            let len = match ty {
+                buffer::PLUGIN_CONFIGURATION => c.data().meta.config.len(),
+                buffer::VM_CONFIGURATION => 0,
+                _ => return Ok(status::NOT_FOUND),
+            };
+            Ok(st(write_u32(&mut c, len_out, len as u32)
+                .and_then(|()| write_u32(&mut c, flags_out, 0))))
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_buffer_bytes",
+        |_c: C<'_>, _ty: i32, _s: i32, _n: i32, _p: i32, _l: i32| -> R { Ok(status::NOT_FOUND) },
+    )?;
+
+    // Header maps.
+    l.func_wrap(
+        "env",
+        "proxy_get_header_map_pairs",
+        |mut c: C<'_>, ty: i32, ptr_out: i32, len_out: i32| -> R {
+            let bytes = match headers_mut(&mut c, ty) {
+                Ok((h, _)) => serialize_map(h),
+                Err(s) => return Ok(s),
+            };
+            Ok(st(return_bytes(&mut c, &bytes, ptr_out, len_out)?))
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_header_map_size",
+        |mut c: C<'_>, ty: i32, out: i32| -> R {
+            let n = match headers_mut(&mut c, ty) {
+                Ok((h, _)) => serialize_map(h).len(),
+                Err(s) => return Ok(s),
+            };
+            Ok(st(write_u32(&mut c, out, n as u32)))
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_header_map_pairs",
+        |mut c: C<'_>, ty: i32, p: i32, n: i32| -> R {
+            if n as u32 as usize > MAX_MAP_BYTES {
+                return Ok(status::BAD_ARGUMENT);
+            }
+            let bytes = match read(&mut c, p, n) {
+                Ok(b) => b,
+                Err(s) => return Ok(s),
+            };
+            let Some(pairs) = deserialize_map(&bytes) else {
+                return Ok(status::SERIALIZATION_FAILURE);
+            };
+            Ok(st(headers_mut(&mut c, ty).map(|(h, dirty)| {
+                *h = pairs
+                    .into_iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                    .collect();
+                *dirty = true;
+            })))
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_header_map_value",
+        |mut c: C<'_>, ty: i32, kp: i32, kn: i32, ptr_out: i32, len_out: i32| -> R {
+            let key = match read_string(&mut c, kp, kn) {
+                Ok(k) => k,
+                Err(s) => return Ok(s),
+            };
+            let value = match headers_mut(&mut c, ty) {
+                Ok((h, _)) => super::stream::get(h, &key).map(str::to_string),
+                Err(s) => return Ok(s),
+            };
+            match value {
+                Some(v) => Ok(st(return_bytes(&mut c, v.as_bytes(), ptr_out, len_out)?)),
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    for name in [
+        "proxy_add_header_map_value",
+        "proxy_replace_header_map_value",
+    ] {
+        let replace = name.contains("replace");
+        l.func_wrap(
+            "env",
+            name,
+            move |mut c: C<'_>, ty: i32, kp: i32, kn: i32, vp: i32, vn: i32| -> R {
+                let (key, value) = match (read_string(&mut c, kp, kn), read_string(&mut c, vp, vn))
+                {
+                    (Ok(k), Ok(v)) => (k.to_ascii_lowercase(), v),
+                    (Err(s), _) | (_, Err(s)) => return Ok(s),
+                };
+                Ok(st(headers_mut(&mut c, ty).map(|(h, dirty)| {
+                    if replace {
+                        if let Some(slot) = h.iter_mut().find(|(k, _)| *k == key) {
+                            slot.1 = value;
+                            h.retain({
+                                let mut seen = false;
+                                move |(k, _)| {
+                                    if *k != key {
+                                        return true;
+                                    }
+                                    let keep = !seen;
+                                    seen = true;
+                                    keep
+                                }
+                            });
+                        } else {
+                            h.push((key, value));
+                        }
+                    } else {
+                        h.push((key, value));
+                    }
+                    *dirty = true;
+                })))
+            },
+        )?;
+    }
+    l.func_wrap(
+        "env",
+        "proxy_remove_header_map_value",
+        |mut c: C<'_>, ty: i32, kp: i32, kn: i32| -> R {
+            let key = match read_string(&mut c, kp, kn) {
+                Ok(k) => k,
+                Err(s) => return Ok(s),
+            };
+            Ok(st(headers_mut(&mut c, ty).map(|(h, dirty)| {
+                h.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
+                *dirty = true;
+            })))
+        },
+    )?;
+
+    // Stream control.
+    l.func_wrap(
+        "env",
+        "proxy_send_local_response",
+        |mut c: C<'_>,
+         code: i32,
+         dp: i32,
+         dn: i32,
+         bp: i32,
+         bn: i32,
+         hp: i32,
+         hn: i32,
+         _grpc: i32|
+         -> R {
+            let details = read_string(&mut c, dp, dn).unwrap_or_default();
+            let body = match read(&mut c, bp, bn) {
+                Ok(b) => b,
+                Err(s) => return Ok(s),
+            };
+            let hbytes = match read(&mut c, hp, hn) {
+                Ok(b) => b,
+                Err(s) => return Ok(s),
+            };
+            let Some(headers) = deserialize_map(&hbytes) else {
+                return Ok(status::SERIALIZATION_FAILURE);
+            };
+            let Ok(status_code) = u16::try_from(code) else {
+                return Ok(status::BAD_ARGUMENT);
+            };
+            if !(200..=599).contains(&status_code) {
+                return Ok(status::BAD_ARGUMENT);
+            }
+            match c.data_mut().stream.as_mut() {
+                Some(s) => {
+                    s.local_response = Some(LocalResponse {
+                        status: status_code,
+                        headers,
+                        body,
+                        details,
+                    });
+                    Ok(status::OK)
+                }
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    // Pausing is not honoured yet (a paused stream continues at once), so resuming is trivially OK.
+    l.func_wrap("env", "proxy_continue_stream", |_c: C<'_>, ty: i32| -> R {
+        Ok(if (0..=3).contains(&ty) {
+            status::OK
+        } else {
+            status::BAD_ARGUMENT
+        })
+    })?;
+    l.func_wrap("env", "proxy_close_stream", |mut c: C<'_>, ty: i32| -> R {
+        if !(0..=3).contains(&ty) {
+            return Ok(status::BAD_ARGUMENT);
+        }
+        c.data_mut().closed = true;
+        Ok(status::OK)
+    })?;
+    l.func_wrap("env", "proxy_continue_request", |_c: C<'_>| -> R {
+        Ok(status::OK)
+    })?;
+    l.func_wrap("env", "proxy_continue_response", |_c: C<'_>| -> R {
+        Ok(status::OK)
+    })?;
+    l.func_wrap("env", "proxy_clear_route_cache", |_c: C<'_>| -> R {
+        Ok(status::OK)
+    })?;
+    l.func_wrap(
+        "env",
+        "proxy_get_configuration",
+        |mut c: C<'_>, ptr_out: i32, len_out: i32| -> R {
+            let meta = c.data().meta.clone();
+            Ok(st(return_bytes(&mut c, &meta.config, ptr_out, len_out)?))
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_effective_context",
+        |c: C<'_>, id: i32| -> R {
+            let d = c.data();
+            let known = id as u32 == d.root_id
+                || d.stream.as_ref().is_some_and(|s| s.context_id == id as u32);
+            Ok(if known {
+                status::OK
+            } else {
+                status::BAD_ARGUMENT
+            })
+        },
+    )?;
+    l.func_wrap("env", "proxy_done", |_c: C<'_>| -> R {
+        Ok(status::NOT_FOUND)
+    })?;
+    l.func_wrap(
+        "env",
+        "proxy_get_status",
+        |_c: C<'_>, _a: i32, _b: i32, _d: i32| -> R { Ok(status::NOT_FOUND) },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_call_foreign_function",
+        |_c: C<'_>, _a: i32, _b: i32, _d: i32, _e: i32, _f: i32, _g: i32| -> R {
+            Ok(status::NOT_FOUND)
+        },
+    )?;
+
+    // Properties.
+    l.func_wrap(
+        "env",
+        "proxy_get_property",
+        |mut c: C<'_>, pp: i32, pn: i32, ptr_out: i32, len_out: i32| -> R {
+            let raw = match read(&mut c, pp, pn) {
+                Ok(b) => b,
+                Err(s) => return Ok(s),
+            };
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            let segments: Vec<&str> = text.split('\0').filter(|s| !s.is_empty()).collect();
+            match property(&c, &segments) {
+                Some(v) => Ok(st(return_bytes(&mut c, &v, ptr_out, len_out)?)),
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_property",
+        |mut c: C<'_>, pp: i32, pn: i32, vp: i32, vn: i32| -> R {
+            let (path, value) = match (read(&mut c, pp, pn), read(&mut c, vp, vn)) {
+                (Ok(p), Ok(v)) => (p, v),
+                (Err(s), _) | (_, Err(s)) => return Ok(s),
+            };
+            let key = String::from_utf8_lossy(&path)
+                .split('\0')
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(".");
+            match c.data_mut().stream.as_mut() {
+                Some(s) => {
+                    s.custom.retain(|(k, _)| *k != key);
+                    s.custom.push((key, value));
+                    Ok(status::OK)
+                }
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+
+    // Shared data with compare-and-swap.
+    l.func_wrap(
+        "env",
+        "proxy_get_shared_data",
+        |mut c: C<'_>, kp: i32, kn: i32, ptr_out: i32, len_out: i32, cas_out: i32| -> R {
+            let key = match read_string(&mut c, kp, kn) {
+                Ok(k) => k,
+                Err(s) => return Ok(s),
+            };
+            let found = c
+                .data()
+                .shared
+                .data
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .cloned();
+            let Some((value, cas)) = found else {
+                return Ok(status::NOT_FOUND);
+            };
+            if let Err(s) = write_u32(&mut c, cas_out, cas) {
+                return Ok(s);
+            }
+            Ok(st(return_bytes(&mut c, &value, ptr_out, len_out)?))
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_set_shared_data",
+        |mut c: C<'_>, kp: i32, kn: i32, vp: i32, vn: i32, cas: i32| -> R {
+            let (key, value) = match (read_string(&mut c, kp, kn), read(&mut c, vp, vn)) {
+                (Ok(k), Ok(v)) => (k, v),
+                (Err(s), _) | (_, Err(s)) => return Ok(s),
+            };
+            let shared = c.data().shared.clone();
+            let mut data = shared.data.lock().unwrap_or_else(|p| p.into_inner());
+            let current = data.get(&key).map_or(0, |(_, c)| *c);
+            if cas != 0 && cas as u32 != current {
+                return Ok(status::CAS_MISMATCH);
+            }
+            data.insert(key, (value, current.wrapping_add(1).max(1)));
+            Ok(status::OK)
+        },
+    )?;
+
+    // Shared queues (no `proxy_on_queue_ready` delivery yet: consumers poll with dequeue).
+    l.func_wrap(
+        "env",
+        "proxy_register_shared_queue",
+        |mut c: C<'_>, np: i32, nn: i32, out: i32| -> R {
+            let name = match read_string(&mut c, np, nn) {
+                Ok(n) => n,
+                Err(s) => return Ok(s),
+            };
+            let id = {
+                let shared = c.data().shared.clone();
+                let mut q = shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+                match q.iter().position(|(n, _)| *n == name) {
+                    Some(i) => i,
+                    None => {
+                        q.push((name, Default::default()));
+                        q.len() - 1
+                    }
+                }
+            };
+            Ok(st(write_u32(&mut c, out, id as u32 + 1)))
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_resolve_shared_queue",
+        |mut c: C<'_>, _vp: i32, _vn: i32, np: i32, nn: i32, out: i32| -> R {
+            let name = match read_string(&mut c, np, nn) {
+                Ok(n) => n,
+                Err(s) => return Ok(s),
+            };
+            let found = c
+                .data()
+                .shared
+                .queues
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .position(|(n, _)| *n == name);
+            match found {
+                Some(i) => Ok(st(write_u32(&mut c, out, i as u32 + 1))),
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_enqueue_shared_queue",
+        |mut c: C<'_>, id: i32, vp: i32, vn: i32| -> R {
+            let value = match read(&mut c, vp, vn) {
+                Ok(v) => v,
+                Err(s) => return Ok(s),
+            };
+            let shared = c.data().shared.clone();
+            let mut q = shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+            match (id as u32 as usize)
+                .checked_sub(1)
+                .and_then(|i| q.get_mut(i))
+            {
+                Some((_, items)) => {
+                    items.push_back(value);
+                    Ok(status::OK)
+                }
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_dequeue_shared_queue",
+        |mut c: C<'_>, id: i32, ptr_out: i32, len_out: i32| -> R {
+            let item = {
+                let shared = c.data().shared.clone();
+                let mut q = shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+                match (id as u32 as usize)
+                    .checked_sub(1)
+                    .and_then(|i| q.get_mut(i))
+                {
+                    Some((_, items)) => items.pop_front(),
+                    None => return Ok(status::NOT_FOUND),
+                }
+            };
+            match item {
+                Some(v) => Ok(st(return_bytes(&mut c, &v, ptr_out, len_out)?)),
+                None => Ok(status::EMPTY),
+            }
+        },
+    )?;
+
+    // Metrics: counters, gauges, histograms (histograms keep the last value; exported on the admin /metrics).
+    l.func_wrap(
+        "env",
+        "proxy_define_metric",
+        |mut c: C<'_>, ty: i32, np: i32, nn: i32, out: i32| -> R {
+            if !(0..=2).contains(&ty) {
+                return Ok(status::BAD_ARGUMENT);
+            }
+            let name = match read_string(&mut c, np, nn) {
+                Ok(n) => n,
+                Err(s) => return Ok(s),
+            };
+            let id = {
+                let shared = c.data().shared.clone();
+                let mut m = shared.metrics.lock().unwrap_or_else(|p| p.into_inner());
+                match m.iter().position(|(n, t, _)| *n == name && *t == ty) {
+                    Some(i) => i,
+                    None => {
+                        m.push((name, ty, 0));
+                        m.len() - 1
+                    }
+                }
+            };
+            Ok(st(write_u32(&mut c, out, id as u32 + 1)))
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_increment_metric",
+        |c: C<'_>, id: i32, delta: i64| -> R {
+            let shared = c.data().shared.clone();
+            let mut m = shared.metrics.lock().unwrap_or_else(|p| p.into_inner());
+            match (id as u32 as usize)
+                .checked_sub(1)
+                .and_then(|i| m.get_mut(i))
+            {
+                Some((_, 0, _)) if delta < 0 => Ok(status::BAD_ARGUMENT),
+                Some((_, _, v)) => {
+                    *v = v.saturating_add(delta);
+                    Ok(status::OK)
+                }
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_record_metric",
+        |c: C<'_>, id: i32, value: i64| -> R {
+            let shared = c.data().shared.clone();
+            let mut m = shared.metrics.lock().unwrap_or_else(|p| p.into_inner());
+            match (id as u32 as usize)
+                .checked_sub(1)
+                .and_then(|i| m.get_mut(i))
+            {
+                Some((_, _, v)) => {
+                    *v = value;
+                    Ok(status::OK)
+                }
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_get_metric",
+        |mut c: C<'_>, id: i32, out: i32| -> R {
+            let value = {
+                let m = c
+                    .data()
+                    .shared
+                    .metrics
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                match (id as u32 as usize).checked_sub(1).and_then(|i| m.get(i)) {
+                    Some((_, _, v)) => *v,
+                    None => return Ok(status::NOT_FOUND),
+                }
+            };
+            Ok(st(write_u64(&mut c, out, value as u64)))
+        },
+    )?;
+
+    // Not implemented yet: UNIMPLEMENTED (docs/filters.md lists them).
+    l.func_wrap(
+        "env",
+        "proxy_set_tick_period_milliseconds",
+        |_c: C<'_>, _ms: i32| -> R { Ok(status::UNIMPLEMENTED) },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_http_call",
+        |_c: C<'_>,
+         _a: i32,
+         _b: i32,
+         _d: i32,
+         _e: i32,
+         _f: i32,
+         _g: i32,
+         _h: i32,
+         _i: i32,
+         _t: i32,
+         _o: i32|
+         -> R { Ok(status::UNIMPLEMENTED) },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_grpc_call",
+        |_c: C<'_>,
+         _a: i32,
+         _b: i32,
+         _d: i32,
+         _e: i32,
+         _f: i32,
+         _g: i32,
+         _h: i32,
+         _i: i32,
+         _j: i32,
+         _k: i32,
+         _t: i32,
+         _o: i32|
+         -> R { Ok(status::UNIMPLEMENTED) },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_grpc_stream",
+        |_c: C<'_>,
+         _a: i32,
+         _b: i32,
+         _d: i32,
+         _e: i32,
+         _f: i32,
+         _g: i32,
+         _h: i32,
+         _i: i32,
+         _o: i32|
+         -> R { Ok(status::UNIMPLEMENTED) },
+    )?;
+    l.func_wrap(
+        "env",
+        "proxy_grpc_send",
+        |_c: C<'_>, _a: i32, _b: i32, _d: i32, _e: i32| -> R { Ok(status::UNIMPLEMENTED) },
+    )?;
+    l.func_wrap("env", "proxy_grpc_cancel", |_c: C<'_>, _a: i32| -> R {
+        Ok(status::UNIMPLEMENTED)
+    })?;
+    l.func_wrap("env", "proxy_grpc_close", |_c: C<'_>, _a: i32| -> R {
+        Ok(status::UNIMPLEMENTED)
+    })?;
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! One instance of a plugin: a wasmtime store with its limits, the root context, and the HTTP stream callbacks.
+//! Many streams share an instance (each has its own context id), as in Envoy; the instance is locked for the
+//! duration of each callback only.
+
+use std::sync::Arc;
+
+use wasmtime::{Engine, InstancePre, Store, StoreLimitsBuilder, TypedFunc};
+
+use super::host::{HostState, Shared};
+use super::stream::StreamData;
+use super::{PluginMeta, WasmError, TICK};
+
+pub const ROOT_CONTEXT: u32 = 1;
+
+type F1 = TypedFunc<i32, ()>;
+type F1R = TypedFunc<i32, i32>;
+type F2 = TypedFunc<(i32, i32), ()>;
+type F3R = TypedFunc<(i32, i32, i32), i32>;
+
+struct Exports {
+    context_create: Option<F2>,
+    request_headers: Option<F3R>,
+    response_headers: Option<F3R>,
+    done: Option<F1R>,
+    log: Option<F1>,
+    delete: Option<F1>,
+}
+
+static INSTANCE_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+pub struct PluginInstance {
+    /// Unique per instance: a stream that started on another (since discarded) instance must not call this one.
+    pub id: u64,
+    store: Store<HostState>,
+    exports: Exports,
+    next_context: u32,
+    cpu_ticks: u64,
+}
+
+fn classify(err: wasmtime::Error, meta: &PluginMeta) -> WasmError {
+    let text = format!("{err:#}");
+    if matches!(
+        err.downcast_ref::<wasmtime::Trap>(),
+        Some(wasmtime::Trap::Interrupt)
+    ) {
+        WasmError::Timeout(meta.cpu_per_call)
+    } else if text.contains("memory")
+        && (text.contains("grow") || text.contains("limit") || text.contains("out of bounds"))
+        && text.contains("alloc")
+        || text.contains("memory allocation")
+    {
+        WasmError::OutOfMemory(text)
+    } else {
+        WasmError::Trap(text)
+    }
+}
+
+impl PluginInstance {
+    /// Instantiates, runs the module's initialisation, creates the root context and configures it. A `false` from
+    /// `proxy_on_vm_start` or `proxy_on_configure` is `WasmError::Rejected`.
+    pub fn new(
+        engine: &Engine,
+        pre: &InstancePre<HostState>,
+        meta: Arc<PluginMeta>,
+        shared: Arc<Shared>,
+    ) -> Result<Self, WasmError> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(meta.memory_limit)
+            .instances(1)
+            .tables(4)
+            .memories(1)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HostState {
+            limits,
+            meta: meta.clone(),
+            shared,
+            stream: None,
+            root_id: ROOT_CONTEXT,
+            closed: false,
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        let cpu_ticks = (meta.cpu_per_call.as_millis() as u64 / TICK.as_millis() as u64).max(1) + 1;
+        store.set_epoch_deadline(cpu_ticks);
+        let instance = pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(e, &meta))?;
+        let abi_ok = ["proxy_abi_version_0_2_1", "proxy_abi_version_0_2_0"]
+            .iter()
+            .any(|n| instance.get_export(&mut store, n).is_some());
+        if !abi_ok {
+            return Err(WasmError::Load("missing or unknown proxy-wasm ABI version (expected a proxy_abi_version_0_2_1 or _0_2_0 export)".into()));
+        }
+        for init in ["_initialize", "_start"] {
+            if let Ok(f) = instance.get_typed_func::<(), ()>(&mut store, init) {
+                f.call(&mut store, ()).map_err(|e| classify(e, &meta))?;
+                break;
+            }
+        }
+        let f2 = |store: &mut Store<HostState>, n: &str| {
+            instance
+                .get_typed_func::<(i32, i32), ()>(&mut *store, n)
+                .ok()
+        };
+        let f2r = |store: &mut Store<HostState>, n: &str| {
+            instance
+                .get_typed_func::<(i32, i32), i32>(&mut *store, n)
+                .ok()
+        };
+        let f3r = |store: &mut Store<HostState>, n: &str| {
+            instance
+                .get_typed_func::<(i32, i32, i32), i32>(&mut *store, n)
+                .ok()
+        };
+        let exports = Exports {
+            context_create: f2(&mut store, "proxy_on_context_create"),
+            request_headers: f3r(&mut store, "proxy_on_request_headers"),
+            response_headers: f3r(&mut store, "proxy_on_response_headers"),
+            done: instance
+                .get_typed_func::<i32, i32>(&mut store, "proxy_on_done")
+                .ok(),
+            log: instance
+                .get_typed_func::<i32, ()>(&mut store, "proxy_on_log")
+                .ok(),
+            delete: instance
+                .get_typed_func::<i32, ()>(&mut store, "proxy_on_delete")
+                .ok(),
+        };
+        let vm_start = f2r(&mut store, "proxy_on_vm_start");
+        let configure = f2r(&mut store, "proxy_on_configure");
+        let id = INSTANCE_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut me = PluginInstance {
+            id,
+            store,
+            exports,
+            next_context: ROOT_CONTEXT + 1,
+            cpu_ticks,
+        };
+        let root = ROOT_CONTEXT as i32;
+        if let Some(f) = me.exports.context_create.clone() {
+            me.guarded(|s| f.call(s, (root, 0)))?;
+        }
+        if let Some(f) = vm_start {
+            if me.guarded(|s| f.call(s, (root, 0)))? == 0 {
+                return Err(WasmError::Rejected(
+                    "proxy_on_vm_start returned false".into(),
+                ));
+            }
+        }
+        if let Some(f) = configure {
+            let size = meta.config.len() as i32;
+            if me.guarded(|s| f.call(s, (root, size)))? == 0 {
+                return Err(WasmError::Rejected(
+                    "the filter rejected its configuration (proxy_on_configure returned false)"
+                        .into(),
+                ));
+            }
+        }
+        Ok(me)
+    }
+
+    /// Runs one guest call under the per-call CPU deadline.
+    fn guarded<T>(
+        &mut self,
+        f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> Result<T, WasmError> {
+        self.store.set_epoch_deadline(self.cpu_ticks);
+        let meta = self.store.data().meta.clone();
+        f(&mut self.store).map_err(|e| classify(e, &meta))
+    }
+
+    /// Runs a stream callback with `stream` installed as the current stream.
+    fn with_stream<T>(
+        &mut self,
+        stream: &mut StreamData,
+        f: impl FnOnce(&mut Self) -> Result<T, WasmError>,
+    ) -> Result<T, WasmError> {
+        self.store.data_mut().stream = Some(std::mem::take(stream));
+        self.store.data_mut().closed = false;
+        let r = f(self);
+        if let Some(s) = self.store.data_mut().stream.take() {
+            *stream = s;
+        }
+        r
+    }
+
+    pub fn new_context(&mut self, stream: &mut StreamData) -> Result<(), WasmError> {
+        stream.context_id = self.next_context;
+        self.next_context = self.next_context.wrapping_add(1).max(ROOT_CONTEXT + 1);
+        let id = stream.context_id as i32;
+        match self.exports.context_create.clone() {
+            Some(f) => self.with_stream(stream, |me| {
+                me.guarded(|s| f.call(s, (id, ROOT_CONTEXT as i32)))
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// `proxy_on_request_headers` / `proxy_on_response_headers`; returns the action (0 = continue).
+    pub fn on_headers(
+        &mut self,
+        stream: &mut StreamData,
+        response: bool,
+        end_of_stream: bool,
+    ) -> Result<i32, WasmError> {
+        let f = if response {
+            self.exports.response_headers.clone()
+        } else {
+            self.exports.request_headers.clone()
+        };
+        let Some(f) = f else { return Ok(0) };
+        let id = stream.context_id as i32;
+        let n = if response {
+            stream.response_headers.len()
+        } else {
+            stream.request_headers.len()
+        } as i32;
+        self.with_stream(stream, |me| {
+            me.guarded(|s| f.call(s, (id, n, i32::from(end_of_stream))))
+        })
+    }
+
+    /// `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`.
+    pub fn finish(&mut self, stream: &mut StreamData) -> Result<(), WasmError> {
+        let id = stream.context_id as i32;
+        let (done, log, delete) = (
+            self.exports.done.clone(),
+            self.exports.log.clone(),
+            self.exports.delete.clone(),
+        );
+        self.with_stream(stream, |me| {
+            if let Some(f) = done {
+                me.guarded(|s| f.call(s, id))?;
+            }
+            if let Some(f) = log {
+                me.guarded(|s| f.call(s, id))?;
+            }
+            if let Some(f) = delete {
+                me.guarded(|s| f.call(s, id))?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn closed(&self) -> bool {
+        self.store.data().closed
+    }
+}

@@ -1,0 +1,356 @@
+//! Wasm filters on the proxy-wasm ABI, hosted by wasmtime.
+//!
+//! - One `Engine` per proxy, with epoch interruption: a ticker thread (started with the first plugin) advances the
+//!   epoch every `TICK`, and every guest call gets a deadline of `cpuPerCall`, so an infinite loop traps.
+//! - A `Module` is compiled once per digest and shared by every plugin and worker that uses it.
+//! - A `PluginHandle` (module + configuration) keeps a few instances, each serving many streams (one context per
+//!   stream, as Envoy does); a request uses one instance, locked per callback only. A trapped, timed-out or
+//!   out-of-memory instance is discarded and the next request gets a fresh one.
+//! - Memory per instance is capped by `StoreLimits`; host calls check every guest pointer (`memory`).
+
+pub mod abi;
+pub mod host;
+mod instance;
+mod memory;
+pub mod stream;
+#[cfg(test)]
+mod tests;
+mod wasi;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::{Config, Engine, ExternType, InstancePre, Linker, Module, Val, ValType};
+
+use host::HostState;
+pub use host::Shared;
+use instance::PluginInstance;
+pub use stream::StreamData;
+
+/// Epoch granularity of the CPU deadline.
+pub const TICK: Duration = Duration::from_millis(5);
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WasmError {
+    #[error("module cannot be loaded: {0}")]
+    Load(String),
+    #[error("{0}")]
+    Rejected(String),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("exceeded its CPU limit of {0:?} per call")]
+    Timeout(Duration),
+    #[error("ran out of memory: {0}")]
+    OutOfMemory(String),
+}
+
+impl WasmError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WasmError::Load(_) => "load",
+            WasmError::Rejected(_) => "rejected",
+            WasmError::Trap(_) => "trap",
+            WasmError::Timeout(_) => "timeout",
+            WasmError::OutOfMemory(_) => "oom",
+        }
+    }
+}
+
+/// A plugin's identity and configuration, as the filter sees it.
+#[derive(Debug)]
+pub struct PluginMeta {
+    pub name: String,
+    pub root_id: String,
+    pub config: Vec<u8>,
+    pub env: Vec<(String, String)>,
+    pub node_id: String,
+    pub fail_open: bool,
+    pub memory_limit: usize,
+    pub cpu_per_call: Duration,
+    pub started: tokio::time::Instant,
+}
+
+/// The engine, compiled modules by digest, and state shared by all filters of this proxy.
+pub struct WasmRuntime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    modules: Mutex<HashMap<String, Module>>,
+    pub shared: Arc<Shared>,
+    ticker: OnceLock<()>,
+    slots: usize,
+}
+
+impl WasmRuntime {
+    pub fn new(slots: usize) -> wasmtime::Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        host::link(&mut linker)?;
+        wasi::link(&mut linker)?;
+        Ok(WasmRuntime {
+            engine,
+            linker,
+            modules: Mutex::new(HashMap::new()),
+            shared: Arc::default(),
+            ticker: OnceLock::new(),
+            slots: slots.clamp(1, 16),
+        })
+    }
+
+    fn start_ticker(&self) {
+        self.ticker.get_or_init(|| {
+            let engine = self.engine.clone();
+            let spawned = std::thread::Builder::new().name("meshwork-wasm-epoch".into()).spawn(move || loop {
+                std::thread::sleep(TICK);
+                engine.increment_epoch();
+            });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the wasm epoch ticker: CPU limits will not be enforced");
+            }
+        });
+    }
+
+    pub fn has_module(&self, digest: &str) -> bool {
+        self.modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(digest)
+    }
+
+    pub fn module_digests(&self) -> Vec<String> {
+        self.modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Verifies and compiles a module once per digest.
+    pub fn add_module(&self, digest: &str, code: &[u8]) -> Result<(), WasmError> {
+        if self.has_module(digest) {
+            return Ok(());
+        }
+        let actual = hex(&Sha256::digest(code));
+        if actual != digest {
+            return Err(WasmError::Load(format!(
+                "sha256 mismatch: expected {digest}, got {actual}"
+            )));
+        }
+        let module =
+            Module::new(&self.engine, code).map_err(|e| WasmError::Load(format!("{e:#}")))?;
+        self.modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest.to_string(), module);
+        Ok(())
+    }
+
+    /// A linker for this module: the host functions, plus a stub for every import the host does not define (or
+    /// defines with another signature), returning UNIMPLEMENTED (env) or ENOSYS (WASI) if ever called, so that
+    /// importing a function never fails instantiation.
+    fn linker_for(&self, module: &Module) -> wasmtime::Result<Linker<HostState>> {
+        let mut linker = self.linker.clone();
+        linker.allow_shadowing(true);
+        let mut probe = probe_store(&self.engine);
+        for import in module.imports() {
+            let ExternType::Func(ty) = import.ty() else {
+                continue;
+            };
+            let same_type = match self.linker.get(&mut probe, import.module(), import.name()) {
+                Ok(wasmtime::Extern::Func(f)) => wasmtime::FuncType::eq(&f.ty(&probe), &ty),
+                _ => false,
+            };
+            if same_type {
+                continue;
+            }
+            let code = if import.module().starts_with("wasi") {
+                abi::wasi::NOSYS
+            } else {
+                abi::status::UNIMPLEMENTED
+            };
+            let (module_name, name) = (import.module().to_string(), import.name().to_string());
+            let results: Vec<ValType> = ty.results().collect();
+            linker.func_new(
+                &module_name,
+                &name,
+                ty.clone(),
+                move |_caller, _params, out| {
+                    for (slot, ty) in out.iter_mut().zip(&results) {
+                        *slot = match ty {
+                            ValType::I32 => Val::I32(code),
+                            ValType::I64 => Val::I64(i64::from(code)),
+                            ValType::F32 => Val::F32(0),
+                            ValType::F64 => Val::F64(0),
+                            _ => Val::I32(0),
+                        };
+                    }
+                    Ok(())
+                },
+            )?;
+            tracing::debug!(module = %module_name, name = %name, "wasm import stubbed");
+        }
+        Ok(linker)
+    }
+
+    /// Builds a plugin from a compiled module and its configuration, and proves it works: one instance is created
+    /// and configured now (a filter that rejects its configuration fails here, so the snapshot is NACKed).
+    pub fn plugin(&self, digest: &str, meta: PluginMeta) -> Result<Arc<PluginHandle>, WasmError> {
+        let module = self
+            .modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned()
+            .ok_or_else(|| WasmError::Load(format!("module {digest} was never received")))?;
+        let linker = self
+            .linker_for(&module)
+            .map_err(|e| WasmError::Load(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| WasmError::Load(format!("{e:#}")))?;
+        self.start_ticker();
+        let meta = Arc::new(meta);
+        let first = PluginInstance::new(&self.engine, &pre, meta.clone(), self.shared.clone())?;
+        let slots: Vec<Mutex<Option<PluginInstance>>> =
+            (0..self.slots).map(|_| Mutex::new(None)).collect();
+        if let Some(slot) = slots.first() {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(first);
+        }
+        Ok(Arc::new(PluginHandle {
+            meta,
+            digest: digest.to_string(),
+            engine: self.engine.clone(),
+            pre,
+            shared: self.shared.clone(),
+            slots,
+            next: AtomicUsize::new(0),
+            failures: Default::default(),
+        }))
+    }
+}
+
+/// A throw-away store, only to ask the linker for the types of its definitions.
+fn probe_store(engine: &Engine) -> wasmtime::Store<HostState> {
+    let meta = Arc::new(PluginMeta {
+        name: String::new(),
+        root_id: String::new(),
+        config: Vec::new(),
+        env: Vec::new(),
+        node_id: String::new(),
+        fail_open: false,
+        memory_limit: 0,
+        cpu_per_call: Duration::ZERO,
+        started: tokio::time::Instant::now(),
+    });
+    let state = HostState {
+        limits: Default::default(),
+        meta,
+        shared: Arc::default(),
+        stream: None,
+        root_id: 0,
+        closed: false,
+    };
+    wasmtime::Store::new(engine, state)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Counts of failures by kind, for the admin /metrics endpoint.
+#[derive(Debug, Default)]
+pub struct Failures {
+    pub trap: AtomicU64,
+    pub timeout: AtomicU64,
+    pub oom: AtomicU64,
+    pub other: AtomicU64,
+}
+
+/// A configured plugin: compiled module, configuration, and a few ready instances.
+pub struct PluginHandle {
+    pub meta: Arc<PluginMeta>,
+    pub digest: String,
+    engine: Engine,
+    pre: InstancePre<HostState>,
+    shared: Arc<Shared>,
+    slots: Vec<Mutex<Option<PluginInstance>>>,
+    next: AtomicUsize,
+    pub failures: Failures,
+}
+
+impl std::fmt::Debug for PluginHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHandle")
+            .field("name", &self.meta.name)
+            .field("digest", &self.digest)
+            .finish()
+    }
+}
+
+impl PluginHandle {
+    /// Picks the instance slot a new stream will use (round robin).
+    pub fn pick_slot(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()
+    }
+
+    /// Runs `f` on the slot's instance and returns the instance's id with the result. With `expected: None` a
+    /// missing instance is created (a new stream); with `Some(id)` the call only happens on that same instance
+    /// (`Ok(None)` if it has been replaced meanwhile). A failure discards the instance.
+    pub fn run<T>(
+        &self,
+        slot: usize,
+        expected: Option<u64>,
+        f: impl FnOnce(&mut PluginInstance) -> Result<T, WasmError>,
+    ) -> Result<Option<(T, u64)>, WasmError> {
+        let mut guard = self.slots[slot % self.slots.len()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match (guard.as_ref(), expected) {
+            (Some(i), Some(id)) if i.id != id => return Ok(None),
+            (None, Some(_)) => return Ok(None),
+            (None, None) => {
+                *guard = Some(
+                    PluginInstance::new(
+                        &self.engine,
+                        &self.pre,
+                        self.meta.clone(),
+                        self.shared.clone(),
+                    )
+                    .inspect_err(|e| self.record(e))?,
+                );
+            }
+            _ => {}
+        }
+        let Some(instance) = guard.as_mut() else {
+            return Ok(None);
+        };
+        let id = instance.id;
+        match f(instance) {
+            Ok(v) => Ok(Some((v, id))),
+            Err(e) => {
+                *guard = None;
+                self.record(&e);
+                Err(e)
+            }
+        }
+    }
+
+    fn record(&self, e: &WasmError) {
+        let counter = match e {
+            WasmError::Trap(_) => &self.failures.trap,
+            WasmError::Timeout(_) => &self.failures.timeout,
+            WasmError::OutOfMemory(_) => &self.failures.oom,
+            _ => &self.failures.other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(plugin = %self.meta.name, kind = e.kind(), error = %e, "wasm filter failed; instance discarded");
+    }
+}
+
+/// Builds `PluginInstance` for callers outside this module (the filter chain).
+pub use instance::PluginInstance as Instance;

@@ -1,0 +1,65 @@
+//! Test filter that misbehaves on purpose, to prove the host contains it. Plugin config (a string) picks how:
+//! `panic`, `loop` (never returns), `oom` (allocates without end), `reject` (refuses its configuration), or
+//! `ok` (adds `x-misbehave: ok`). The behaviour fires on requests whose path contains `/boom`.
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { mode: String::new() }) });
+}}
+
+struct Root {
+    mode: String,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        self.mode = self.get_plugin_configuration().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        self.mode != "reject"
+    }
+
+    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Filter { mode: self.mode.clone() }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Filter {
+    mode: String,
+}
+
+impl Context for Filter {}
+
+impl HttpContext for Filter {
+    fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
+        let boom = self.get_http_request_header(":path").is_some_and(|p| p.contains("/boom"));
+        if boom {
+            match self.mode.as_str() {
+                "panic" => panic!("misbehave: panic on purpose"),
+                "loop" => {
+                    let mut x: u64 = 0;
+                    loop {
+                        x = std::hint::black_box(x.wrapping_add(1));
+                    }
+                }
+                "oom" => {
+                    let mut hoard: Vec<Vec<u8>> = Vec::new();
+                    loop {
+                        hoard.push(vec![1u8; 1 << 20]);
+                        std::hint::black_box(&hoard);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.set_http_request_header("x-misbehave", Some("ok"));
+        Action::Continue
+    }
+}
