@@ -325,6 +325,7 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
                     "sidecar"
                 };
                 let state = Arc::new(crate::admin::AdminState {
+                    wasm_shared: control_applier.wasm.shared.clone(),
                     store: control_store,
                     node_id: control_opts.node_id.clone(),
                     role,

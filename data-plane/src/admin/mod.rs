@@ -15,6 +15,7 @@ use crate::config::ConfigStore;
 
 pub struct AdminState {
     pub store: Arc<ConfigStore>,
+    pub wasm_shared: Arc<crate::filter::wasm::Shared>,
     pub node_id: String,
     pub role: &'static str,
 }
@@ -69,12 +70,71 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 ),
             }
         }
+        "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics(state)),
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "admin endpoints: /live /ready /config_dump\n",
+            "admin endpoints: /live /ready /config_dump /metrics\n",
         ),
     }
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus text format: Wasm filter failures by plugin and kind, and the metrics filters defined.
+fn metrics(state: &AdminState) -> String {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let snap = state.store.load();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP meshwork_config_version Version of the applied configuration snapshot."
+    );
+    let _ = writeln!(out, "# TYPE meshwork_config_version gauge");
+    let _ = writeln!(out, "meshwork_config_version {}", snap.version);
+    let _ = writeln!(out, "# HELP meshwork_wasm_failures_total Wasm filter calls that failed (the instance was discarded).");
+    let _ = writeln!(out, "# TYPE meshwork_wasm_failures_total counter");
+    let mut names: Vec<&String> = snap.plugins.keys().collect();
+    names.sort();
+    for name in names {
+        let f = &snap.plugins[name].failures;
+        for (kind, v) in [
+            ("trap", &f.trap),
+            ("timeout", &f.timeout),
+            ("oom", &f.oom),
+            ("other", &f.other),
+        ] {
+            let _ = writeln!(
+                out,
+                "meshwork_wasm_failures_total{{plugin=\"{}\",kind=\"{kind}\"}} {}",
+                label(name),
+                v.load(Relaxed)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP meshwork_wasm_filter_metric Metrics defined by Wasm filters (proxy_define_metric)."
+    );
+    let _ = writeln!(out, "# TYPE meshwork_wasm_filter_metric untyped");
+    for (name, ty, value) in state.wasm_shared.metrics() {
+        let ty = match ty {
+            0 => "counter",
+            1 => "gauge",
+            _ => "histogram",
+        };
+        let _ = writeln!(
+            out,
+            "meshwork_wasm_filter_metric{{name=\"{}\",type=\"{ty}\"}} {value}",
+            label(&name)
+        );
+    }
+    out
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {

@@ -298,14 +298,23 @@ pub struct Load {
 
 impl Load {
     pub fn start(url: String, workers: usize) -> Load {
+        Self::start_with_headers(url, workers, Vec::new())
+    }
+
+    pub fn start_with_headers(url: String, workers: usize, headers: Vec<(String, String)>) -> Load {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tasks = (0..workers)
             .map(|_| {
-                let (url, stop, c) = (url.clone(), stop.clone(), client());
+                let (url, stop, c, headers) =
+                    (url.clone(), stop.clone(), client(), headers.clone());
                 tokio::spawn(async move {
                     let (mut ok, mut failures) = (0u64, Vec::new());
+                    let headers: Vec<(&str, &str)> = headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        match send(&c, "GET", &url, &[], Bytes::new()).await {
+                        match send(&c, "GET", &url, &headers, Bytes::new()).await {
                             Ok(r) if r.status == 200 => ok += 1,
                             Ok(r) => failures.push(format!("{}: {}", r.status, r.text().trim())),
                             Err(e) => failures.push(e),
@@ -342,4 +351,24 @@ pub async fn cp_status(addr: &str) -> Option<meshwork_proto::StatusResponse> {
         .await
         .ok()
         .map(|r| r.into_inner())
+}
+
+/// The first-party filters (plugins/), compiled from source for wasm32-wasip1 once per test run, into a target
+/// directory of their own beside this build's. Returns the directory holding the `.wasm` files.
+pub fn plugins_dir() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+            let target = bin("meshwork-proxy").parent().unwrap().parent().unwrap().join("wasm-plugins");
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
+                .arg(repo.join("plugins/Cargo.toml"))
+                .env("CARGO_TARGET_DIR", &target)
+                .status()
+                .expect("run cargo to build the filters");
+            assert!(status.success(), "building plugins/ for wasm32-wasip1 failed (is the target installed? rustup target add wasm32-wasip1)");
+            target.join("wasm32-wasip1/release")
+        })
+        .clone()
 }

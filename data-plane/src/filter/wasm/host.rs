@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use wasmtime::{Caller, Linker, StoreLimits};
+use wasmtime::{Caller, Linker};
 
 use super::abi::{buffer, deserialize_map, map, serialize_map, status, MAX_MAP_BYTES};
 use super::memory::{read, read_string, return_bytes, write_u32, write_u64};
@@ -31,8 +31,38 @@ impl Shared {
     }
 }
 
+/// Caps an instance's linear memory, and remembers when it said no, so a failure after a refused grow is reported
+/// as out-of-memory rather than as whatever trap the guest's allocator turns it into.
+#[derive(Debug, Default)]
+pub struct MemoryCap {
+    pub limit: usize,
+    pub refused: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allow = desired <= self.limit;
+        self.refused |= !allow;
+        Ok(allow)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
 pub struct HostState {
-    pub limits: StoreLimits,
+    pub limits: MemoryCap,
     pub meta: Arc<PluginMeta>,
     pub shared: Arc<Shared>,
     /// The stream whose callback is running (None during root-context calls).
@@ -43,6 +73,8 @@ pub struct HostState {
 }
 
 type C<'a> = Caller<'a, HostState>;
+/// A header map of the current stream and its changed flag.
+type MapRef<'a> = (&'a mut Vec<(String, String)>, &'a mut bool);
 type R = wasmtime::Result<i32>;
 
 fn st(r: Result<(), i32>) -> i32 {
@@ -55,7 +87,7 @@ fn st(r: Result<(), i32>) -> i32 {
 fn headers_mut<'a>(
     c: &'a mut C<'_>,
     map_type: i32,
-) -> Result<(&'a mut Vec<(String, String)>, &'a mut bool), i32> {
+) -> Result<MapRef<'a>, i32> {
     let s = c.data_mut().stream.as_mut().ok_or(status::NOT_FOUND)?;
     match map_type {
         map::REQUEST_HEADERS => Ok((&mut s.request_headers, &mut s.request_dirty)),

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use wasmtime::{Engine, InstancePre, Store, StoreLimitsBuilder, TypedFunc};
+use wasmtime::{Engine, InstancePre, Store, TypedFunc};
 
-use super::host::{HostState, Shared};
+use super::host::{HostState, MemoryCap, Shared};
 use super::stream::StreamData;
 use super::{PluginMeta, WasmError, TICK};
 
@@ -37,19 +37,18 @@ pub struct PluginInstance {
     cpu_ticks: u64,
 }
 
-fn classify(err: wasmtime::Error, meta: &PluginMeta) -> WasmError {
+fn classify(err: wasmtime::Error, meta: &PluginMeta, memory_refused: bool) -> WasmError {
     let text = format!("{err:#}");
     if matches!(
         err.downcast_ref::<wasmtime::Trap>(),
         Some(wasmtime::Trap::Interrupt)
     ) {
         WasmError::Timeout(meta.cpu_per_call)
-    } else if text.contains("memory")
-        && (text.contains("grow") || text.contains("limit") || text.contains("out of bounds"))
-        && text.contains("alloc")
-        || text.contains("memory allocation")
-    {
-        WasmError::OutOfMemory(text)
+    } else if memory_refused {
+        WasmError::OutOfMemory(format!(
+            "memory limit of {} bytes reached ({text})",
+            meta.memory_limit
+        ))
     } else {
         WasmError::Trap(text)
     }
@@ -64,13 +63,10 @@ impl PluginInstance {
         meta: Arc<PluginMeta>,
         shared: Arc<Shared>,
     ) -> Result<Self, WasmError> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(meta.memory_limit)
-            .instances(1)
-            .tables(4)
-            .memories(1)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = MemoryCap {
+            limit: meta.memory_limit,
+            refused: false,
+        };
         let state = HostState {
             limits,
             meta: meta.clone(),
@@ -86,7 +82,7 @@ impl PluginInstance {
         store.set_epoch_deadline(cpu_ticks);
         let instance = pre
             .instantiate(&mut store)
-            .map_err(|e| classify(e, &meta))?;
+            .map_err(|e| classify(e, &meta, false))?;
         let abi_ok = ["proxy_abi_version_0_2_1", "proxy_abi_version_0_2_0"]
             .iter()
             .any(|n| instance.get_export(&mut store, n).is_some());
@@ -95,7 +91,8 @@ impl PluginInstance {
         }
         for init in ["_initialize", "_start"] {
             if let Ok(f) = instance.get_typed_func::<(), ()>(&mut store, init) {
-                f.call(&mut store, ()).map_err(|e| classify(e, &meta))?;
+                f.call(&mut store, ())
+                    .map_err(|e| classify(e, &meta, store.data().limits.refused))?;
                 break;
             }
         }
@@ -168,7 +165,7 @@ impl PluginInstance {
     ) -> Result<T, WasmError> {
         self.store.set_epoch_deadline(self.cpu_ticks);
         let meta = self.store.data().meta.clone();
-        f(&mut self.store).map_err(|e| classify(e, &meta))
+        f(&mut self.store).map_err(|e| classify(e, &meta, self.store.data().limits.refused))
     }
 
     /// Runs a stream callback with `stream` installed as the current stream.

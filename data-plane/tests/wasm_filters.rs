@@ -1,0 +1,330 @@
+//! Wasm filters end to end through `meshwork up`: filters built from source with the official `proxy-wasm` Rust
+//! SDK (the ABI Envoy runs), distributed by the control plane, run by gateway and sidecar proxies. Covers local
+//! replies, header edits in both directions, the fail strategies with a filter that panics, loops forever or
+//! exhausts its memory, NACKs for a bad module and a rejected configuration, and a hot swap under load.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn manifests(
+    gw: u16,
+    plugins: &std::path::Path,
+    policy_value: &str,
+    api_key_config: &str,
+    api_key_url: &str,
+) -> String {
+    let p = plugins.display();
+    format!(
+        r#"
+apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {{name: backend}}
+spec: {{service: backend, command: meshwork-demo echo}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec: {{listeners: [{{name: http, port: {gw}}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: main}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{backendRefs: [{{name: backend}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: panic}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{matches: [{{path: {{value: /panic}}}}], backendRefs: [{{name: backend}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: loop}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{matches: [{{path: {{value: /loop}}}}], backendRefs: [{{name: backend}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: oom}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{matches: [{{path: {{value: /oom}}}}], backendRefs: [{{name: backend}}]}}]
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: WasmPlugin
+metadata: {{name: api-key}}
+spec:
+  url: {api_key_url}
+  phase: AUTHN
+  targetRefs: [{{kind: Gateway, name: edge}}]
+  pluginConfig: {api_key_config}
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: WasmPlugin
+metadata: {{name: header-policy}}
+spec:
+  url: file://{p}/meshwork_filter_header_policy.wasm
+  phase: STATS
+  targetRefs: [{{kind: HTTPRoute, name: main}}]
+  pluginConfig:
+    request:
+      set: {{x-policy: "{policy_value}"}}
+      rename: {{x-old: x-new}}
+    response:
+      set: {{x-filtered: "yes"}}
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: WasmPlugin
+metadata: {{name: inbound-policy}}
+spec:
+  url: file://{p}/meshwork_filter_header_policy.wasm
+  targetRefs: [{{kind: Service, name: backend}}]
+  pluginConfig: {{request: {{set: {{x-inbound: "yes"}}}}}}
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: WasmPlugin
+metadata: {{name: misbehave-panic}}
+spec:
+  url: file://{p}/meshwork_filter_misbehave.wasm
+  targetRefs: [{{kind: HTTPRoute, name: panic}}]
+  pluginConfig: panic
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: WasmPlugin
+metadata: {{name: misbehave-loop}}
+spec:
+  url: file://{p}/meshwork_filter_misbehave.wasm
+  targetRefs: [{{kind: HTTPRoute, name: loop}}]
+  pluginConfig: loop
+  limits: {{cpuPerCall: 50ms}}
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: WasmPlugin
+metadata: {{name: misbehave-oom}}
+spec:
+  url: file://{p}/meshwork_filter_misbehave.wasm
+  targetRefs: [{{kind: HTTPRoute, name: oom}}]
+  pluginConfig: oom
+  failStrategy: FAIL_OPEN
+  limits: {{memory: 8Mi}}
+"#
+    )
+}
+
+const KEYS: &str = r#"{header: x-api-key, keys: {k1: alice}}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_filters_through_the_mesh() {
+    let plugins = plugins_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = free_port();
+    let api_key_url = format!("file://{}/meshwork_filter_api_key.wasm", plugins.display());
+    write(
+        dir.path(),
+        "mesh.yaml",
+        &manifests(gw, &plugins, "v1", KEYS, &api_key_url),
+    );
+    let mut mesh = Mesh::up(dir.path()).await;
+    let base = format!("http://127.0.0.1:{gw}");
+    let c = client();
+    let key = [("x-api-key", "k1")];
+
+    // AUTHN filter on the gateway: local 401 / 403 replies; a known key passes and is replaced by the client name.
+    let r = get(&c, &format!("{base}/x"), &[]).await;
+    assert_eq!(
+        (
+            r.status,
+            r.headers
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap())
+        ),
+        (401, Some("ApiKey")),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.text(), "missing API key\n");
+    assert_eq!(
+        get(&c, &format!("{base}/x"), &[("x-api-key", "nope")])
+            .await
+            .status,
+        403
+    );
+    let r = get(
+        &c,
+        &format!("{base}/x"),
+        &[("x-api-key", "k1"), ("x-old", "moved")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["headers"]["x-client"], "alice");
+    assert!(j["headers"].get("x-api-key").is_none());
+    // Route-level filter after it (phase order): request and response header edits.
+    assert_eq!(j["headers"]["x-policy"], "v1");
+    assert_eq!(j["headers"]["x-new"], "moved");
+    assert!(j["headers"].get("x-old").is_none());
+    assert_eq!(r.headers.get("x-filtered").unwrap(), "yes");
+    // Filter on the backend sidecar's inbound listener (WasmPlugin targeting the Service).
+    assert_eq!(j["headers"]["x-inbound"], "yes");
+
+    // A panicking filter fails only its request (FAIL_CLOSE: 503 naming the plugin); its instance is replaced.
+    let r = get(&c, &format!("{base}/panic/boom"), &key).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("wasm plugin default/misbehave-panic failed: trapped"),
+        "{}",
+        r.text()
+    );
+    let r = get(&c, &format!("{base}/panic/fine"), &key).await;
+    assert_eq!(
+        (r.status, r.json()["headers"]["x-misbehave"].as_str()),
+        (200, Some("ok"))
+    );
+    assert_eq!(
+        get(&c, &format!("{base}/x"), &key).await.status,
+        200,
+        "other plugins are unaffected"
+    );
+
+    // An infinite loop hits the per-call CPU deadline.
+    let started = tokio::time::Instant::now();
+    let r = get(&c, &format!("{base}/loop/boom"), &key).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("exceeded its CPU limit"), "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the deadline cut the loop short"
+    );
+    assert_eq!(
+        get(&c, &format!("{base}/loop/fine"), &key).await.status,
+        200
+    );
+
+    // A memory bomb hits the memory cap; FAIL_OPEN skips the filter and the request goes on.
+    let r = get(&c, &format!("{base}/oom/boom"), &key).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.json()["headers"].get("x-misbehave").is_none(),
+        "the failed filter was skipped"
+    );
+    assert_eq!(
+        get(&c, &format!("{base}/oom/fine"), &key).await.json()["headers"]["x-misbehave"],
+        "ok"
+    );
+
+    // Failures are counted per plugin.
+    let admin = mesh.nodes["gateway-edge"].get("admin").to_string();
+    let metrics = get(&c, &format!("http://{admin}/metrics"), &[])
+        .await
+        .text();
+    for line in [
+        r#"meshwork_wasm_failures_total{plugin="default/misbehave-panic",kind="trap"} 1"#,
+        r#"meshwork_wasm_failures_total{plugin="default/misbehave-loop",kind="timeout"} 1"#,
+        r#"meshwork_wasm_failures_total{plugin="default/misbehave-oom",kind="oom"} 1"#,
+        r#"meshwork_wasm_failures_total{plugin="default/api-key",kind="trap"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+
+    // A configuration the filter rejects is NACKed by the gateway; the previous chain keeps serving.
+    write(
+        dir.path(),
+        "mesh.yaml",
+        &manifests(gw, &plugins, "v1", "{header: x-api-key}", &api_key_url),
+    );
+    mesh.wait_line("applied: generation 2", Duration::from_secs(30))
+        .await;
+    let nack = eventually(
+        Duration::from_secs(10),
+        "a NACK for the rejected configuration",
+        || {
+            let cp = mesh.control_plane.clone();
+            async move {
+                cp_status(&cp)
+                    .await?
+                    .proxies
+                    .into_iter()
+                    .find(|p| p.node_id == "gateway-edge" && !p.last_nack.is_empty())
+            }
+        },
+    )
+    .await;
+    assert!(
+        nack.last_nack.contains("default/api-key")
+            && nack.last_nack.contains("rejected its configuration"),
+        "{}",
+        nack.last_nack
+    );
+    assert_eq!(
+        get(&c, &format!("{base}/x"), &[]).await.status,
+        401,
+        "old chain still serving"
+    );
+
+    // A module that does not compile is NACKed too.
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\0\0\0garbage").unwrap();
+    write(
+        dir.path(),
+        "mesh.yaml",
+        &manifests(
+            gw,
+            &plugins,
+            "v1",
+            KEYS,
+            &format!("file://{}", junk.display()),
+        ),
+    );
+    mesh.wait_line("applied: generation 3", Duration::from_secs(30))
+        .await;
+    eventually(Duration::from_secs(10), "a NACK for the bad module", || {
+        let cp = mesh.control_plane.clone();
+        async move {
+            cp_status(&cp)
+                .await?
+                .proxies
+                .into_iter()
+                .find(|p| p.node_id == "gateway-edge" && p.last_nack.contains("wasm module"))
+        }
+    })
+    .await;
+    assert_eq!(get(&c, &format!("{base}/x"), &key).await.status, 200);
+
+    // Hot swap under load: new configuration takes new requests, in-flight ones finish; no request fails.
+    let load = Load::start_with_headers(
+        format!("{base}/x"),
+        4,
+        vec![("x-api-key".into(), "k1".into())],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    write(
+        dir.path(),
+        "mesh.yaml",
+        &manifests(gw, &plugins, "v2", KEYS, &api_key_url),
+    );
+    mesh.wait_line("applied: generation 4", Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failures) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} failures during a plugin swap, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    assert!(ok > 20);
+    assert_eq!(
+        get(&c, &format!("{base}/x"), &key).await.json()["headers"]["x-policy"],
+        "v2"
+    );
+}
