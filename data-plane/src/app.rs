@@ -55,6 +55,8 @@ pub struct Options {
     pub drain: Duration,
     /// On shutdown, how long to keep serving after deregistering, while peers learn this proxy is gone.
     pub shutdown_delay: Duration,
+    /// Compiled Wasm modules are cached here across restarts (None: no disk cache).
+    pub wasm_cache_dir: Option<PathBuf>,
 }
 
 struct Active {
@@ -279,7 +281,8 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
     }
 
     let wasm = Arc::new(
-        WasmRuntime::new(opts.workers).map_err(|e| anyhow::anyhow!("wasm engine: {e:#}"))?,
+        WasmRuntime::new(opts.workers, opts.wasm_cache_dir.clone())
+            .map_err(|e| anyhow::anyhow!("wasm engine: {e:#}"))?,
     );
     let applier = Arc::new(Applier {
         store: store.clone(),
@@ -326,6 +329,7 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
                 };
                 let state = Arc::new(crate::admin::AdminState {
                     wasm_shared: control_applier.wasm.shared.clone(),
+                    wasm_cache: control_applier.wasm.cache.clone(),
                     store: control_store,
                     node_id: control_opts.node_id.clone(),
                     role,

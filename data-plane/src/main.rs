@@ -75,6 +75,10 @@ struct Args {
     /// On shutdown, how long to keep serving after leaving the registry, while peers stop routing here.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     shutdown_delay: std::time::Duration,
+    /// Directory for compiled Wasm modules, reused across restarts ("" disables; default
+    /// $XDG_CACHE_HOME/meshwork/wasm or ~/.cache/meshwork/wasm).
+    #[arg(long)]
+    wasm_cache_dir: Option<PathBuf>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -148,5 +152,13 @@ fn main() -> anyhow::Result<()> {
         connect_timeout: args.connect_timeout,
         drain: args.drain_timeout,
         shutdown_delay: args.shutdown_delay,
+        wasm_cache_dir: match args.wasm_cache_dir {
+            Some(d) if d.as_os_str().is_empty() => None,
+            Some(d) => Some(d),
+            None => std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .map(|d| d.join("meshwork/wasm")),
+        },
     })
 }

@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use common::*;
 
+fn manifests_text(gw: u16, origin: u16, prefix: &str) -> String {
+    manifests(gw, origin, prefix)
+}
+
 fn manifests(gw: u16, origin: u16, prefix: &str) -> String {
     format!(
         "apiVersion: meshwork.dev/v1alpha1
@@ -116,4 +120,91 @@ fn standalone_reports_invalid_manifests_at_startup() {
         err.contains("m.yaml:4: spec.listeners: expected at least one listener"),
         "{err}"
     );
+}
+
+/// Compiled filters are kept on disk: a restarted proxy loads them from the cache instead of compiling again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_wasm_modules_survive_a_restart() {
+    let plugins = plugins_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (gw, origin) = (free_port(), free_port());
+    let _origin = Proc::spawn(
+        "origin",
+        Command::new(bin("meshwork-demo"))
+            .args(["echo", "--port", &origin.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let manifests = dir.path().join("m");
+    std::fs::create_dir(&manifests).unwrap();
+    write(
+        &manifests,
+        "m.yaml",
+        &format!(
+            "{}---
+apiVersion: meshwork.dev/v1alpha1
+kind: WasmPlugin
+metadata: {{name: policy}}
+spec:
+  url: file://{}/meshwork_filter_header_policy.wasm
+  targetRefs: [{{kind: Gateway, name: edge}}]
+  pluginConfig: {{request: {{set: {{x-cached: 'yes'}}}}}}
+",
+            manifests_text(gw, origin, "/"),
+            plugins.display()
+        ),
+    );
+    let c = client();
+    for (run, (hits, misses)) in [(1, (0, 1)), (2, (1, 0))] {
+        let admin = free_port();
+        let mut proxy = Proc::spawn(
+            "proxy",
+            Command::new(bin("meshwork-proxy"))
+                .arg("--manifests")
+                .arg(&manifests)
+                .arg("--wasm-cache-dir")
+                .arg(&cache)
+                .args(["--workers", "1", "--admin", &format!("127.0.0.1:{admin}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let r = eventually(
+            Duration::from_secs(30),
+            "the gateway with its filter",
+            || {
+                let c = c.clone();
+                async move {
+                    send(
+                        &c,
+                        "GET",
+                        &format!("http://127.0.0.1:{gw}/x"),
+                        &[],
+                        Default::default(),
+                    )
+                    .await
+                    .ok()
+                    .filter(|r| r.status == 200)
+                }
+            },
+        )
+        .await;
+        assert_eq!(r.json()["headers"]["x-cached"], "yes");
+        let metrics = get(&c, &format!("http://127.0.0.1:{admin}/metrics"), &[])
+            .await
+            .text();
+        assert!(
+            metrics.contains(&format!(
+                "meshwork_wasm_compile_cache_total{{result=\"hit\"}} {hits}"
+            )),
+            "run {run}:\n{metrics}"
+        );
+        assert!(
+            metrics.contains(&format!(
+                "meshwork_wasm_compile_cache_total{{result=\"miss\"}} {misses}"
+            )),
+            "run {run}:\n{metrics}"
+        );
+        proxy.stop(Duration::from_secs(10));
+    }
 }

@@ -16,6 +16,7 @@ use crate::config::ConfigStore;
 pub struct AdminState {
     pub store: Arc<ConfigStore>,
     pub wasm_shared: Arc<crate::filter::wasm::Shared>,
+    pub wasm_cache: Option<wasmtime::Cache>,
     pub node_id: String,
     pub role: &'static str,
 }
@@ -116,6 +117,20 @@ fn metrics(state: &AdminState) -> String {
                 v.load(Relaxed)
             );
         }
+    }
+    if let Some(cache) = &state.wasm_cache {
+        let _ = writeln!(out, "# HELP meshwork_wasm_compile_cache_total Module compilations served from the on-disk cache (hit) or compiled (miss).");
+        let _ = writeln!(out, "# TYPE meshwork_wasm_compile_cache_total counter");
+        let _ = writeln!(
+            out,
+            "meshwork_wasm_compile_cache_total{{result=\"hit\"}} {}",
+            cache.cache_hits()
+        );
+        let _ = writeln!(
+            out,
+            "meshwork_wasm_compile_cache_total{{result=\"miss\"}} {}",
+            cache.cache_misses()
+        );
     }
     let _ = writeln!(
         out,

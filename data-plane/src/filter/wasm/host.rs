@@ -84,10 +84,7 @@ fn st(r: Result<(), i32>) -> i32 {
     }
 }
 
-fn headers_mut<'a>(
-    c: &'a mut C<'_>,
-    map_type: i32,
-) -> Result<MapRef<'a>, i32> {
+fn headers_mut<'a>(c: &'a mut C<'_>, map_type: i32) -> Result<MapRef<'a>, i32> {
     let s = c.data_mut().stream.as_mut().ok_or(status::NOT_FOUND)?;
     match map_type {
         map::REQUEST_HEADERS => Ok((&mut s.request_headers, &mut s.request_dirty)),

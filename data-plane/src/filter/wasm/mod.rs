@@ -81,12 +81,26 @@ pub struct WasmRuntime {
     pub shared: Arc<Shared>,
     ticker: OnceLock<()>,
     slots: usize,
+    /// On-disk cache of compiled code, keyed by module and engine settings (wasmtime's own cache).
+    pub cache: Option<wasmtime::Cache>,
 }
 
 impl WasmRuntime {
-    pub fn new(slots: usize) -> wasmtime::Result<Self> {
+    /// `cache_dir`: where compiled modules are kept across restarts (None: compile every time).
+    pub fn new(slots: usize, cache_dir: Option<std::path::PathBuf>) -> wasmtime::Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        let cache = match cache_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir)?;
+                let mut cc = wasmtime::CacheConfig::new();
+                cc.with_directory(dir);
+                let cache = wasmtime::Cache::new(cc)?;
+                config.cache(Some(cache.clone()));
+                Some(cache)
+            }
+            None => None,
+        };
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         host::link(&mut linker)?;
@@ -98,6 +112,7 @@ impl WasmRuntime {
             shared: Arc::default(),
             ticker: OnceLock::new(),
             slots: slots.clamp(1, 16),
+            cache,
         })
     }
 
