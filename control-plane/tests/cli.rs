@@ -68,3 +68,47 @@ fn status_without_a_control_plane_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the control plane"));
 }
+
+#[test]
+fn plugin_build_prints_the_module_digest() {
+    let crate_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/header-policy");
+    let out = meshwork()
+        .args(["plugin", "build", crate_dir])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let wasm = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("built "))
+        .expect("a built line");
+    let digest = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("sha256 "))
+        .expect("a sha256 line");
+    let bytes = std::fs::read(wasm).unwrap();
+    assert_eq!(&bytes[..4], b"\0asm");
+    let want: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    assert_eq!(digest, want);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("building"),
+        "progress is shown"
+    );
+
+    let out = meshwork()
+        .args(["plugin", "build", "/nonexistent/filter"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no Cargo.toml here"));
+}

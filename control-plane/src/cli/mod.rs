@@ -1,6 +1,7 @@
 //! The `meshwork` command line.
 
 mod control;
+pub mod plugin;
 
 /// Resolves on Ctrl-C or SIGTERM (shared by the `meshwork` commands and `meshwork-proxy`).
 pub use control::shutdown_signal;
@@ -36,6 +37,9 @@ pub enum Command {
     },
     /// List the proxies connected to a control plane.
     Status(status::StatusArgs),
+    /// Wasm filter tools.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
 }
 
 pub fn init_tracing(default: &str) {
@@ -59,6 +63,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Validate { dir } => return validate(&dir),
+        Command::Plugin(cmd) => plugin::run(cmd),
         Command::Up(args) => {
             init_tracing("meshwork=info,meshwork_control=info,warn");
             runtime()

@@ -372,3 +372,88 @@ pub fn plugins_dir() -> PathBuf {
         })
         .clone()
 }
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn wasm_out(sub: &str) -> PathBuf {
+    let dir = bin("meshwork-proxy")
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("wasm-plugins")
+        .join(sub);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The C filter (plugins/c), compiled with clang for wasm32-wasi against plugin-sdk/c/proxy_wasm.h.
+pub fn c_filter() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = wasm_out("c").join("tag_filter.wasm");
+            let status = Command::new("clang")
+                .args([
+                    "--target=wasm32-wasi",
+                    "--sysroot=/usr",
+                    "-mexec-model=reactor",
+                    "-O2",
+                    "-I",
+                ])
+                .arg(repo().join("plugin-sdk/c"))
+                .arg("-o")
+                .arg(&out)
+                .arg(repo().join("plugins/c/tag_filter.c"))
+                .status()
+                .expect(
+                    "run clang (apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32)",
+                );
+            assert!(status.success(), "building the C filter failed");
+            out
+        })
+        .clone()
+}
+
+/// The AssemblyScript filter (plugins/assemblyscript), built with assemblyscript and @solo-io/proxy-runtime from npm.
+pub fn as_filter() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = repo().join("plugins/assemblyscript");
+            if !dir.join("node_modules/.bin/asc").exists() {
+                let status = Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund"])
+                    .current_dir(&dir)
+                    .status()
+                    .expect("run npm (Node.js and npm are needed)");
+                assert!(status.success(), "npm ci in plugins/assemblyscript failed");
+            }
+            let out = wasm_out("as").join("filter.wasm");
+            let status = Command::new(dir.join("node_modules/.bin/asc"))
+                .args([
+                    "assembly/index.ts",
+                    "--use",
+                    "abort=abort_proc_exit",
+                    "-O3",
+                    "--runtime",
+                    "full",
+                    "-b",
+                ])
+                .arg(&out)
+                .current_dir(&dir)
+                .status()
+                .expect("run asc");
+            assert!(
+                status.success(),
+                "building the AssemblyScript filter failed"
+            );
+            out
+        })
+        .clone()
+}

@@ -1,0 +1,111 @@
+//! `meshwork plugin build PATH`: builds a Rust filter crate to `.wasm` for wasm32-wasip1 and prints its sha256
+//! (the value for a WasmPlugin's `spec.sha256`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Build a Rust filter crate (a cdylib using proxy-wasm or meshwork-plugin-sdk) for wasm32-wasip1.
+    Build(BuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The filter crate's directory (or its Cargo.toml).
+    pub path: PathBuf,
+    /// Build without optimisations.
+    #[arg(long)]
+    pub debug: bool,
+}
+
+pub fn run(cmd: PluginCommand) -> anyhow::Result<()> {
+    match cmd {
+        PluginCommand::Build(args) => build(&args.path, !args.debug).map(|(wasm, digest)| {
+            println!("built {}", wasm.display());
+            println!("sha256 {digest}");
+        }),
+    }
+}
+
+/// Builds and returns the `.wasm` path and its sha256. Progress (cargo's own) goes to stderr.
+pub fn build(path: &Path, release: bool) -> anyhow::Result<(PathBuf, String)> {
+    let manifest = if path.is_dir() {
+        path.join("Cargo.toml")
+    } else {
+        path.to_path_buf()
+    };
+    anyhow::ensure!(
+        manifest.exists(),
+        "{}: no Cargo.toml here (expected a Rust filter crate)",
+        manifest.display()
+    );
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--target",
+        "wasm32-wasip1",
+        "--message-format=json-render-diagnostics",
+        "--manifest-path",
+    ])
+    .arg(&manifest);
+    if release {
+        cmd.arg("--release");
+    }
+    eprintln!(
+        "building {} for wasm32-wasip1{}",
+        manifest.display(),
+        if release { " (release)" } else { "" }
+    );
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("run cargo")?;
+    let stdout = child.stdout.take().context("cargo stdout")?;
+    let mut wasm = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if msg["reason"] == "compiler-artifact" {
+            let kinds = msg["target"]["kind"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let manifest_matches = msg["manifest_path"]
+                .as_str()
+                .map(Path::new)
+                .and_then(|p| p.canonicalize().ok())
+                == manifest.canonicalize().ok();
+            if manifest_matches && kinds.iter().any(|k| k == "cdylib") {
+                wasm = msg["filenames"].as_array().and_then(|f| {
+                    f.iter()
+                        .filter_map(|v| v.as_str())
+                        .find(|f| f.ends_with(".wasm"))
+                        .map(PathBuf::from)
+                });
+            }
+        }
+    }
+    let status = child.wait()?;
+    anyhow::ensure!(
+        status.success(),
+        "cargo build failed (is the target installed? rustup target add wasm32-wasip1)"
+    );
+    let wasm = wasm.context(
+        "the crate produced no .wasm: is it a cdylib ([lib] crate-type = [\"cdylib\"])?",
+    )?;
+    let digest: String = Sha256::digest(std::fs::read(&wasm)?)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((wasm, digest))
+}
