@@ -1,16 +1,15 @@
 //! API-key authorization filter: a request without the key header gets a local 401, one with an unknown key a
-//! local 403; a known key passes, and the filter tells the upstream who the caller is.
-//! Config: `{"header": "x-api-key", "keys": {"KEY": "client-name"}}`.
+//! local 403; a known key passes, and the filter tells the upstream who the caller is (and drops the key).
+//! Config: `{"header": "x-api-key", "keys": {"KEY": "client-name"}}`. Written with meshwork-plugin-sdk.
 
 use std::collections::BTreeMap;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use meshwork_plugin_sdk::{Decision, Filter, Headers};
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub struct Config {
     #[serde(default = "default_header")]
     header: String,
     keys: BTreeMap<String, String>,
@@ -20,69 +19,31 @@ fn default_header() -> String {
     "x-api-key".into()
 }
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { config: None }) });
-}}
-
-struct Root {
-    config: Option<Config>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let parsed = self.get_plugin_configuration().map(|b| serde_json::from_slice::<Config>(&b));
-        match parsed {
-            Some(Ok(c)) => {
-                self.config = Some(c);
-                true
-            }
-            Some(Err(e)) => {
-                proxy_wasm::hostcalls::log(LogLevel::Error, &format!("api-key: bad configuration: {e}")).ok();
-                false
-            }
-            None => {
-                proxy_wasm::hostcalls::log(LogLevel::Error, "api-key: configuration with `keys` is required").ok();
-                false
-            }
-        }
-    }
-
-    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        self.config.clone().map(|config| Box::new(Filter { config }) as Box<dyn HttpContext>)
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-struct Filter {
+pub struct ApiKey {
     config: Config,
 }
 
-impl Context for Filter {}
+impl Filter for ApiKey {
+    type Config = Config;
 
-impl HttpContext for Filter {
-    fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
-        match self.get_http_request_header(&self.config.header) {
-            None => {
-                self.send_http_response(401, vec![("www-authenticate", "ApiKey"), ("content-type", "text/plain")], Some(b"missing API key\n"));
-                Action::Pause
-            }
-            Some(key) => match self.config.keys.get(&key).cloned() {
+    fn new(config: &Config) -> Self {
+        ApiKey { config: config.clone() }
+    }
+
+    fn on_request(&mut self, h: &mut dyn Headers) -> Decision {
+        let header = if self.config.header.is_empty() { "x-api-key" } else { self.config.header.as_str() };
+        match h.get(header) {
+            None => Decision::reply_with(401, &[("www-authenticate", "ApiKey"), ("content-type", "text/plain")], "missing API key\n"),
+            Some(key) => match self.config.keys.get(&key) {
                 Some(client) => {
-                    self.set_http_request_header(&self.config.header.clone(), None);
-                    self.set_http_request_header("x-client", Some(&client));
-                    Action::Continue
+                    h.remove(header);
+                    h.set("x-client", client);
+                    Decision::Continue
                 }
-                None => {
-                    self.send_http_response(403, vec![("content-type", "text/plain")], Some(b"API key not allowed\n"));
-                    Action::Pause
-                }
+                None => Decision::reply_with(403, &[("content-type", "text/plain")], "API key not allowed\n"),
             },
         }
     }
 }
+
+meshwork_plugin_sdk::register!(ApiKey);

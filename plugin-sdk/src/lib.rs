@@ -1,0 +1,177 @@
+//! # meshwork-plugin-sdk
+//!
+//! Write HTTP filters for Meshwork (and any proxy-wasm host, Envoy included) as a plain Rust type: a typed
+//! configuration parsed from the WasmPlugin's `pluginConfig` JSON, header helpers, and local replies as return
+//! values. Filter logic runs against the small [`Headers`] trait, so it can be unit-tested natively with
+//! [`MemoryHeaders`]; [`register!`] binds it to the proxy-wasm ABI in the `.wasm` build. Built on the official
+//! `proxy-wasm` crate.
+//!
+//! ```
+//! use meshwork_plugin_sdk::{Decision, Filter, Headers, MemoryHeaders};
+//!
+//! #[derive(Default, Clone, serde::Deserialize)]
+//! struct Config { required_header: String }
+//!
+//! struct RequireHeader { config: Config }
+//!
+//! impl Filter for RequireHeader {
+//!     type Config = Config;
+//!     fn new(config: &Config) -> Self { RequireHeader { config: config.clone() } }
+//!     fn on_request(&mut self, headers: &mut dyn Headers) -> Decision {
+//!         if headers.get(&self.config.required_header).is_none() {
+//!             return Decision::reply(400, format!("missing {}\n", self.config.required_header));
+//!         }
+//!         headers.set("x-checked", "yes");
+//!         Decision::Continue
+//!     }
+//! }
+//! // In the filter crate: meshwork_plugin_sdk::register!(RequireHeader);
+//!
+//! // Natively, in a unit test:
+//! let config = meshwork_plugin_sdk::parse_config::<Config>(br#"{"required_header": "x-user"}"#).unwrap();
+//! let mut filter = RequireHeader::new(&config);
+//! let mut headers = MemoryHeaders::from(&[(":path", "/")]);
+//! assert!(matches!(filter.on_request(&mut headers), Decision::Reply { status: 400, .. }));
+//! let mut headers = MemoryHeaders::from(&[("x-user", "ann")]);
+//! assert!(matches!(filter.on_request(&mut headers), Decision::Continue));
+//! assert_eq!(headers.get("x-checked").as_deref(), Some("yes"));
+//! ```
+
+use serde::de::DeserializeOwned;
+
+#[doc(hidden)]
+pub mod abi;
+
+/// What a callback decides: go on, or answer the client now (the request never reaches the upstream; on the
+/// response side the upstream's answer is replaced).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Continue,
+    Reply { status: u16, headers: Vec<(String, String)>, body: Vec<u8> },
+}
+
+impl Decision {
+    /// A local reply with a text body.
+    pub fn reply(status: u16, body: impl Into<String>) -> Decision {
+        Decision::Reply { status, headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())], body: body.into().into_bytes() }
+    }
+
+    /// A local reply with extra headers.
+    pub fn reply_with(status: u16, headers: &[(&str, &str)], body: impl Into<Vec<u8>>) -> Decision {
+        Decision::Reply { status, headers: headers.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(), body: body.into() }
+    }
+}
+
+/// A header map (request or response). Names are case-insensitive; pseudo-headers (`:path`, `:method`,
+/// `:authority`, `:status`) are readable like any other.
+pub trait Headers {
+    fn get(&self, name: &str) -> Option<String>;
+    /// Sets (replacing every existing value).
+    fn set(&mut self, name: &str, value: &str);
+    /// Appends a value.
+    fn add(&mut self, name: &str, value: &str);
+    fn remove(&mut self, name: &str);
+
+    /// Moves a header to a new name, keeping its value. Returns whether it existed.
+    fn rename(&mut self, from: &str, to: &str) -> bool {
+        match self.get(from) {
+            Some(v) => {
+                self.remove(from);
+                self.set(to, &v);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// An HTTP filter. One value per request; `new` gets the plugin's parsed configuration.
+pub trait Filter: Sized + 'static {
+    /// Parsed from `pluginConfig` (JSON); an empty configuration is `Default`. A configuration that does not
+    /// parse is rejected, so the control plane's push is NACKed with the reason.
+    type Config: DeserializeOwned + Default + Clone + 'static;
+
+    fn new(config: &Self::Config) -> Self;
+
+    fn on_request(&mut self, _headers: &mut dyn Headers) -> Decision {
+        Decision::Continue
+    }
+
+    fn on_response(&mut self, _headers: &mut dyn Headers) -> Decision {
+        Decision::Continue
+    }
+}
+
+/// Parses a configuration buffer: empty means `Default`, otherwise JSON.
+pub fn parse_config<C: DeserializeOwned + Default>(bytes: &[u8]) -> Result<C, String> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(C::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| format!("invalid configuration: {e}"))
+}
+
+/// Headers in memory, for unit tests of filter logic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemoryHeaders(pub Vec<(String, String)>);
+
+impl<const N: usize> From<&[(&str, &str); N]> for MemoryHeaders {
+    fn from(pairs: &[(&str, &str); N]) -> Self {
+        MemoryHeaders(pairs.iter().map(|(k, v)| (k.to_ascii_lowercase(), (*v).to_string())).collect())
+    }
+}
+
+impl Headers for MemoryHeaders {
+    fn get(&self, name: &str) -> Option<String> {
+        self.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
+    }
+    fn set(&mut self, name: &str, value: &str) {
+        self.remove(name);
+        self.0.push((name.to_ascii_lowercase(), value.to_string()));
+    }
+    fn add(&mut self, name: &str, value: &str) {
+        self.0.push((name.to_ascii_lowercase(), value.to_string()));
+    }
+    fn remove(&mut self, name: &str) {
+        self.0.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    }
+}
+
+/// Makes `$filter` the module's HTTP filter (expands to the proxy-wasm entry point).
+#[macro_export]
+macro_rules! register {
+    ($filter:ty) => {
+        proxy_wasm::main! {{
+            proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+            proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
+                Box::new($crate::abi::Root::<$filter>::default())
+            });
+        }}
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_headers() {
+        let mut h = MemoryHeaders::from(&[("X-A", "1"), ("x-a", "2")]);
+        assert_eq!(h.get("x-a").as_deref(), Some("1"));
+        h.set("x-a", "3");
+        assert_eq!(h.0, vec![("x-a".to_string(), "3".to_string())]);
+        assert!(h.rename("x-a", "x-b"));
+        assert_eq!(h.get("x-b").as_deref(), Some("3"));
+        assert!(!h.rename("x-a", "x-c"));
+    }
+
+    #[test]
+    fn configs() {
+        #[derive(Default, serde::Deserialize, PartialEq, Debug)]
+        struct C {
+            n: u32,
+        }
+        assert_eq!(parse_config::<C>(b""), Ok(C::default()));
+        assert_eq!(parse_config::<C>(br#"{"n": 3}"#), Ok(C { n: 3 }));
+        assert!(parse_config::<C>(b"{").unwrap_err().contains("invalid configuration"));
+    }
+}
