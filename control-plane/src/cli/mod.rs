@@ -94,10 +94,11 @@ fn validate(dir: &std::path::Path) -> ExitCode {
         Ok(loaded) => {
             let s = &loaded.set;
             println!(
-                "ok: {} workloads, {} gateways, {} routes{}",
+                "ok: {} workloads, {} gateways, {} routes, {} wasm plugins{}",
                 s.workloads.len(),
                 s.gateways.len(),
                 s.routes.len(),
+                s.wasm_plugins.len(),
                 if s.meshes.is_empty() { "" } else { ", 1 mesh" }
             );
             ExitCode::SUCCESS
