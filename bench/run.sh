@@ -5,6 +5,7 @@
 #   bench/run.sh                 # full run (~7 min; first time also builds the harness, ~2 min)
 #   bench/run.sh --quick         # smoke test
 #   bench/run.sh --repeat 3      # three runs and a spread table
+#   bench/run.sh --wasm          # meshwork-proxy with 0, 1 and 5 header-only Wasm filters (and nginx), one run
 # Any option is passed on to ../shared/bench/run.sh. Results land in ../shared/bench/results/<timestamp>/.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -12,6 +13,16 @@ SHARED_BENCH="${MESHWORK_SHARED_BENCH:-$ROOT/../shared/bench}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 [[ -x "$SHARED_BENCH/run.sh" ]] || { echo "bench/run.sh: no harness at $SHARED_BENCH (set MESHWORK_SHARED_BENCH)" >&2; exit 2; }
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p meshwork-proxy --bin meshwork-proxy
+PROXY="env MESHWORK_LOG=off $TARGET/release/meshwork-proxy --workers 1 --wasm-cache-dir $TARGET/bench-wasm-cache"
+if [[ "${1:-}" == "--wasm" ]]; then
+  shift
+  cargo build --release --quiet --target wasm32-wasip1 --manifest-path "$ROOT/plugins/Cargo.toml"
+  exec "$SHARED_BENCH/run.sh" --only nginx,meshwork,meshwork-wasm1,meshwork-wasm5 \
+    --extra "name=meshwork port=18110 cmd=$PROXY --manifests $ROOT/bench/manifests --admin 127.0.0.1:18119" \
+    --extra "name=meshwork-wasm1 port=18111 cmd=$PROXY --manifests $ROOT/bench/manifests-wasm1 --admin 127.0.0.1:18120" \
+    --extra "name=meshwork-wasm5 port=18115 cmd=$PROXY --manifests $ROOT/bench/manifests-wasm5 --admin 127.0.0.1:18121" \
+    "$@"
+fi
 exec "$SHARED_BENCH/run.sh" \
   --extra "name=meshwork port=18110 cmd=env MESHWORK_LOG=off $TARGET/release/meshwork-proxy --manifests $ROOT/bench/manifests --workers 1 --admin 127.0.0.1:18119" \
   "$@"

@@ -13,8 +13,15 @@ fn validate_accepts_the_quickstart() {
     // The quickstart's WasmPlugins point at the filters built from plugins/.
     for filter in ["api-key", "header-policy"] {
         let crate_dir = format!("{}/../plugins/{filter}", env!("CARGO_MANIFEST_DIR"));
-        let out = meshwork().args(["plugin", "build", &crate_dir]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = meshwork()
+            .args(["plugin", "build", &crate_dir])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local/quickstart");
     let out = meshwork().args(["validate", dir]).output().unwrap();

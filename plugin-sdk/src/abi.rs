@@ -11,7 +11,9 @@ pub struct Root<F: Filter> {
 
 impl<F: Filter> Default for Root<F> {
     fn default() -> Self {
-        Root { config: F::Config::default() }
+        Root {
+            config: F::Config::default(),
+        }
     }
 }
 
@@ -33,7 +35,9 @@ impl<F: Filter> RootContext for Root<F> {
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream { filter: F::new(&self.config) }))
+        Some(Box::new(Stream {
+            filter: F::new(&self.config),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -53,7 +57,9 @@ struct HostHeaders {
 
 impl Headers for HostHeaders {
     fn get(&self, name: &str) -> Option<String> {
-        proxy_wasm::hostcalls::get_map_value(self.map, name).ok().flatten()
+        proxy_wasm::hostcalls::get_map_value(self.map, name)
+            .ok()
+            .flatten()
     }
     fn set(&mut self, name: &str, value: &str) {
         let _ = proxy_wasm::hostcalls::set_map_value(self.map, name, Some(value));
@@ -69,9 +75,17 @@ impl Headers for HostHeaders {
 fn act(decision: Decision) -> Action {
     match decision {
         Decision::Continue => Action::Continue,
-        Decision::Reply { status, headers, body } => {
-            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let _ = proxy_wasm::hostcalls::send_http_response(u32::from(status), headers, Some(&body));
+        Decision::Reply {
+            status,
+            headers,
+            body,
+        } => {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let _ =
+                proxy_wasm::hostcalls::send_http_response(u32::from(status), headers, Some(&body));
             Action::Pause
         }
     }
@@ -79,10 +93,14 @@ fn act(decision: Decision) -> Action {
 
 impl<F: Filter> HttpContext for Stream<F> {
     fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
-        act(self.filter.on_request(&mut HostHeaders { map: proxy_wasm::types::MapType::HttpRequestHeaders }))
+        act(self.filter.on_request(&mut HostHeaders {
+            map: proxy_wasm::types::MapType::HttpRequestHeaders,
+        }))
     }
 
     fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
-        act(self.filter.on_response(&mut HostHeaders { map: proxy_wasm::types::MapType::HttpResponseHeaders }))
+        act(self.filter.on_response(&mut HostHeaders {
+            map: proxy_wasm::types::MapType::HttpResponseHeaders,
+        }))
     }
 }

@@ -47,18 +47,33 @@ pub mod abi;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Continue,
-    Reply { status: u16, headers: Vec<(String, String)>, body: Vec<u8> },
+    Reply {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
 }
 
 impl Decision {
     /// A local reply with a text body.
     pub fn reply(status: u16, body: impl Into<String>) -> Decision {
-        Decision::Reply { status, headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())], body: body.into().into_bytes() }
+        Decision::Reply {
+            status,
+            headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
+            body: body.into().into_bytes(),
+        }
     }
 
     /// A local reply with extra headers.
     pub fn reply_with(status: u16, headers: &[(&str, &str)], body: impl Into<Vec<u8>>) -> Decision {
-        Decision::Reply { status, headers: headers.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(), body: body.into() }
+        Decision::Reply {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            body: body.into(),
+        }
     }
 }
 
@@ -116,13 +131,21 @@ pub struct MemoryHeaders(pub Vec<(String, String)>);
 
 impl<const N: usize> From<&[(&str, &str); N]> for MemoryHeaders {
     fn from(pairs: &[(&str, &str); N]) -> Self {
-        MemoryHeaders(pairs.iter().map(|(k, v)| (k.to_ascii_lowercase(), (*v).to_string())).collect())
+        MemoryHeaders(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), (*v).to_string()))
+                .collect(),
+        )
     }
 }
 
 impl Headers for MemoryHeaders {
     fn get(&self, name: &str) -> Option<String> {
-        self.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
     }
     fn set(&mut self, name: &str, value: &str) {
         self.remove(name);
@@ -172,6 +195,8 @@ mod tests {
         }
         assert_eq!(parse_config::<C>(b""), Ok(C::default()));
         assert_eq!(parse_config::<C>(br#"{"n": 3}"#), Ok(C { n: 3 }));
-        assert!(parse_config::<C>(b"{").unwrap_err().contains("invalid configuration"));
+        assert!(parse_config::<C>(b"{")
+            .unwrap_err()
+            .contains("invalid configuration"));
     }
 }

@@ -63,6 +63,9 @@ impl wasmtime::ResourceLimiter for MemoryCap {
 
 pub struct HostState {
     pub limits: MemoryCap,
+    /// The guest's memory and allocator, looked up once per instance (a lookup by name costs more than a call).
+    pub memory: Option<wasmtime::Memory>,
+    pub alloc: Option<wasmtime::TypedFunc<i32, i32>>,
     pub meta: Arc<PluginMeta>,
     pub shared: Arc<Shared>,
     /// The stream whose callback is running (None during root-context calls).

@@ -69,6 +69,8 @@ impl PluginInstance {
         };
         let state = HostState {
             limits,
+            memory: None,
+            alloc: None,
             meta: meta.clone(),
             shared,
             stream: None,
@@ -83,6 +85,12 @@ impl PluginInstance {
         let instance = pre
             .instantiate(&mut store)
             .map_err(|e| classify(e, &meta, false))?;
+        let memory = instance.get_memory(&mut store, "memory");
+        let alloc = ["proxy_on_memory_allocate", "malloc"]
+            .iter()
+            .find_map(|n| instance.get_typed_func::<i32, i32>(&mut store, n).ok());
+        store.data_mut().memory = memory;
+        store.data_mut().alloc = alloc;
         let abi_ok = ["proxy_abi_version_0_2_1", "proxy_abi_version_0_2_0"]
             .iter()
             .any(|n| instance.get_export(&mut store, n).is_some());

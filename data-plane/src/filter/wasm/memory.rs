@@ -10,6 +10,9 @@ use super::host::HostState;
 pub type Status = i32;
 
 fn memory(c: &mut Caller<'_, HostState>) -> Result<Memory, Status> {
+    if let Some(m) = c.data().memory {
+        return Ok(m);
+    }
     match c.get_export("memory") {
         Some(Extern::Memory(m)) => Ok(m),
         _ => Err(status::INTERNAL_FAILURE),

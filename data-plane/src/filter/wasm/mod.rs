@@ -263,6 +263,8 @@ fn probe_store(engine: &Engine) -> wasmtime::Store<HostState> {
         started: tokio::time::Instant::now(),
     });
     let state = HostState {
+        memory: None,
+        alloc: None,
         limits: Default::default(),
         meta,
         shared: Arc::default(),
