@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::config::snapshot::{Cluster, Endpoint, Protocol};
 use crate::config::{ConfigStore, Snapshot};
-use crate::filter::wasm::{PluginMeta, WasmRuntime};
+use crate::filter::wasm::{LazyWasm, PluginMeta};
 use crate::listener;
 use crate::stack::{ListenerCtx, Mode};
 use crate::upstream::Upstreams;
@@ -74,7 +74,7 @@ struct ListenerManager {
 /// Any failure before publishing is a NACK and leaves everything as it was.
 pub struct Applier {
     pub store: Arc<ConfigStore>,
-    pub wasm: Arc<WasmRuntime>,
+    pub wasm: Arc<LazyWasm>,
     node_id: String,
     upstreams: Upstreams,
     manage_listeners: bool,
@@ -93,6 +93,7 @@ impl Applier {
     ) -> Result<Snapshot, String> {
         for m in &modules {
             self.wasm
+                .get()?
                 .add_module(&m.digest, &m.code)
                 .map_err(|e| format!("wasm module {}: {e}", m.digest))?;
         }
@@ -115,6 +116,7 @@ impl Applier {
                         started: tokio::time::Instant::now(),
                     };
                     self.wasm
+                        .get()?
                         .plugin(&p.digest, meta)
                         .map_err(|e| format!("wasm plugin {}: {e}", p.name))?
                 }
@@ -280,10 +282,7 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
         }
     }
 
-    let wasm = Arc::new(
-        WasmRuntime::new(opts.workers, opts.wasm_cache_dir.clone())
-            .map_err(|e| anyhow::anyhow!("wasm engine: {e:#}"))?,
-    );
+    let wasm = Arc::new(LazyWasm::new(opts.workers, opts.wasm_cache_dir.clone()));
     let applier = Arc::new(Applier {
         store: store.clone(),
         wasm,
@@ -328,8 +327,7 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
                     "sidecar"
                 };
                 let state = Arc::new(crate::admin::AdminState {
-                    wasm_shared: control_applier.wasm.shared.clone(),
-                    wasm_cache: control_applier.wasm.cache.clone(),
+                    wasm: control_applier.wasm.clone(),
                     store: control_store,
                     node_id: control_opts.node_id.clone(),
                     role,

@@ -15,8 +15,7 @@ use crate::config::ConfigStore;
 
 pub struct AdminState {
     pub store: Arc<ConfigStore>,
-    pub wasm_shared: Arc<crate::filter::wasm::Shared>,
-    pub wasm_cache: Option<wasmtime::Cache>,
+    pub wasm: Arc<crate::filter::wasm::LazyWasm>,
     pub node_id: String,
     pub role: &'static str,
 }
@@ -118,7 +117,7 @@ fn metrics(state: &AdminState) -> String {
             );
         }
     }
-    if let Some(cache) = &state.wasm_cache {
+    if let Some(cache) = state.wasm.existing().and_then(|w| w.cache.as_ref()) {
         let _ = writeln!(out, "# HELP meshwork_wasm_compile_cache_total Module compilations served from the on-disk cache (hit) or compiled (miss).");
         let _ = writeln!(out, "# TYPE meshwork_wasm_compile_cache_total counter");
         let _ = writeln!(
@@ -137,7 +136,7 @@ fn metrics(state: &AdminState) -> String {
         "# HELP meshwork_wasm_filter_metric Metrics defined by Wasm filters (proxy_define_metric)."
     );
     let _ = writeln!(out, "# TYPE meshwork_wasm_filter_metric untyped");
-    for (name, ty, value) in state.wasm_shared.metrics() {
+    for (name, ty, value) in state.wasm.shared.metrics() {
         let ty = match ty {
             0 => "counter",
             1 => "gauge",

@@ -59,7 +59,11 @@ async fn session(
     let (tx, rx) = mpsc::channel(4);
     let mut hello = hello.clone();
     hello.applied_version = applier.store.version();
-    hello.cached_modules = applier.wasm.module_digests();
+    hello.cached_modules = applier
+        .wasm
+        .existing()
+        .map(|w| w.module_digests())
+        .unwrap_or_default();
     tx.send(pb::ProxyMessage {
         msg: Some(Msg::Hello(hello)),
     })

@@ -88,6 +88,14 @@ pub struct WasmRuntime {
 impl WasmRuntime {
     /// `cache_dir`: where compiled modules are kept across restarts (None: compile every time).
     pub fn new(slots: usize, cache_dir: Option<std::path::PathBuf>) -> wasmtime::Result<Self> {
+        Self::with_shared(slots, cache_dir, Arc::default())
+    }
+
+    pub fn with_shared(
+        slots: usize,
+        cache_dir: Option<std::path::PathBuf>,
+        shared: Arc<Shared>,
+    ) -> wasmtime::Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         let cache = match cache_dir {
@@ -109,7 +117,7 @@ impl WasmRuntime {
             engine,
             linker,
             modules: Mutex::new(HashMap::new()),
-            shared: Arc::default(),
+            shared,
             ticker: OnceLock::new(),
             slots: slots.clamp(1, 16),
             cache,
@@ -277,6 +285,42 @@ fn probe_store(engine: &Engine) -> wasmtime::Store<HostState> {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The Wasm runtime, created on the first snapshot that uses a plugin: a proxy without filters never pays for an
+/// engine (its memory shows in RSS).
+pub struct LazyWasm {
+    cell: OnceLock<Arc<WasmRuntime>>,
+    slots: usize,
+    cache_dir: Option<std::path::PathBuf>,
+    pub shared: Arc<Shared>,
+}
+
+impl LazyWasm {
+    pub fn new(slots: usize, cache_dir: Option<std::path::PathBuf>) -> Self {
+        LazyWasm {
+            cell: OnceLock::new(),
+            slots,
+            cache_dir,
+            shared: Arc::default(),
+        }
+    }
+
+    pub fn get(&self) -> Result<&Arc<WasmRuntime>, String> {
+        if self.cell.get().is_none() {
+            let rt =
+                WasmRuntime::with_shared(self.slots, self.cache_dir.clone(), self.shared.clone())
+                    .map_err(|e| format!("wasm engine: {e:#}"))?;
+            let _ = self.cell.set(Arc::new(rt));
+        }
+        self.cell
+            .get()
+            .ok_or_else(|| "wasm engine unavailable".to_string())
+    }
+
+    pub fn existing(&self) -> Option<&Arc<WasmRuntime>> {
+        self.cell.get()
+    }
 }
 
 /// Counts of failures by kind, for the admin /metrics endpoint.
