@@ -73,6 +73,8 @@ pub struct HostState {
     pub root_id: u32,
     /// Set by a callback that resets the stream (`proxy_close_stream`).
     pub closed: bool,
+    /// Requested with `proxy_set_tick_period_milliseconds` (0 = off).
+    pub tick_ms: u32,
 }
 
 type C<'a> = Caller<'a, HostState>;
@@ -734,7 +736,10 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     l.func_wrap(
         "env",
         "proxy_set_tick_period_milliseconds",
-        |_c: C<'_>, _ms: i32| -> R { Ok(status::UNIMPLEMENTED) },
+        |mut c: C<'_>, ms: i32| -> R {
+            c.data_mut().tick_ms = ms as u32;
+            Ok(status::OK)
+        },
     )?;
     l.func_wrap(
         "env",

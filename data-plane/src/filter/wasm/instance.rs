@@ -22,6 +22,7 @@ struct Exports {
     request_headers: Option<F3R>,
     response_headers: Option<F3R>,
     done: Option<F1R>,
+    tick: Option<F1>,
     log: Option<F1>,
     delete: Option<F1>,
 }
@@ -76,6 +77,7 @@ impl PluginInstance {
             stream: None,
             root_id: ROOT_CONTEXT,
             closed: false,
+            tick_ms: 0,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
@@ -125,6 +127,9 @@ impl PluginInstance {
             response_headers: f3r(&mut store, "proxy_on_response_headers"),
             done: instance
                 .get_typed_func::<i32, i32>(&mut store, "proxy_on_done")
+                .ok(),
+            tick: instance
+                .get_typed_func::<i32, ()>(&mut store, "proxy_on_tick")
                 .ok(),
             log: instance
                 .get_typed_func::<i32, ()>(&mut store, "proxy_on_log")
@@ -247,6 +252,21 @@ impl PluginInstance {
             }
             Ok(())
         })
+    }
+
+    /// The tick period the root context asked for (None: no ticks).
+    pub fn tick_period(&self) -> Option<std::time::Duration> {
+        let ms = self.store.data().tick_ms;
+        (ms > 0 && self.exports.tick.is_some())
+            .then(|| std::time::Duration::from_millis(u64::from(ms)))
+    }
+
+    /// `proxy_on_tick` on the root context.
+    pub fn on_tick(&mut self) -> Result<(), WasmError> {
+        match self.exports.tick.clone() {
+            Some(f) => self.guarded(|s| f.call(s, ROOT_CONTEXT as i32)),
+            None => Ok(()),
+        }
     }
 
     pub fn closed(&self) -> bool {

@@ -239,12 +239,13 @@ impl WasmRuntime {
         self.start_ticker();
         let meta = Arc::new(meta);
         let first = PluginInstance::new(&self.engine, &pre, meta.clone(), self.shared.clone())?;
+        let tick = first.tick_period();
         let slots: Vec<Mutex<Option<PluginInstance>>> =
             (0..self.slots).map(|_| Mutex::new(None)).collect();
         if let Some(slot) = slots.first() {
             *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(first);
         }
-        Ok(Arc::new(PluginHandle {
+        let handle = Arc::new(PluginHandle {
             meta,
             digest: digest.to_string(),
             engine: self.engine.clone(),
@@ -253,8 +254,40 @@ impl WasmRuntime {
             slots,
             next: AtomicUsize::new(0),
             failures: Default::default(),
-        }))
+        });
+        if let Some(period) = tick {
+            spawn_ticker(&handle, period);
+        }
+        Ok(handle)
     }
+}
+
+/// Calls `proxy_on_tick` on every live instance of the plugin each `period`, on the runtime that built the plugin.
+/// Holds only a weak reference: the ticker ends when a snapshot swap drops the plugin.
+fn spawn_ticker(handle: &Arc<PluginHandle>, period: Duration) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(plugin = %handle.meta.name, "no runtime to run tick timers on; ticks disabled");
+        return;
+    };
+    let weak = Arc::downgrade(handle);
+    rt.spawn(async move {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            let Some(plugin) = weak.upgrade() else { return };
+            for slot in 0..plugin.slots.len() {
+                let mut guard = plugin.slots[slot].lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(instance) = guard.as_mut() {
+                    if let Err(e) = instance.on_tick() {
+                        *guard = None;
+                        plugin.record(&e);
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// A throw-away store, only to ask the linker for the types of its definitions.
@@ -279,6 +312,7 @@ fn probe_store(engine: &Engine) -> wasmtime::Store<HostState> {
         stream: None,
         root_id: 0,
         closed: false,
+        tick_ms: 0,
     };
     wasmtime::Store::new(engine, state)
 }

@@ -292,3 +292,38 @@ fn cpu_deadline_and_memory_cap() {
     let (r, _) = run_with("(drop (memory.grow (i32.const 1000))) (unreachable)", b"");
     assert!(matches!(r, Err(WasmError::OutOfMemory(_))), "{r:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn tick_timers_follow_the_requested_period_and_stop_with_the_plugin() {
+    let code = wat::parse_str(
+        r#"(module
+  (import "env" "proxy_set_tick_period_milliseconds" (func $tick (param i32) (result i32)))
+  (import "env" "proxy_define_metric" (func $def (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_increment_metric" (func $inc (param i32 i64) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "ticks")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $def (i32.const 0) (i32.const 16) (i32.const 5) (i32.const 100)))
+    (call $tick (i32.const 10))
+    (i32.eqz))
+  (func (export "proxy_on_tick") (param i32)
+    (drop (call $inc (i32.load (i32.const 100)) (i64.const 1)))))"#,
+    )
+    .unwrap();
+    let rt = WasmRuntime::new(1, None).unwrap();
+    let ticks = |rt: &WasmRuntime| {
+        rt.shared
+            .metrics()
+            .iter()
+            .find(|m| m.0 == "ticks")
+            .map_or(0, |m| m.2)
+    };
+    let plugin = load(&rt, &code, b"").unwrap();
+    tokio::time::sleep(Duration::from_millis(55)).await;
+    assert_eq!(ticks(&rt), 5, "a tick every 10 ms");
+    drop(plugin);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(ticks(&rt), 5, "no ticks once the plugin is gone");
+}
