@@ -41,6 +41,7 @@ fn meta() -> PluginMeta {
         fail_open: false,
         memory_limit: 64 << 20,
         cpu_per_call: Duration::from_secs(30),
+        body_limit: 1 << 20,
         started: tokio::time::Instant::now(),
     }
 }

@@ -113,6 +113,7 @@ impl Applier {
                         fail_open: p.fail_open,
                         memory_limit: usize::try_from(p.memory_limit_bytes).unwrap_or(usize::MAX),
                         cpu_per_call: Duration::from_millis(p.cpu_per_call_ms.max(1)),
+                        body_limit: usize::try_from(p.body_buffer_bytes).unwrap_or(usize::MAX),
                         started: tokio::time::Instant::now(),
                     };
                     self.wasm

@@ -8,6 +8,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
+use crate::filter::chain::{BodyFilter, BodyStep, BodyTooLarge};
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Body sent to an upstream.
@@ -22,6 +24,84 @@ pub enum RequestBody {
     /// A mirror's copy of a body.
     Mirror(mpsc::Receiver<Bytes>),
     Empty,
+    /// A body passed through Wasm filters' `proxy_on_request_body` (see `FilteredBody`).
+    Filtered(Box<FilteredBody>),
+}
+
+/// Streams a request body through the Wasm filters' body callbacks. Chunks flow on as soon as every body filter
+/// continues; while one pauses, bytes are held (up to the filters' `bodyBuffer` limit, beyond which the body
+/// fails with `BodyTooLarge`, i.e. 413) and offered again with the next chunk, or at the end of the stream.
+pub struct FilteredBody {
+    inner: RequestBody,
+    filter: BodyFilter,
+    held: Vec<u8>,
+    trailers: Option<Frame<Bytes>>,
+    done: bool,
+}
+
+impl FilteredBody {
+    pub fn new(inner: RequestBody, filter: BodyFilter) -> Self {
+        FilteredBody {
+            inner,
+            filter,
+            held: Vec::new(),
+            trailers: None,
+            done: false,
+        }
+    }
+
+    fn offer(&mut self, end_of_stream: bool) -> Result<Option<Frame<Bytes>>, BoxError> {
+        match self.filter.run(&mut self.held, end_of_stream)? {
+            BodyStep::Hold => Ok(None),
+            BodyStep::Release if self.held.is_empty() => Ok(None),
+            BodyStep::Release => Ok(Some(Frame::data(Bytes::from(std::mem::take(
+                &mut self.held,
+            ))))),
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(self.trailers.take().map(Ok));
+            }
+            match std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        self.held.extend_from_slice(&data);
+                        if self.held.len() > self.filter.limit {
+                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge(
+                                self.filter.limit,
+                            )))));
+                        }
+                        match self.offer(false) {
+                            Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                            Ok(None) => continue,
+                            Err(e) => return Poll::Ready(Some(Err(e))),
+                        }
+                    }
+                    Err(trailers) => {
+                        self.done = true;
+                        self.trailers = Some(trailers);
+                        match self.offer(true) {
+                            Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                            Ok(None) => continue,
+                            Err(e) => return Poll::Ready(Some(Err(e))),
+                        }
+                    }
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => {
+                    self.done = true;
+                    match self.offer(true) {
+                        Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                        Ok(None) => continue,
+                        Err(e) => return Poll::Ready(Some(Err(e))),
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Body for RequestBody {
@@ -49,13 +129,14 @@ impl Body for RequestBody {
             }
             RequestBody::Mirror(rx) => rx.poll_recv(cx).map(|d| d.map(|b| Ok(Frame::data(b)))),
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Filtered(f) => f.poll(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Incoming(b) | RequestBody::Tee { inner: b, .. } => b.is_end_stream(),
-            RequestBody::Mirror(_) => false,
+            RequestBody::Mirror(_) | RequestBody::Filtered(_) => false,
             RequestBody::Empty => true,
         }
     }
@@ -63,7 +144,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Incoming(b) | RequestBody::Tee { inner: b, .. } => b.size_hint(),
-            RequestBody::Mirror(_) => SizeHint::default(),
+            RequestBody::Mirror(_) | RequestBody::Filtered(_) => SizeHint::default(),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }

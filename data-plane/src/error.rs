@@ -30,6 +30,24 @@ pub enum ProxyError {
     Timeout(Duration),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    FilterFailed(String),
+}
+
+/// The first error of type `E` in `err`'s source chain.
+pub fn find<'a, E: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        cur = e.source();
+    }
+    None
 }
 
 impl ProxyError {
@@ -43,6 +61,8 @@ impl ProxyError {
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::FilterFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

@@ -79,15 +79,8 @@ async fn route_and_forward(
                 return Ok(r);
             }
             prepare_headers(&mut parts, peer);
-            let resp = forward(
-                ctx,
-                parts,
-                RequestBody::Incoming(body),
-                app,
-                endpoint.authority.clone(),
-                None,
-            )
-            .await?;
+            let body = with_body_filters(&chain, &mut parts, RequestBody::Incoming(body));
+            let resp = forward(ctx, parts, body, app, endpoint.authority.clone(), None).await?;
             return Ok(through_response_filters(&mut chain, resp));
         }
         Mode::Routed(name) => name,
@@ -133,6 +126,7 @@ async fn route_and_forward(
     prepare_headers(&mut parts, peer);
     apply_request_filters(&mut parts, route);
     let body = mirror(ctx, &parts, body, &route.filters);
+    let body = with_body_filters(&chain, &mut parts, body);
     let fut = forward(
         ctx,
         parts,
@@ -148,6 +142,26 @@ async fn route_and_forward(
         None => fut.await?,
     };
     Ok(through_response_filters(&mut chain, resp))
+}
+
+/// Puts the request body through the Wasm filters' body callbacks, if any filter has one. The body may change
+/// length, so the upstream request is sent without Content-Length (chunked / HTTP/2 framing).
+fn with_body_filters(
+    chain: &Chain,
+    parts: &mut http::request::Parts,
+    body: RequestBody,
+) -> RequestBody {
+    match chain.request_body_filter() {
+        Some(filter) if !matches!(body, RequestBody::Empty) && !body_is_empty(&body) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            RequestBody::Filtered(Box::new(crate::body::FilteredBody::new(body, filter)))
+        }
+        _ => body,
+    }
+}
+
+fn body_is_empty(body: &RequestBody) -> bool {
+    http_body::Body::is_end_stream(body)
 }
 
 /// Response headers through the Wasm filters (last to first); a filter may answer instead.
@@ -318,6 +332,12 @@ async fn forward(
         .await
         .map_err(|source| {
             // Only the error path pays for these strings.
+            if let Some(e) = crate::error::find::<crate::filter::chain::BodyTooLarge>(&source) {
+                return ProxyError::PayloadTooLarge(e.to_string());
+            }
+            if let Some(e) = crate::error::find::<crate::filter::chain::BodyFilterFailed>(&source) {
+                return ProxyError::FilterFailed(e.to_string());
+            }
             let (cluster, addr) = (cluster.name.to_string(), endpoint_addr.to_string());
             if source.is_connect() {
                 ProxyError::Connect {

@@ -59,6 +59,22 @@ spec:
   parentRefs: [{{name: edge}}]
   rules: [{{matches: [{{path: {{value: /oom}}}}], backendRefs: [{{name: backend}}]}}]
 ---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: redact}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{matches: [{{path: {{value: /redact}}}}], backendRefs: [{{name: backend}}]}}]
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: WasmPlugin
+metadata: {{name: redact}}
+spec:
+  url: file://{p}/meshwork_filter_misbehave.wasm
+  targetRefs: [{{kind: HTTPRoute, name: redact}}]
+  pluginConfig: redact
+  limits: {{bodyBuffer: 4Ki}}
+---
 apiVersion: meshwork.dev/v1alpha1
 kind: WasmPlugin
 metadata: {{name: api-key}}
@@ -175,6 +191,45 @@ async fn wasm_filters_through_the_mesh() {
     assert_eq!(r.headers.get("x-filtered").unwrap(), "yes");
     // Filter on the backend sidecar's inbound listener (WasmPlugin targeting the Service).
     assert_eq!(j["headers"]["x-inbound"], "yes");
+
+    // Request bodies: they stream through filters that continue (the SDK filters on the main route have body
+    // callbacks), and a filter that pauses gets the whole body to rewrite, up to its bodyBuffer limit.
+    let big = bytes::Bytes::from(vec![b'b'; 300_000]);
+    let r = send(&c, "POST", &format!("{base}/x"), &key, big)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.json()["body_bytes"].as_u64()),
+        (200, Some(300_000)),
+        "{}",
+        r.text()
+    );
+    let r = send(
+        &c,
+        "POST",
+        &format!("{base}/redact"),
+        &key,
+        bytes::Bytes::from_static(b"my secret is secret"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["body"], "my XXXXXX is XXXXXX");
+    let r = send(
+        &c,
+        "POST",
+        &format!("{base}/redact"),
+        &key,
+        bytes::Bytes::from(vec![b's'; 10_000]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(
+        r.text().contains("4096 bytes a Wasm filter may buffer"),
+        "{}",
+        r.text()
+    );
 
     // A panicking filter fails only its request (FAIL_CLOSE: 503 naming the plugin); its instance is replaced.
     let r = get(&c, &format!("{base}/panic/boom"), &key).await;

@@ -40,10 +40,12 @@ pub struct WasmPlugin {
     pub targets: Vec<WasmTarget>,
     pub memory_limit: u64,
     pub cpu_per_call: Duration,
+    pub body_buffer: u64,
 }
 
 pub const DEFAULT_MEMORY: u64 = 64 << 20;
 pub const DEFAULT_CPU_PER_CALL: Duration = Duration::from_millis(100);
+pub const DEFAULT_BODY_BUFFER: u64 = 1 << 20;
 
 /// YAML -> JSON for `pluginConfig`: plain scalars keep their YAML type (numbers, booleans, null), quoted ones are
 /// strings.
@@ -234,9 +236,10 @@ pub(super) fn parse(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<WasmP
         }
         None => r.error(s.line, "spec.targetRefs", "required field is missing: expected a list of Gateway, Service or HTTPRoute references"),
     }
-    let (mut memory_limit, mut cpu_per_call) = (DEFAULT_MEMORY, DEFAULT_CPU_PER_CALL);
+    let (mut memory_limit, mut cpu_per_call, mut body_buffer) =
+        (DEFAULT_MEMORY, DEFAULT_CPU_PER_CALL, DEFAULT_BODY_BUFFER);
     if let Some(n) = s.get("limits") {
-        let l = r.obj(n, "spec.limits", &["memory", "cpuPerCall"])?;
+        let l = r.obj(n, "spec.limits", &["memory", "cpuPerCall", "bodyBuffer"])?;
         if let Some(m) = l.get("memory") {
             let text = r.string(m, "spec.limits.memory")?;
             match parse_bytes(&text) {
@@ -245,6 +248,17 @@ pub(super) fn parse(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<WasmP
                     m.line,
                     "spec.limits.memory",
                     format!("expected a size of at least 1Mi such as \"32Mi\", got {text:?}"),
+                ),
+            }
+        }
+        if let Some(b) = l.get("bodyBuffer") {
+            let text = r.string(b, "spec.limits.bodyBuffer")?;
+            match parse_bytes(&text) {
+                Some(v) => body_buffer = v,
+                None => r.error(
+                    b.line,
+                    "spec.limits.bodyBuffer",
+                    format!("expected a size such as \"64Ki\" or \"1Mi\", got {text:?}"),
                 ),
             }
         }
@@ -267,5 +281,6 @@ pub(super) fn parse(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<WasmP
         targets,
         memory_limit,
         cpu_per_call,
+        body_buffer,
     })
 }

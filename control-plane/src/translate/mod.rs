@@ -144,6 +144,7 @@ fn attach_wasm(set: &ManifestSet, proxy: &ProxyKey, snapshot: &mut pb::Snapshot)
             env: p.env.iter().cloned().collect(),
             memory_limit_bytes: p.memory_limit,
             cpu_per_call_ms: p.cpu_per_call.as_millis() as u64,
+            body_buffer_bytes: p.body_buffer,
         })
         .collect();
 }

@@ -133,6 +133,7 @@ async fn echo(
             "service": id.service, "workload": id.workload, "node": id.node, "version": id.version,
             "method": method, "path": path, "query": query, "http": version,
             "headers": headers, "body_bytes": body.len(),
+            "body": if body.len() <= 4096 { String::from_utf8_lossy(&body).into_owned() } else { String::new() },
         }),
     )
 }

@@ -18,12 +18,86 @@ struct Active {
     slot: usize,
     instance: u64,
     stream: StreamData,
+    /// The filter exports `proxy_on_request_body`.
+    has_body: bool,
 }
 
-/// The filters a request went through; dropping it ends their stream contexts.
+type Shared = Arc<std::sync::Mutex<Vec<Active>>>;
+
+fn lock(active: &Shared) -> std::sync::MutexGuard<'_, Vec<Active>> {
+    active.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The filters a request went through; dropping it ends their stream contexts. Shared with the request body's
+/// filter (`BodyFilter`), which runs the body callbacks while the body streams.
 #[derive(Default)]
 pub struct Chain {
-    active: Vec<Active>,
+    active: Shared,
+}
+
+/// A request body larger than a pausing Wasm filter may buffer (`limits.bodyBuffer`).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body exceeds the {0} bytes a Wasm filter may buffer")]
+pub struct BodyTooLarge(pub usize);
+
+/// A Wasm filter failed in `proxy_on_request_body` (and its fail strategy is FAIL_CLOSE).
+#[derive(Debug, thiserror::Error)]
+#[error("wasm plugin {plugin} failed on the request body: {error}")]
+pub struct BodyFilterFailed {
+    pub plugin: String,
+    pub error: WasmError,
+}
+
+pub enum BodyStep {
+    /// Every body filter continued: the buffered bytes may go upstream.
+    Release,
+    /// A filter paused: keep buffering.
+    Hold,
+}
+
+/// Runs `proxy_on_request_body` of the chain's filters over a request body as it streams.
+pub struct BodyFilter {
+    active: Shared,
+    pub limit: usize,
+}
+
+impl BodyFilter {
+    /// Offers `buffer` (everything held so far) to each body filter in order; a filter may rewrite it.
+    pub fn run(
+        &self,
+        buffer: &mut Vec<u8>,
+        end_of_stream: bool,
+    ) -> Result<BodyStep, BodyFilterFailed> {
+        let mut active = lock(&self.active);
+        for a in active.iter_mut().filter(|a| a.has_body) {
+            a.stream.request_body = Some(std::mem::take(buffer));
+            let r = a.plugin.run(a.slot, Some(a.instance), |i| {
+                i.on_request_body(&mut a.stream, end_of_stream)
+            });
+            *buffer = a.stream.request_body.take().unwrap_or_default();
+            if a.stream.local_response.take().is_some() {
+                tracing::warn!(plugin = %a.plugin.meta.name, "a local reply from a body callback is not supported; ignored");
+            }
+            match r {
+                Ok(Some((action, _)))
+                    if action != super::wasm::abi::ACTION_CONTINUE && !end_of_stream =>
+                {
+                    return Ok(BodyStep::Hold)
+                }
+                Ok(_) => {}
+                Err(e) if a.plugin.meta.fail_open => {
+                    tracing::debug!(plugin = %a.plugin.meta.name, error = %e, "failing open")
+                }
+                Err(error) => {
+                    return Err(BodyFilterFailed {
+                        plugin: a.plugin.meta.name.clone(),
+                        error,
+                    })
+                }
+            }
+        }
+        Ok(BodyStep::Release)
+    }
 }
 
 pub enum Verdict {
@@ -74,12 +148,10 @@ impl Chain {
         cluster: &str,
         end_of_stream: bool,
     ) -> (Chain, Verdict) {
-        let mut chain = Chain {
-            active: Vec::with_capacity(plugins.len()),
-        };
         if plugins.is_empty() {
-            return (chain, Verdict::Continue);
+            return (Chain::default(), Verdict::Continue);
         }
+        let mut active = Vec::with_capacity(plugins.len());
         let authority = parts
             .uri
             .authority()
@@ -126,18 +198,19 @@ impl Chain {
             let result = plugin.run(slot, None, |inst| {
                 inst.new_context(&mut stream)?;
                 let action = inst.on_headers(&mut stream, false, end_of_stream)?;
-                Ok((action, inst.closed()))
+                Ok((action, inst.closed(), inst.has_request_body_callback()))
             });
             pairs = std::mem::take(&mut stream.request_headers);
             dirty |= stream.request_dirty;
             match result {
-                Ok(Some(((_action, closed), instance))) => {
+                Ok(Some(((_action, closed, has_body), instance))) => {
                     let local = local_response(&mut stream);
-                    chain.active.push(Active {
+                    active.push(Active {
                         plugin: plugin.clone(),
                         slot,
                         instance,
                         stream,
+                        has_body,
                     });
                     if let Some(r) = local {
                         verdict = Verdict::Respond(r);
@@ -161,7 +234,26 @@ impl Chain {
         if dirty {
             apply_request(parts, &pairs);
         }
-        (chain, verdict)
+        (
+            Chain {
+                active: Arc::new(std::sync::Mutex::new(active)),
+            },
+            verdict,
+        )
+    }
+
+    /// The request body's filter, if a filter that saw the headers has a body callback. The smallest
+    /// `bodyBuffer` limit among them applies.
+    pub fn request_body_filter(&self) -> Option<BodyFilter> {
+        let limit = lock(&self.active)
+            .iter()
+            .filter(|a| a.has_body)
+            .map(|a| a.plugin.meta.body_limit)
+            .min()?;
+        Some(BodyFilter {
+            active: self.active.clone(),
+            limit,
+        })
     }
 
     /// Response headers through the filters, last to first. A filter may replace the response with a local one.
@@ -170,13 +262,14 @@ impl Chain {
         parts: &mut response::Parts,
         end_of_stream: bool,
     ) -> Option<Response<ResponseBody>> {
-        if self.active.is_empty() {
+        let mut active = lock(&self.active);
+        if active.is_empty() {
             return None;
         }
         let mut pairs = header_pairs(&parts.headers, &[(":status", parts.status.as_str())]);
         let mut dirty = false;
         let mut replaced = None;
-        for a in self.active.iter_mut().rev() {
+        for a in active.iter_mut().rev() {
             a.stream.response_code = Some(parts.status.as_u16());
             a.stream.response_headers = std::mem::take(&mut pairs);
             let result = a.plugin.run(a.slot, Some(a.instance), |inst| {
@@ -217,7 +310,7 @@ impl Chain {
 
 impl Drop for Chain {
     fn drop(&mut self) {
-        for mut a in self.active.drain(..) {
+        for mut a in lock(&self.active).drain(..) {
             let _ = a
                 .plugin
                 .run(a.slot, Some(a.instance), |inst| inst.finish(&mut a.stream));

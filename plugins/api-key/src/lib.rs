@@ -27,20 +27,37 @@ impl Filter for ApiKey {
     type Config = Config;
 
     fn new(config: &Config) -> Self {
-        ApiKey { config: config.clone() }
+        ApiKey {
+            config: config.clone(),
+        }
     }
 
     fn on_request(&mut self, h: &mut dyn Headers) -> Decision {
-        let header = if self.config.header.is_empty() { "x-api-key" } else { self.config.header.as_str() };
+        let header = if self.config.header.is_empty() {
+            "x-api-key"
+        } else {
+            self.config.header.as_str()
+        };
         match h.get(header) {
-            None => Decision::reply_with(401, &[("www-authenticate", "ApiKey"), ("content-type", "text/plain")], "missing API key\n"),
+            None => Decision::reply_with(
+                401,
+                &[
+                    ("www-authenticate", "ApiKey"),
+                    ("content-type", "text/plain"),
+                ],
+                "missing API key\n",
+            ),
             Some(key) => match self.config.keys.get(&key) {
                 Some(client) => {
                     h.remove(header);
                     h.set("x-client", client);
                     Decision::Continue
                 }
-                None => Decision::reply_with(403, &[("content-type", "text/plain")], "API key not allowed\n"),
+                None => Decision::reply_with(
+                    403,
+                    &[("content-type", "text/plain")],
+                    "API key not allowed\n",
+                ),
             },
         }
     }

@@ -54,7 +54,9 @@ impl Filter for HeaderPolicy {
     type Config = Config;
 
     fn new(config: &Config) -> Self {
-        HeaderPolicy { config: config.clone() }
+        HeaderPolicy {
+            config: config.clone(),
+        }
     }
 
     fn on_request(&mut self, h: &mut dyn Headers) -> Decision {

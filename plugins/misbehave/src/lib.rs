@@ -1,6 +1,7 @@
 //! Test filter that misbehaves on purpose, to prove the host contains it. Plugin config (a string) picks how:
 //! `panic`, `loop` (never returns), `oom` (allocates without end), `reject` (refuses its configuration), or
-//! `ok` (adds `x-misbehave: ok`). The behaviour fires on requests whose path contains `/boom`.
+//! `ok` (adds `x-misbehave: ok`), or `redact` (buffers the request body by pausing until its end, then replaces
+//! every `secret` with `XXXXXX`). The misbehaviours fire on requests whose path contains `/boom`.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -18,12 +19,17 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        self.mode = self.get_plugin_configuration().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        self.mode = self
+            .get_plugin_configuration()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         self.mode != "reject"
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Filter { mode: self.mode.clone() }))
+        Some(Box::new(Filter {
+            mode: self.mode.clone(),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -39,7 +45,9 @@ impl Context for Filter {}
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
-        let boom = self.get_http_request_header(":path").is_some_and(|p| p.contains("/boom"));
+        let boom = self
+            .get_http_request_header(":path")
+            .is_some_and(|p| p.contains("/boom"));
         if boom {
             match self.mode.as_str() {
                 "panic" => panic!("misbehave: panic on purpose"),
@@ -60,6 +68,20 @@ impl HttpContext for Filter {
             }
         }
         self.set_http_request_header("x-misbehave", Some("ok"));
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if self.mode != "redact" {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause; // buffer until the whole body is here
+        }
+        if let Some(body) = self.get_http_request_body(0, size) {
+            let redacted = String::from_utf8_lossy(&body).replace("secret", "XXXXXX");
+            self.set_http_request_body(0, size, redacted.as_bytes());
+        }
         Action::Continue
     }
 }

@@ -203,16 +203,29 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: C<'_>, out: i32| -> R { Ok(st(write_u64(&mut c, out, now_nanos()))) },
     )?;
 
-    // Buffers: plugin and VM configuration. Bodies are not exposed yet (filters see headers only): NOT_FOUND.
+    // Buffers: plugin and VM configuration, and the request body during `proxy_on_request_body` (the chunk, or
+    // everything buffered so far). The response body is not exposed yet: NOT_FOUND.
     l.func_wrap(
         "env",
         "proxy_get_buffer_bytes",
         |mut c: C<'_>, ty: i32, start: i32, max: i32, ptr_out: i32, len_out: i32| -> R {
             let meta = c.data().meta.clone();
+            let body;
             let buf: &[u8] = match ty {
                 buffer::PLUGIN_CONFIGURATION => &meta.config,
                 buffer::VM_CONFIGURATION => &[],
-                buffer::REQUEST_BODY | buffer::RESPONSE_BODY => return Ok(status::NOT_FOUND),
+                buffer::REQUEST_BODY => match c
+                    .data()
+                    .stream
+                    .as_ref()
+                    .and_then(|s| s.request_body.clone())
+                {
+                    Some(b) => {
+                        body = b;
+                        &body
+                    }
+                    None => return Ok(status::NOT_FOUND),
+                },
                 _ => return Ok(status::NOT_FOUND),
             };
             let (start, max) = (start as u32 as usize, max as u32 as usize);
@@ -235,16 +248,50 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let len = match ty {
                 buffer::PLUGIN_CONFIGURATION => c.data().meta.config.len(),
                 buffer::VM_CONFIGURATION => 0,
+                buffer::REQUEST_BODY => match c
+                    .data()
+                    .stream
+                    .as_ref()
+                    .and_then(|s| s.request_body.as_ref())
+                {
+                    Some(b) => b.len(),
+                    None => return Ok(status::NOT_FOUND),
+                },
                 _ => return Ok(status::NOT_FOUND),
             };
             Ok(st(write_u32(&mut c, len_out, len as u32)
                 .and_then(|()| write_u32(&mut c, flags_out, 0))))
         },
     )?;
+    // Replaces `size` bytes at `start` of the request body (start = size = 0 prepends; start >= len appends).
     l.func_wrap(
         "env",
         "proxy_set_buffer_bytes",
-        |_c: C<'_>, _ty: i32, _s: i32, _n: i32, _p: i32, _l: i32| -> R { Ok(status::NOT_FOUND) },
+        |mut c: C<'_>, ty: i32, start: i32, size: i32, p: i32, n: i32| -> R {
+            if ty != buffer::REQUEST_BODY {
+                return Ok(status::NOT_FOUND);
+            }
+            let data = match read(&mut c, p, n) {
+                Ok(d) => d,
+                Err(s) => return Ok(s),
+            };
+            let Some(body) = c
+                .data_mut()
+                .stream
+                .as_mut()
+                .and_then(|s| s.request_body.as_mut())
+            else {
+                return Ok(status::NOT_FOUND);
+            };
+            let start = (start as u32 as usize).min(body.len());
+            let end = start.saturating_add(size as u32 as usize).min(body.len());
+            let mut next = Vec::with_capacity(body.len() - (end - start) + data.len());
+            next.extend_from_slice(&body[..start]);
+            next.extend_from_slice(&data);
+            next.extend_from_slice(&body[end..]);
+            *body = next;
+            Ok(status::OK)
+        },
     )?;
 
     // Header maps.

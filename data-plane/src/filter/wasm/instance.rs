@@ -21,6 +21,7 @@ struct Exports {
     context_create: Option<F2>,
     request_headers: Option<F3R>,
     response_headers: Option<F3R>,
+    request_body: Option<F3R>,
     done: Option<F1R>,
     tick: Option<F1>,
     log: Option<F1>,
@@ -125,6 +126,7 @@ impl PluginInstance {
             context_create: f2(&mut store, "proxy_on_context_create"),
             request_headers: f3r(&mut store, "proxy_on_request_headers"),
             response_headers: f3r(&mut store, "proxy_on_response_headers"),
+            request_body: f3r(&mut store, "proxy_on_request_body"),
             done: instance
                 .get_typed_func::<i32, i32>(&mut store, "proxy_on_done")
                 .ok(),
@@ -229,6 +231,26 @@ impl PluginInstance {
         } as i32;
         self.with_stream(stream, |me| {
             me.guarded(|s| f.call(s, (id, n, i32::from(end_of_stream))))
+        })
+    }
+
+    pub fn has_request_body_callback(&self) -> bool {
+        self.exports.request_body.is_some()
+    }
+
+    /// `proxy_on_request_body` with `stream.request_body` as the body buffer; returns the action (0 = continue).
+    pub fn on_request_body(
+        &mut self,
+        stream: &mut StreamData,
+        end_of_stream: bool,
+    ) -> Result<i32, WasmError> {
+        let Some(f) = self.exports.request_body.clone() else {
+            return Ok(0);
+        };
+        let id = stream.context_id as i32;
+        let size = stream.request_body.as_ref().map_or(0, Vec::len) as i32;
+        self.with_stream(stream, |me| {
+            me.guarded(|s| f.call(s, (id, size, i32::from(end_of_stream))))
         })
     }
 

@@ -70,6 +70,8 @@ pub struct PluginMeta {
     pub fail_open: bool,
     pub memory_limit: usize,
     pub cpu_per_call: Duration,
+    /// Most request-body bytes held while the filter pauses on the body.
+    pub body_limit: usize,
     pub started: tokio::time::Instant,
 }
 
@@ -301,6 +303,7 @@ fn probe_store(engine: &Engine) -> wasmtime::Store<HostState> {
         fail_open: false,
         memory_limit: 0,
         cpu_per_call: Duration::ZERO,
+        body_limit: 0,
         started: tokio::time::Instant::now(),
     });
     let state = HostState {

@@ -28,6 +28,8 @@ pub struct StreamData {
     /// Properties the filter set with `proxy_set_property`.
     pub custom: Vec<(String, Vec<u8>)>,
     pub local_response: Option<LocalResponse>,
+    /// During `proxy_on_request_body`: the body the filter sees (and may rewrite with `proxy_set_buffer_bytes`).
+    pub request_body: Option<Vec<u8>>,
 }
 
 pub fn header_pairs(headers: &HeaderMap, pseudo: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -65,6 +65,7 @@ fn meta(config: &[u8]) -> PluginMeta {
         fail_open: false,
         memory_limit: 16 << 20,
         cpu_per_call: Duration::from_millis(500),
+        body_limit: 1 << 20,
         started: tokio::time::Instant::now(),
     }
 }
