@@ -3,7 +3,7 @@
 //! docs/filters.md), never a trap; statuses are exactly the spec's, because the Rust SDK panics on any other.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::{Caller, Linker};
@@ -26,7 +26,7 @@ impl Shared {
     pub fn metrics(&self) -> Vec<(String, i32, i64)> {
         self.metrics
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 }
@@ -78,6 +78,16 @@ pub struct HostState {
 }
 
 type C<'a> = Caller<'a, HostState>;
+
+/// The value of a guest-memory read, or return its status to the guest.
+macro_rules! ok_or_status {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(status) => return Ok(status),
+        }
+    };
+}
 /// A header map of the current stream and its changed flag.
 type MapRef<'a> = (&'a mut Vec<(String, String)>, &'a mut bool);
 type R = wasmtime::Result<i32>;
@@ -271,10 +281,7 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             if ty != buffer::REQUEST_BODY {
                 return Ok(status::NOT_FOUND);
             }
-            let data = match read(&mut c, p, n) {
-                Ok(d) => d,
-                Err(s) => return Ok(s),
-            };
+            let data = ok_or_status!(read(&mut c, p, n));
             let Some(body) = c
                 .data_mut()
                 .stream
@@ -324,10 +331,7 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             if n as u32 as usize > MAX_MAP_BYTES {
                 return Ok(status::BAD_ARGUMENT);
             }
-            let bytes = match read(&mut c, p, n) {
-                Ok(b) => b,
-                Err(s) => return Ok(s),
-            };
+            let bytes = ok_or_status!(read(&mut c, p, n));
             let Some(pairs) = deserialize_map(&bytes) else {
                 return Ok(status::SERIALIZATION_FAILURE);
             };
@@ -344,10 +348,7 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_header_map_value",
         |mut c: C<'_>, ty: i32, kp: i32, kn: i32, ptr_out: i32, len_out: i32| -> R {
-            let key = match read_string(&mut c, kp, kn) {
-                Ok(k) => k,
-                Err(s) => return Ok(s),
-            };
+            let key = ok_or_status!(read_string(&mut c, kp, kn));
             let value = match headers_mut(&mut c, ty) {
                 Ok((h, _)) => super::stream::get(h, &key).map(str::to_string),
                 Err(s) => return Ok(s),
@@ -402,10 +403,7 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_remove_header_map_value",
         |mut c: C<'_>, ty: i32, kp: i32, kn: i32| -> R {
-            let key = match read_string(&mut c, kp, kn) {
-                Ok(k) => k,
-                Err(s) => return Ok(s),
-            };
+            let key = ok_or_status!(read_string(&mut c, kp, kn));
             Ok(st(headers_mut(&mut c, ty).map(|(h, dirty)| {
                 h.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
                 *dirty = true;
@@ -428,14 +426,8 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
          _grpc: i32|
          -> R {
             let details = read_string(&mut c, dp, dn).unwrap_or_default();
-            let body = match read(&mut c, bp, bn) {
-                Ok(b) => b,
-                Err(s) => return Ok(s),
-            };
-            let hbytes = match read(&mut c, hp, hn) {
-                Ok(b) => b,
-                Err(s) => return Ok(s),
-            };
+            let body = ok_or_status!(read(&mut c, bp, bn));
+            let hbytes = ok_or_status!(read(&mut c, hp, hn));
             let Some(headers) = deserialize_map(&hbytes) else {
                 return Ok(status::SERIALIZATION_FAILURE);
             };
@@ -526,10 +518,7 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_property",
         |mut c: C<'_>, pp: i32, pn: i32, ptr_out: i32, len_out: i32| -> R {
-            let raw = match read(&mut c, pp, pn) {
-                Ok(b) => b,
-                Err(s) => return Ok(s),
-            };
+            let raw = ok_or_status!(read(&mut c, pp, pn));
             let text = String::from_utf8_lossy(&raw).into_owned();
             let segments: Vec<&str> = text.split('\0').filter(|s| !s.is_empty()).collect();
             match property(&c, &segments) {
@@ -567,16 +556,13 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_shared_data",
         |mut c: C<'_>, kp: i32, kn: i32, ptr_out: i32, len_out: i32, cas_out: i32| -> R {
-            let key = match read_string(&mut c, kp, kn) {
-                Ok(k) => k,
-                Err(s) => return Ok(s),
-            };
+            let key = ok_or_status!(read_string(&mut c, kp, kn));
             let found = c
                 .data()
                 .shared
                 .data
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(PoisonError::into_inner)
                 .get(&key)
                 .cloned();
             let Some((value, cas)) = found else {
@@ -597,7 +583,7 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 (Err(s), _) | (_, Err(s)) => return Ok(s),
             };
             let shared = c.data().shared.clone();
-            let mut data = shared.data.lock().unwrap_or_else(|p| p.into_inner());
+            let mut data = shared.data.lock().unwrap_or_else(PoisonError::into_inner);
             let current = data.get(&key).map_or(0, |(_, c)| *c);
             if cas != 0 && cas as u32 != current {
                 return Ok(status::CAS_MISMATCH);
@@ -612,13 +598,10 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_register_shared_queue",
         |mut c: C<'_>, np: i32, nn: i32, out: i32| -> R {
-            let name = match read_string(&mut c, np, nn) {
-                Ok(n) => n,
-                Err(s) => return Ok(s),
-            };
+            let name = ok_or_status!(read_string(&mut c, np, nn));
             let id = {
                 let shared = c.data().shared.clone();
-                let mut q = shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+                let mut q = shared.queues.lock().unwrap_or_else(PoisonError::into_inner);
                 match q.iter().position(|(n, _)| *n == name) {
                     Some(i) => i,
                     None => {
@@ -634,16 +617,13 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_resolve_shared_queue",
         |mut c: C<'_>, _vp: i32, _vn: i32, np: i32, nn: i32, out: i32| -> R {
-            let name = match read_string(&mut c, np, nn) {
-                Ok(n) => n,
-                Err(s) => return Ok(s),
-            };
+            let name = ok_or_status!(read_string(&mut c, np, nn));
             let found = c
                 .data()
                 .shared
                 .queues
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(PoisonError::into_inner)
                 .iter()
                 .position(|(n, _)| *n == name);
             match found {
@@ -656,12 +636,9 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_enqueue_shared_queue",
         |mut c: C<'_>, id: i32, vp: i32, vn: i32| -> R {
-            let value = match read(&mut c, vp, vn) {
-                Ok(v) => v,
-                Err(s) => return Ok(s),
-            };
+            let value = ok_or_status!(read(&mut c, vp, vn));
             let shared = c.data().shared.clone();
-            let mut q = shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+            let mut q = shared.queues.lock().unwrap_or_else(PoisonError::into_inner);
             match (id as u32 as usize)
                 .checked_sub(1)
                 .and_then(|i| q.get_mut(i))
@@ -680,7 +657,7 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: C<'_>, id: i32, ptr_out: i32, len_out: i32| -> R {
             let item = {
                 let shared = c.data().shared.clone();
-                let mut q = shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+                let mut q = shared.queues.lock().unwrap_or_else(PoisonError::into_inner);
                 match (id as u32 as usize)
                     .checked_sub(1)
                     .and_then(|i| q.get_mut(i))
@@ -704,13 +681,13 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             if !(0..=2).contains(&ty) {
                 return Ok(status::BAD_ARGUMENT);
             }
-            let name = match read_string(&mut c, np, nn) {
-                Ok(n) => n,
-                Err(s) => return Ok(s),
-            };
+            let name = ok_or_status!(read_string(&mut c, np, nn));
             let id = {
                 let shared = c.data().shared.clone();
-                let mut m = shared.metrics.lock().unwrap_or_else(|p| p.into_inner());
+                let mut m = shared
+                    .metrics
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 match m.iter().position(|(n, t, _)| *n == name && *t == ty) {
                     Some(i) => i,
                     None => {
@@ -727,7 +704,10 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_increment_metric",
         |c: C<'_>, id: i32, delta: i64| -> R {
             let shared = c.data().shared.clone();
-            let mut m = shared.metrics.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m = shared
+                .metrics
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             match (id as u32 as usize)
                 .checked_sub(1)
                 .and_then(|i| m.get_mut(i))
@@ -746,7 +726,10 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_record_metric",
         |c: C<'_>, id: i32, value: i64| -> R {
             let shared = c.data().shared.clone();
-            let mut m = shared.metrics.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m = shared
+                .metrics
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             match (id as u32 as usize)
                 .checked_sub(1)
                 .and_then(|i| m.get_mut(i))
@@ -769,7 +752,7 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     .shared
                     .metrics
                     .lock()
-                    .unwrap_or_else(|p| p.into_inner());
+                    .unwrap_or_else(PoisonError::into_inner);
                 match (id as u32 as usize).checked_sub(1).and_then(|i| m.get(i)) {
                     Some((_, _, v)) => *v,
                     None => return Ok(status::NOT_FOUND),
