@@ -13,8 +13,10 @@ fn validate_accepts_the_quickstart() {
     // The quickstart's WasmPlugins point at the filters built from plugins/.
     for filter in ["api-key", "header-policy"] {
         let crate_dir = format!("{}/../plugins/{filter}", env!("CARGO_MANIFEST_DIR"));
+        // Built where the manifests expect them (plugins/target), even when this test run has a CARGO_TARGET_DIR.
         let out = meshwork()
             .args(["plugin", "build", &crate_dir])
+            .env_remove("CARGO_TARGET_DIR")
             .output()
             .unwrap();
         assert!(

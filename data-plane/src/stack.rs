@@ -71,8 +71,8 @@ async fn route_and_forward(
                 &snapshot.inbound_wasm,
                 &mut parts,
                 peer,
-                "inbound",
-                &app.name,
+                None,
+                Some(&app.name),
                 eos,
             );
             if let Verdict::Respond(r) = verdict {
@@ -103,13 +103,12 @@ async fn route_and_forward(
 
     // Wasm filters see the request before the router acts on it (as Envoy's HTTP filters run before its router).
     let eos = http_body::Body::is_end_stream(&body);
-    let cluster_name = cluster.map_or("", |c| &*c.name);
     let (mut chain, verdict) = Chain::on_request(
         &route.wasm,
         &mut parts,
         peer,
-        &route.name,
-        cluster_name,
+        Some(&route.name),
+        cluster.map(|c| &c.name),
         eos,
     );
     if let Verdict::Respond(r) = verdict {

@@ -144,8 +144,8 @@ impl Chain {
         plugins: &[Arc<PluginHandle>],
         parts: &mut request::Parts,
         peer: SocketAddr,
-        route: &str,
-        cluster: &str,
+        route: Option<&Arc<str>>,
+        cluster: Option<&Arc<str>>,
         end_of_stream: bool,
     ) -> (Chain, Verdict) {
         if plugins.is_empty() {
@@ -190,8 +190,8 @@ impl Chain {
             let mut stream = StreamData {
                 request_headers: std::mem::take(&mut pairs),
                 source: Some(peer),
-                route_name: route.to_string(),
-                cluster_name: cluster.to_string(),
+                route_name: route.cloned(),
+                cluster_name: cluster.cloned(),
                 protocol,
                 ..StreamData::default()
             };

@@ -171,8 +171,8 @@ fn property(c: &C<'_>, path: &[&str]) -> Option<Vec<u8>> {
         "source.address" => s.source.map(|a| a.to_string().into_bytes()),
         "source.port" => s.source.and_then(|a| int(i64::from(a.port()))),
         "connection.mtls" => Some(vec![0]),
-        "route_name" | "xds.route_name" => text(&s.route_name),
-        "cluster_name" | "xds.cluster_name" => text(&s.cluster_name),
+        "route_name" | "xds.route_name" => s.route_name.as_deref().and_then(text),
+        "cluster_name" | "xds.cluster_name" => s.cluster_name.as_deref().and_then(text),
         _ => None,
     }
 }

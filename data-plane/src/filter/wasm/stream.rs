@@ -22,8 +22,8 @@ pub struct StreamData {
     pub response_dirty: bool,
     pub response_code: Option<u16>,
     pub source: Option<SocketAddr>,
-    pub route_name: String,
-    pub cluster_name: String,
+    pub route_name: Option<std::sync::Arc<str>>,
+    pub cluster_name: Option<std::sync::Arc<str>>,
     pub protocol: &'static str,
     /// Properties the filter set with `proxy_set_property`.
     pub custom: Vec<(String, Vec<u8>)>,
