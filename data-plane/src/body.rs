@@ -8,7 +8,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
-use crate::filter::chain::{BodyFilter, BodyStep, BodyTooLarge};
+use crate::filter::chain::{BodyFilter, BodyStep, Chain};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -16,7 +16,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum RequestBody {
     /// The client's body, streamed through.
     Incoming(Incoming),
-    /// The client's body, streamed through, with each data frame also copied to a mirror request.
+    /// The client's body, streamed through, with each data frame also copied to mirror requests.
     Tee {
         inner: Incoming,
         copies: Vec<mpsc::Sender<Bytes>>,
@@ -24,84 +24,8 @@ pub enum RequestBody {
     /// A mirror's copy of a body.
     Mirror(mpsc::Receiver<Bytes>),
     Empty,
-    /// A body passed through Wasm filters' `proxy_on_request_body` (see `FilteredBody`).
-    Filtered(Box<FilteredBody>),
-}
-
-/// Streams a request body through the Wasm filters' body callbacks. Chunks flow on as soon as every body filter
-/// continues; while one pauses, bytes are held (up to the filters' `bodyBuffer` limit, beyond which the body
-/// fails with `BodyTooLarge`, i.e. 413) and offered again with the next chunk, or at the end of the stream.
-pub struct FilteredBody {
-    inner: RequestBody,
-    filter: BodyFilter,
-    held: Vec<u8>,
-    trailers: Option<Frame<Bytes>>,
-    done: bool,
-}
-
-impl FilteredBody {
-    pub fn new(inner: RequestBody, filter: BodyFilter) -> Self {
-        FilteredBody {
-            inner,
-            filter,
-            held: Vec::new(),
-            trailers: None,
-            done: false,
-        }
-    }
-
-    fn offer(&mut self, end_of_stream: bool) -> Result<Option<Frame<Bytes>>, BoxError> {
-        match self.filter.run(&mut self.held, end_of_stream)? {
-            BodyStep::Hold => Ok(None),
-            BodyStep::Release if self.held.is_empty() => Ok(None),
-            BodyStep::Release => Ok(Some(Frame::data(Bytes::from(std::mem::take(
-                &mut self.held,
-            ))))),
-        }
-    }
-
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        loop {
-            if self.done {
-                return Poll::Ready(self.trailers.take().map(Ok));
-            }
-            match std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        self.held.extend_from_slice(&data);
-                        if self.held.len() > self.filter.limit {
-                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge(
-                                self.filter.limit,
-                            )))));
-                        }
-                        match self.offer(false) {
-                            Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
-                            Ok(None) => continue,
-                            Err(e) => return Poll::Ready(Some(Err(e))),
-                        }
-                    }
-                    Err(trailers) => {
-                        self.done = true;
-                        self.trailers = Some(trailers);
-                        match self.offer(true) {
-                            Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
-                            Ok(None) => continue,
-                            Err(e) => return Poll::Ready(Some(Err(e))),
-                        }
-                    }
-                },
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => {
-                    self.done = true;
-                    match self.offer(true) {
-                        Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
-                        Ok(None) => continue,
-                        Err(e) => return Poll::Ready(Some(Err(e))),
-                    }
-                }
-            }
-        }
-    }
+    /// A body passed through Wasm filters' `proxy_on_request_body`.
+    Filtered(Box<FilteredBody<RequestBody>>),
 }
 
 impl Body for RequestBody {
@@ -154,6 +78,8 @@ impl Body for RequestBody {
 pub enum ResponseBody {
     Upstream(Incoming),
     Full(Option<Bytes>),
+    /// An upstream body passed through Wasm filters' `proxy_on_response_body`.
+    Filtered(Box<FilteredBody<ResponseBody>>),
 }
 
 impl ResponseBody {
@@ -177,6 +103,7 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            ResponseBody::Filtered(f) => f.poll(cx),
         }
     }
 
@@ -184,6 +111,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Upstream(b) => b.is_end_stream(),
             ResponseBody::Full(b) => b.is_none(),
+            ResponseBody::Filtered(_) => false,
         }
     }
 
@@ -192,6 +120,74 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(b) => b.size_hint(),
             ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ResponseBody::Full(None) => SizeHint::with_exact(0),
+            ResponseBody::Filtered(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// Streams a body through Wasm filters' body callbacks. Chunks flow on as soon as every body filter continues;
+/// while one pauses, bytes are held (up to the filters' `bodyBuffer` limit, beyond which the body fails with
+/// `BodyTooLarge`) and offered again with the next chunk, or at the end of the stream. It may own the filter chain,
+/// so the filters' stream contexts end (done, log, delete) when the body does.
+pub struct FilteredBody<B> {
+    inner: B,
+    filter: BodyFilter,
+    held: Vec<u8>,
+    trailers: Option<Frame<Bytes>>,
+    done: bool,
+    _chain: Option<Chain>,
+}
+
+impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> FilteredBody<B> {
+    pub fn new(inner: B, filter: BodyFilter, chain: Option<Chain>) -> Self {
+        FilteredBody {
+            inner,
+            filter,
+            held: Vec::new(),
+            trailers: None,
+            done: false,
+            _chain: chain,
+        }
+    }
+
+    fn offer(&mut self, end_of_stream: bool) -> Result<Option<Frame<Bytes>>, BoxError> {
+        match self.filter.run(&mut self.held, end_of_stream)? {
+            BodyStep::Hold => Ok(None),
+            BodyStep::Release if self.held.is_empty() => Ok(None),
+            BodyStep::Release => Ok(Some(Frame::data(Bytes::from(std::mem::take(
+                &mut self.held,
+            ))))),
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(self.trailers.take().map(Ok));
+            }
+            let end_of_stream = match std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        self.held.extend_from_slice(&data);
+                        if self.held.len() > self.filter.limit {
+                            return Poll::Ready(Some(Err(Box::new(self.filter.too_large()))));
+                        }
+                        false
+                    }
+                    Err(trailers) => {
+                        self.trailers = Some(trailers);
+                        true
+                    }
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => true,
+            };
+            self.done = end_of_stream;
+            match self.offer(end_of_stream) {
+                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(None) => continue,
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
         }
     }
 }

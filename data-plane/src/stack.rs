@@ -67,7 +67,7 @@ async fn route_and_forward(
             let (mut parts, body) = req.into_parts();
             let snapshot = ctx.store.load();
             let eos = http_body::Body::is_end_stream(&body);
-            let (mut chain, verdict) = Chain::on_request(
+            let (chain, verdict) = Chain::on_request(
                 &snapshot.inbound_wasm,
                 &mut parts,
                 peer,
@@ -81,7 +81,7 @@ async fn route_and_forward(
             prepare_headers(&mut parts, peer);
             let body = with_body_filters(&chain, &mut parts, RequestBody::Incoming(body));
             let resp = forward(ctx, parts, body, app, endpoint.authority.clone(), None).await?;
-            return Ok(through_response_filters(&mut chain, resp));
+            return Ok(through_response_filters(chain, resp));
         }
         Mode::Routed(name) => name,
     };
@@ -103,7 +103,7 @@ async fn route_and_forward(
 
     // Wasm filters see the request before the router acts on it (as Envoy's HTTP filters run before its router).
     let eos = http_body::Body::is_end_stream(&body);
-    let (mut chain, verdict) = Chain::on_request(
+    let (chain, verdict) = Chain::on_request(
         &route.wasm,
         &mut parts,
         peer,
@@ -140,7 +140,7 @@ async fn route_and_forward(
             .map_err(|_| ProxyError::Timeout(t))??,
         None => fut.await?,
     };
-    Ok(through_response_filters(&mut chain, resp))
+    Ok(through_response_filters(chain, resp))
 }
 
 /// Puts the request body through the Wasm filters' body callbacks, if any filter has one. The body may change
@@ -153,7 +153,7 @@ fn with_body_filters(
     match chain.request_body_filter() {
         Some(filter) if !matches!(body, RequestBody::Empty) && !body_is_empty(&body) => {
             parts.headers.remove(header::CONTENT_LENGTH);
-            RequestBody::Filtered(Box::new(crate::body::FilteredBody::new(body, filter)))
+            RequestBody::Filtered(Box::new(crate::body::FilteredBody::new(body, filter, None)))
         }
         _ => body,
     }
@@ -164,15 +164,24 @@ fn body_is_empty(body: &RequestBody) -> bool {
 }
 
 /// Response headers through the Wasm filters (last to first); a filter may answer instead.
+/// When a filter reads the response body, the body carries the chain, so the filters' stream contexts end
+/// (done, log, delete) after the body; the body may change length, so Content-Length is dropped.
 fn through_response_filters(
-    chain: &mut Chain,
+    mut chain: Chain,
     resp: Response<ResponseBody>,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
     let eos = http_body::Body::is_end_stream(&body);
-    match chain.on_response(&mut parts, eos) {
-        Some(local) => local,
-        None => Response::from_parts(parts, body),
+    if let Some(local) = chain.on_response(&mut parts, eos) {
+        return local;
+    }
+    match chain.response_body_filter() {
+        Some(filter) if !eos => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            let body = crate::body::FilteredBody::new(body, filter, Some(chain));
+            Response::from_parts(parts, ResponseBody::Filtered(Box::new(body)))
+        }
+        _ => Response::from_parts(parts, body),
     }
 }
 

@@ -215,6 +215,18 @@ async fn wasm_filters_through_the_mesh() {
     .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["body"], "my XXXXXX is XXXXXX");
+    // Response bodies too: the echo's JSON comes back rewritten (and longer, so Content-Length was dropped).
+    let r = send(
+        &c,
+        "POST",
+        &format!("{base}/redact"),
+        &key,
+        bytes::Bytes::from_static(b"classified"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["body"], "[redacted]");
     let r = send(
         &c,
         "POST",

@@ -1,15 +1,17 @@
-//! Runs a route's Wasm filters over a request: request headers in order, response headers in reverse order (as
-//! Envoy's decoder/encoder chains do), then done/log/delete. Header maps are converted once per chain and written
-//! back only if a filter changed them. A failing filter fails only this request, as its fail strategy says.
+//! Runs a route's Wasm filters over a request: request headers and body in order, response headers and body in
+//! reverse order (as Envoy's decoder/encoder chains do), then done/log/delete when the chain is dropped (after the
+//! response body when a filter reads it). Header maps are converted once per chain and written back only if a
+//! filter changed them. A failing filter fails only this request, as its fail strategy says.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{request, response, Response, StatusCode};
 
-use super::wasm::stream::{header_pairs, to_header_map, StreamData};
+use super::wasm::abi::ACTION_CONTINUE;
+use super::wasm::stream::{get, header_pairs, to_header_map, StreamData};
 use super::wasm::{PluginHandle, WasmError};
 use crate::body::ResponseBody;
 
@@ -18,70 +20,102 @@ struct Active {
     slot: usize,
     instance: u64,
     stream: StreamData,
-    /// The filter exports `proxy_on_request_body`.
-    has_body: bool,
+    /// The filter exports `proxy_on_request_body` / `proxy_on_response_body`.
+    request_body: bool,
+    response_body: bool,
 }
 
-type Shared = Arc<std::sync::Mutex<Vec<Active>>>;
-
-fn lock(active: &Shared) -> std::sync::MutexGuard<'_, Vec<Active>> {
-    active.lock().unwrap_or_else(|p| p.into_inner())
+impl Active {
+    fn reads_body(&self, response: bool) -> bool {
+        if response {
+            self.response_body
+        } else {
+            self.request_body
+        }
+    }
 }
 
-/// The filters a request went through; dropping it ends their stream contexts. Shared with the request body's
-/// filter (`BodyFilter`), which runs the body callbacks while the body streams.
+type Shared = Arc<Mutex<Vec<Active>>>;
+
+fn lock(active: &Shared) -> MutexGuard<'_, Vec<Active>> {
+    active.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The filters a request went through; dropping it ends their stream contexts. Shared with the body filters
+/// (`BodyFilter`), which run the body callbacks while the bodies stream.
 #[derive(Default)]
 pub struct Chain {
     active: Shared,
 }
 
-/// A request body larger than a pausing Wasm filter may buffer (`limits.bodyBuffer`).
+/// A body larger than a pausing Wasm filter may buffer (`limits.bodyBuffer`). On the request side this answers
+/// 413; on the response side (headers already sent) it aborts the response.
 #[derive(Debug, thiserror::Error)]
-#[error("the request body exceeds the {0} bytes a Wasm filter may buffer")]
-pub struct BodyTooLarge(pub usize);
+#[error("the {side} body exceeds the {limit} bytes a Wasm filter may buffer")]
+pub struct BodyTooLarge {
+    pub side: &'static str,
+    pub limit: usize,
+}
 
-/// A Wasm filter failed in `proxy_on_request_body` (and its fail strategy is FAIL_CLOSE).
+/// A Wasm filter failed in a body callback (and its fail strategy is FAIL_CLOSE).
 #[derive(Debug, thiserror::Error)]
-#[error("wasm plugin {plugin} failed on the request body: {error}")]
+#[error("wasm plugin {plugin} failed on the body: {error}")]
 pub struct BodyFilterFailed {
     pub plugin: String,
     pub error: WasmError,
 }
 
 pub enum BodyStep {
-    /// Every body filter continued: the buffered bytes may go upstream.
+    /// Every body filter continued: the held bytes may go on.
     Release,
-    /// A filter paused: keep buffering.
+    /// A filter paused: keep holding.
     Hold,
 }
 
-/// Runs `proxy_on_request_body` of the chain's filters over a request body as it streams.
+/// Runs the chain's body callbacks over the request body (filters in order) or the response body (reverse order).
 pub struct BodyFilter {
     active: Shared,
+    response: bool,
     pub limit: usize,
 }
 
 impl BodyFilter {
-    /// Offers `buffer` (everything held so far) to each body filter in order; a filter may rewrite it.
+    /// Offers `buffer` (everything held so far) to each body filter in turn; a filter may rewrite it.
     pub fn run(
         &self,
         buffer: &mut Vec<u8>,
         end_of_stream: bool,
     ) -> Result<BodyStep, BodyFilterFailed> {
+        let response = self.response;
         let mut active = lock(&self.active);
-        for a in active.iter_mut().filter(|a| a.has_body) {
-            a.stream.request_body = Some(std::mem::take(buffer));
+        let mut filters: Vec<&mut Active> = active
+            .iter_mut()
+            .filter(|a| a.reads_body(response))
+            .collect();
+        if response {
+            filters.reverse();
+        }
+        for a in filters {
+            let held = Some(std::mem::take(buffer));
+            if response {
+                a.stream.response_body = held;
+            } else {
+                a.stream.request_body = held;
+            }
             let r = a.plugin.run(a.slot, Some(a.instance), |i| {
-                i.on_request_body(&mut a.stream, end_of_stream)
+                i.on_body(&mut a.stream, response, end_of_stream)
             });
-            *buffer = a.stream.request_body.take().unwrap_or_default();
+            let back = if response {
+                a.stream.response_body.take()
+            } else {
+                a.stream.request_body.take()
+            };
+            *buffer = back.unwrap_or_default();
             if a.stream.local_response.take().is_some() {
                 tracing::warn!(plugin = %a.plugin.meta.name, "a local reply from a body callback is not supported; ignored");
             }
             match r {
-                Ok(Some((action, _)))
-                    if action != super::wasm::abi::ACTION_CONTINUE && !end_of_stream =>
-                {
+                Ok(Some((action, _))) if action != ACTION_CONTINUE && !end_of_stream => {
                     return Ok(BodyStep::Hold)
                 }
                 Ok(_) => {}
@@ -97,6 +131,13 @@ impl BodyFilter {
             }
         }
         Ok(BodyStep::Release)
+    }
+
+    pub fn too_large(&self) -> BodyTooLarge {
+        BodyTooLarge {
+            side: if self.response { "response" } else { "request" },
+            limit: self.limit,
+        }
     }
 }
 
@@ -169,15 +210,13 @@ impl Chain {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        let mut pairs = header_pairs(
-            &parts.headers,
-            &[
-                (":method", parts.method.as_str()),
-                (":path", &path),
-                (":authority", &authority),
-                (":scheme", "http"),
-            ],
-        );
+        let pseudo = [
+            (":method", parts.method.as_str()),
+            (":path", &path),
+            (":authority", &authority),
+            (":scheme", "http"),
+        ];
+        let mut pairs = header_pairs(&parts.headers, &pseudo);
         let mut dirty = false;
         let protocol = match parts.version {
             http::Version::HTTP_2 => "HTTP/2",
@@ -197,20 +236,25 @@ impl Chain {
             };
             let result = plugin.run(slot, None, |inst| {
                 inst.new_context(&mut stream)?;
-                let action = inst.on_headers(&mut stream, false, end_of_stream)?;
-                Ok((action, inst.closed(), inst.has_request_body_callback()))
+                inst.on_headers(&mut stream, false, end_of_stream)?;
+                Ok((
+                    inst.closed(),
+                    inst.has_body_callback(false),
+                    inst.has_body_callback(true),
+                ))
             });
             pairs = std::mem::take(&mut stream.request_headers);
             dirty |= stream.request_dirty;
             match result {
-                Ok(Some(((_action, closed, has_body), instance))) => {
+                Ok(Some(((closed, request_body, response_body), instance))) => {
                     let local = local_response(&mut stream);
                     active.push(Active {
                         plugin: plugin.clone(),
                         slot,
                         instance,
                         stream,
-                        has_body,
+                        request_body,
+                        response_body,
                     });
                     if let Some(r) = local {
                         verdict = Verdict::Respond(r);
@@ -236,22 +280,32 @@ impl Chain {
         }
         (
             Chain {
-                active: Arc::new(std::sync::Mutex::new(active)),
+                active: Arc::new(Mutex::new(active)),
             },
             verdict,
         )
     }
 
-    /// The request body's filter, if a filter that saw the headers has a body callback. The smallest
-    /// `bodyBuffer` limit among them applies.
+    /// The request body's filter, if a filter that saw the headers has a body callback. The smallest `bodyBuffer`
+    /// among them applies.
     pub fn request_body_filter(&self) -> Option<BodyFilter> {
+        self.body_filter(false)
+    }
+
+    /// Likewise for the response body.
+    pub fn response_body_filter(&self) -> Option<BodyFilter> {
+        self.body_filter(true)
+    }
+
+    fn body_filter(&self, response: bool) -> Option<BodyFilter> {
         let limit = lock(&self.active)
             .iter()
-            .filter(|a| a.has_body)
+            .filter(|a| a.reads_body(response))
             .map(|a| a.plugin.meta.body_limit)
             .min()?;
         Some(BodyFilter {
             active: self.active.clone(),
+            response,
             limit,
         })
     }
@@ -294,10 +348,8 @@ impl Chain {
             }
         }
         if dirty {
-            if let Some(code) = pairs
-                .iter()
-                .find(|(k, _)| k == ":status")
-                .and_then(|(_, v)| v.parse().ok())
+            if let Some(code) = get(&pairs, ":status")
+                .and_then(|v| v.parse().ok())
                 .and_then(|c| StatusCode::from_u16(c).ok())
             {
                 parts.status = code;
@@ -318,13 +370,19 @@ impl Drop for Chain {
     }
 }
 
+/// Writes a filter's request-header edits back: method and path only if they changed, then the header map.
 fn apply_request(parts: &mut request::Parts, pairs: &[(String, String)]) {
-    use super::wasm::stream::get;
-    if let Some(m) = get(pairs, ":method").and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
+    if let Some(m) = get(pairs, ":method")
+        .filter(|m| *m != parts.method.as_str())
+        .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
     {
         parts.method = m;
     }
-    if let Some(pq) = get(pairs, ":path").and_then(|p| p.parse::<http::uri::PathAndQuery>().ok()) {
+    let current = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    if let Some(pq) = get(pairs, ":path")
+        .filter(|p| *p != current)
+        .and_then(|p| p.parse::<http::uri::PathAndQuery>().ok())
+    {
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
         uri.path_and_query = Some(pq);
         parts.uri = http::Uri::from_parts(uri).unwrap_or_default();

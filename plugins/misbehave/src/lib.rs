@@ -1,7 +1,7 @@
 //! Test filter that misbehaves on purpose, to prove the host contains it. Plugin config (a string) picks how:
 //! `panic`, `loop` (never returns), `oom` (allocates without end), `reject` (refuses its configuration), or
 //! `ok` (adds `x-misbehave: ok`), or `redact` (buffers the request body by pausing until its end, then replaces
-//! every `secret` with `XXXXXX`). The misbehaviours fire on requests whose path contains `/boom`.
+//! every `secret` with `XXXXXX`, and in the response body every `classified` with `[redacted]`). The misbehaviours fire on requests whose path contains `/boom`.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -81,6 +81,20 @@ impl HttpContext for Filter {
         if let Some(body) = self.get_http_request_body(0, size) {
             let redacted = String::from_utf8_lossy(&body).replace("secret", "XXXXXX");
             self.set_http_request_body(0, size, redacted.as_bytes());
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if self.mode != "redact" {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        if let Some(body) = self.get_http_response_body(0, size) {
+            let redacted = String::from_utf8_lossy(&body).replace("classified", "[redacted]");
+            self.set_http_response_body(0, size, redacted.as_bytes());
         }
         Action::Continue
     }

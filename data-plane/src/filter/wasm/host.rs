@@ -113,6 +113,15 @@ fn headers_mut<'a>(c: &'a mut C<'_>, map_type: i32) -> Result<MapRef<'a>, i32> {
     }
 }
 
+/// The body buffer a body callback works on (request or response), if one is running.
+fn body_of(s: &StreamData, ty: i32) -> Option<&Vec<u8>> {
+    if ty == buffer::REQUEST_BODY {
+        s.request_body.as_ref()
+    } else {
+        s.response_body.as_ref()
+    }
+}
+
 fn log_at(meta: &PluginMeta, level: i32, msg: &str) -> i32 {
     let plugin = meta.name.as_str();
     match level {
@@ -224,11 +233,11 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let buf: &[u8] = match ty {
                 buffer::PLUGIN_CONFIGURATION => &meta.config,
                 buffer::VM_CONFIGURATION => &[],
-                buffer::REQUEST_BODY => match c
+                buffer::REQUEST_BODY | buffer::RESPONSE_BODY => match c
                     .data()
                     .stream
                     .as_ref()
-                    .and_then(|s| s.request_body.clone())
+                    .and_then(|s| body_of(s, ty).cloned())
                 {
                     Some(b) => {
                         body = b;
@@ -258,15 +267,12 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let len = match ty {
                 buffer::PLUGIN_CONFIGURATION => c.data().meta.config.len(),
                 buffer::VM_CONFIGURATION => 0,
-                buffer::REQUEST_BODY => match c
-                    .data()
-                    .stream
-                    .as_ref()
-                    .and_then(|s| s.request_body.as_ref())
-                {
-                    Some(b) => b.len(),
-                    None => return Ok(status::NOT_FOUND),
-                },
+                buffer::REQUEST_BODY | buffer::RESPONSE_BODY => {
+                    match c.data().stream.as_ref().and_then(|s| body_of(s, ty)) {
+                        Some(b) => b.len(),
+                        None => return Ok(status::NOT_FOUND),
+                    }
+                }
                 _ => return Ok(status::NOT_FOUND),
             };
             Ok(st(write_u32(&mut c, len_out, len as u32)
@@ -278,16 +284,17 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_buffer_bytes",
         |mut c: C<'_>, ty: i32, start: i32, size: i32, p: i32, n: i32| -> R {
-            if ty != buffer::REQUEST_BODY {
+            if ty != buffer::REQUEST_BODY && ty != buffer::RESPONSE_BODY {
                 return Ok(status::NOT_FOUND);
             }
             let data = ok_or_status!(read(&mut c, p, n));
-            let Some(body) = c
-                .data_mut()
-                .stream
-                .as_mut()
-                .and_then(|s| s.request_body.as_mut())
-            else {
+            let Some(body) = c.data_mut().stream.as_mut().and_then(|s| {
+                if ty == buffer::REQUEST_BODY {
+                    s.request_body.as_mut()
+                } else {
+                    s.response_body.as_mut()
+                }
+            }) else {
                 return Ok(status::NOT_FOUND);
             };
             let start = (start as u32 as usize).min(body.len());

@@ -22,6 +22,7 @@ struct Exports {
     request_headers: Option<F3R>,
     response_headers: Option<F3R>,
     request_body: Option<F3R>,
+    response_body: Option<F3R>,
     done: Option<F1R>,
     tick: Option<F1>,
     log: Option<F1>,
@@ -127,6 +128,7 @@ impl PluginInstance {
             request_headers: f3r(&mut store, "proxy_on_request_headers"),
             response_headers: f3r(&mut store, "proxy_on_response_headers"),
             request_body: f3r(&mut store, "proxy_on_request_body"),
+            response_body: f3r(&mut store, "proxy_on_response_body"),
             done: instance
                 .get_typed_func::<i32, i32>(&mut store, "proxy_on_done")
                 .ok(),
@@ -234,21 +236,35 @@ impl PluginInstance {
         })
     }
 
-    pub fn has_request_body_callback(&self) -> bool {
-        self.exports.request_body.is_some()
+    pub fn has_body_callback(&self, response: bool) -> bool {
+        if response {
+            self.exports.response_body.is_some()
+        } else {
+            self.exports.request_body.is_some()
+        }
     }
 
-    /// `proxy_on_request_body` with `stream.request_body` as the body buffer; returns the action (0 = continue).
-    pub fn on_request_body(
+    /// `proxy_on_request_body` / `proxy_on_response_body` with the stream's body buffer for that side; returns the
+    /// action (0 = continue).
+    pub fn on_body(
         &mut self,
         stream: &mut StreamData,
+        response: bool,
         end_of_stream: bool,
     ) -> Result<i32, WasmError> {
-        let Some(f) = self.exports.request_body.clone() else {
-            return Ok(0);
+        let f = if response {
+            self.exports.response_body.clone()
+        } else {
+            self.exports.request_body.clone()
         };
+        let Some(f) = f else { return Ok(0) };
         let id = stream.context_id as i32;
-        let size = stream.request_body.as_ref().map_or(0, Vec::len) as i32;
+        let body = if response {
+            &stream.response_body
+        } else {
+            &stream.request_body
+        };
+        let size = body.as_ref().map_or(0, Vec::len) as i32;
         self.with_stream(stream, |me| {
             me.guarded(|s| f.call(s, (id, size, i32::from(end_of_stream))))
         })

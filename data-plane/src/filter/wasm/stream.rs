@@ -30,6 +30,8 @@ pub struct StreamData {
     pub local_response: Option<LocalResponse>,
     /// During `proxy_on_request_body`: the body the filter sees (and may rewrite with `proxy_set_buffer_bytes`).
     pub request_body: Option<Vec<u8>>,
+    /// During `proxy_on_response_body`: likewise for the response.
+    pub response_body: Option<Vec<u8>>,
 }
 
 pub fn header_pairs(headers: &HeaderMap, pseudo: &[(&str, &str)]) -> Vec<(String, String)> {
