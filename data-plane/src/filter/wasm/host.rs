@@ -769,7 +769,6 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         },
     )?;
 
-    // Not implemented yet: UNIMPLEMENTED (docs/filters.md lists them).
     l.func_wrap(
         "env",
         "proxy_set_tick_period_milliseconds",
@@ -778,65 +777,24 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok(status::OK)
         },
     )?;
-    l.func_wrap(
-        "env",
-        "proxy_http_call",
-        |_c: C<'_>,
-         _a: i32,
-         _b: i32,
-         _d: i32,
-         _e: i32,
-         _f: i32,
-         _g: i32,
-         _h: i32,
-         _i: i32,
-         _t: i32,
-         _o: i32|
-         -> R { Ok(status::UNIMPLEMENTED) },
-    )?;
-    l.func_wrap(
-        "env",
-        "proxy_grpc_call",
-        |_c: C<'_>,
-         _a: i32,
-         _b: i32,
-         _d: i32,
-         _e: i32,
-         _f: i32,
-         _g: i32,
-         _h: i32,
-         _i: i32,
-         _j: i32,
-         _k: i32,
-         _t: i32,
-         _o: i32|
-         -> R { Ok(status::UNIMPLEMENTED) },
-    )?;
-    l.func_wrap(
-        "env",
-        "proxy_grpc_stream",
-        |_c: C<'_>,
-         _a: i32,
-         _b: i32,
-         _d: i32,
-         _e: i32,
-         _f: i32,
-         _g: i32,
-         _h: i32,
-         _i: i32,
-         _o: i32|
-         -> R { Ok(status::UNIMPLEMENTED) },
-    )?;
-    l.func_wrap(
-        "env",
-        "proxy_grpc_send",
-        |_c: C<'_>, _a: i32, _b: i32, _d: i32, _e: i32| -> R { Ok(status::UNIMPLEMENTED) },
-    )?;
-    l.func_wrap("env", "proxy_grpc_cancel", |_c: C<'_>, _a: i32| -> R {
-        Ok(status::UNIMPLEMENTED)
-    })?;
-    l.func_wrap("env", "proxy_grpc_close", |_c: C<'_>, _a: i32| -> R {
-        Ok(status::UNIMPLEMENTED)
-    })?;
+    // Not implemented yet (docs/filters.md): the spec's signatures, answering UNIMPLEMENTED.
+    for (name, params) in [
+        ("proxy_http_call", 10),
+        ("proxy_grpc_call", 12),
+        ("proxy_grpc_stream", 9),
+        ("proxy_grpc_send", 4),
+        ("proxy_grpc_cancel", 1),
+        ("proxy_grpc_close", 1),
+    ] {
+        let ty = wasmtime::FuncType::new(
+            l.engine(),
+            std::iter::repeat_n(wasmtime::ValType::I32, params),
+            [wasmtime::ValType::I32],
+        );
+        l.func_new("env", name, ty, |_caller, _params, results| {
+            results[0] = wasmtime::Val::I32(status::UNIMPLEMENTED);
+            Ok(())
+        })?;
+    }
     Ok(())
 }
