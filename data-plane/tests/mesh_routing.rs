@@ -510,20 +510,56 @@ async fn routing_filters_and_live_changes() {
     }
     assert_eq!(nodes.keys().collect::<Vec<_>>(), ["backend-v1-0"]);
 
-    // Ctrl-C / SIGTERM stops every process `up` started.
-    let pids: Vec<i32> = mesh
+    // Ctrl-C / SIGTERM stops every process `up` started: the proxies, and every app with everything it started
+    // (apps given as a command line run under `sh -c`; each app leads its own process group).
+    let words: Vec<String> = mesh
         .seen
         .lock()
         .unwrap()
         .iter()
-        .filter_map(|l| l.rsplit_once("pid=").and_then(|(_, p)| p.parse().ok()))
+        .flat_map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
         .collect();
+    let pids: Vec<i32> = words
+        .iter()
+        .filter_map(|w| w.strip_prefix("pid=")?.parse().ok())
+        .collect();
+    let app_groups: Vec<i32> = words
+        .iter()
+        .filter_map(|w| w.strip_prefix("app_pid=")?.parse().ok())
+        .collect();
+    assert!(!app_groups.is_empty());
     mesh.proc.stop(Duration::from_secs(30));
     for pid in pids {
         let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
             && !is_zombie(pid);
         assert!(!alive, "process {pid} outlived meshwork up");
     }
+    for group in app_groups {
+        let alive = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), None).is_ok();
+        assert!(
+            !alive,
+            "a process of app group {group} outlived meshwork up"
+        );
+    }
+    // And whatever the grouping: no process is left running in the manifest directory (every app's cwd).
+    let dir = fx.dir.path().canonicalize().unwrap();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd == dir))
+        .filter(|e| !is_zombie(e.file_name().to_string_lossy().parse().unwrap_or(0)))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "processes still running in the manifest directory: {left:?}"
+    );
 }
 
 fn is_zombie(pid: i32) -> bool {

@@ -207,6 +207,7 @@ impl Supervisor {
         cmd.env("MESHWORK_LOG", &self.proxy_log)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .kill_on_drop(true);
         cmd
     }
@@ -271,6 +272,10 @@ impl Supervisor {
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
+                    // Its own process group: `stop` signals the whole group, so an app started through `sh -c`
+                    // (or one that forks) stops with the shell; and a terminal's Ctrl-C reaches only `up`, which
+                    // stops everything in order (sidecar first, then app).
+                    .process_group(0)
                     .kill_on_drop(true);
                 let mut app_child = app
                     .spawn()
@@ -312,8 +317,9 @@ impl Supervisor {
                     .with_context(|| format!("start {}", self.proxy_bin.display()))?;
                 forward_output(&mut proxy, &format!("{node} sidecar"));
                 say(format!(
-                    "started {node} role=sidecar admin=127.0.0.1:{admin} app={app_addr} inbound=127.0.0.1:{inbound} outbound=127.0.0.1:{outbound} pid={}",
-                    proxy.id().unwrap_or(0)
+                    "started {node} role=sidecar admin=127.0.0.1:{admin} app={app_addr} inbound=127.0.0.1:{inbound} outbound=127.0.0.1:{outbound} pid={} app_pid={}",
+                    proxy.id().unwrap_or(0),
+                    app_child.id().unwrap_or(0)
                 ));
                 Ok(Running {
                     spec: spec.clone(),
@@ -380,19 +386,28 @@ async fn stop_owned(node: String, r: Running) {
 /// The proxy first (it deregisters, keeps serving while peers learn, then drains), then the app; each gets SIGTERM
 /// and, after a grace period, SIGKILL.
 async fn stop(node: &str, mut r: Running) {
+    use nix::sys::signal::{killpg, Signal};
+    use nix::unistd::Pid;
     for child in &mut r.children {
-        if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+        // Each child leads its own process group (see `start`): signal the group, so nothing it started survives.
+        let Some(group) = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .map(Pid::from_raw)
+        else {
+            continue;
+        };
+        let _ = killpg(group, Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let _ = tokio::time::timeout_at(deadline, child.wait()).await;
+        // The leader may exit before the rest of its group (a shell before its app): wait for the group to empty.
+        while killpg(group, None).is_ok() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if tokio::time::timeout(Duration::from_secs(10), child.wait())
-            .await
-            .is_err()
-        {
-            let _ = child.kill().await;
+        if killpg(group, None).is_ok() {
+            let _ = killpg(group, Signal::SIGKILL);
         }
+        let _ = child.kill().await;
     }
     tracing::debug!(%node, "stopped");
 }
