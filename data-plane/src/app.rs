@@ -284,6 +284,11 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
     }
 
     let wasm = Arc::new(LazyWasm::new(opts.workers, opts.wasm_cache_dir.clone()));
+    let callouts = crate::filter::callout::MeshCallouts {
+        store: store.clone(),
+        upstreams: upstreams.clone(),
+    };
+    let _ = wasm.shared.callouts.set(Arc::new(callouts));
     let applier = Arc::new(Applier {
         store: store.clone(),
         wasm,

@@ -24,6 +24,8 @@ pub enum RequestBody {
     /// A mirror's copy of a body.
     Mirror(mpsc::Receiver<Bytes>),
     Empty,
+    /// A body the proxy made (a Wasm filter's callout).
+    Full(Option<Bytes>),
     /// A body passed through Wasm filters' `proxy_on_request_body`.
     Filtered(Box<FilteredBody<RequestBody>>),
 }
@@ -53,6 +55,7 @@ impl Body for RequestBody {
             }
             RequestBody::Mirror(rx) => rx.poll_recv(cx).map(|d| d.map(|b| Ok(Frame::data(b)))),
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
             RequestBody::Filtered(f) => f.poll(cx),
         }
     }
@@ -62,6 +65,7 @@ impl Body for RequestBody {
             RequestBody::Incoming(b) | RequestBody::Tee { inner: b, .. } => b.is_end_stream(),
             RequestBody::Mirror(_) | RequestBody::Filtered(_) => false,
             RequestBody::Empty => true,
+            RequestBody::Full(b) => b.is_none(),
         }
     }
 
@@ -69,7 +73,8 @@ impl Body for RequestBody {
         match self {
             RequestBody::Incoming(b) | RequestBody::Tee { inner: b, .. } => b.size_hint(),
             RequestBody::Mirror(_) | RequestBody::Filtered(_) => SizeHint::default(),
-            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Empty | RequestBody::Full(None) => SizeHint::with_exact(0),
+            RequestBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
         }
     }
 }
@@ -125,7 +130,7 @@ impl Body for ResponseBody {
     }
 }
 
-/// Streams a body through Wasm filters' body callbacks. Chunks flow on as soon as every body filter continues;
+/// Streams a body through Wasm filters' body (and trailers) callbacks. Chunks flow on as soon as every body filter continues;
 /// while one pauses, bytes are held (up to the filters' `bodyBuffer` limit, beyond which the body fails with
 /// `BodyTooLarge`) and offered again with the next chunk, or at the end of the stream. It may own the filter chain,
 /// so the filters' stream contexts end (done, log, delete) when the body does.
@@ -174,8 +179,13 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> FilteredBody<B> {
                         }
                         false
                     }
-                    Err(trailers) => {
-                        self.trailers = Some(trailers);
+                    Err(frame) => {
+                        if let Ok(mut trailers) = frame.into_trailers() {
+                            if let Err(e) = self.filter.on_trailers(&mut trailers) {
+                                return Poll::Ready(Some(Err(Box::new(e))));
+                            }
+                            self.trailers = Some(Frame::trailers(trailers));
+                        }
                         true
                     }
                 },

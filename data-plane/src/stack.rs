@@ -74,14 +74,15 @@ async fn route_and_forward(
                 None,
                 Some(&app.name),
                 eos,
-            );
+            )
+            .await;
             if let Verdict::Respond(r) = verdict {
                 return Ok(r);
             }
             prepare_headers(&mut parts, peer);
             let body = with_body_filters(&chain, &mut parts, RequestBody::Incoming(body));
             let resp = forward(ctx, parts, body, app, endpoint.authority.clone(), None).await?;
-            return Ok(through_response_filters(chain, resp));
+            return Ok(through_response_filters(chain, resp).await);
         }
         Mode::Routed(name) => name,
     };
@@ -110,7 +111,8 @@ async fn route_and_forward(
         Some(&route.name),
         cluster.map(|c| &c.name),
         eos,
-    );
+    )
+    .await;
     if let Verdict::Respond(r) = verdict {
         return Ok(r);
     }
@@ -140,7 +142,7 @@ async fn route_and_forward(
             .map_err(|_| ProxyError::Timeout(t))??,
         None => fut.await?,
     };
-    Ok(through_response_filters(chain, resp))
+    Ok(through_response_filters(chain, resp).await)
 }
 
 /// Puts the request body through the Wasm filters' body callbacks, if any filter has one. The body may change
@@ -166,13 +168,13 @@ fn body_is_empty(body: &RequestBody) -> bool {
 /// Response headers through the Wasm filters (last to first); a filter may answer instead.
 /// When a filter reads the response body, the body carries the chain, so the filters' stream contexts end
 /// (done, log, delete) after the body; the body may change length, so Content-Length is dropped.
-fn through_response_filters(
+async fn through_response_filters(
     mut chain: Chain,
     resp: Response<ResponseBody>,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
     let eos = http_body::Body::is_end_stream(&body);
-    if let Some(local) = chain.on_response(&mut parts, eos) {
+    if let Some(local) = chain.on_response(&mut parts, eos).await {
         return local;
     }
     match chain.response_body_filter() {
@@ -302,14 +304,17 @@ fn mirror(
     }
 }
 
-fn version_for(p: Protocol) -> Version {
+pub(crate) fn version_for(p: Protocol) -> Version {
     match p {
         Protocol::Http1 => Version::HTTP_11,
         Protocol::Http2 => Version::HTTP_2,
     }
 }
 
-fn upstream_uri(authority: http::uri::Authority, pq: Option<&PathAndQuery>) -> Option<Uri> {
+pub(crate) fn upstream_uri(
+    authority: http::uri::Authority,
+    pq: Option<&PathAndQuery>,
+) -> Option<Uri> {
     let mut p = http::uri::Parts::default();
     p.scheme = Some(Scheme::HTTP);
     p.authority = Some(authority);

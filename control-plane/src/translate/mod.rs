@@ -81,6 +81,19 @@ pub fn snapshot_for(set: &ManifestSet, instances: &[Instance], proxy: &ProxyKey)
         inbound_wasm: Vec::new(),
     };
     attach_wasm(set, proxy, &mut snapshot);
+    // Filters may call any mesh service (`proxy_http_call`), so a proxy that runs filters knows them all.
+    if !snapshot.wasm_plugins.is_empty() {
+        let services: BTreeSet<String> = set
+            .workloads
+            .iter()
+            .map(|w| format!("service/{}/{}", w.meta.namespace, w.service))
+            .collect();
+        for name in services {
+            if snapshot.clusters.iter().all(|c| c.name != name) {
+                snapshot.clusters.extend(cluster(set, instances, &name));
+            }
+        }
+    }
     snapshot
 }
 

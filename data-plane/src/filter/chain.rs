@@ -1,7 +1,13 @@
-//! Runs a route's Wasm filters over a request: request headers and body in order, response headers and body in
-//! reverse order (as Envoy's decoder/encoder chains do), then done/log/delete when the chain is dropped (after the
-//! response body when a filter reads it). Header maps are converted once per chain and written back only if a
-//! filter changed them. A failing filter fails only this request, as its fail strategy says.
+//! Runs a route's Wasm filters over a request: request headers, body and trailers in order, response headers,
+//! body and trailers in reverse order (as Envoy's decoder/encoder chains do), then done/log/delete when the chain
+//! is dropped (after the response body when a filter reads it). Header maps are converted once per chain and
+//! written back only if a filter changed them. A failing filter fails only this request, as its fail strategy
+//! says.
+//!
+//! A filter that pauses in a headers callback stops the stream (as in Envoy: nothing further runs) until it calls
+//! `proxy_continue_stream` or answers locally, typically from `proxy_on_http_call_response`: its callouts are sent
+//! and answered while the request waits. Callouts from callbacks that do not pause are sent in the background and
+//! answered to the stream context while it lives.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -11,6 +17,7 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{request, response, Response, StatusCode};
 
 use super::wasm::abi::ACTION_CONTINUE;
+use super::wasm::callout::{self, Callout};
 use super::wasm::stream::{get, header_pairs, to_header_map, StreamData};
 use super::wasm::{PluginHandle, WasmError};
 use crate::body::ResponseBody;
@@ -23,6 +30,9 @@ struct Active {
     /// The filter exports `proxy_on_request_body` / `proxy_on_response_body`.
     request_body: bool,
     response_body: bool,
+    /// ... and `proxy_on_request_trailers` / `proxy_on_response_trailers`.
+    request_trailers: bool,
+    response_trailers: bool,
 }
 
 impl Active {
@@ -33,9 +43,111 @@ impl Active {
             self.request_body
         }
     }
+
+    fn reads_trailers(&self, response: bool) -> bool {
+        if response {
+            self.response_trailers
+        } else {
+            self.request_trailers
+        }
+    }
 }
 
 type Shared = Arc<Mutex<Vec<Active>>>;
+
+/// Sends callouts a stream callback made without pausing, in the background; each answer goes to that stream
+/// context while the chain lives (calls the root context made go to the root context).
+fn send_in_background(active: &Shared, index: usize, calls: Vec<Callout>) {
+    if calls.is_empty() {
+        return;
+    }
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    for call in calls {
+        let weak = Arc::downgrade(active);
+        rt.spawn(async move {
+            let Some(plugin) = weak
+                .upgrade()
+                .and_then(|a| lock(&a).get(index).map(|a| a.plugin.clone()))
+            else {
+                return;
+            };
+            let response = callout::answer(plugin.shared_callouts(), call.clone()).await;
+            let Some(active) = weak.upgrade() else { return };
+            let more = {
+                let mut list = lock(&active);
+                let Some(a) = list.get_mut(index) else { return };
+                if a.stream.context_id != call.context_id {
+                    return;
+                }
+                let r = a.plugin.run(a.slot, Some(a.instance), |i| {
+                    i.on_http_call_response(Some(&mut a.stream), &call, response)?;
+                    Ok(i.take_calls())
+                });
+                match r {
+                    Ok(Some((more, _))) => more,
+                    _ => Vec::new(),
+                }
+            };
+            send_in_background(&active, index, more);
+        });
+    }
+}
+
+/// How a paused filter's stream ended its wait.
+enum Settled {
+    Continue,
+    Respond(Response<ResponseBody>),
+}
+
+/// Waits on a filter that paused in a headers callback: sends its callouts one after another and delivers each
+/// answer (`proxy_on_http_call_response`), until it resumes the stream, answers locally, closes the stream or fails.
+/// A pause with no callout outstanding can never be resumed: the request fails with 500 rather than hang.
+async fn settle(a: &mut Active, calls: Vec<Callout>) -> Settled {
+    let mut pending: std::collections::VecDeque<Callout> = calls.into();
+    loop {
+        if let Some(r) = local_response(&mut a.stream) {
+            return Settled::Respond(r);
+        }
+        if a.stream.resumed {
+            a.stream.resumed = false;
+            if !pending.is_empty() {
+                tracing::debug!(plugin = %a.plugin.meta.name, "callouts outstanding after resume; their answers are dropped");
+            }
+            return Settled::Continue;
+        }
+        let Some(call) = pending.pop_front() else {
+            let mut r = Response::new(ResponseBody::text(format!(
+                "meshwork: wasm plugin {} paused the stream with no callout outstanding that could resume it\n",
+                a.plugin.meta.name
+            )));
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            return Settled::Respond(r);
+        };
+        let response = callout::answer(a.plugin.shared_callouts(), call.clone()).await;
+        let result = a.plugin.run(a.slot, Some(a.instance), |i| {
+            let stream = (call.context_id == a.stream.context_id).then_some(&mut a.stream);
+            i.on_http_call_response(stream, &call, response)?;
+            Ok((i.take_calls(), i.closed()))
+        });
+        match result {
+            Ok(Some(((more, closed), _))) => {
+                if closed {
+                    return Settled::Respond(closed_response(&a.plugin));
+                }
+                pending.extend(more);
+            }
+            // The instance was replaced meanwhile: nothing can resume this stream on it.
+            Ok(None) => return Settled::Continue,
+            Err(e) if a.plugin.meta.fail_open => {
+                tracing::debug!(plugin = %a.plugin.meta.name, error = %e, "failing open");
+                return Settled::Continue;
+            }
+            Err(e) => return Settled::Respond(failure_response(&a.plugin, &e)),
+        }
+    }
+}
 
 fn lock(active: &Shared) -> MutexGuard<'_, Vec<Active>> {
     active.lock().unwrap_or_else(PoisonError::into_inner)
@@ -88,49 +200,124 @@ impl BodyFilter {
     ) -> Result<BodyStep, BodyFilterFailed> {
         let response = self.response;
         let mut active = lock(&self.active);
-        let mut filters: Vec<&mut Active> = active
+        let mut filters: Vec<(usize, &mut Active)> = active
             .iter_mut()
-            .filter(|a| a.reads_body(response))
+            .enumerate()
+            .filter(|(_, a)| a.reads_body(response))
             .collect();
         if response {
             filters.reverse();
         }
-        for a in filters {
-            let held = Some(std::mem::take(buffer));
-            if response {
-                a.stream.response_body = held;
-            } else {
-                a.stream.request_body = held;
-            }
-            let r = a.plugin.run(a.slot, Some(a.instance), |i| {
-                i.on_body(&mut a.stream, response, end_of_stream)
-            });
-            let back = if response {
-                a.stream.response_body.take()
-            } else {
-                a.stream.request_body.take()
-            };
-            *buffer = back.unwrap_or_default();
-            if a.stream.local_response.take().is_some() {
-                tracing::warn!(plugin = %a.plugin.meta.name, "a local reply from a body callback is not supported; ignored");
-            }
-            match r {
-                Ok(Some((action, _))) if action != ACTION_CONTINUE && !end_of_stream => {
-                    return Ok(BodyStep::Hold)
+        let mut background = Vec::new();
+        let step = (|| {
+            for (index, a) in filters {
+                let held = Some(std::mem::take(buffer));
+                if response {
+                    a.stream.response_body = held;
+                } else {
+                    a.stream.request_body = held;
                 }
-                Ok(_) => {}
+                let r = a.plugin.run(a.slot, Some(a.instance), |i| {
+                    let action = i.on_body(&mut a.stream, response, end_of_stream)?;
+                    Ok((action, i.take_calls()))
+                });
+                let r = r.map(|ok| {
+                    ok.map(|((action, calls), id)| {
+                        background.push((index, calls));
+                        (action, id)
+                    })
+                });
+                let back = if response {
+                    a.stream.response_body.take()
+                } else {
+                    a.stream.request_body.take()
+                };
+                *buffer = back.unwrap_or_default();
+                if a.stream.local_response.take().is_some() {
+                    tracing::warn!(plugin = %a.plugin.meta.name, "a local reply from a body callback is not supported; ignored");
+                }
+                match r {
+                    Ok(Some((action, _))) if action != ACTION_CONTINUE && !end_of_stream => {
+                        return Ok(BodyStep::Hold)
+                    }
+                    Ok(_) => {}
+                    Err(e) if a.plugin.meta.fail_open => {
+                        tracing::debug!(plugin = %a.plugin.meta.name, error = %e, "failing open")
+                    }
+                    Err(error) => {
+                        return Err(BodyFilterFailed {
+                            plugin: a.plugin.meta.name.clone(),
+                            error,
+                        })
+                    }
+                }
+            }
+            Ok(BodyStep::Release)
+        })();
+        drop(active);
+        for (index, calls) in background {
+            send_in_background(&self.active, index, calls);
+        }
+        step
+    }
+
+    /// Runs the trailers callbacks (request: in order, response: reverse) over `trailers`, writing edits back.
+    pub fn on_trailers(&self, trailers: &mut http::HeaderMap) -> Result<(), BodyFilterFailed> {
+        let response = self.response;
+        let mut active = lock(&self.active);
+        let mut pairs = header_pairs(trailers, &[]);
+        let mut dirty = false;
+        let mut order: Vec<usize> = (0..active.len())
+            .filter(|i| active[*i].reads_trailers(response))
+            .collect();
+        if response {
+            order.reverse();
+        }
+        let mut background = Vec::new();
+        let mut failed = None;
+        for index in order {
+            let a = &mut active[index];
+            let slot = if response {
+                &mut a.stream.response_trailers
+            } else {
+                &mut a.stream.request_trailers
+            };
+            *slot = Some(std::mem::take(&mut pairs));
+            a.stream.trailers_dirty = false;
+            let r = a.plugin.run(a.slot, Some(a.instance), |i| {
+                i.on_trailers(&mut a.stream, response)?;
+                Ok(i.take_calls())
+            });
+            let slot = if response {
+                &mut a.stream.response_trailers
+            } else {
+                &mut a.stream.request_trailers
+            };
+            pairs = slot.take().unwrap_or_default();
+            dirty |= a.stream.trailers_dirty;
+            match r {
+                Ok(Some((calls, _))) => background.push((index, calls)),
+                Ok(None) => {}
                 Err(e) if a.plugin.meta.fail_open => {
                     tracing::debug!(plugin = %a.plugin.meta.name, error = %e, "failing open")
                 }
                 Err(error) => {
-                    return Err(BodyFilterFailed {
+                    failed = Some(BodyFilterFailed {
                         plugin: a.plugin.meta.name.clone(),
                         error,
-                    })
+                    });
+                    break;
                 }
             }
         }
-        Ok(BodyStep::Release)
+        drop(active);
+        for (index, calls) in background {
+            send_in_background(&self.active, index, calls);
+        }
+        if dirty {
+            *trailers = to_header_map(&pairs);
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     pub fn too_large(&self) -> BodyTooLarge {
@@ -181,7 +368,8 @@ fn closed_response(plugin: &PluginHandle) -> Response<ResponseBody> {
 
 impl Chain {
     /// Request headers through every filter. `Verdict::Respond` is a local reply (from a filter, or its failure).
-    pub fn on_request(
+    /// A filter that pauses holds the request here until it resumes (see the module docs).
+    pub async fn on_request(
         plugins: &[Arc<PluginHandle>],
         parts: &mut request::Parts,
         peer: SocketAddr,
@@ -224,6 +412,7 @@ impl Chain {
             _ => "HTTP/1.1",
         };
         let mut verdict = Verdict::Continue;
+        let mut background = Vec::new();
         for plugin in plugins {
             let slot = plugin.pick_slot();
             let mut stream = StreamData {
@@ -236,37 +425,54 @@ impl Chain {
             };
             let result = plugin.run(slot, None, |inst| {
                 inst.new_context(&mut stream)?;
-                inst.on_headers(&mut stream, false, end_of_stream)?;
-                Ok((
-                    inst.closed(),
-                    inst.has_body_callback(false),
-                    inst.has_body_callback(true),
-                ))
+                let action = inst.on_headers(&mut stream, false, end_of_stream)?;
+                Ok(Callback {
+                    action,
+                    closed: inst.closed(),
+                    calls: inst.take_calls(),
+                    request_body: inst.has_body_callback(false),
+                    response_body: inst.has_body_callback(true),
+                    request_trailers: inst.has_trailers_callback(false),
+                    response_trailers: inst.has_trailers_callback(true),
+                })
             });
-            pairs = std::mem::take(&mut stream.request_headers);
-            dirty |= stream.request_dirty;
             match result {
-                Ok(Some(((closed, request_body, response_body), instance))) => {
-                    let local = local_response(&mut stream);
-                    active.push(Active {
+                Ok(Some((cb, instance))) => {
+                    let mut a = Active {
                         plugin: plugin.clone(),
                         slot,
                         instance,
                         stream,
-                        request_body,
-                        response_body,
-                    });
-                    if let Some(r) = local {
+                        request_body: cb.request_body,
+                        response_body: cb.response_body,
+                        request_trailers: cb.request_trailers,
+                        response_trailers: cb.response_trailers,
+                    };
+                    let stop = if cb.closed {
+                        Some(closed_response(plugin))
+                    } else if let Some(r) = local_response(&mut a.stream) {
+                        Some(r)
+                    } else if cb.action != ACTION_CONTINUE && !a.stream.resumed {
+                        match settle(&mut a, cb.calls).await {
+                            Settled::Continue => None,
+                            Settled::Respond(r) => Some(r),
+                        }
+                    } else {
+                        a.stream.resumed = false;
+                        background.push((active.len(), cb.calls));
+                        None
+                    };
+                    pairs = std::mem::take(&mut a.stream.request_headers);
+                    dirty |= a.stream.request_dirty;
+                    active.push(a);
+                    if let Some(r) = stop {
                         verdict = Verdict::Respond(r);
                         break;
                     }
-                    if closed {
-                        verdict = Verdict::Respond(closed_response(plugin));
-                        break;
-                    }
                 }
-                Ok(None) => {}
+                Ok(None) => pairs = std::mem::take(&mut stream.request_headers),
                 Err(e) if plugin.meta.fail_open => {
+                    pairs = std::mem::take(&mut stream.request_headers);
                     tracing::debug!(plugin = %plugin.meta.name, error = %e, "failing open")
                 }
                 Err(e) => {
@@ -275,19 +481,20 @@ impl Chain {
                 }
             }
         }
-        if dirty {
+        if dirty && matches!(verdict, Verdict::Continue) {
             apply_request(parts, &pairs);
         }
-        (
-            Chain {
-                active: Arc::new(Mutex::new(active)),
-            },
-            verdict,
-        )
+        let chain = Chain {
+            active: Arc::new(Mutex::new(active)),
+        };
+        for (index, calls) in background {
+            send_in_background(&chain.active, index, calls);
+        }
+        (chain, verdict)
     }
 
-    /// The request body's filter, if a filter that saw the headers has a body callback. The smallest `bodyBuffer`
-    /// among them applies.
+    /// The request body's filter, if a filter that saw the headers has a body or trailers callback. The smallest
+    /// `bodyBuffer` among the body readers applies.
     pub fn request_body_filter(&self) -> Option<BodyFilter> {
         self.body_filter(false)
     }
@@ -298,11 +505,19 @@ impl Chain {
     }
 
     fn body_filter(&self, response: bool) -> Option<BodyFilter> {
-        let limit = lock(&self.active)
+        let active = lock(&self.active);
+        if !active
+            .iter()
+            .any(|a| a.reads_body(response) || a.reads_trailers(response))
+        {
+            return None;
+        }
+        let limit = active
             .iter()
             .filter(|a| a.reads_body(response))
             .map(|a| a.plugin.meta.body_limit)
-            .min()?;
+            .min()
+            .unwrap_or(usize::MAX);
         Some(BodyFilter {
             active: self.active.clone(),
             response,
@@ -310,42 +525,61 @@ impl Chain {
         })
     }
 
-    /// Response headers through the filters, last to first. A filter may replace the response with a local one.
-    pub fn on_response(
+    /// Response headers through the filters, last to first. A filter may replace the response with a local one,
+    /// or pause it until its callouts let it resume.
+    pub async fn on_response(
         &mut self,
         parts: &mut response::Parts,
         end_of_stream: bool,
     ) -> Option<Response<ResponseBody>> {
-        let mut active = lock(&self.active);
+        // Taken out while callbacks (and possibly callouts) run, so no lock is held across an await.
+        let mut active = std::mem::take(&mut *lock(&self.active));
         if active.is_empty() {
             return None;
         }
         let mut pairs = header_pairs(&parts.headers, &[(":status", parts.status.as_str())]);
         let mut dirty = false;
         let mut replaced = None;
-        for a in active.iter_mut().rev() {
+        let mut background = Vec::new();
+        for (index, a) in active.iter_mut().enumerate().rev() {
             a.stream.response_code = Some(parts.status.as_u16());
             a.stream.response_headers = std::mem::take(&mut pairs);
             let result = a.plugin.run(a.slot, Some(a.instance), |inst| {
-                inst.on_headers(&mut a.stream, true, end_of_stream)
+                let action = inst.on_headers(&mut a.stream, true, end_of_stream)?;
+                Ok((action, inst.take_calls()))
             });
-            pairs = std::mem::take(&mut a.stream.response_headers);
-            dirty |= a.stream.response_dirty;
-            match result {
-                Ok(_) => {
+            let step = match result {
+                Ok(Some(((action, calls), _))) => {
                     if let Some(r) = local_response(&mut a.stream) {
-                        replaced = Some(r);
-                        break;
+                        Some(r)
+                    } else if action != ACTION_CONTINUE && !a.stream.resumed {
+                        match settle(a, calls).await {
+                            Settled::Continue => None,
+                            Settled::Respond(r) => Some(r),
+                        }
+                    } else {
+                        a.stream.resumed = false;
+                        background.push((index, calls));
+                        None
                     }
                 }
+                Ok(None) => None,
                 Err(e) if a.plugin.meta.fail_open => {
-                    tracing::debug!(plugin = %a.plugin.meta.name, error = %e, "failing open")
+                    tracing::debug!(plugin = %a.plugin.meta.name, error = %e, "failing open");
+                    None
                 }
-                Err(e) => {
-                    replaced = Some(failure_response(&a.plugin, &e));
-                    break;
-                }
+                Err(e) => Some(failure_response(&a.plugin, &e)),
+            };
+            pairs = std::mem::take(&mut a.stream.response_headers);
+            dirty |= a.stream.response_dirty;
+            if step.is_some() {
+                replaced = step;
+                break;
             }
+        }
+        *lock(&self.active) = active;
+        for (index, calls) in background {
+            send_in_background(&self.active, index, calls);
         }
         if dirty {
             if let Some(code) = get(&pairs, ":status")
@@ -358,6 +592,17 @@ impl Chain {
         }
         replaced
     }
+}
+
+/// What a request-headers callback left behind.
+struct Callback {
+    action: i32,
+    closed: bool,
+    calls: Vec<Callout>,
+    request_body: bool,
+    response_body: bool,
+    request_trailers: bool,
+    response_trailers: bool,
 }
 
 impl Drop for Chain {

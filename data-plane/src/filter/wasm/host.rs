@@ -8,20 +8,38 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::{Caller, Linker};
 
-use super::abi::{buffer, deserialize_map, map, serialize_map, status, MAX_MAP_BYTES};
+use super::abi::{buffer, deserialize_map, map, serialize_map, status, stream_type, MAX_MAP_BYTES};
+use super::callout::{CallResponse, Callout, Callouts};
 use super::memory::{read, read_string, return_bytes, write_u32, write_u64};
 use super::stream::{LocalResponse, StreamData};
 use super::PluginMeta;
 
-/// Process-wide state filters share: shared data (with CAS), shared queues, metrics.
+/// A shared queue: its items and the plugin that registered it last (whose root context hears
+/// `proxy_on_queue_ready`), identified by the address of its `PluginMeta`.
+struct Queue {
+    name: String,
+    items: std::collections::VecDeque<Vec<u8>>,
+    owner: usize,
+}
+
+/// Process-wide state filters share: shared data (with CAS), shared queues, metrics, and the ways out of the
+/// sandbox the proxy installs (callouts, queue-ready notifications).
 #[derive(Default)]
 pub struct Shared {
     data: Mutex<HashMap<String, (Vec<u8>, u32)>>,
-    queues: Mutex<Vec<(String, std::collections::VecDeque<Vec<u8>>)>>,
+    queues: Mutex<Vec<Queue>>,
     metrics: Mutex<Vec<(String, i32, i64)>>,
+    /// Where `proxy_http_call` requests go (installed by the proxy; absent in unit tests = every upstream unknown).
+    pub callouts: std::sync::OnceLock<Arc<dyn Callouts>>,
+    /// Told (owner, queue id) on every enqueue, so the owner's `proxy_on_queue_ready` runs.
+    pub queue_ready: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<(usize, u32)>>,
 }
 
 impl Shared {
+    pub fn callouts(&self) -> Option<Arc<dyn Callouts>> {
+        self.callouts.get().cloned()
+    }
+
     /// (name, type, value) of every metric filters defined, for the admin endpoint.
     pub fn metrics(&self) -> Vec<(String, i32, i64)> {
         self.metrics
@@ -75,6 +93,13 @@ pub struct HostState {
     pub closed: bool,
     /// Requested with `proxy_set_tick_period_milliseconds` (0 = off).
     pub tick_ms: u32,
+    /// `proxy_http_call`s made during the running callback, for its caller to send.
+    pub calls: Vec<Callout>,
+    pub next_token: u32,
+    /// During `proxy_on_http_call_response`: the answer the filter reads.
+    pub call_response: Option<CallResponse>,
+    /// Edits to a callout's response are allowed and go nowhere.
+    pub call_dirty: bool,
 }
 
 type C<'a> = Caller<'a, HostState>;
@@ -100,25 +125,44 @@ fn st(r: Result<(), i32>) -> i32 {
 }
 
 fn headers_mut<'a>(c: &'a mut C<'_>, map_type: i32) -> Result<MapRef<'a>, i32> {
-    let s = c.data_mut().stream.as_mut().ok_or(status::NOT_FOUND)?;
+    let d = c.data_mut();
+    if map_type == map::HTTP_CALL_RESPONSE_HEADERS || map_type == map::HTTP_CALL_RESPONSE_TRAILERS {
+        let r = d.call_response.as_mut().ok_or(status::NOT_FOUND)?;
+        let pairs = if map_type == map::HTTP_CALL_RESPONSE_HEADERS {
+            &mut r.headers
+        } else {
+            &mut r.trailers
+        };
+        return Ok((pairs, &mut d.call_dirty));
+    }
+    let s = d.stream.as_mut().ok_or(status::NOT_FOUND)?;
     match map_type {
         map::REQUEST_HEADERS => Ok((&mut s.request_headers, &mut s.request_dirty)),
         map::RESPONSE_HEADERS if s.response_code.is_some() => {
             Ok((&mut s.response_headers, &mut s.response_dirty))
         }
-        map::RESPONSE_HEADERS | map::REQUEST_TRAILERS | map::RESPONSE_TRAILERS => {
-            Err(status::NOT_FOUND)
-        }
+        map::REQUEST_TRAILERS => match s.request_trailers.as_mut() {
+            Some(t) => Ok((t, &mut s.trailers_dirty)),
+            None => Err(status::NOT_FOUND),
+        },
+        map::RESPONSE_TRAILERS => match s.response_trailers.as_mut() {
+            Some(t) => Ok((t, &mut s.trailers_dirty)),
+            None => Err(status::NOT_FOUND),
+        },
+        map::RESPONSE_HEADERS | 4 | 5 => Err(status::NOT_FOUND),
         _ => Err(status::BAD_ARGUMENT),
     }
 }
 
-/// The body buffer a body callback works on (request or response), if one is running.
-fn body_of(s: &StreamData, ty: i32) -> Option<&Vec<u8>> {
-    if ty == buffer::REQUEST_BODY {
-        s.request_body.as_ref()
-    } else {
-        s.response_body.as_ref()
+/// A readable buffer: configuration, the body a body callback works on, or a callout's response body.
+fn buffer_of(d: &HostState, ty: i32) -> Option<&[u8]> {
+    match ty {
+        buffer::PLUGIN_CONFIGURATION => Some(&d.meta.config),
+        buffer::VM_CONFIGURATION => Some(&[]),
+        buffer::REQUEST_BODY => d.stream.as_ref()?.request_body.as_deref(),
+        buffer::RESPONSE_BODY => d.stream.as_ref()?.response_body.as_deref(),
+        buffer::HTTP_CALL_RESPONSE_BODY => d.call_response.as_ref().map(|r| r.body.as_slice()),
+        _ => None,
     }
 }
 
@@ -228,52 +272,21 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_buffer_bytes",
         |mut c: C<'_>, ty: i32, start: i32, max: i32, ptr_out: i32, len_out: i32| -> R {
-            let meta = c.data().meta.clone();
-            let body;
-            let buf: &[u8] = match ty {
-                buffer::PLUGIN_CONFIGURATION => &meta.config,
-                buffer::VM_CONFIGURATION => &[],
-                buffer::REQUEST_BODY | buffer::RESPONSE_BODY => match c
-                    .data()
-                    .stream
-                    .as_ref()
-                    .and_then(|s| body_of(s, ty).cloned())
-                {
-                    Some(b) => {
-                        body = b;
-                        &body
-                    }
-                    None => return Ok(status::NOT_FOUND),
-                },
-                _ => return Ok(status::NOT_FOUND),
-            };
             let (start, max) = (start as u32 as usize, max as u32 as usize);
-            if start > buf.len() {
-                return Ok(status::BAD_ARGUMENT);
-            }
-            let end = start.saturating_add(max).min(buf.len());
-            Ok(st(return_bytes(
-                &mut c,
-                &buf[start..end],
-                ptr_out,
-                len_out,
-            )?))
+            let slice = match buffer_of(c.data(), ty) {
+                Some(buf) if start > buf.len() => return Ok(status::BAD_ARGUMENT),
+                Some(buf) => buf[start..start.saturating_add(max).min(buf.len())].to_vec(),
+                None => return Ok(status::NOT_FOUND),
+            };
+            Ok(st(return_bytes(&mut c, &slice, ptr_out, len_out)?))
         },
     )?;
     l.func_wrap(
         "env",
         "proxy_get_buffer_status",
         |mut c: C<'_>, ty: i32, len_out: i32, flags_out: i32| -> R {
-            let len = match ty {
-                buffer::PLUGIN_CONFIGURATION => c.data().meta.config.len(),
-                buffer::VM_CONFIGURATION => 0,
-                buffer::REQUEST_BODY | buffer::RESPONSE_BODY => {
-                    match c.data().stream.as_ref().and_then(|s| body_of(s, ty)) {
-                        Some(b) => b.len(),
-                        None => return Ok(status::NOT_FOUND),
-                    }
-                }
-                _ => return Ok(status::NOT_FOUND),
+            let Some(len) = buffer_of(c.data(), ty).map(<[u8]>::len) else {
+                return Ok(status::NOT_FOUND);
             };
             Ok(st(write_u32(&mut c, len_out, len as u32)
                 .and_then(|()| write_u32(&mut c, flags_out, 0))))
@@ -458,14 +471,23 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             }
         },
     )?;
-    // Pausing is not honoured yet (a paused stream continues at once), so resuming is trivially OK.
-    l.func_wrap("env", "proxy_continue_stream", |_c: C<'_>, ty: i32| -> R {
-        Ok(if (0..=3).contains(&ty) {
-            status::OK
-        } else {
-            status::BAD_ARGUMENT
-        })
-    })?;
+    // Resumes the current stream if its request or response is paused (the chain checks the flag after the
+    // callback, typically `proxy_on_http_call_response`).
+    l.func_wrap(
+        "env",
+        "proxy_continue_stream",
+        |mut c: C<'_>, ty: i32| -> R {
+            if !(0..=3).contains(&ty) {
+                return Ok(status::BAD_ARGUMENT);
+            }
+            if ty == stream_type::REQUEST || ty == stream_type::RESPONSE {
+                if let Some(s) = c.data_mut().stream.as_mut() {
+                    s.resumed = true;
+                }
+            }
+            Ok(status::OK)
+        },
+    )?;
     l.func_wrap("env", "proxy_close_stream", |mut c: C<'_>, ty: i32| -> R {
         if !(0..=3).contains(&ty) {
             return Ok(status::BAD_ARGUMENT);
@@ -473,12 +495,14 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         c.data_mut().closed = true;
         Ok(status::OK)
     })?;
-    l.func_wrap("env", "proxy_continue_request", |_c: C<'_>| -> R {
-        Ok(status::OK)
-    })?;
-    l.func_wrap("env", "proxy_continue_response", |_c: C<'_>| -> R {
-        Ok(status::OK)
-    })?;
+    for name in ["proxy_continue_request", "proxy_continue_response"] {
+        l.func_wrap("env", name, |mut c: C<'_>| -> R {
+            if let Some(s) = c.data_mut().stream.as_mut() {
+                s.resumed = true;
+            }
+            Ok(status::OK)
+        })?;
+    }
     l.func_wrap("env", "proxy_clear_route_cache", |_c: C<'_>| -> R {
         Ok(status::OK)
     })?;
@@ -600,7 +624,7 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         },
     )?;
 
-    // Shared queues (no `proxy_on_queue_ready` delivery yet: consumers poll with dequeue).
+    // Shared queues: an enqueue tells the registering plugin's root context (`proxy_on_queue_ready`).
     l.func_wrap(
         "env",
         "proxy_register_shared_queue",
@@ -608,11 +632,19 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let name = ok_or_status!(read_string(&mut c, np, nn));
             let id = {
                 let shared = c.data().shared.clone();
+                let owner = Arc::as_ptr(&c.data().meta) as usize;
                 let mut q = shared.queues.lock().unwrap_or_else(PoisonError::into_inner);
-                match q.iter().position(|(n, _)| *n == name) {
-                    Some(i) => i,
+                match q.iter().position(|e| e.name == name) {
+                    Some(i) => {
+                        q[i].owner = owner;
+                        i
+                    }
                     None => {
-                        q.push((name, Default::default()));
+                        q.push(Queue {
+                            name,
+                            items: Default::default(),
+                            owner,
+                        });
                         q.len() - 1
                     }
                 }
@@ -632,7 +664,7 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .iter()
-                .position(|(n, _)| *n == name);
+                .position(|e| e.name == name);
             match found {
                 Some(i) => Ok(st(write_u32(&mut c, out, i as u32 + 1))),
                 None => Ok(status::NOT_FOUND),
@@ -645,17 +677,23 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: C<'_>, id: i32, vp: i32, vn: i32| -> R {
             let value = ok_or_status!(read(&mut c, vp, vn));
             let shared = c.data().shared.clone();
-            let mut q = shared.queues.lock().unwrap_or_else(PoisonError::into_inner);
-            match (id as u32 as usize)
-                .checked_sub(1)
-                .and_then(|i| q.get_mut(i))
-            {
-                Some((_, items)) => {
-                    items.push_back(value);
-                    Ok(status::OK)
+            let owner = {
+                let mut q = shared.queues.lock().unwrap_or_else(PoisonError::into_inner);
+                match (id as u32 as usize)
+                    .checked_sub(1)
+                    .and_then(|i| q.get_mut(i))
+                {
+                    Some(e) => {
+                        e.items.push_back(value);
+                        e.owner
+                    }
+                    None => return Ok(status::NOT_FOUND),
                 }
-                None => Ok(status::NOT_FOUND),
+            };
+            if let Some(tx) = shared.queue_ready.get() {
+                let _ = tx.send((owner, id as u32));
             }
+            Ok(status::OK)
         },
     )?;
     l.func_wrap(
@@ -669,7 +707,7 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     .checked_sub(1)
                     .and_then(|i| q.get_mut(i))
                 {
-                    Some((_, items)) => items.pop_front(),
+                    Some(e) => e.items.pop_front(),
                     None => return Ok(status::NOT_FOUND),
                 }
             };
@@ -777,9 +815,70 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok(status::OK)
         },
     )?;
+    // An HTTP callout to a mesh service (`upstream` names a cluster or a service, see docs/filters.md). Envoy's
+    // checks: the upstream must be known and the headers must carry :method, :path and :authority, else
+    // BAD_ARGUMENT. The caller of the callback sends it; the answer comes in `proxy_on_http_call_response`.
+    l.func_wrap(
+        "env",
+        "proxy_http_call",
+        |mut c: C<'_>,
+         up: i32,
+         upn: i32,
+         hp: i32,
+         hn: i32,
+         bp: i32,
+         bn: i32,
+         tp: i32,
+         tn: i32,
+         timeout_ms: i32,
+         token_out: i32|
+         -> R {
+            if hn as u32 as usize > MAX_MAP_BYTES || tn as u32 as usize > MAX_MAP_BYTES {
+                return Ok(status::BAD_ARGUMENT);
+            }
+            let upstream = ok_or_status!(read_string(&mut c, up, upn));
+            let hbytes = ok_or_status!(read(&mut c, hp, hn));
+            let body = ok_or_status!(read(&mut c, bp, bn));
+            let tbytes = ok_or_status!(read(&mut c, tp, tn));
+            let (Some(headers), Some(trailers)) =
+                (deserialize_map(&hbytes), deserialize_map(&tbytes))
+            else {
+                return Ok(status::SERIALIZATION_FAILURE);
+            };
+            let has = |k: &str| super::stream::get(&headers, k).is_some_and(|v| !v.is_empty());
+            if !has(":method") || !has(":path") || !has(":authority") {
+                return Ok(status::BAD_ARGUMENT);
+            }
+            let known = c
+                .data()
+                .shared
+                .callouts
+                .get()
+                .is_some_and(|cs| cs.knows(&upstream));
+            if !known {
+                return Ok(status::BAD_ARGUMENT);
+            }
+            let d = c.data_mut();
+            d.next_token = d.next_token.wrapping_add(1).max(1);
+            let token = d.next_token;
+            let context_id = d.stream.as_ref().map_or(d.root_id, |s| s.context_id);
+            if let Err(s) = write_u32(&mut c, token_out, token) {
+                return Ok(s);
+            }
+            c.data_mut().calls.push(Callout {
+                token,
+                context_id,
+                upstream,
+                headers,
+                body,
+                trailers,
+                timeout: std::time::Duration::from_millis(u64::from(timeout_ms as u32).max(1)),
+            });
+            Ok(status::OK)
+        },
+    )?;
     // Not implemented yet (docs/filters.md): the spec's signatures, answering UNIMPLEMENTED.
     for (name, params) in [
-        ("proxy_http_call", 10),
         ("proxy_grpc_call", 12),
         ("proxy_grpc_stream", 9),
         ("proxy_grpc_send", 4),

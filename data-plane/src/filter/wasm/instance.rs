@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use wasmtime::{Engine, InstancePre, Store, TypedFunc};
 
+use super::callout::{CallResponse, Callout};
 use super::host::{HostState, MemoryCap, Shared};
 use super::stream::StreamData;
 use super::{PluginMeta, WasmError, TICK};
@@ -15,7 +16,9 @@ pub const ROOT_CONTEXT: u32 = 1;
 type F1 = TypedFunc<i32, ()>;
 type F1R = TypedFunc<i32, i32>;
 type F2 = TypedFunc<(i32, i32), ()>;
+type F2R = TypedFunc<(i32, i32), i32>;
 type F3R = TypedFunc<(i32, i32, i32), i32>;
+type F5 = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
 struct Exports {
     context_create: Option<F2>,
@@ -23,6 +26,10 @@ struct Exports {
     response_headers: Option<F3R>,
     request_body: Option<F3R>,
     response_body: Option<F3R>,
+    request_trailers: Option<F2R>,
+    response_trailers: Option<F2R>,
+    http_call_response: Option<F5>,
+    queue_ready: Option<F2>,
     done: Option<F1R>,
     tick: Option<F1>,
     log: Option<F1>,
@@ -80,6 +87,10 @@ impl PluginInstance {
             root_id: ROOT_CONTEXT,
             closed: false,
             tick_ms: 0,
+            calls: Vec::new(),
+            next_token: 0,
+            call_response: None,
+            call_dirty: false,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
@@ -129,6 +140,15 @@ impl PluginInstance {
             response_headers: f3r(&mut store, "proxy_on_response_headers"),
             request_body: f3r(&mut store, "proxy_on_request_body"),
             response_body: f3r(&mut store, "proxy_on_response_body"),
+            request_trailers: f2r(&mut store, "proxy_on_request_trailers"),
+            response_trailers: f2r(&mut store, "proxy_on_response_trailers"),
+            http_call_response: instance
+                .get_typed_func::<(i32, i32, i32, i32, i32), ()>(
+                    &mut store,
+                    "proxy_on_http_call_response",
+                )
+                .ok(),
+            queue_ready: f2(&mut store, "proxy_on_queue_ready"),
             done: instance
                 .get_typed_func::<i32, i32>(&mut store, "proxy_on_done")
                 .ok(),
@@ -309,5 +329,74 @@ impl PluginInstance {
 
     pub fn closed(&self) -> bool {
         self.store.data().closed
+    }
+
+    /// The `proxy_http_call`s the last callback made (the caller sends them).
+    pub fn take_calls(&mut self) -> Vec<Callout> {
+        std::mem::take(&mut self.store.data_mut().calls)
+    }
+
+    pub fn has_trailers_callback(&self, response: bool) -> bool {
+        if response {
+            self.exports.response_trailers.is_some()
+        } else {
+            self.exports.request_trailers.is_some()
+        }
+    }
+
+    /// `proxy_on_request_trailers` / `proxy_on_response_trailers` (the trailers are in `stream`); the action.
+    pub fn on_trailers(
+        &mut self,
+        stream: &mut StreamData,
+        response: bool,
+    ) -> Result<i32, WasmError> {
+        let (f, n) = if response {
+            (
+                self.exports.response_trailers.clone(),
+                stream.response_trailers.as_ref().map_or(0, Vec::len),
+            )
+        } else {
+            (
+                self.exports.request_trailers.clone(),
+                stream.request_trailers.as_ref().map_or(0, Vec::len),
+            )
+        };
+        let Some(f) = f else { return Ok(0) };
+        let id = stream.context_id as i32;
+        self.with_stream(stream, |me| me.guarded(|s| f.call(s, (id, n as i32))))
+    }
+
+    /// `proxy_on_http_call_response` for `call`, on its stream context (`stream`) or the root context (None).
+    pub fn on_http_call_response(
+        &mut self,
+        stream: Option<&mut StreamData>,
+        call: &Callout,
+        response: CallResponse,
+    ) -> Result<(), WasmError> {
+        let Some(f) = self.exports.http_call_response.clone() else {
+            return Ok(());
+        };
+        let args = (
+            call.context_id as i32,
+            call.token as i32,
+            response.headers.len() as i32,
+            response.body.len() as i32,
+            response.trailers.len() as i32,
+        );
+        self.store.data_mut().call_response = Some(response);
+        let r = match stream {
+            Some(stream) => self.with_stream(stream, |me| me.guarded(|s| f.call(s, args))),
+            None => self.guarded(|s| f.call(s, args)),
+        };
+        self.store.data_mut().call_response = None;
+        r
+    }
+
+    /// `proxy_on_queue_ready` on the root context.
+    pub fn on_queue_ready(&mut self, queue_id: u32) -> Result<(), WasmError> {
+        match self.exports.queue_ready.clone() {
+            Some(f) => self.guarded(|s| f.call(s, (ROOT_CONTEXT as i32, queue_id as i32))),
+            None => Ok(()),
+        }
     }
 }

@@ -9,6 +9,7 @@
 //! - Memory per instance is capped by `StoreLimits`; host calls check every guest pointer (`memory`).
 
 pub mod abi;
+pub mod callout;
 pub mod host;
 mod instance;
 mod memory;
@@ -82,6 +83,8 @@ pub struct WasmRuntime {
     modules: Mutex<HashMap<String, Module>>,
     pub shared: Arc<Shared>,
     ticker: OnceLock<()>,
+    /// Live plugins, for queue-ready notifications (by the address of their `PluginMeta`).
+    handles: Arc<Mutex<Vec<std::sync::Weak<PluginHandle>>>>,
     slots: usize,
     /// On-disk cache of compiled code, keyed by module and engine settings (wasmtime's own cache).
     pub cache: Option<wasmtime::Cache>,
@@ -121,6 +124,7 @@ impl WasmRuntime {
             modules: Mutex::new(HashMap::new()),
             shared,
             ticker: OnceLock::new(),
+            handles: Arc::default(),
             slots: slots.clamp(1, 16),
             cache,
         })
@@ -260,12 +264,54 @@ impl WasmRuntime {
         if let Some(period) = tick {
             spawn_ticker(&handle, period);
         }
+        let calls = handle.run(0, None, |i| Ok(i.take_calls()));
+        if let Ok(Some((calls, id))) = calls {
+            handle.send_root_calls(0, id, calls);
+        }
+        self.register(&handle);
         Ok(handle)
     }
 }
 
 /// Calls `proxy_on_tick` on every live instance of the plugin each `period`, on the runtime that built the plugin.
 /// Holds only a weak reference: the ticker ends when a snapshot swap drops the plugin.
+impl WasmRuntime {
+    /// Remembers a plugin for queue notifications, and starts the task that delivers them (once).
+    fn register(&self, handle: &Arc<PluginHandle>) {
+        let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        handles.retain(|h| h.strong_count() > 0);
+        handles.push(Arc::downgrade(handle));
+        drop(handles);
+        if self.shared.queue_ready.get().is_some() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, u32)>();
+        if self.shared.queue_ready.set(tx).is_err() {
+            return;
+        }
+        let handles = Arc::downgrade(&self.handles);
+        rt.spawn(async move {
+            while let Some((owner, queue)) = rx.recv().await {
+                let Some(handles) = handles.upgrade() else {
+                    return;
+                };
+                let target = handles
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .filter_map(std::sync::Weak::upgrade)
+                    .find(|h| Arc::as_ptr(&h.meta) as usize == owner);
+                if let Some(plugin) = target {
+                    plugin.queue_ready(queue);
+                }
+            }
+        });
+    }
+}
+
 fn spawn_ticker(handle: &Arc<PluginHandle>, period: Duration) {
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         tracing::warn!(plugin = %handle.meta.name, "no runtime to run tick timers on; ticks disabled");
@@ -281,11 +327,20 @@ fn spawn_ticker(handle: &Arc<PluginHandle>, period: Duration) {
             let Some(plugin) = weak.upgrade() else { return };
             for slot in 0..plugin.slots.len() {
                 let mut guard = plugin.slots[slot].lock().unwrap_or_else(|p| p.into_inner());
+                let mut calls = Vec::new();
                 if let Some(instance) = guard.as_mut() {
-                    if let Err(e) = instance.on_tick() {
-                        *guard = None;
-                        plugin.record(&e);
+                    match instance.on_tick() {
+                        Ok(()) => calls = instance.take_calls(),
+                        Err(e) => {
+                            *guard = None;
+                            plugin.record(&e);
+                        }
                     }
+                }
+                let id = guard.as_ref().map(|i| i.id);
+                drop(guard);
+                if let Some(id) = id {
+                    plugin.send_root_calls(slot, id, calls);
                 }
             }
         }
@@ -316,6 +371,10 @@ fn probe_store(engine: &Engine) -> wasmtime::Store<HostState> {
         root_id: 0,
         closed: false,
         tick_ms: 0,
+        calls: Vec::new(),
+        next_token: 0,
+        call_response: None,
+        call_dirty: false,
     };
     wasmtime::Store::new(engine, state)
 }
@@ -435,6 +494,63 @@ impl PluginHandle {
                 self.record(&e);
                 Err(e)
             }
+        }
+    }
+
+    /// Where this plugin's callouts go (None until the proxy installs it).
+    pub fn shared_callouts(&self) -> Option<Arc<dyn callout::Callouts>> {
+        self.shared.callouts()
+    }
+
+    /// Sends callouts a root context made (from configure, a tick or a queue notification) and delivers each
+    /// answer to that root context, on the same instance; callouts made while answering are sent in turn.
+    pub fn send_root_calls(
+        self: &Arc<Self>,
+        slot: usize,
+        instance: u64,
+        calls: Vec<callout::Callout>,
+    ) {
+        if calls.is_empty() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(plugin = %self.meta.name, "no runtime to send http callouts on; dropped");
+            return;
+        };
+        for call in calls {
+            let plugin = Arc::downgrade(self);
+            let callouts = self.shared.callouts();
+            rt.spawn(async move {
+                let response = callout::answer(callouts, call.clone()).await;
+                let Some(plugin) = plugin.upgrade() else {
+                    return;
+                };
+                let more = plugin.run(slot, Some(instance), |i| {
+                    i.on_http_call_response(None, &call, response)?;
+                    Ok(i.take_calls())
+                });
+                if let Ok(Some((more, _))) = more {
+                    plugin.send_root_calls(slot, instance, more);
+                }
+            });
+        }
+    }
+
+    /// `proxy_on_queue_ready` on one live instance (creating one if none is).
+    fn queue_ready(self: &Arc<Self>, queue_id: u32) {
+        let slot = (0..self.slots.len())
+            .find(|s| {
+                self.slots[*s]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some()
+            })
+            .unwrap_or(0);
+        if let Ok(Some((calls, id))) = self.run(slot, None, |i| {
+            i.on_queue_ready(queue_id)?;
+            Ok(i.take_calls())
+        }) {
+            self.send_root_calls(slot, id, calls);
         }
     }
 

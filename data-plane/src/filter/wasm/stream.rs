@@ -32,6 +32,12 @@ pub struct StreamData {
     pub request_body: Option<Vec<u8>>,
     /// During `proxy_on_response_body`: likewise for the response.
     pub response_body: Option<Vec<u8>>,
+    /// Trailers, once they arrived (and the filter may edit them in its trailers callback).
+    pub request_trailers: Option<Vec<(String, String)>>,
+    pub response_trailers: Option<Vec<(String, String)>>,
+    pub trailers_dirty: bool,
+    /// Set by `proxy_continue_stream` (or the 0.1.0 `proxy_continue_request/response`) on a paused stream.
+    pub resumed: bool,
 }
 
 pub fn header_pairs(headers: &HeaderMap, pseudo: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -49,6 +49,9 @@ fn module(marker: &str, body: &str) -> Vec<u8> {
   (data (i32.const 32) "hello")
   (data (i32.const 48) "plugin_name")
   (data (i32.const 64) "\01\00\00\00\01\00\00\00\01\00\00\00a\00b\00")
+  (data (i32.const 180) "authz")
+  (data (i32.const 200) "\03\00\00\00\07\00\00\00\03\00\00\00\05\00\00\00\01\00\00\00\0a\00\00\00\05\00\00\00:method\00GET\00:path\00/\00:authority\00authz\00")
+  (data (i32.const 300) "\02\00\00\00\07\00\00\00\03\00\00\00\05\00\00\00\01\00\00\00:method\00GET\00:path\00/\00")
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
     {body}))"#
     );
@@ -78,8 +81,17 @@ fn load(rt: &WasmRuntime, code: &[u8], config: &[u8]) -> Result<Arc<PluginHandle
 
 /// Runs the module's request-headers callback on a stream with one header; returns what it returned.
 fn run_with(body: &str, config: &[u8]) -> (Result<i32, WasmError>, StreamData) {
-    let rt = WasmRuntime::new(1, None).unwrap();
-    let plugin = load(&rt, &module("proxy_abi_version_0_2_1", body), config).unwrap();
+    let (r, stream, _) = run_on(&WasmRuntime::new(1, None).unwrap(), body, config);
+    (r, stream)
+}
+
+/// Like `run_with` on a given runtime; also returns the callouts the callback made.
+fn run_on(
+    rt: &WasmRuntime,
+    body: &str,
+    config: &[u8],
+) -> (Result<i32, WasmError>, StreamData, Vec<callout::Callout>) {
+    let plugin = load(rt, &module("proxy_abi_version_0_2_1", body), config).unwrap();
     let mut stream = StreamData {
         request_headers: vec![
             (":path".into(), "/p".into()),
@@ -87,11 +99,68 @@ fn run_with(body: &str, config: &[u8]) -> (Result<i32, WasmError>, StreamData) {
         ],
         ..StreamData::default()
     };
+    let mut calls = Vec::new();
     let r = plugin.run(0, None, |inst| {
         inst.new_context(&mut stream)?;
-        inst.on_headers(&mut stream, false, true)
+        let action = inst.on_headers(&mut stream, false, true);
+        calls = inst.take_calls();
+        action
     });
-    (r.map(|ok| ok.map_or(-1, |(v, _)| v)), stream)
+    (r.map(|ok| ok.map_or(-1, |(v, _)| v)), stream, calls)
+}
+
+/// Knows one upstream, `authz`; never sends.
+struct OnlyAuthz;
+
+impl callout::Callouts for OnlyAuthz {
+    fn knows(&self, upstream: &str) -> bool {
+        upstream == "authz"
+    }
+
+    fn send(&self, _call: callout::Callout) -> callout::CallFuture {
+        Box::pin(async { Err("not in unit tests".to_string()) })
+    }
+}
+
+#[test]
+fn http_call_checks_its_arguments_and_records_the_call() {
+    const CALL: &str = "(call $http_call (i32.const 180) (i32.const 5) (i32.const 200) (i32.const 65) (i32.const 32) (i32.const 5) (i32.const 0) (i32.const 0) (i32.const 250) (i32.const 104))";
+    // No mesh to call into: every upstream is unknown.
+    assert_eq!(status(CALL), abi::status::BAD_ARGUMENT);
+    let shared = Arc::new(Shared::default());
+    let _ = shared.callouts.set(Arc::new(OnlyAuthz));
+    let rt = WasmRuntime::with_shared(1, None, shared).unwrap();
+    let (r, stream, calls) = run_on(
+        &rt,
+        &format!("(drop {CALL}) (i32.load (i32.const 104))"),
+        b"",
+    );
+    assert_eq!(r.ok(), Some(1), "the first token is 1");
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0];
+    assert_eq!(
+        (
+            call.upstream.as_str(),
+            call.context_id,
+            call.body.as_slice(),
+            call.timeout
+        ),
+        (
+            "authz",
+            stream.context_id,
+            &b"hello"[..],
+            Duration::from_millis(250)
+        )
+    );
+    assert_eq!(stream::get(&call.headers, ":authority"), Some("authz"));
+    let st = |body: &str| run_on(&rt, body, b"").0.unwrap();
+    assert_eq!(st(CALL), abi::status::OK);
+    // Unknown upstream, missing :authority, garbage map, pointers outside memory.
+    assert_eq!(st("(call $http_call (i32.const 32) (i32.const 5) (i32.const 200) (i32.const 65) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 250) (i32.const 104))"), abi::status::BAD_ARGUMENT);
+    assert_eq!(st("(call $http_call (i32.const 180) (i32.const 5) (i32.const 300) (i32.const 40) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 250) (i32.const 104))"), abi::status::BAD_ARGUMENT);
+    assert_eq!(st("(call $http_call (i32.const 180) (i32.const 5) (i32.const 32) (i32.const 5) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 250) (i32.const 104))"), abi::status::SERIALIZATION_FAILURE);
+    assert_eq!(st("(call $http_call (i32.const 180) (i32.const 5) (i32.const 65530) (i32.const 65) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 250) (i32.const 104))"), abi::status::INVALID_MEMORY_ACCESS);
+    assert_eq!(st("(call $http_call (i32.const 180) (i32.const 5) (i32.const 200) (i32.const 65) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 250) (i32.const 70000))"), abi::status::INVALID_MEMORY_ACCESS);
 }
 
 fn status(body: &str) -> i32 {
@@ -213,7 +282,6 @@ fn shared_data_queues_metrics() {
 
 #[test]
 fn local_reply_and_unimplemented() {
-    assert_eq!(status("(call $http_call (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 100) (i32.const 104))"), abi::status::UNIMPLEMENTED);
     assert_eq!(
         status("(call $unknown (i32.const 1))"),
         abi::status::UNIMPLEMENTED,
