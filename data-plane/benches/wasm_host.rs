@@ -141,4 +141,79 @@ fn main() {
         "| plugin start: instantiate + vm start + configure | {:.2} |",
         start.as_secs_f64() * 1e3
     );
+    whole_stream(&code, &digest);
+}
+
+/// One whole stream through the chain, as the proxy runs it: request headers, response headers, one response
+/// body chunk and its end, done/log/delete. Without plugins, then with this filter once and five times.
+fn whole_stream(code: &[u8], digest: &str) {
+    use meshwork_proxy::filter::chain::Chain;
+    const STREAMS: u32 = 100_000;
+    let rt = WasmRuntime::new(1, None).unwrap();
+    rt.add_module(digest, code).unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = tokio.enter();
+    let plugins: Vec<_> = (0..5).map(|_| rt.plugin(digest, meta()).unwrap()).collect();
+    let peer: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let req = http::Request::builder()
+        .uri("/bench?x=1")
+        .header("host", "bench")
+        .header("user-agent", "wrk")
+        .header("accept", "*/*")
+        .body(())
+        .unwrap();
+    let resp = http::Response::builder()
+        .header("content-type", "text/plain")
+        .header("content-length", "13")
+        .header("date", "Sat, 21 Nov 2026 12:00:00 GMT")
+        .body(())
+        .unwrap();
+    let (req_parts, ()) = req.into_parts();
+    let (resp_parts, ()) = resp.into_parts();
+    let route: std::sync::Arc<str> = "bench".into();
+    let mut base = 0.0;
+    println!(
+        "\n| one stream through the chain | ns per stream | added per filter |\n|---|---:|---:|"
+    );
+    for n in [0usize, 1, 5] {
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let started = Instant::now();
+            for _ in 0..STREAMS {
+                let mut rp = req_parts.clone();
+                let mut sp = resp_parts.clone();
+                tokio.block_on(async {
+                    let (mut chain, _) = Chain::on_request(
+                        &plugins[..n],
+                        &mut rp,
+                        peer,
+                        Some(&route),
+                        Some(&route),
+                        true,
+                    )
+                    .await;
+                    let _ = chain.on_response(&mut sp, false).await;
+                    if let Some(f) = chain.response_body_filter() {
+                        let mut body = b"hello, world\n".to_vec();
+                        let _ = f.run(&mut body, false);
+                        let _ = f.run(&mut Vec::new(), true);
+                    }
+                    drop(chain);
+                });
+            }
+            best = best.min(started.elapsed().as_nanos() as f64 / f64::from(STREAMS));
+        }
+        if n == 0 {
+            base = best;
+            println!("| no filter | {best:.0} | |");
+        } else {
+            println!(
+                "| {n} x this filter | {best:.0} | {:.0} |",
+                (best - base) / n as f64
+            );
+        }
+    }
 }

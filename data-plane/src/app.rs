@@ -75,6 +75,8 @@ struct ListenerManager {
 pub struct Applier {
     pub store: Arc<ConfigStore>,
     pub wasm: Arc<LazyWasm>,
+    /// Resilience state per upstream service, kept across snapshots.
+    pub resilience: Arc<crate::resilience::Registry>,
     node_id: String,
     upstreams: Upstreams,
     manage_listeners: bool,
@@ -124,7 +126,33 @@ impl Applier {
             };
             plugins.insert(p.name.clone(), handle);
         }
-        Snapshot::from_proto(version, pb, plugins).map_err(|e| e.to_string())
+        Snapshot::from_proto_with(version, pb, plugins, &self.resilience).map_err(|e| e.to_string())
+    }
+
+    /// After a publish: forget the state of clusters that are gone, and run the health checks the policies ask
+    /// for (restarting those whose policy changed).
+    fn track_resilience(&self) {
+        let snap = self.store.load();
+        let mut keep: std::collections::HashSet<Arc<str>> = snap.clusters.keys().cloned().collect();
+        keep.insert(Arc::from("inbound"));
+        for l in snap.listeners.values() {
+            for vh in &l.vhosts.hosts {
+                for r in &vh.routes {
+                    if let Some(p) = &r.policy {
+                        keep.insert(p.name.clone());
+                    }
+                }
+            }
+        }
+        self.resilience.retain(|n| keep.contains(n));
+        self.resilience
+            .checks
+            .retain(|n| snap.clusters.contains_key(n));
+        for c in snap.clusters.values() {
+            self.resilience
+                .checks
+                .ensure(&c.rt, &self.store, &self.upstreams);
+        }
     }
 
     pub fn apply(
@@ -174,6 +202,7 @@ impl Applier {
             .map(|l| (l.name.clone(), l.port))
             .collect();
         self.store.publish(snap);
+        self.track_resilience();
         if self.manage_listeners {
             let retired: Vec<Arc<str>> = mgr
                 .active
@@ -192,6 +221,7 @@ impl Applier {
                     mode: Mode::Routed(name.clone()),
                     store: self.store.clone(),
                     upstreams: self.upstreams.clone(),
+                    source: None,
                 });
                 let drain = self.drain;
                 let _guard = mgr.data.enter();
@@ -269,10 +299,17 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
             let l = tokio::net::TcpListener::from_std(
                 listener::bind(addr).with_context(|| format!("bind {addr}"))?,
             )?;
+            let source = matches!(mode, Mode::Routed(_))
+                .then(|| {
+                    http::HeaderValue::from_str(&format!("{}.{}", opts.service, opts.namespace))
+                        .ok()
+                })
+                .flatten();
             let ctx = Arc::new(ListenerCtx {
                 mode,
                 store: store.clone(),
                 upstreams: upstreams.clone(),
+                source,
             });
             static_listeners.push(tokio::spawn(listener::serve(
                 l,
@@ -292,6 +329,7 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
     let applier = Arc::new(Applier {
         store: store.clone(),
         wasm,
+        resilience: Arc::default(),
         node_id: opts.node_id.clone(),
         upstreams: upstreams.clone(),
         manage_listeners: opts.role == Role::Gateway,
@@ -334,6 +372,7 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
                 };
                 let state = Arc::new(crate::admin::AdminState {
                     wasm: control_applier.wasm.clone(),
+                    resilience: control_applier.resilience.clone(),
                     store: control_store,
                     node_id: control_opts.node_id.clone(),
                     role,

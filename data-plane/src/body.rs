@@ -177,7 +177,9 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> FilteredBody<B> {
                         if self.held.len() > self.filter.limit {
                             return Poll::Ready(Some(Err(Box::new(self.filter.too_large()))));
                         }
-                        false
+                        // The last chunk of a body of known length carries end_of_stream, as in Envoy, rather
+                        // than costing every filter one more callback with nothing in it.
+                        self.inner.is_end_stream()
                     }
                     Err(frame) => {
                         if let Ok(mut trailers) = frame.into_trailers() {

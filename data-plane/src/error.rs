@@ -34,6 +34,8 @@ pub enum ProxyError {
     PayloadTooLarge(String),
     #[error("{0}")]
     FilterFailed(String),
+    #[error("bulkhead full: {cluster} already has {max} requests in flight and no room to wait")]
+    BulkheadFull { cluster: String, max: u32 },
 }
 
 /// The first error of type `E` in `err`'s source chain.
@@ -62,7 +64,9 @@ impl ProxyError {
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::FilterFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::FilterFailed(_) | ProxyError::BulkheadFull { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 }

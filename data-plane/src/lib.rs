@@ -19,6 +19,7 @@ pub mod config;
 pub mod error;
 pub mod filter;
 pub mod listener;
+pub mod resilience;
 pub mod router;
 pub mod stack;
 pub mod upstream;

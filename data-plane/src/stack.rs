@@ -1,5 +1,5 @@
-//! The request path, top to bottom in request order: route (stage 3) -> route filters (4) -> weighted backend and
-//! endpoint (6) -> upstream (7). Later stages (Wasm filters, resilience layers) slot in between, here.
+//! The request path, top to bottom in request order: route (stage 3) -> Wasm filters and route filters (4) ->
+//! weighted backend (5) -> resilience layers and the balancer (6, `call_upstream`) -> upstream (7).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +30,13 @@ pub struct ListenerCtx {
     pub mode: Mode,
     pub store: Arc<ConfigStore>,
     pub upstreams: Upstreams,
+    /// Sidecar outbound listeners: the calling service, sent upstream as `x-meshwork-source` (what server-side
+    /// rate limits keyed by `sourceService` read). Elsewhere the header is removed from incoming requests.
+    pub source: Option<HeaderValue>,
 }
+
+/// The calling service, as the caller's sidecar states it.
+pub const SOURCE_HEADER: header::HeaderName = header::HeaderName::from_static("x-meshwork-source");
 
 static TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 
@@ -66,6 +72,13 @@ async fn route_and_forward(
                 .ok_or_else(|| ProxyError::NoEndpoint(app.name.to_string()))?;
             let (mut parts, body) = req.into_parts();
             let snapshot = ctx.store.load();
+            // Server-side rate limit (a TrafficPolicy with side: server targeting this service) before anything
+            // else spends work on the request.
+            if let Some(limit) = &snapshot.inbound_limit {
+                if let Some(r) = rate_limit(limit, &parts, peer).await {
+                    return Ok(r);
+                }
+            }
             let eos = http_body::Body::is_end_stream(&body);
             let (chain, verdict) = Chain::on_request(
                 &snapshot.inbound_wasm,
@@ -79,7 +92,7 @@ async fn route_and_forward(
             if let Verdict::Respond(r) = verdict {
                 return Ok(r);
             }
-            prepare_headers(&mut parts, peer);
+            prepare_headers(ctx, &mut parts, peer);
             let body = with_body_filters(&chain, &mut parts, RequestBody::Incoming(body));
             let resp = forward(ctx, parts, body, app, endpoint.authority.clone(), None).await?;
             return Ok(through_response_filters(chain, resp).await);
@@ -120,29 +133,400 @@ async fn route_and_forward(
         return Ok(redirect_response(route, redirect, &parts));
     }
     let cluster = cluster.ok_or_else(|| ProxyError::NoBackend(route.name.to_string()))?;
-    let endpoint = cluster
-        .pick()
-        .ok_or_else(|| ProxyError::NoEndpoint(cluster.name.to_string()))?;
 
-    prepare_headers(&mut parts, peer);
+    prepare_headers(ctx, &mut parts, peer);
     apply_request_filters(&mut parts, route);
     let body = mirror(ctx, &parts, body, &route.filters);
     let body = with_body_filters(&chain, &mut parts, body);
-    let fut = forward(
-        ctx,
-        parts,
-        body,
-        cluster,
-        endpoint.authority.clone(),
-        route.filters.response_headers.as_ref(),
-    );
-    let resp = match route.timeout {
-        Some(t) => tokio::time::timeout(t, fut)
-            .await
-            .map_err(|_| ProxyError::Timeout(t))??,
-        None => fut.await?,
-    };
+    let resp = call_upstream(ctx, parts, body, cluster, route, peer).await?;
     Ok(through_response_filters(chain, resp).await)
+}
+
+/// Request bodies up to this size are kept so a retry can send them again; larger ones are not retried.
+pub const REPLAY_LIMIT: u64 = 64 * 1024;
+
+/// Stage 6 for one routed request: the resilience layers of TrafficPolicy around the balancer and the upstream
+/// call, outermost first (changing the order is a design change, docs/resilience.md explains it):
+///
+/// 1. fault injection (delay, abort): chaos on the caller's side, before anything else;
+/// 2. rate limit (client side): shed or queue before spending upstream capacity;
+/// 3. circuit breaker: an open circuit answers with its fallback at once;
+/// 4. total timeout (`timeouts.request`, else the HTTPRoute's), retries included;
+/// 5. retries, with the budget and backoff; per attempt:
+///    6. bulkhead (a slot, or wait among `maxPending`, or 503),
+///    7. balancer (skipping ejected and unhealthy endpoints),
+///    8. per-try timeout around the upstream call (stage 7, `forward`),
+///    9. the outcome recorded: latency EWMA, outlier detection, breaker.
+async fn call_upstream(
+    ctx: &ListenerCtx,
+    parts: http::request::Parts,
+    body: RequestBody,
+    cluster: &Arc<Cluster>,
+    route: &Route,
+    peer: SocketAddr,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    use crate::resilience::{inc, retry};
+    let rt = &cluster.rt;
+    let own = route.policy.as_ref().map(|p| &p.policy.request);
+    let service = &rt.policy.request;
+    let pick = |f: fn(&crate::resilience::policy::RequestPolicy) -> bool| {
+        if own.is_some_and(f) {
+            own
+        } else {
+            Some(service)
+        }
+    };
+    inc(&rt.counters.requests);
+
+    // 1. Fault injection.
+    if let Some(f) = pick(|p| p.fault.is_some()).and_then(|p| p.fault.as_ref()) {
+        if let Some(r) = inject_fault(f, &parts, rt).await {
+            return Ok(r);
+        }
+    }
+    // 2. Client-side rate limit (the route's bucket when the route's policy has one).
+    let limiter_rt = if own.is_some_and(|p| p.rate_limit.is_some()) {
+        route.policy.as_ref()
+    } else {
+        Some(rt)
+    };
+    if let Some(lrt) = limiter_rt.filter(|r| r.limiter.is_some()) {
+        if let Some(r) = rate_limit(lrt, &parts, peer).await {
+            return Ok(r);
+        }
+    }
+    // 3. Circuit breaker.
+    let mut probe = false;
+    if let Some(b) = &rt.breaker {
+        let (admit, moved) = b.admit(tokio::time::Instant::now());
+        rt.breaker_moved(moved);
+        match admit {
+            crate::resilience::breaker::Admit::No => {
+                inc(&rt.counters.breaker_rejected);
+                return Ok(circuit_open(rt));
+            }
+            crate::resilience::breaker::Admit::Yes { probe: p } => probe = p,
+        }
+    }
+    let timeouts = pick(|p| p.timeouts.is_some())
+        .and_then(|p| p.timeouts)
+        .unwrap_or_default();
+    let total = timeouts.request.or(route.timeout);
+    let default_retry = crate::resilience::policy::RetryPolicy::default();
+    let retry_policy = pick(|p| p.retry.is_some())
+        .and_then(|p| p.retry.as_ref())
+        .unwrap_or(&default_retry);
+    let attempts = async {
+        // Keep the body for replay when a retry may need it and it is small enough.
+        let mut streaming = Some(body);
+        let mut replay: Option<bytes::Bytes> = None;
+        if retry_policy.attempts > 0 {
+            let b = streaming.take().unwrap_or(RequestBody::Empty);
+            let small = http_body::Body::size_hint(&b)
+                .upper()
+                .is_some_and(|n| n <= REPLAY_LIMIT);
+            if http_body::Body::is_end_stream(&b) {
+                replay = Some(bytes::Bytes::new());
+            } else if small {
+                use http_body_util::BodyExt;
+                let collected = b.collect().await.map_err(body_error)?;
+                replay = Some(collected.to_bytes());
+            } else {
+                streaming = Some(b);
+            }
+        }
+        let key = hash_key(rt, &parts, peer);
+        rt.budget.deposit(tokio::time::Instant::now());
+        let mut retry_no = 0u32;
+        loop {
+            // 6. Bulkhead.
+            let _slot = match &rt.bulkhead {
+                Some(b) => match b.enter().await {
+                    Some(p) => Some(p),
+                    None => {
+                        inc(&rt.counters.bulkhead_rejected);
+                        return Err(ProxyError::BulkheadFull {
+                            cluster: cluster.name.to_string(),
+                            max: b.cfg.max_concurrent,
+                        });
+                    }
+                },
+                None => None,
+            };
+            // 7. Balancer.
+            let i = cluster
+                .choose(key)
+                .ok_or_else(|| ProxyError::NoEndpoint(cluster.name.to_string()))?;
+            let (endpoint, state) = (&cluster.endpoints[i], &cluster.states[i]);
+            let body = match (&replay, streaming.take()) {
+                (Some(b), _) if b.is_empty() => RequestBody::Empty,
+                (Some(b), _) => RequestBody::Full(Some(b.clone())),
+                (None, Some(b)) => b,
+                (None, None) => RequestBody::Empty,
+            };
+            state
+                .in_flight
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let started = tokio::time::Instant::now();
+            // 8. Per-try timeout around the upstream call.
+            let fut = forward(
+                ctx,
+                clone_parts(&parts),
+                body,
+                cluster,
+                endpoint.authority.clone(),
+                route.filters.response_headers.as_ref(),
+            );
+            let result = match timeouts.per_try {
+                Some(t) => tokio::time::timeout(t, fut)
+                    .await
+                    .unwrap_or(Err(ProxyError::Timeout(t))),
+                None => fut.await,
+            };
+            state
+                .in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            // 9. The outcome, recorded.
+            let outcome = retry::Outcome::of(&result);
+            let now = tokio::time::Instant::now();
+            let rtt = if outcome.penalised() {
+                crate::resilience::balance::PENALTY.max(now - started)
+            } else {
+                now - started
+            };
+            state.observe(rtt, crate::resilience::clock::nanos(now));
+            if let Some(status) = outcome.outlier_status() {
+                rt.observe_outlier(&cluster.states, i, status);
+            }
+            if let (Some(b), true) = (&rt.breaker, outcome.kind != retry::Kind::Local) {
+                rt.breaker_moved(b.record(now, !outcome.failed(), probe));
+            }
+            if outcome.kind == retry::Kind::Timeout {
+                inc(&rt.counters.timeouts);
+            }
+            let again = retry_no < retry_policy.attempts
+                && (replay.is_some() || matches!(outcome.kind, retry::Kind::ConnectFailure))
+                && retry::retriable(&outcome, retry_policy, &parts.method);
+            if !again {
+                return result;
+            }
+            if replay.is_none() {
+                // A connect failure of a streamed body: the body went with the failed attempt.
+                return result;
+            }
+            if !rt.budget.try_withdraw(now) {
+                inc(&rt.counters.budget_exhausted);
+                return result;
+            }
+            let wait = retry::delay(retry_policy, retry_no, &result);
+            if let Ok(resp) = result {
+                tokio::spawn(drain_response(resp));
+            }
+            tokio::time::sleep(wait).await;
+            retry_no += 1;
+            inc(&rt.counters.retries);
+            // An attempt that opened the circuit ends the retries: the breaker decides again.
+            if let Some(b) = &rt.breaker {
+                let (admit, moved) = b.admit(tokio::time::Instant::now());
+                rt.breaker_moved(moved);
+                match admit {
+                    crate::resilience::breaker::Admit::No => {
+                        inc(&rt.counters.breaker_rejected);
+                        return Ok(circuit_open(rt));
+                    }
+                    crate::resilience::breaker::Admit::Yes { probe: p } => probe = p,
+                }
+            }
+        }
+    };
+    // 4. Total timeout, retries included.
+    match total {
+        Some(t) => match tokio::time::timeout(t, attempts).await {
+            Ok(r) => r,
+            Err(_) => {
+                inc(&rt.counters.timeouts);
+                Err(ProxyError::Timeout(t))
+            }
+        },
+        None => attempts.await,
+    }
+}
+
+fn body_error(e: crate::body::BoxError) -> ProxyError {
+    let e: &(dyn std::error::Error + 'static) = &*e;
+    if let Some(e) = crate::error::find::<crate::filter::chain::BodyTooLarge>(e) {
+        return ProxyError::PayloadTooLarge(e.to_string());
+    }
+    if let Some(e) = crate::error::find::<crate::filter::chain::BodyFilterFailed>(e) {
+        return ProxyError::FilterFailed(e.to_string());
+    }
+    ProxyError::BadRequest("the request body could not be read")
+}
+
+async fn drain_response(resp: Response<ResponseBody>) {
+    use http_body_util::BodyExt;
+    let mut body = resp.into_body();
+    while let Some(Ok(_)) = body.frame().await {}
+}
+
+fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = p.method.clone();
+    *req.uri_mut() = p.uri.clone();
+    *req.version_mut() = p.version;
+    *req.headers_mut() = p.headers.clone();
+    req.into_parts().0
+}
+
+/// The consistent-hash key of a request, if the cluster balances by one.
+fn hash_key(
+    rt: &crate::resilience::ClusterRuntime,
+    parts: &http::request::Parts,
+    peer: SocketAddr,
+) -> Option<u64> {
+    use crate::resilience::balance::hash;
+    use crate::resilience::policy::HashOn;
+    match rt.policy.hash_on.as_ref()? {
+        HashOn::Header(h) => parts.headers.get(h).map(|v| hash(v.as_bytes())),
+        HashOn::SourceIp => Some(hash(peer.ip().to_string().as_bytes())),
+        HashOn::Cookie(name) => parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| hash(v.as_bytes())),
+    }
+}
+
+/// A fast answer while the circuit is open: the policy's fallback, or a 503 that says so.
+fn circuit_open(rt: &crate::resilience::ClusterRuntime) -> Response<ResponseBody> {
+    match &rt.fallback {
+        Some(f) => {
+            let mut r = Response::new(ResponseBody::Full(
+                Some(f.body.clone()).filter(|b| !b.is_empty()),
+            ));
+            *r.status_mut() = f.status;
+            for (k, v) in &f.headers {
+                r.headers_mut().append(k.clone(), v.clone());
+            }
+            r
+        }
+        None => {
+            let mut r = Response::new(ResponseBody::text(format!(
+                "meshwork: circuit open for {}: failing fast\n",
+                rt.name
+            )));
+            *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, TEXT_PLAIN.clone());
+            r
+        }
+    }
+}
+
+/// Fault injection: a delay and/or an abort, each on its percentage of the requests (only those carrying the
+/// configured header, if any).
+async fn inject_fault(
+    f: &crate::resilience::policy::FaultConfig,
+    parts: &http::request::Parts,
+    rt: &crate::resilience::ClusterRuntime,
+) -> Option<Response<ResponseBody>> {
+    use crate::resilience::inc;
+    use crate::resilience::policy::Abort;
+    if let Some((name, value)) = &f.header {
+        match parts.headers.get(name) {
+            Some(v) if value.is_empty() || v.as_bytes() == value.as_bytes() => {}
+            _ => return None,
+        }
+    }
+    if f.delay_percent > 0.0 && fastrand::f64() * 100.0 < f.delay_percent {
+        inc(&rt.counters.fault_delays);
+        tokio::time::sleep(f.delay).await;
+    }
+    if f.abort_percent > 0.0 && fastrand::f64() * 100.0 < f.abort_percent {
+        inc(&rt.counters.fault_aborts);
+        let mut r = Response::new(ResponseBody::empty());
+        match f.abort.as_ref()? {
+            Abort::Http(status) => {
+                *r.body_mut() = ResponseBody::text("meshwork: fault injected\n");
+                *r.status_mut() = *status;
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, TEXT_PLAIN.clone());
+            }
+            Abort::Grpc(code) => {
+                // A trailers-only gRPC answer: the status travels in the headers.
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/grpc"),
+                );
+                r.headers_mut()
+                    .insert("grpc-status", HeaderValue::from(*code));
+                r.headers_mut()
+                    .insert("grpc-message", HeaderValue::from_static("fault injected"));
+            }
+        }
+        return Some(r);
+    }
+    None
+}
+
+/// A rate limit: go on (None), wait for a token (queue mode), or answer 429 with `Retry-After` and the
+/// `RateLimit-*` headers.
+async fn rate_limit(
+    rt: &crate::resilience::ClusterRuntime,
+    parts: &http::request::Parts,
+    peer: SocketAddr,
+) -> Option<Response<ResponseBody>> {
+    use crate::resilience::bucket::Take;
+    use crate::resilience::inc;
+    use crate::resilience::policy::LimitKey;
+    let limiter = rt.limiter.as_ref()?;
+    let cfg = rt.policy.request.rate_limit.as_ref()?;
+    let ip;
+    let key: &str = match &cfg.key {
+        LimitKey::Global => "",
+        LimitKey::SourceIp => {
+            ip = peer.ip().to_string();
+            &ip
+        }
+        LimitKey::Header(h) => parts
+            .headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-"),
+        LimitKey::SourceService => parts
+            .headers
+            .get(&SOURCE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-"),
+    };
+    let (take, reset) = limiter.take(key, tokio::time::Instant::now(), cfg.max_delay);
+    match take {
+        Take::Now { .. } => None,
+        Take::After(wait) => {
+            inc(&rt.counters.rate_queued);
+            tokio::time::sleep(wait).await;
+            None
+        }
+        Take::Rejected { retry_after } => {
+            inc(&rt.counters.rate_limited);
+            let mut r = Response::new(ResponseBody::text("meshwork: rate limited\n"));
+            *r.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, TEXT_PLAIN.clone());
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            );
+            h.insert("ratelimit-limit", HeaderValue::from(limiter.burst));
+            h.insert("ratelimit-remaining", HeaderValue::from(0u32));
+            h.insert("ratelimit-reset", HeaderValue::from(reset.max(1)));
+            Some(r)
+        }
+    }
 }
 
 /// Puts the request body through the Wasm filters' body callbacks, if any filter has one. The body may change
@@ -187,7 +571,17 @@ async fn through_response_filters(
     }
 }
 
-fn prepare_headers(parts: &mut http::request::Parts, peer: SocketAddr) {
+fn prepare_headers(ctx: &ListenerCtx, parts: &mut http::request::Parts, peer: SocketAddr) {
+    match &ctx.source {
+        Some(v) => {
+            parts.headers.insert(SOURCE_HEADER, v.clone());
+        }
+        // Only the listener that reads it (inbound) keeps the caller sidecar's statement.
+        None if !matches!(ctx.mode, Mode::Inbound(_)) => {
+            parts.headers.remove(SOURCE_HEADER);
+        }
+        None => {}
+    }
     // An HTTP/2 request carries its host in :authority; an HTTP/1.1 upstream needs a Host header.
     if !parts.headers.contains_key(header::HOST) {
         if let Some(v) = parts

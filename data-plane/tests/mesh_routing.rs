@@ -341,9 +341,11 @@ async fn routing_filters_and_live_changes() {
         "v2 share {v2} outside 0.20 +- 0.03: {by_node:?}"
     );
     let (a, b) = (by_node["backend-v1-0"], by_node["backend-v1-1"]);
+    // The default balancer is peak-ewma (latency-aware), not strict round robin: equal replicas share the load,
+    // not necessarily evenly.
     assert!(
-        a.abs_diff(b) * 10 <= a + b,
-        "round robin over v1 replicas: {a} vs {b}"
+        a.min(b) * 4 >= a + b,
+        "both v1 replicas serve a fair share: {a} vs {b}"
     );
 
     // East-west: the frontend app calls `http://backend/...` through HTTP_PROXY; the GAMMA route pins beta users.

@@ -1,6 +1,7 @@
 //! Typed manifests, parsed from YAML nodes with source locations. Field-level checks happen here; checks that
 //! span objects (references, port clashes) are in `validate`.
 
+pub mod policy;
 pub mod read;
 mod route;
 pub mod wasm;
@@ -9,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use policy::{PolicyTargetKind, TrafficPolicy};
 pub use route::*;
 pub use wasm::{WasmPlugin, WasmTarget, WasmTargetKind};
 
@@ -89,17 +91,18 @@ pub struct Mesh {
 }
 
 /// Everything read from a manifest directory.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ManifestSet {
     pub workloads: Vec<Workload>,
     pub gateways: Vec<Gateway>,
     pub routes: Vec<Route>,
     pub meshes: Vec<Mesh>,
     pub wasm_plugins: Vec<WasmPlugin>,
+    pub policies: Vec<TrafficPolicy>,
 }
 
 const KINDS: &str =
-    "meshwork.dev/v1alpha1 Workload/Mesh, gateway.networking.k8s.io/v1 Gateway/HTTPRoute/GRPCRoute";
+    "meshwork.dev/v1alpha1 Workload/Mesh/WasmPlugin/TrafficPolicy, gateway.networking.k8s.io/v1 Gateway/HTTPRoute/GRPCRoute";
 
 /// Parses one YAML document into `set`, reporting problems to `sink`.
 pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
@@ -119,8 +122,10 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
     let kind_line = root.get("kind").map_or(root.line, |n| n.line);
     let known = matches!(
         (api.as_str(), kind.as_str()),
-        (MESHWORK_API, "Workload" | "Mesh" | "WasmPlugin")
-            | (GATEWAY_API, "Gateway" | "HTTPRoute" | "GRPCRoute")
+        (
+            MESHWORK_API,
+            "Workload" | "Mesh" | "WasmPlugin" | "TrafficPolicy"
+        ) | (GATEWAY_API, "Gateway" | "HTTPRoute" | "GRPCRoute")
     );
     if !known {
         r.error(
@@ -158,6 +163,11 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
         "WasmPlugin" => {
             if let Some(p) = wasm::parse(&mut r, meta, spec) {
                 set.wasm_plugins.push(p);
+            }
+        }
+        "TrafficPolicy" => {
+            if let Some(p) = policy::parse(&mut r, meta, spec) {
+                set.policies.push(p);
             }
         }
         "Gateway" => {

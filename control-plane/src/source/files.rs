@@ -14,7 +14,7 @@ use crate::source::yaml::parse_documents;
 use crate::validate::validate;
 
 /// A validated manifest set and the digest of the files it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoadedSet {
     pub set: ManifestSet,
     pub digest: [u8; 32],

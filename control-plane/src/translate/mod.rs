@@ -79,6 +79,7 @@ pub fn snapshot_for(set: &ManifestSet, instances: &[Instance], proxy: &ProxyKey)
         clusters,
         wasm_plugins: Vec::new(),
         inbound_wasm: Vec::new(),
+        inbound_rate_limit: None,
     };
     attach_wasm(set, proxy, &mut snapshot);
     // Filters may call any mesh service (`proxy_http_call`), so a proxy that runs filters knows them all.
@@ -94,7 +95,78 @@ pub fn snapshot_for(set: &ManifestSet, instances: &[Instance], proxy: &ProxyKey)
             }
         }
     }
+    attach_policies(set, proxy, &mut snapshot);
     snapshot
+}
+
+/// The TrafficPolicy targeting a Service or an HTTPRoute, if any (validation allows at most one per target).
+pub fn policy_for<'a>(
+    set: &'a ManifestSet,
+    kind: crate::model::PolicyTargetKind,
+    namespace: &str,
+    name: &str,
+) -> Option<&'a crate::model::TrafficPolicy> {
+    set.policies
+        .iter()
+        .find(|p| p.target_kind == kind && p.meta.namespace == namespace && p.target_name == name)
+}
+
+/// TrafficPolicies onto the snapshot: a Service's policy on its clusters (the service and its workload subsets;
+/// client-side fields only) and, for the service's own sidecars, its server-side rate limit; an HTTPRoute's
+/// policy on that route's entries.
+fn attach_policies(set: &ManifestSet, proxy: &ProxyKey, snapshot: &mut pb::Snapshot) {
+    use crate::model::PolicyTargetKind;
+    if set.policies.is_empty() {
+        return;
+    }
+    let client_side = |p: &pb::Policy| {
+        let mut p = p.clone();
+        if p.rate_limit.as_ref().is_some_and(|r| r.server_side) {
+            p.rate_limit = None;
+        }
+        p
+    };
+    for c in &mut snapshot.clusters {
+        let mut parts = c.name.splitn(3, '/');
+        let (Some(kind), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let service = match kind {
+            "service" => Some(name.to_string()),
+            _ => set
+                .workloads
+                .iter()
+                .find(|w| w.meta.namespace == ns && w.meta.name == name)
+                .map(|w| w.service.clone()),
+        };
+        if let Some(p) = service.and_then(|s| policy_for(set, PolicyTargetKind::Service, ns, &s)) {
+            c.policy = Some(client_side(&p.policy));
+        }
+    }
+    for l in &mut snapshot.listeners {
+        for vh in &mut l.virtual_hosts {
+            for r in &mut vh.routes {
+                let mut parts = r.name.splitn(4, '/');
+                if let (Some("HTTPRoute" | "GRPCRoute"), Some(ns), Some(name)) =
+                    (parts.next(), parts.next(), parts.next())
+                {
+                    if let Some(p) = policy_for(set, PolicyTargetKind::HttpRoute, ns, name) {
+                        r.policy = Some(client_side(&p.policy));
+                    }
+                }
+            }
+        }
+    }
+    if proxy.role == ProxyRole::Sidecar {
+        if let Some(p) = policy_for(
+            set,
+            PolicyTargetKind::Service,
+            &proxy.namespace,
+            &proxy.name,
+        ) {
+            snapshot.inbound_rate_limit = p.policy.rate_limit.clone().filter(|r| r.server_side);
+        }
+    }
 }
 
 pub fn plugin_name(p: &WasmPlugin) -> String {
@@ -247,6 +319,7 @@ fn cluster(set: &ManifestSet, instances: &[Instance], name: &str) -> Option<pb::
         name: name.to_string(),
         protocol: proto_protocol(protocol) as i32,
         endpoints,
+        policy: None,
     })
 }
 

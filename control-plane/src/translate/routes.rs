@@ -183,6 +183,7 @@ fn route_proto(e: &Entry<'_>) -> pb::Route {
             .collect(),
         timeout_ms: e.rule.timeout.map_or(0, |d| d.as_millis().max(1) as u64),
         wasm: Vec::new(),
+        policy: None,
     }
 }
 
@@ -200,6 +201,7 @@ fn default_route(cluster: String) -> pb::Route {
         backends: vec![pb::WeightedBackend { cluster, weight: 1 }],
         timeout_ms: 0,
         wasm: Vec::new(),
+        policy: None,
     }
 }
 

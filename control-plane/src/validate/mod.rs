@@ -34,7 +34,8 @@ pub fn validate(set: &ManifestSet) -> Vec<Diagnostic> {
         .chain(set.gateways.iter().map(|g| ("Gateway", &g.meta)))
         .chain(set.routes.iter().map(|r| (r.kind.as_str(), &r.meta)))
         .chain(set.meshes.iter().map(|m| ("Mesh", &m.meta)))
-        .chain(set.wasm_plugins.iter().map(|p| ("WasmPlugin", &p.meta)));
+        .chain(set.wasm_plugins.iter().map(|p| ("WasmPlugin", &p.meta)))
+        .chain(set.policies.iter().map(|p| ("TrafficPolicy", &p.meta)));
     for (kind, meta) in objects {
         if let Some(first) = names.insert((kind, &meta.namespace, &meta.name), meta) {
             out.push(diag(
@@ -147,6 +148,45 @@ pub fn validate(set: &ManifestSet) -> Vec<Diagnostic> {
                     format!("unknown {:?} {:?} in namespace {ns}", t.kind, t.name),
                 ));
             }
+        }
+    }
+    // TrafficPolicy: the target exists, and no two policies target the same object (which would win is unclear).
+    let mut targeted: HashMap<(crate::model::PolicyTargetKind, &str, &str), &Meta> = HashMap::new();
+    for p in &set.policies {
+        let ns = p.meta.namespace.as_str();
+        let (known, what) = match p.target_kind {
+            crate::model::PolicyTargetKind::Service => (
+                services.contains_key(&(ns.to_string(), p.target_name.clone())),
+                "Service (a service some Workload declares)",
+            ),
+            crate::model::PolicyTargetKind::HttpRoute => (
+                set.routes
+                    .iter()
+                    .any(|r| r.meta.name == p.target_name && r.meta.namespace == ns),
+                "HTTPRoute",
+            ),
+        };
+        if !known {
+            out.push(diag(
+                &p.meta,
+                p.target_line,
+                "spec.targetRef.name",
+                format!("unknown {what} {:?} in namespace {ns}", p.target_name),
+            ));
+        }
+        if let Some(first) = targeted.insert((p.target_kind, ns, &p.target_name), &p.meta) {
+            out.push(diag(
+                &p.meta,
+                p.target_line,
+                "spec.targetRef",
+                format!(
+                    "{:?} is already targeted by TrafficPolicy {} ({}:{}); expected one policy per target",
+                    p.target_name,
+                    first.name,
+                    first.file.display(),
+                    first.line
+                ),
+            ));
         }
     }
     for route in &set.routes {

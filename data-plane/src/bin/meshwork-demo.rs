@@ -1,8 +1,10 @@
 //! Demo and test app for the quickstart and the end-to-end tests. Not part of the proxy.
 //!
 //! `meshwork-demo echo`     HTTP/1.1 + h2c server answering JSON about the request and who served it.
-//!                          `/status/NNN` answers NNN, `/delay/MS` waits first, `/_demo/count` returns the number
-//!                          of other requests served so far.
+//!                          `/status/NNN` answers NNN, `/delay/MS` waits first, `/flaky/P` fails with 503 P% of
+//!                          the time, `/healthz` answers 200 (503 while failing), `/_demo/count` returns the
+//!                          number of other requests served so far, `/_demo/mode?fail=1&slow=MS` makes every
+//!                          request fail with 503 (`fail=0` to stop) or wait MS first.
 //! `meshwork-demo frontend` calls `http://<upstream><path>` through HTTP_PROXY (absolute-form, like any
 //!                          unmodified app using a forward proxy) and wraps the answer; `/legacy/...` goes to the
 //!                          `legacy` service.
@@ -82,6 +84,10 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
     r
 }
 
+/// Failure modes the tests switch on and off (`/_demo/mode`).
+static FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static SLOW_MS: AtomicU64 = AtomicU64::new(0);
+
 async fn echo(
     id: Arc<Identity>,
     count: Arc<AtomicU64>,
@@ -94,8 +100,48 @@ async fn echo(
             &serde_json::json!({ "requests": count.load(Ordering::Relaxed) }),
         );
     }
+    if path == "/_demo/mode" {
+        for pair in req.uri().query().unwrap_or("").split('&') {
+            match pair.split_once('=') {
+                Some(("fail", v)) => FAILING.store(v == "1", Ordering::Relaxed),
+                Some(("slow", v)) => SLOW_MS.store(v.parse().unwrap_or(0), Ordering::Relaxed),
+                _ => {}
+            }
+        }
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({ "fail": FAILING.load(Ordering::Relaxed), "slow": SLOW_MS.load(Ordering::Relaxed) }),
+        );
+    }
+    let failing = FAILING.load(Ordering::Relaxed);
+    if path == "/healthz" {
+        let status = if failing {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        return json(status, &serde_json::json!({ "healthy": !failing }));
+    }
     count.fetch_add(1, Ordering::Relaxed);
+    let slow = SLOW_MS.load(Ordering::Relaxed);
+    if slow > 0 {
+        tokio::time::sleep(Duration::from_millis(slow)).await;
+    }
+    if failing {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "error": "failing on purpose", "workload": id.workload, "node": id.node }),
+        );
+    }
     let mut status = StatusCode::OK;
+    if let Some(p) = path
+        .strip_prefix("/flaky/")
+        .and_then(|c| c.parse::<u32>().ok())
+    {
+        if fastrand::u32(0..100) < p {
+            status = StatusCode::SERVICE_UNAVAILABLE;
+        }
+    }
     if let Some(code) = path
         .strip_prefix("/status/")
         .and_then(|c| c.parse::<u16>().ok())

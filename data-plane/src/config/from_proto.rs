@@ -13,6 +13,7 @@ use regex::Regex;
 
 use super::snapshot::*;
 use crate::filter::wasm::PluginHandle;
+use crate::resilience::Registry;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]
@@ -68,7 +69,7 @@ fn header_mod(path: &str, m: &pb::HeaderModifier) -> Result<HeaderMod, InvalidSn
     })
 }
 
-fn cluster(c: &pb::Cluster) -> Result<Cluster, InvalidSnapshot> {
+fn cluster(c: &pb::Cluster, registry: &Registry) -> Result<Cluster, InvalidSnapshot> {
     let path = format!("clusters[{}]", c.name);
     let protocol = match pb::Protocol::try_from(c.protocol) {
         Ok(pb::Protocol::Http1) => Protocol::Http1,
@@ -90,11 +91,9 @@ fn cluster(c: &pb::Cluster) -> Result<Cluster, InvalidSnapshot> {
             Ok(Endpoint { addr, authority })
         })
         .collect::<Result<Vec<_>, InvalidSnapshot>>()?;
-    Ok(Cluster::new(
-        Arc::from(c.name.as_str()),
-        protocol,
-        endpoints,
-    ))
+    let name: Arc<str> = Arc::from(c.name.as_str());
+    let rt = registry.runtime(&name, c.policy.as_ref());
+    Ok(Cluster::with_runtime(name, protocol, endpoints, rt))
 }
 
 type Plugins = HashMap<String, Arc<PluginHandle>>;
@@ -119,6 +118,7 @@ fn route(
     r: &pb::Route,
     clusters: &HashMap<Arc<str>, Arc<Cluster>>,
     plugins: &Plugins,
+    registry: &Registry,
 ) -> Result<Route, InvalidSnapshot> {
     let path = format!("route {}", r.name);
     let lookup = |name: &str| {
@@ -237,6 +237,10 @@ fn route(
         total_weight: total,
         timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms)),
         wasm: plugin_list(&path, &r.wasm, plugins)?,
+        policy: r
+            .policy
+            .as_ref()
+            .map(|p| registry.runtime(&Arc::from(format!("route/{}", r.name)), Some(p))),
     })
 }
 
@@ -244,6 +248,7 @@ fn listener(
     l: &pb::Listener,
     clusters: &HashMap<Arc<str>, Arc<Cluster>>,
     plugins: &Plugins,
+    registry: &Registry,
 ) -> Result<Listener, InvalidSnapshot> {
     let port = u16::try_from(l.port).map_err(|_| {
         invalid(
@@ -256,7 +261,7 @@ fn listener(
         let routes = vh
             .routes
             .iter()
-            .map(|r| route(r, clusters, plugins))
+            .map(|r| route(r, clusters, plugins, registry))
             .collect::<Result<Vec<_>, _>>()?;
         for d in &vh.domains {
             let d = d.to_ascii_lowercase();
@@ -290,14 +295,24 @@ impl Snapshot {
         pb: pb::Snapshot,
         plugins: Plugins,
     ) -> Result<Snapshot, InvalidSnapshot> {
+        Self::from_proto_with(version, pb, plugins, &Registry::default())
+    }
+
+    /// As `from_proto`, with resilience state kept in `registry` (the proxy's, so it outlives snapshots).
+    pub fn from_proto_with(
+        version: u64,
+        pb: pb::Snapshot,
+        plugins: Plugins,
+        registry: &Registry,
+    ) -> Result<Snapshot, InvalidSnapshot> {
         let clusters: HashMap<Arc<str>, Arc<Cluster>> = pb
             .clusters
             .iter()
-            .map(|c| Ok((Arc::from(c.name.as_str()), Arc::new(cluster(c)?))))
+            .map(|c| Ok((Arc::from(c.name.as_str()), Arc::new(cluster(c, registry)?))))
             .collect::<Result<_, InvalidSnapshot>>()?;
         let mut listeners = HashMap::new();
         for l in &pb.listeners {
-            let built = listener(l, &clusters, &plugins)?;
+            let built = listener(l, &clusters, &plugins, registry)?;
             if listeners.insert(built.name.clone(), built).is_some() {
                 return Err(invalid(
                     format!("listener {}", l.name),
@@ -306,11 +321,19 @@ impl Snapshot {
             }
         }
         let inbound_wasm = plugin_list("inbound", &pb.inbound_wasm, &plugins)?;
+        let inbound_limit = pb.inbound_rate_limit.as_ref().map(|rl| {
+            let p = pb::Policy {
+                rate_limit: Some(rl.clone()),
+                ..Default::default()
+            };
+            registry.runtime(&Arc::from("inbound"), Some(&p))
+        });
         Ok(Snapshot {
             version,
             listeners,
             clusters,
             inbound_wasm,
+            inbound_limit,
             plugins,
             source: pb,
         })

@@ -14,6 +14,8 @@ use meshwork_proto as pb;
 use regex::Regex;
 
 use crate::filter::wasm::PluginHandle;
+use crate::resilience::balance::{EndpointState, Ring};
+use crate::resilience::ClusterRuntime;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -34,25 +36,72 @@ pub struct Cluster {
     pub protocol: Protocol,
     pub endpoints: Vec<Endpoint>,
     next: AtomicUsize,
+    /// Resilience state of this upstream service (policy, breaker, budget, bulkhead...), shared across snapshots.
+    pub rt: Arc<ClusterRuntime>,
+    /// Per-endpoint state (latency, in flight, ejection, health), parallel to `endpoints`.
+    pub states: Vec<Arc<EndpointState>>,
+    /// Consistent-hash ring (empty unless the policy asks for consistent hashing).
+    pub ring: Ring,
 }
 
 impl Cluster {
+    /// A cluster with the default policy and state of its own (the sidecar's local app, tests).
     pub fn new(name: Arc<str>, protocol: Protocol, endpoints: Vec<Endpoint>) -> Self {
+        let rt = Arc::new(ClusterRuntime::new(
+            name.clone(),
+            Default::default(),
+            None,
+            Default::default(),
+        ));
+        Self::with_runtime(name, protocol, endpoints, rt)
+    }
+
+    pub fn with_runtime(
+        name: Arc<str>,
+        protocol: Protocol,
+        endpoints: Vec<Endpoint>,
+        rt: Arc<ClusterRuntime>,
+    ) -> Self {
+        let states = endpoints.iter().map(|e| rt.endpoint(e.addr)).collect();
+        let ring = if rt.policy.balancer == crate::resilience::balance::Policy::ConsistentHash {
+            Ring::new(
+                &endpoints
+                    .iter()
+                    .map(|e| e.addr.to_string())
+                    .collect::<Vec<_>>(),
+            )
+        } else {
+            Ring::default()
+        };
         Cluster {
             name,
             protocol,
             endpoints,
             next: AtomicUsize::new(0),
+            rt,
+            states,
+            ring,
         }
     }
 
-    /// Round robin over the endpoints.
+    /// Round robin over the endpoints (mirrors and the sidecar's local app; routed requests use `choose`).
     pub fn pick(&self) -> Option<&Endpoint> {
         if self.endpoints.is_empty() {
             return None;
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         self.endpoints.get(i % self.endpoints.len())
+    }
+
+    /// The balancer's pick (index into `endpoints`), by the cluster's policy; `key` for consistent hashing.
+    pub fn choose(&self, key: Option<u64>) -> Option<usize> {
+        crate::resilience::balance::pick(
+            self.rt.policy.balancer,
+            &self.states,
+            &self.ring,
+            &self.next,
+            key,
+        )
     }
 }
 
@@ -142,6 +191,9 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// Wasm filters, in the order they run on the request.
     pub wasm: Vec<Arc<PluginHandle>>,
+    /// A TrafficPolicy targeting this route: its per-request fields (and rate-limit state) override the
+    /// backend service's.
+    pub policy: Option<Arc<ClusterRuntime>>,
 }
 
 impl Route {
@@ -189,6 +241,8 @@ pub struct Snapshot {
     pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
     /// Sidecars: Wasm filters on the inbound listener.
     pub inbound_wasm: Vec<Arc<PluginHandle>>,
+    /// Sidecars: the server-side rate limit protecting the local app.
+    pub inbound_limit: Option<Arc<ClusterRuntime>>,
     /// Every Wasm plugin of this snapshot, by name (kept across snapshots while unchanged).
     pub plugins: HashMap<String, Arc<PluginHandle>>,
     /// What was received, for /config_dump.
@@ -203,6 +257,7 @@ impl Snapshot {
             listeners: HashMap::new(),
             clusters: HashMap::new(),
             inbound_wasm: Vec::new(),
+            inbound_limit: None,
             plugins: HashMap::new(),
             source: pb::Snapshot::default(),
         }

@@ -39,6 +39,7 @@ fn route(
         }],
         timeout_ms: 0,
         wasm: vec![],
+        policy: None,
     }
 }
 
@@ -62,6 +63,7 @@ fn snapshot(routes: Vec<pb::Route>, domains: Vec<Vec<&str>>) -> Snapshot {
             name: "c".into(),
             protocol: 0,
             endpoints: vec![],
+            policy: None,
         }],
         ..Default::default()
     };
@@ -207,7 +209,7 @@ proptest! {
 
     #[test]
     fn weighted_pick_respects_zero_weights(w in prop::collection::vec(0u32..5, 1..5)) {
-        let clusters: Vec<pb::Cluster> = (0..w.len()).map(|i| pb::Cluster { name: format!("c{i}"), protocol: 0, endpoints: vec![] }).collect();
+        let clusters: Vec<pb::Cluster> = (0..w.len()).map(|i| pb::Cluster { name: format!("c{i}"), protocol: 0, endpoints: vec![], policy: None }).collect();
         let mut r = route("r", pb::MatchType::MatchPrefix, "/", "", vec![], vec![]);
         r.backends = w.iter().enumerate().map(|(i, w)| pb::WeightedBackend { cluster: format!("c{i}"), weight: *w }).collect();
         let pb = pb::Snapshot { listeners: vec![pb::Listener { name: "l".into(), port: 0, virtual_hosts: vec![pb::VirtualHost { name: "v".into(), domains: vec!["*".into()], routes: vec![r] }] }], clusters, ..Default::default() };

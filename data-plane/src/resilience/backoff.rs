@@ -1,0 +1,20 @@
+//! Retry backoff with full jitter: attempt n waits a uniformly random time in [0, min(max, base * 2^n)).
+
+use std::time::Duration;
+
+pub fn full_jitter(base: Duration, max: Duration, retry: u32, unit_random: f64) -> Duration {
+    let cap = base.saturating_mul(1u32 << retry.min(20)).min(max);
+    cap.mul_f64(unit_random.clamp(0.0, 1.0))
+}
+
+/// `Retry-After` as delay-seconds (an HTTP date is not honoured; it is rare on retriable answers).
+pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}

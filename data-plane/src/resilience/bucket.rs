@@ -1,0 +1,117 @@
+//! Token buckets for rate limits (`requestsPerSecond` sustained, `burst` at once), one per key.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+/// What a limited request gets: go now, wait (queue mode), or be rejected (with how long until a token).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Take {
+    Now { remaining: u64 },
+    After(Duration),
+    Rejected { retry_after: Duration },
+}
+
+impl TokenBucket {
+    pub fn new(rate: f64, burst: u32, now: Instant) -> Self {
+        let burst = f64::from(burst.max(1));
+        TokenBucket {
+            rate,
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last = now;
+    }
+
+    /// Takes a token now, or (with `max_delay`) reserves the next one if it comes within `max_delay`.
+    pub fn take(&mut self, now: Instant, max_delay: Option<Duration>) -> Take {
+        self.refill(now);
+        // A hair of slack so refills summed from many small intervals still add up to whole tokens.
+        if self.tokens >= 1.0 - 1e-9 {
+            self.tokens -= 1.0;
+            return Take::Now {
+                remaining: self.tokens.max(0.0) as u64,
+            };
+        }
+        let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.rate);
+        match max_delay {
+            Some(max) if wait <= max => {
+                // Reserved: the bucket goes negative, so later callers queue behind this one.
+                self.tokens -= 1.0;
+                Take::After(wait)
+            }
+            _ => Take::Rejected { retry_after: wait },
+        }
+    }
+
+    /// Seconds until the bucket is full again (the `RateLimit-Reset` header).
+    pub fn reset_secs(&self) -> u64 {
+        ((self.burst - self.tokens).max(0.0) / self.rate).ceil() as u64
+    }
+
+    fn is_full(&self, now: Instant) -> bool {
+        self.tokens + now.saturating_duration_since(self.last).as_secs_f64() * self.rate
+            >= self.burst
+    }
+}
+
+/// Buckets by key (a client's IP, header value or service; "" for a global limit). Keys whose bucket is full
+/// again are forgotten when the map grows past `MAX_KEYS`, so many one-off clients cannot grow it without end.
+#[derive(Debug)]
+pub struct KeyedLimiter {
+    pub rate: f64,
+    pub burst: u32,
+    buckets: Mutex<HashMap<String, TokenBucket>>,
+}
+
+const MAX_KEYS: usize = 10_000;
+
+impl KeyedLimiter {
+    pub fn new(rate: f64, burst: u32) -> Self {
+        KeyedLimiter {
+            rate,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a token for `key`; returns the outcome and the seconds until that key's bucket is full.
+    pub fn take(&self, key: &str, now: Instant, max_delay: Option<Duration>) -> (Take, u64) {
+        let mut map = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !map.contains_key(key) {
+            if map.len() >= MAX_KEYS {
+                map.retain(|_, b| !b.is_full(now));
+            }
+            map.insert(
+                key.to_string(),
+                TokenBucket::new(self.rate, self.burst, now),
+            );
+        }
+        match map.get_mut(key) {
+            Some(b) => {
+                let t = b.take(now, max_delay);
+                (t, b.reset_secs())
+            }
+            None => (Take::Now { remaining: 0 }, 0),
+        }
+    }
+}

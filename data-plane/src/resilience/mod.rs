@@ -1,0 +1,274 @@
+//! Stage 6 and 7 resilience: what TrafficPolicy asks of the calling proxies (and, for server-side rate limits, of
+//! the target's own inbound proxies). The per-request order lives in `stack.rs` (`call_upstream`); this module
+//! holds the state each layer keeps per upstream service, which outlives snapshots:
+//!
+//! fault injection -> rate limit -> circuit breaker -> [ total timeout: retries ( bulkhead -> balancer ->
+//! per-try timeout -> upstream ) ] -> outcome recorded (EWMA, outlier detection, breaker, budget).
+//!
+//! Every layer counts what it does (`Counters`, exported on the admin `/metrics`).
+
+pub mod backoff;
+pub mod balance;
+pub mod breaker;
+pub mod bucket;
+pub mod budget;
+pub mod clock;
+pub mod health;
+pub mod policy;
+pub mod retry;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+pub use policy::Policy;
+
+/// What each layer did, per upstream service (or per inbound listener for server-side rate limits).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub budget_exhausted: AtomicU64,
+    pub breaker_rejected: AtomicU64,
+    pub breaker_opened: AtomicU64,
+    pub breaker_half_opened: AtomicU64,
+    pub breaker_closed: AtomicU64,
+    pub ejections: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub rate_queued: AtomicU64,
+    pub bulkhead_rejected: AtomicU64,
+    pub fault_delays: AtomicU64,
+    pub fault_aborts: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub health_check_failures: AtomicU64,
+}
+
+pub fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Concurrency cap per upstream service: `max_concurrent` in flight, up to `max_pending` waiting for a slot,
+/// the rest rejected at once.
+#[derive(Debug)]
+pub struct Bulkhead {
+    pub cfg: policy::BulkheadConfig,
+    slots: Arc<Semaphore>,
+    pending: AtomicU32,
+}
+
+impl Bulkhead {
+    pub fn new(cfg: policy::BulkheadConfig) -> Self {
+        Bulkhead {
+            cfg,
+            slots: Arc::new(Semaphore::new(cfg.max_concurrent as usize)),
+            pending: AtomicU32::new(0),
+        }
+    }
+
+    /// A slot, or None when the bulkhead (and its queue) is full.
+    pub async fn enter(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.cfg.max_pending {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let permit = self.slots.clone().acquire_owned().await.ok();
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        permit
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.cfg.max_concurrent as usize - self.slots.available_permits()
+    }
+}
+
+/// The state of one upstream service, kept across snapshots while its policy is unchanged (endpoint state is
+/// kept even when the policy changes).
+#[derive(Debug)]
+pub struct ClusterRuntime {
+    pub name: Arc<str>,
+    pub policy: Policy,
+    pub fallback: Option<policy::Fallback>,
+    pub breaker: Option<breaker::Breaker>,
+    pub budget: budget::Budget,
+    pub bulkhead: Option<Bulkhead>,
+    pub limiter: Option<bucket::KeyedLimiter>,
+    pub endpoints: Arc<Mutex<HashMap<SocketAddr, Arc<balance::EndpointState>>>>,
+    pub counters: Counters,
+}
+
+impl ClusterRuntime {
+    pub fn new(
+        name: Arc<str>,
+        policy: Policy,
+        fallback: Option<policy::Fallback>,
+        endpoints: Arc<Mutex<HashMap<SocketAddr, Arc<balance::EndpointState>>>>,
+    ) -> Self {
+        let retry = policy.request.retry.clone().unwrap_or_default();
+        ClusterRuntime {
+            breaker: policy.breaker.clone().map(breaker::Breaker::new),
+            budget: budget::Budget::new(retry.budget),
+            bulkhead: policy.bulkhead.map(Bulkhead::new),
+            limiter: policy
+                .request
+                .rate_limit
+                .as_ref()
+                .map(|r| bucket::KeyedLimiter::new(r.rate, r.burst)),
+            name,
+            policy,
+            fallback,
+            endpoints,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The state of the endpoint at `addr` (created on first sight).
+    pub fn endpoint(&self, addr: SocketAddr) -> Arc<balance::EndpointState> {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(addr)
+            .or_default()
+            .clone()
+    }
+
+    /// Records a breaker transition in the counters (and the log).
+    pub fn breaker_moved(&self, to: Option<breaker::State>) {
+        let Some(to) = to else { return };
+        let c = match to {
+            breaker::State::Open => &self.counters.breaker_opened,
+            breaker::State::HalfOpen => &self.counters.breaker_half_opened,
+            breaker::State::Closed => &self.counters.breaker_closed,
+        };
+        inc(c);
+        tracing::info!(cluster = %self.name, state = to.as_str(), "circuit breaker");
+    }
+
+    /// Outlier detection: counts a response (or failure) from an endpoint and ejects it when a streak reaches
+    /// its threshold, unless `maxEjectionPercent` of the set is out already. Returns true if it was ejected.
+    pub fn observe_outlier(
+        &self,
+        states: &[Arc<balance::EndpointState>],
+        i: usize,
+        status: Option<u16>,
+    ) -> bool {
+        let Some(cfg) = &self.policy.outlier else {
+            return false;
+        };
+        let Some(ep) = states.get(i) else {
+            return false;
+        };
+        let now = clock::now_nanos();
+        let gateway = matches!(status, None | Some(502..=504));
+        let server = matches!(status, None | Some(500..=599));
+        if !server {
+            ep.consecutive_5xx.store(0, Ordering::Relaxed);
+            ep.consecutive_gateway.store(0, Ordering::Relaxed);
+            // A long healthy stretch after the last ejection resets the growing ejection time.
+            let until = ep.ejected_until.load(Ordering::Relaxed);
+            if until != 0 && now > until + cfg.base_ejection.as_nanos() as u64 {
+                ep.ejections.store(0, Ordering::Relaxed);
+                ep.ejected_until.store(0, Ordering::Relaxed);
+            }
+            return false;
+        }
+        let c5 = ep.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1;
+        let cg = if gateway {
+            ep.consecutive_gateway.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            ep.consecutive_gateway.store(0, Ordering::Relaxed);
+            0
+        };
+        let hit = (cfg.consecutive_5xx > 0 && c5 >= cfg.consecutive_5xx)
+            || (cfg.consecutive_gateway > 0 && cg >= cfg.consecutive_gateway);
+        if !hit || !ep.available(now) {
+            return false;
+        }
+        let ejected = states
+            .iter()
+            .filter(|s| s.ejected_until.load(Ordering::Relaxed) > now)
+            .count();
+        let allowed = states.len() * cfg.max_percent as usize / 100;
+        if ejected + 1 > allowed {
+            return false;
+        }
+        let times = ep.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let duration = cfg.base_ejection.saturating_mul(times.min(10));
+        ep.ejected_until
+            .store(now + duration.as_nanos() as u64, Ordering::Relaxed);
+        ep.consecutive_5xx.store(0, Ordering::Relaxed);
+        ep.consecutive_gateway.store(0, Ordering::Relaxed);
+        inc(&self.counters.ejections);
+        tracing::info!(cluster = %self.name, endpoint = i, for_ms = duration.as_millis() as u64, "outlier ejected");
+        true
+    }
+}
+
+/// Every cluster's runtime state, by name, shared by all snapshots (and the admin endpoint).
+#[derive(Default)]
+pub struct Registry {
+    clusters: Mutex<HashMap<Arc<str>, Arc<ClusterRuntime>>>,
+    /// Health checkers running, by cluster name (stopped when their runtime is replaced or dropped).
+    pub checks: health::Checks,
+}
+
+impl Registry {
+    /// The runtime for a cluster with this policy: the existing one if the policy is unchanged, else a new one
+    /// that keeps the endpoint state.
+    pub fn runtime(
+        &self,
+        name: &Arc<str>,
+        pb: Option<&meshwork_proto::Policy>,
+    ) -> Arc<ClusterRuntime> {
+        let policy = pb.map(policy::from_proto).unwrap_or_default();
+        let fallback = pb.and_then(policy::fallback);
+        let mut map = self
+            .clusters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(rt) = map.get(name) {
+            if rt.policy == policy && rt.fallback == fallback {
+                return rt.clone();
+            }
+        }
+        let endpoints = map
+            .get(name)
+            .map(|rt| rt.endpoints.clone())
+            .unwrap_or_default();
+        let rt = Arc::new(ClusterRuntime::new(
+            name.clone(),
+            policy,
+            fallback,
+            endpoints,
+        ));
+        map.insert(name.clone(), rt.clone());
+        rt
+    }
+
+    /// Forgets clusters no longer in the applied snapshot.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.clusters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|k, _| keep(k));
+    }
+
+    pub fn all(&self) -> Vec<Arc<ClusterRuntime>> {
+        let mut v: Vec<_> = self
+            .clusters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+}
