@@ -150,10 +150,26 @@ struct Supervisor {
 
 fn free_port() -> std::io::Result<u16> {
     // Bind-then-release: another process could take the port in between; on a developer machine that is rare, and
-    // a clash shows up as a clear bind error from the app or proxy.
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    // a clash shows up as a clear bind error from the app or proxy. Within one `up`, a port is never handed out
+    // twice: the kernel readily gives a just-released ephemeral port to the next bind, and a mesh of dozens of
+    // proxies (4 ports each) did hit that.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..100 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no fresh local port after 100 tries",
+    ))
 }
 
 fn say(line: String) {

@@ -397,21 +397,21 @@ pub(super) fn parse(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Traff
     }
     if let Some(n) = s.get("bulkhead") {
         let o = r.obj(n, "spec.bulkhead", &["maxConcurrentRequests", "maxPending"])?;
-        let Some(max) = o.get("maxConcurrentRequests") else {
-            r.error(
-                o.line,
-                "spec.bulkhead.maxConcurrentRequests",
-                "required field is missing: expected the most requests in flight, such as 100",
-            );
-            return None;
+        let max = match o.get("maxConcurrentRequests") {
+            Some(max) => r
+                .int(max, "spec.bulkhead.maxConcurrentRequests", 1, 1_000_000)
+                .unwrap_or(1) as u32,
+            None => {
+                r.error(
+                    o.line,
+                    "spec.bulkhead.maxConcurrentRequests",
+                    "required field is missing: expected the most requests in flight, such as 100",
+                );
+                1
+            }
         };
         p.bulkhead = Some(pb::Bulkhead {
-            max_concurrent_requests: r.int(
-                max,
-                "spec.bulkhead.maxConcurrentRequests",
-                1,
-                1_000_000,
-            )? as u32,
+            max_concurrent_requests: max,
             max_pending: r.opt_u32(&o, "maxPending", 0, 1_000_000).unwrap_or(0),
         });
     }

@@ -248,3 +248,71 @@ spec:
         ]
     );
 }
+
+#[test]
+fn traffic_policies_attach_to_clusters_routes_and_the_targets_inbound() {
+    let s = set(&format!(
+        "{BASE}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{backendRefs: [{{name: api}}]}}]
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: api}}
+spec:
+  targetRef: {{kind: Service, name: api}}
+  retry: {{attempts: 4}}
+  rateLimit: {{requestsPerSecond: 50, side: server}}
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: r}}
+spec:
+  targetRef: {{kind: HTTPRoute, name: r}}
+  timeouts: {{request: 2s}}
+"
+    ));
+    let g = gateway(&s);
+    let api = g
+        .clusters
+        .iter()
+        .find(|c| c.name == "service/default/api")
+        .unwrap();
+    let policy = api.policy.as_ref().unwrap();
+    assert_eq!(policy.retry.as_ref().unwrap().attempts, 4);
+    assert!(
+        policy.rate_limit.is_none(),
+        "a server-side limit is not the callers' business"
+    );
+    let route = &g.listeners[0].virtual_hosts[0].routes[0];
+    assert_eq!(
+        route
+            .policy
+            .as_ref()
+            .unwrap()
+            .timeouts
+            .as_ref()
+            .unwrap()
+            .request_ms,
+        2000
+    );
+    assert!(g.inbound_rate_limit.is_none());
+    let sidecar = |svc: &str| {
+        snapshot_for(
+            &s,
+            &[],
+            &ProxyKey {
+                role: ProxyRole::Sidecar,
+                name: svc.into(),
+                namespace: "default".into(),
+            },
+        )
+    };
+    let rl = sidecar("api").inbound_rate_limit.unwrap();
+    assert!(rl.server_side && rl.requests_per_second == 50.0);
+    assert!(sidecar("web").inbound_rate_limit.is_none());
+}

@@ -237,3 +237,70 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn traffic_policy_errors_name_file_line_and_field() {
+    let policy = "apiVersion: meshwork.dev/v1alpha1
+kind: TrafficPolicy
+metadata:
+  name: p
+spec:
+  targetRef: {kind: Service, name: backend}
+  timeouts: {request: soon}
+  retry:
+    attempts: 3
+    on: [5xx, sometimes]
+    budget: {ratio: -1}
+  circuitBreaker: {openFor: 1s}
+  rateLimit: {requestsPerSecond: 10, onLimit: queue}
+  loadBalancer: {policy: consistent-hash}
+  faultInjection:
+    abort: {percent: 150, status: 503}
+  bulkhead: {maxPending: 3}
+";
+    let mut errs = errors(&[("services.yaml", SERVICES), ("policy.yaml", policy)]);
+    errs.sort_by_key(|e| e.split(':').nth(1).and_then(|l| l.parse::<u32>().ok()));
+    assert_eq!(
+        errs,
+        [
+            "policy.yaml:7: spec.timeouts.request: expected a duration like \"250ms\" or \"1m30s\", got \"soon\" (expected a number)",
+            "policy.yaml:10: spec.retry.on[1]: expected one of connect-failure, refused-stream, reset, 5xx, gateway-error, retriable-status-codes, cancelled, deadline-exceeded, resource-exhausted, unavailable, got \"sometimes\"",
+            "policy.yaml:11: spec.retry.budget.ratio: expected a number from 0 to 1000, got \"-1\"",
+            "policy.yaml:12: spec.circuitBreaker: expected consecutiveFailures or failureRate (what opens the circuit)",
+            "policy.yaml:13: spec.rateLimit.maxDelay: required with onLimit: queue: expected the longest a request may wait, such as 500ms",
+            "policy.yaml:14: spec.loadBalancer.hashOn: required with consistent-hash: expected header: NAME, cookie: NAME or sourceIP",
+            "policy.yaml:16: spec.faultInjection.abort.percent: expected a number from 0 to 100, got \"150\"",
+            "policy.yaml:17: spec.bulkhead.maxConcurrentRequests: required field is missing: expected the most requests in flight, such as 100",
+        ]
+    );
+    let dangling = "apiVersion: meshwork.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: a}
+spec:
+  targetRef: {kind: Service, name: nowhere}
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: b}
+spec:
+  targetRef: {kind: Service, name: backend}
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: c}
+spec:
+  targetRef: {kind: Service, name: backend}
+";
+    let errs = errors(&[("services.yaml", SERVICES), ("policy.yaml", dangling)]);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with("policy.yaml:5: spec.targetRef.name: unknown Service"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].contains(
+            "policy.yaml:17: spec.targetRef: \"backend\" is already targeted by TrafficPolicy b"
+        ),
+        "{errs:?}"
+    );
+}

@@ -1,8 +1,8 @@
 //! Demo and test app for the quickstart and the end-to-end tests. Not part of the proxy.
 //!
 //! `meshwork-demo echo`     HTTP/1.1 + h2c server answering JSON about the request and who served it.
-//!                          `/status/NNN` answers NNN, `/delay/MS` waits first, `/flaky/P` fails with 503 P% of
-//!                          the time, `/healthz` answers 200 (503 while failing), `/_demo/count` returns the
+//!                          `/status/NNN` answers NNN, `/delay/MS` waits first, `/flaky/P` fails with 503 exactly P% of
+//!                          these requests, evenly spread, `/healthz` answers 200 (503 while failing), `/_demo/count` returns the
 //!                          number of other requests served so far, `/_demo/mode?fail=1&slow=MS` makes every
 //!                          request fail with 503 (`fail=0` to stop) or wait MS first.
 //! `meshwork-demo frontend` calls `http://<upstream><path>` through HTTP_PROXY (absolute-form, like any
@@ -138,7 +138,11 @@ async fn echo(
         .strip_prefix("/flaky/")
         .and_then(|c| c.parse::<u32>().ok())
     {
-        if fastrand::u32(0..100) < p {
+        // Exactly P% of these requests fail, spread evenly (request n fails when n*P mod 100 < P), so a test
+        // sees the rate it asked for without sampling noise.
+        static FLAKY: AtomicU64 = AtomicU64::new(0);
+        let n = FLAKY.fetch_add(1, Ordering::Relaxed);
+        if (n * u64::from(p.min(100))) % 100 < u64::from(p) {
             status = StatusCode::SERVICE_UNAVAILABLE;
         }
     }
