@@ -733,8 +733,17 @@ async fn forward(
     let mut req = Request::from_parts(parts, body);
     *req.uri_mut() = uri;
     *req.version_mut() = version_for(cluster.protocol);
-    let resp = ctx
-        .upstreams
+    let t = cluster.rt.policy.request.timeouts.unwrap_or_default();
+    let upstreams = if t.connect.is_some() || t.idle.is_some() {
+        // Made once per cluster runtime: no lock on the request path after the first request.
+        cluster
+            .rt
+            .clients
+            .get_or_init(|| ctx.upstreams.tuned(t.connect, t.idle))
+    } else {
+        &ctx.upstreams
+    };
+    let resp = upstreams
         .request(cluster.protocol, req)
         .await
         .map_err(|source| {

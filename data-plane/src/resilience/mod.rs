@@ -102,6 +102,8 @@ pub struct ClusterRuntime {
     pub limiter: Option<bucket::KeyedLimiter>,
     pub endpoints: Arc<Mutex<HashMap<SocketAddr, Arc<balance::EndpointState>>>>,
     pub counters: Counters,
+    /// Upstream clients with this policy's connect/idle timeouts (when it sets them).
+    pub clients: std::sync::OnceLock<crate::upstream::Upstreams>,
 }
 
 impl ClusterRuntime {
@@ -126,6 +128,7 @@ impl ClusterRuntime {
             fallback,
             endpoints,
             counters: Counters::default(),
+            clients: std::sync::OnceLock::new(),
         }
     }
 

@@ -2,6 +2,8 @@
 //! keep-alive connection pool keyed by endpoint address, shared by every snapshot so a config change never drops
 //! pooled connections.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -17,27 +19,62 @@ use crate::config::snapshot::Protocol;
 pub struct Upstreams {
     h1: Client<HttpConnector, RequestBody>,
     h2: Client<HttpConnector, RequestBody>,
+    /// Clients for clusters whose TrafficPolicy sets its own connect or idle timeout, by (connect, idle).
+    tuned: Arc<Mutex<HashMap<(Duration, Duration), Upstreams>>>,
+    connect_timeout: Duration,
 }
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstreams")
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+const IDLE: Duration = Duration::from_secs(90);
 
 impl Upstreams {
     pub fn new(connect_timeout: Duration) -> Self {
+        Self::with_timeouts(connect_timeout, IDLE)
+    }
+
+    /// The clients for a cluster's `timeouts.connect` / `timeouts.idle` (the defaults when unset). Each distinct
+    /// pair gets its own pools, made once.
+    pub fn tuned(&self, connect: Option<Duration>, idle: Option<Duration>) -> Upstreams {
+        if connect.is_none() && idle.is_none() {
+            return self.clone();
+        }
+        let key = (connect.unwrap_or(self.connect_timeout), idle.unwrap_or(IDLE));
+        let mut map = self.tuned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(key)
+            .or_insert_with(|| Self::with_timeouts(key.0, key.1))
+            .clone()
+    }
+
+    fn with_timeouts(connect_timeout: Duration, idle: Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
         connector.enforce_http(true);
         let h1 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(idle)
             .pool_max_idle_per_host(usize::MAX)
             .build(connector.clone());
         let h2 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(idle)
             .http2_only(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .build(connector);
-        Upstreams { h1, h2 }
+        Upstreams {
+            h1,
+            h2,
+            tuned: Arc::default(),
+            connect_timeout,
+        }
     }
 
     pub fn request(&self, protocol: Protocol, req: Request<RequestBody>) -> ResponseFuture {
