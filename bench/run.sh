@@ -6,6 +6,8 @@
 #   bench/run.sh --quick         # smoke test
 #   bench/run.sh --repeat 3      # three runs and a spread table
 #   bench/run.sh --wasm          # meshwork-proxy with 0, 1 and 5 header-only Wasm filters (and nginx), one run
+#   bench/run.sh --resilience    # meshwork-proxy with no policy and with a TrafficPolicy using every feature (and nginx)
+#   (bench/retry-storm.sh: upstream load under a 50% failing upstream, retry budget on and off)
 # Any option is passed on to ../shared/bench/run.sh. Results land in ../shared/bench/results/<timestamp>/.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -21,6 +23,13 @@ if [[ "${1:-}" == "--wasm" ]]; then
     --extra "name=meshwork port=18110 cmd=$PROXY --manifests $ROOT/bench/manifests --admin 127.0.0.1:18119" \
     --extra "name=meshwork-wasm1 port=18111 cmd=$PROXY --manifests $ROOT/bench/manifests-wasm1 --admin 127.0.0.1:18120" \
     --extra "name=meshwork-wasm5 port=18115 cmd=$PROXY --manifests $ROOT/bench/manifests-wasm5 --admin 127.0.0.1:18121" \
+    "$@"
+fi
+if [[ "${1:-}" == "--resilience" ]]; then
+  shift
+  exec "$SHARED_BENCH/run.sh" --only nginx,meshwork,meshwork-policy \
+    --extra "name=meshwork port=18110 cmd=$PROXY --manifests $ROOT/bench/manifests --admin 127.0.0.1:18119" \
+    --extra "name=meshwork-policy port=18112 cmd=$PROXY --manifests $ROOT/bench/manifests-policy --admin 127.0.0.1:18122" \
     "$@"
 fi
 exec "$SHARED_BENCH/run.sh" \
