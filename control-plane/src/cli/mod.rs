@@ -94,11 +94,12 @@ fn validate(dir: &std::path::Path) -> ExitCode {
         Ok(loaded) => {
             let s = &loaded.set;
             println!(
-                "ok: {} workloads, {} gateways, {} routes, {} wasm plugins{}",
+                "ok: {} workloads, {} gateways, {} routes, {} wasm plugins, {} traffic policies{}",
                 s.workloads.len(),
                 s.gateways.len(),
                 s.routes.len(),
                 s.wasm_plugins.len(),
+                s.policies.len(),
                 if s.meshes.is_empty() { "" } else { ", 1 mesh" }
             );
             ExitCode::SUCCESS

@@ -45,8 +45,14 @@ impl Upstreams {
         if connect.is_none() && idle.is_none() {
             return self.clone();
         }
-        let key = (connect.unwrap_or(self.connect_timeout), idle.unwrap_or(IDLE));
-        let mut map = self.tuned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (
+            connect.unwrap_or(self.connect_timeout),
+            idle.unwrap_or(IDLE),
+        );
+        let mut map = self
+            .tuned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.entry(key)
             .or_insert_with(|| Self::with_timeouts(key.0, key.1))
             .clone()
