@@ -1,7 +1,7 @@
 //! Retry budget, as Linkerd's: over a 10-second window, retries may add at most `ratio` of the original requests
 //! plus `minPerSecond` per second, so an upstream that fails never gets a retry storm.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -15,15 +15,25 @@ pub struct BudgetConfig {
     pub min_per_second: u32,
 }
 
+/// One second of the window: which second it holds, and its counts. Updated with atomics only: the budget is on
+/// every request's path (it is on by default), so it must not be a lock the workers contend on. A bucket reset
+/// racing an increment may lose that one count, which a budget can afford.
+#[derive(Debug, Default)]
+struct Bucket {
+    second: AtomicU64,
+    requests: AtomicU32,
+    retries: AtomicU32,
+}
+
 #[derive(Debug)]
 pub struct Budget {
     pub cfg: Option<BudgetConfig>,
-    /// Per one-second bucket: (second index, requests, retries).
-    buckets: Mutex<[(u64, u32, u32); BUCKETS]>,
+    buckets: [Bucket; BUCKETS],
 }
 
 fn second(now: Instant) -> u64 {
-    super::clock::nanos(now) / 1_000_000_000
+    // +1 so that 0 means "never used".
+    super::clock::nanos(now) / 1_000_000_000 + 1
 }
 
 impl Budget {
@@ -31,25 +41,23 @@ impl Budget {
     pub fn new(cfg: Option<BudgetConfig>) -> Self {
         Budget {
             cfg,
-            buckets: Mutex::new([(u64::MAX, 0, 0); BUCKETS]),
+            buckets: Default::default(),
         }
     }
 
-    fn with_bucket<T>(
-        &self,
-        now: Instant,
-        f: impl FnOnce(&mut [(u64, u32, u32); BUCKETS], usize) -> T,
-    ) -> T {
-        let sec = second(now);
-        let mut b = self
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let i = (sec % BUCKETS as u64) as usize;
-        if b[i].0 != sec {
-            b[i] = (sec, 0, 0);
+    /// The bucket for `sec`, reset first if it still holds an older second.
+    fn bucket(&self, sec: u64) -> &Bucket {
+        let b = &self.buckets[(sec % BUCKETS as u64) as usize];
+        let held = b.second.load(Ordering::Acquire);
+        if held != sec
+            && b.second
+                .compare_exchange(held, sec, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            b.requests.store(0, Ordering::Release);
+            b.retries.store(0, Ordering::Release);
         }
-        f(&mut b, i)
+        b
     }
 
     /// An original request (not a retry) was sent.
@@ -57,29 +65,37 @@ impl Budget {
         if self.cfg.is_none() {
             return;
         }
-        self.with_bucket(now, |b, i| b[i].1 += 1);
+        self.bucket(second(now))
+            .requests
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one retry from the budget; false when it is spent.
     pub fn try_withdraw(&self, now: Instant) -> bool {
         let Some(cfg) = self.cfg else { return true };
         let sec = second(now);
-        self.with_bucket(now, |b, i| {
-            let oldest = sec.saturating_sub(BUCKETS as u64 - 1);
-            let (reqs, retries) = b
-                .iter()
-                .filter(|(s, _, _)| *s != u64::MAX && *s >= oldest && *s <= sec)
-                .fold((0u64, 0u64), |(r, t), (_, br, bt)| {
-                    (r + u64::from(*br), t + u64::from(*bt))
-                });
-            let allowed =
-                f64::from(cfg.min_per_second) * WINDOW.as_secs_f64() + cfg.ratio * reqs as f64;
-            if (retries as f64) < allowed.floor() {
-                b[i].2 += 1;
-                true
-            } else {
-                false
-            }
-        })
+        let current = self.bucket(sec);
+        let oldest = sec.saturating_sub(BUCKETS as u64 - 1);
+        let (reqs, retries) = self
+            .buckets
+            .iter()
+            .filter(|b| {
+                let s = b.second.load(Ordering::Acquire);
+                s != 0 && s >= oldest && s <= sec
+            })
+            .fold((0u64, 0u64), |(r, t), b| {
+                (
+                    r + u64::from(b.requests.load(Ordering::Relaxed)),
+                    t + u64::from(b.retries.load(Ordering::Relaxed)),
+                )
+            });
+        let allowed =
+            f64::from(cfg.min_per_second) * WINDOW.as_secs_f64() + cfg.ratio * reqs as f64;
+        if (retries as f64) < allowed.floor() {
+            current.retries.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
     }
 }
