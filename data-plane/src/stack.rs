@@ -216,7 +216,13 @@ async fn call_upstream(
     let retry_policy = pick(|p| p.retry.is_some())
         .and_then(|p| p.retry.as_ref())
         .unwrap_or(&default_retry);
-    let attempts = async {
+    // 4. The total timeout is a deadline every wait below respects (one timer per attempt, not one per layer).
+    let deadline = total.map(|t| tokio::time::Instant::now() + t);
+    let total_timeout = || {
+        inc(&rt.counters.timeouts);
+        ProxyError::Timeout(total.unwrap_or_default())
+    };
+    {
         // Keep the body for replay when a retry may need it and it is small enough.
         let mut streaming = Some(body);
         let mut replay: Option<bytes::Bytes> = None;
@@ -229,7 +235,10 @@ async fn call_upstream(
                 replay = Some(bytes::Bytes::new());
             } else if small {
                 use http_body_util::BodyExt;
-                let collected = b.collect().await.map_err(body_error)?;
+                let collected = within(deadline, b.collect())
+                    .await
+                    .ok_or_else(total_timeout)?
+                    .map_err(body_error)?;
                 replay = Some(collected.to_bytes());
             } else {
                 streaming = Some(b);
@@ -241,7 +250,10 @@ async fn call_upstream(
         loop {
             // 6. Bulkhead.
             let _slot = match &rt.bulkhead {
-                Some(b) => match b.enter().await {
+                Some(b) => match within(deadline, b.enter())
+                    .await
+                    .ok_or_else(total_timeout)?
+                {
                     Some(p) => Some(p),
                     None => {
                         inc(&rt.counters.bulkhead_rejected);
@@ -277,11 +289,25 @@ async fn call_upstream(
                 endpoint.authority.clone(),
                 route.filters.response_headers.as_ref(),
             );
-            let result = match timeouts.per_try {
-                Some(t) => tokio::time::timeout(t, fut)
+            let try_deadline = timeouts.per_try.map(|t| (started + t, t));
+            let result = match (try_deadline, deadline) {
+                (Some((at, t)), d) if d.is_none_or(|d| at < d) => tokio::time::timeout_at(at, fut)
                     .await
                     .unwrap_or(Err(ProxyError::Timeout(t))),
-                None => fut.await,
+                (_, Some(d)) => match tokio::time::timeout_at(d, fut).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        state
+                            .in_flight
+                            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        state.observe(
+                            crate::resilience::balance::PENALTY,
+                            crate::resilience::clock::now_nanos(),
+                        );
+                        return Err(total_timeout());
+                    }
+                },
+                (_, None) => fut.await,
             };
             state
                 .in_flight
@@ -322,6 +348,12 @@ async fn call_upstream(
             if let Ok(resp) = result {
                 tokio::spawn(drain_response(resp));
             }
+            if let Some(d) = deadline {
+                if tokio::time::Instant::now() + wait >= d {
+                    tokio::time::sleep_until(d).await;
+                    return Err(total_timeout());
+                }
+            }
             tokio::time::sleep(wait).await;
             retry_no += 1;
             inc(&rt.counters.retries);
@@ -339,16 +371,16 @@ async fn call_upstream(
             }
         }
     };
-    // 4. Total timeout, retries included.
-    match total {
-        Some(t) => match tokio::time::timeout(t, attempts).await {
-            Ok(r) => r,
-            Err(_) => {
-                inc(&rt.counters.timeouts);
-                Err(ProxyError::Timeout(t))
-            }
-        },
-        None => attempts.await,
+}
+
+/// `fut` bounded by `deadline` (None: unbounded); None when the deadline passed first.
+async fn within<T>(
+    deadline: Option<tokio::time::Instant>,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, fut).await.ok(),
+        None => Some(fut.await),
     }
 }
 
