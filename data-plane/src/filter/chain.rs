@@ -223,7 +223,9 @@ impl BodyFilter {
                 });
                 let r = r.map(|ok| {
                     ok.map(|((action, calls), id)| {
-                        background.push((index, calls));
+                        if !calls.is_empty() {
+                            background.push((index, calls));
+                        }
                         (action, id)
                     })
                 });
@@ -296,7 +298,8 @@ impl BodyFilter {
             pairs = slot.take().unwrap_or_default();
             dirty |= a.stream.trailers_dirty;
             match r {
-                Ok(Some((calls, _))) => background.push((index, calls)),
+                Ok(Some((calls, _))) if !calls.is_empty() => background.push((index, calls)),
+                Ok(Some(_)) => {}
                 Ok(None) => {}
                 Err(e) if a.plugin.meta.fail_open => {
                     tracing::debug!(plugin = %a.plugin.meta.name, error = %e, "failing open")
@@ -459,7 +462,9 @@ impl Chain {
                         }
                     } else {
                         a.stream.resumed = false;
-                        background.push((active.len(), cb.calls));
+                        if !cb.calls.is_empty() {
+                            background.push((active.len(), cb.calls));
+                        }
                         None
                     };
                     pairs = std::mem::take(&mut a.stream.request_headers);
@@ -559,7 +564,9 @@ impl Chain {
                         }
                     } else {
                         a.stream.resumed = false;
-                        background.push((index, calls));
+                        if !calls.is_empty() {
+                            background.push((index, calls));
+                        }
                         None
                     }
                 }
