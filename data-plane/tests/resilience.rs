@@ -62,6 +62,15 @@ spec:
 const POLICIES: &str = r#"---
 apiVersion: meshwork.dev/v1alpha1
 kind: TrafficPolicy
+metadata: {name: other-route}
+spec:
+  targetRef: {kind: HTTPRoute, name: other}
+  faultInjection:
+    abort: {percent: 100, grpcStatus: 14}
+    header: {name: x-route-chaos, value: "on"}
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: TrafficPolicy
 metadata: {name: flaky}
 spec:
   targetRef: {kind: Service, name: flaky}
@@ -512,6 +521,23 @@ async fn bulkhead(ctx: &Ctx) {
     assert!(started.elapsed() < Duration::from_millis(500));
     let r = ctx.get("other", "/x", &[]).await;
     assert_eq!(r.status, 200, "another service is unaffected");
+    // (A policy on the HTTPRoute `other`, not its service: gRPC-style aborts only with x-route-chaos: on.)
+    let r = ctx.get("other", "/x", &[("x-route-chaos", "on")]).await;
+    assert_eq!(
+        (
+            r.status,
+            r.headers.get("grpc-status").map(|v| v.to_str().unwrap())
+        ),
+        (200, Some("14")),
+        "a route-level policy applies"
+    );
+    assert_eq!(
+        ctx.get("other", "/x", &[("x-route-chaos", "off")])
+            .await
+            .headers
+            .get("grpc-status"),
+        None
+    );
     assert!(started.elapsed() < Duration::from_millis(1000));
     for h in hung {
         assert_eq!(h.await.unwrap(), 200);
