@@ -94,7 +94,10 @@ async fn route_and_forward(
             }
             prepare_headers(ctx, &mut parts, peer);
             let body = with_body_filters(&chain, &mut parts, RequestBody::Incoming(body));
-            let resp = forward(ctx, parts, body, app, endpoint.authority.clone(), None).await?;
+            // The proxy's own error answers go through the response filters too, as Envoy's local replies do.
+            let resp = forward(ctx, parts, body, app, endpoint.authority.clone(), None)
+                .await
+                .unwrap_or_else(|e| error_response(&e));
             return Ok(through_response_filters(chain, resp).await);
         }
         Mode::Routed(name) => name,
@@ -138,7 +141,10 @@ async fn route_and_forward(
     apply_request_filters(&mut parts, route);
     let body = mirror(ctx, &parts, body, &route.filters);
     let body = with_body_filters(&chain, &mut parts, body);
-    let resp = call_upstream(ctx, parts, body, cluster, route, peer).await?;
+    // The proxy's own error answers (503, 504...) go through the response filters too, as Envoy's local replies do.
+    let resp = call_upstream(ctx, parts, body, cluster, route, peer)
+        .await
+        .unwrap_or_else(|e| error_response(&e));
     Ok(through_response_filters(chain, resp).await)
 }
 

@@ -45,6 +45,20 @@ spec:
   rules:
     - backendRefs: [{{name: web}}]
 ---
+apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {{name: dead}}
+spec: {{service: dead, endpoints: ["127.0.0.1:1"]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: dead}}
+spec:
+  parentRefs: [{{name: edge}}]
+  hostnames: [dead.test]
+  rules:
+    - backendRefs: [{{name: dead}}]
+---
 apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
 metadata: {{name: greeter}}
@@ -104,6 +118,12 @@ async fn ext_authz_callouts_pause_and_resume_requests() {
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.headers.get("x-authz").unwrap(), "denied");
 
+    // The proxy's own error answer (nothing listens behind `dead`) goes through the response filters too.
+    let r = get(&c, &format!("{base}/x"), &[("host", "dead.test")]).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("connect"), "{}", r.text());
+    assert_eq!(r.headers.get("x-authz-decision").unwrap(), "allowed");
+
     // No answer within the callout's timeout: fail closed with 503.
     let started = tokio::time::Instant::now();
     let r = get(&c, &format!("{base}/delay/3000"), &[]).await;
@@ -152,7 +172,7 @@ async fn ext_authz_callouts_pause_and_resume_requests() {
     );
 
     // Each decision was queued by its stream and counted by the root context on `proxy_on_queue_ready`:
-    // allowed = 1 + 40 + 1 (gRPC), denied = 1, failed = 1.
+    // allowed = 1 + 1 (dead) + 40 + 1 (gRPC), denied = 1, failed = 1.
     let admin = mesh.nodes["gateway-edge"].get("admin").to_string();
     let metrics = eventually(Duration::from_secs(5), "decision counters", || {
         let (c, admin) = (c.clone(), admin.clone());
@@ -160,7 +180,7 @@ async fn ext_authz_callouts_pause_and_resume_requests() {
             let m = get(&c, &format!("http://{admin}/metrics"), &[])
                 .await
                 .text();
-            m.contains(r#"meshwork_wasm_filter_metric{name="ext_authz.allowed",type="counter"} 42"#)
+            m.contains(r#"meshwork_wasm_filter_metric{name="ext_authz.allowed",type="counter"} 43"#)
                 .then_some(m)
         }
     })
