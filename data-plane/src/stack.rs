@@ -336,14 +336,11 @@ async fn call_upstream(
             if outcome.kind == retry::Kind::Timeout {
                 inc(&rt.counters.timeouts);
             }
+            // A streamed body (too large to keep) went with the attempt: nothing to send again.
             let again = retry_no < retry_policy.attempts
-                && (replay.is_some() || matches!(outcome.kind, retry::Kind::ConnectFailure))
+                && replay.is_some()
                 && retry::retriable(&outcome, retry_policy, &parts.method);
             if !again {
-                return result;
-            }
-            if replay.is_none() {
-                // A connect failure of a streamed body: the body went with the failed attempt.
                 return result;
             }
             if !rt.budget.try_withdraw(now) {
