@@ -203,6 +203,8 @@ async fn call_upstream(
     }
     // 3. Circuit breaker.
     let mut probe = false;
+    // A half-open probe that never reports (the client went away, a timeout) gives its slot back.
+    let mut probe_slot = crate::resilience::breaker::ProbeSlot::default();
     if let Some(b) = &rt.breaker {
         let (admit, moved) = b.admit(tokio::time::Instant::now());
         rt.breaker_moved(moved);
@@ -211,7 +213,10 @@ async fn call_upstream(
                 inc(&rt.counters.breaker_rejected);
                 return Ok(circuit_open(rt));
             }
-            crate::resilience::breaker::Admit::Yes { probe: p } => probe = p,
+            crate::resilience::breaker::Admit::Yes { probe: p } => {
+                probe = p;
+                probe_slot.arm(rt.breaker.as_ref(), p);
+            }
         }
     }
     let timeouts = pick(|p| p.timeouts.is_some())
@@ -282,9 +287,8 @@ async fn call_upstream(
                 (None, Some(b)) => b,
                 (None, None) => RequestBody::Empty,
             };
-            state
-                .in_flight
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Counted in flight until this attempt ends, however it ends (a client that goes away drops it).
+            let in_flight = crate::resilience::balance::InFlight::new(state);
             let started = tokio::time::Instant::now();
             // 8. Per-try timeout around the upstream call.
             let fut = forward(
@@ -303,9 +307,7 @@ async fn call_upstream(
                 (_, Some(d)) => match tokio::time::timeout_at(d, fut).await {
                     Ok(r) => r,
                     Err(_) => {
-                        state
-                            .in_flight
-                            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        drop(in_flight);
                         state.observe(
                             crate::resilience::balance::PENALTY,
                             crate::resilience::clock::now_nanos(),
@@ -315,9 +317,7 @@ async fn call_upstream(
                 },
                 (_, None) => fut.await,
             };
-            state
-                .in_flight
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            drop(in_flight);
             // 9. The outcome, recorded.
             let outcome = retry::Outcome::of(&result);
             let now = tokio::time::Instant::now();
@@ -332,6 +332,7 @@ async fn call_upstream(
             }
             if let (Some(b), true) = (&rt.breaker, outcome.kind != retry::Kind::Local) {
                 rt.breaker_moved(b.record(now, !outcome.failed(), probe));
+                probe_slot.disarm();
             }
             if outcome.kind == retry::Kind::Timeout {
                 inc(&rt.counters.timeouts);
@@ -369,7 +370,10 @@ async fn call_upstream(
                         inc(&rt.counters.breaker_rejected);
                         return Ok(circuit_open(rt));
                     }
-                    crate::resilience::breaker::Admit::Yes { probe: p } => probe = p,
+                    crate::resilience::breaker::Admit::Yes { probe: p } => {
+                        probe = p;
+                        probe_slot.arm(rt.breaker.as_ref(), p);
+                    }
                 }
             }
         }

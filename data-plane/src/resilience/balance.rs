@@ -75,6 +75,22 @@ impl EndpointState {
     }
 }
 
+/// One request in flight to an endpoint, for as long as this lives.
+pub struct InFlight<'a>(&'a EndpointState);
+
+impl<'a> InFlight<'a> {
+    pub fn new(state: &'a EndpointState) -> Self {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A consistent-hash ring over endpoint indices.
 #[derive(Debug, Default)]
 pub struct Ring {

@@ -178,6 +178,14 @@ impl Breaker {
         }
     }
 
+    /// A probe admitted in half-open state that will never report: its slot is free again.
+    pub fn abandon_probe(&self) {
+        let mut s = self.lock();
+        if s.state == State::HalfOpen {
+            s.probes_out = s.probes_out.saturating_sub(1);
+        }
+    }
+
     fn trip(&self, s: &mut Inner, now: Instant) {
         let factor = 1u32 << s.trips.min(16);
         let open_for = self
@@ -201,4 +209,27 @@ fn bucket_start(now: Instant, width: Duration) -> Instant {
 fn bucket_index(now: Instant, width: Duration) -> usize {
     let n = super::clock::nanos(now);
     ((n / width.as_nanos().max(1) as u64) % BUCKETS as u64) as usize
+}
+
+/// Holds a half-open probe's slot until its outcome is recorded; dropped unrecorded, it gives the slot back, so a
+/// probe whose client went away cannot leave the breaker half-open with no probe allowed.
+#[derive(Default)]
+pub struct ProbeSlot<'a>(Option<&'a Breaker>);
+
+impl<'a> ProbeSlot<'a> {
+    pub fn arm(&mut self, breaker: Option<&'a Breaker>, probe: bool) {
+        self.0 = breaker.filter(|_| probe);
+    }
+
+    pub fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ProbeSlot<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            b.abandon_probe();
+        }
+    }
 }

@@ -79,9 +79,16 @@ impl Bulkhead {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        let permit = self.slots.clone().acquire_owned().await.ok();
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-        permit
+        // Leaves the queue however the wait ends, including when the caller gives up (a timeout drops this
+        // future mid-wait): a leaked count would shrink the queue for good.
+        struct Waiting<'a>(&'a AtomicU32);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _waiting = Waiting(&self.pending);
+        self.slots.clone().acquire_owned().await.ok()
     }
 
     pub fn in_flight(&self) -> usize {

@@ -475,3 +475,52 @@ async fn bulkhead_rejects_beyond_slots_and_queue() {
     drop(p1);
     assert!(waiting.await.unwrap(), "the queued one got the freed slot");
 }
+
+#[tokio::test(start_paused = true)]
+async fn bulkhead_queue_is_left_when_a_waiter_gives_up() {
+    let b = Bulkhead::new(policy::BulkheadConfig {
+        max_concurrent: 1,
+        max_pending: 1,
+    });
+    let slot = b.enter().await.unwrap();
+    // A waiter times out (its future is dropped mid-wait)...
+    let gave_up = tokio::time::timeout(Duration::from_millis(10), b.enter()).await;
+    assert!(gave_up.is_err());
+    assert_eq!(
+        b.pending.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "it left the queue"
+    );
+    // ...so the queue still has room for the next one.
+    let next = tokio::time::timeout(Duration::from_millis(10), b.enter()).await;
+    assert!(
+        next.is_err(),
+        "queued (not rejected at once), then timed out"
+    );
+    drop(slot);
+    assert!(b.enter().await.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_probe_frees_its_slot() {
+    let b = breaker(1, 0.0);
+    assert_eq!(b.record(Instant::now(), false, false), Some(State::Open));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    {
+        let mut slot = super::breaker::ProbeSlot::default();
+        assert_eq!(b.admit(Instant::now()).0, Admit::Yes { probe: true });
+        slot.arm(Some(&b), true);
+        assert_eq!(b.admit(Instant::now()).0, Admit::Yes { probe: true });
+        assert_eq!(
+            b.admit(Instant::now()).0,
+            Admit::No,
+            "both probe slots taken"
+        );
+        // `slot` is dropped without a result: the client went away.
+    }
+    assert_eq!(
+        b.admit(Instant::now()).0,
+        Admit::Yes { probe: true },
+        "the slot came back"
+    );
+}
