@@ -383,7 +383,7 @@ impl Chain {
         if plugins.is_empty() {
             return (Chain::default(), Verdict::Continue);
         }
-        let mut active = Vec::with_capacity(plugins.len());
+        let mut active = Ending(Vec::with_capacity(plugins.len()));
         let authority = parts
             .uri
             .authority()
@@ -463,13 +463,13 @@ impl Chain {
                     } else {
                         a.stream.resumed = false;
                         if !cb.calls.is_empty() {
-                            background.push((active.len(), cb.calls));
+                            background.push((active.0.len(), cb.calls));
                         }
                         None
                     };
                     pairs = std::mem::take(&mut a.stream.request_headers);
                     dirty |= a.stream.request_dirty;
-                    active.push(a);
+                    active.0.push(a);
                     if let Some(r) = stop {
                         verdict = Verdict::Respond(r);
                         break;
@@ -490,7 +490,7 @@ impl Chain {
             apply_request(parts, &pairs);
         }
         let chain = Chain {
-            active: Arc::new(Mutex::new(active)),
+            active: Arc::new(Mutex::new(std::mem::take(&mut active.0))),
         };
         for (index, calls) in background {
             send_in_background(&chain.active, index, calls);
@@ -538,15 +538,15 @@ impl Chain {
         end_of_stream: bool,
     ) -> Option<Response<ResponseBody>> {
         // Taken out while callbacks (and possibly callouts) run, so no lock is held across an await.
-        let mut active = std::mem::take(&mut *lock(&self.active));
-        if active.is_empty() {
+        let mut active = Ending(std::mem::take(&mut *lock(&self.active)));
+        if active.0.is_empty() {
             return None;
         }
         let mut pairs = header_pairs(&parts.headers, &[(":status", parts.status.as_str())]);
         let mut dirty = false;
         let mut replaced = None;
         let mut background = Vec::new();
-        for (index, a) in active.iter_mut().enumerate().rev() {
+        for (index, a) in active.0.iter_mut().enumerate().rev() {
             a.stream.response_code = Some(parts.status.as_u16());
             a.stream.response_headers = std::mem::take(&mut pairs);
             let result = a.plugin.run(a.slot, Some(a.instance), |inst| {
@@ -584,7 +584,7 @@ impl Chain {
                 break;
             }
         }
-        *lock(&self.active) = active;
+        *lock(&self.active) = std::mem::take(&mut active.0);
         for (index, calls) in background {
             send_in_background(&self.active, index, calls);
         }
@@ -612,13 +612,29 @@ struct Callback {
     response_trailers: bool,
 }
 
+/// Ends filters' stream contexts: `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`.
+fn finish_all(active: impl Iterator<Item = Active>) {
+    for mut a in active {
+        let _ = a
+            .plugin
+            .run(a.slot, Some(a.instance), |inst| inst.finish(&mut a.stream));
+    }
+}
+
+/// Stream contexts held while a phase may wait on callouts. If the request goes away meanwhile (this future is
+/// dropped), they still end, so a guest never keeps a context for a stream that is gone.
+struct Ending(Vec<Active>);
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        finish_all(self.0.drain(..));
+    }
+}
+
 impl Drop for Chain {
     fn drop(&mut self) {
-        for mut a in lock(&self.active).drain(..) {
-            let _ = a
-                .plugin
-                .run(a.slot, Some(a.instance), |inst| inst.finish(&mut a.stream));
-        }
+        let ending = std::mem::take(&mut *lock(&self.active));
+        finish_all(ending.into_iter());
     }
 }
 
