@@ -28,7 +28,7 @@ const SERVICES: &[(&str, u32)] = &[
     ("chaos", 1),
 ];
 
-fn manifests(gw: u16, sticky_replicas: u32) -> String {
+fn manifests(gw: u16, sticky_replicas: u32, blackhole: u16) -> String {
     let mut out = format!(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: edge}}\nspec: {{listeners: [{{name: http, port: {gw}}}]}}\n"
     );
@@ -56,6 +56,32 @@ spec:
         ));
     }
     out.push_str(POLICIES);
+    // An endpoint that never completes a connect (a listener whose accept queue is full), with a short
+    // connect timeout.
+    out.push_str(&format!(
+        r#"---
+apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {{name: blackhole}}
+spec: {{service: blackhole, endpoints: ["127.0.0.1:{blackhole}"]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: blackhole}}
+spec:
+  parentRefs: [{{name: edge}}]
+  hostnames: [blackhole.test]
+  rules: [{{backendRefs: [{{name: blackhole}}]}}]
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: blackhole}}
+spec:
+  targetRef: {{kind: Service, name: blackhole}}
+  timeouts: {{connect: 300ms}}
+  retry: {{attempts: 0}}
+"#
+    ));
     out
 }
 
@@ -168,6 +194,7 @@ struct Ctx {
     c: HttpClient,
     base: String,
     mesh: Mesh,
+    blackhole: u16,
 }
 
 impl Ctx {
@@ -223,13 +250,27 @@ impl Ctx {
 async fn traffic_policies_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let gw = free_port();
-    write(dir.path(), "mesh.yaml", &manifests(gw, 3));
+    // Backlog 1 and never accepted: once a few handshakes fill the queue, further SYNs go unanswered.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let blackhole = socket.listen(1).unwrap();
+    let blackhole_port = blackhole.local_addr().unwrap().port();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let connect = tokio::net::TcpStream::connect(("127.0.0.1", blackhole_port));
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
+            fillers.push(s);
+        }
+    }
+    write(dir.path(), "mesh.yaml", &manifests(gw, 3, blackhole_port));
     let mesh = Mesh::up(dir.path()).await;
     let ctx = Ctx {
         c: client(),
         base: format!("http://127.0.0.1:{gw}"),
         mesh,
+        blackhole: blackhole_port,
     };
+    connect_timeout(&ctx).await;
     retries_with_a_budget(&ctx).await;
     timeouts(&ctx).await;
     circuit_breaker(&ctx).await;
@@ -303,6 +344,19 @@ async fn retries_with_a_budget(ctx: &Ctx) {
         ctx.count("flaky-0").await - before,
         100,
         "one upstream request per POST"
+    );
+}
+
+/// `timeouts.connect` bounds the connect to an endpoint that never completes it (the proxy's default is 5 s).
+async fn connect_timeout(ctx: &Ctx) {
+    let started = tokio::time::Instant::now();
+    let r = ctx.get("blackhole", "/x", &[]).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("connect"), "{}", r.text());
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(2000),
+        "gave up after {took:?} (connect timeout 300ms)"
     );
 }
 
@@ -690,7 +744,7 @@ async fn consistent_hash_when_an_endpoint_leaves(ctx: &mut Ctx, dir: &std::path:
                 .to_string(),
         );
     }
-    write(dir, "mesh.yaml", &manifests(gw, 2));
+    write(dir, "mesh.yaml", &manifests(gw, 2, ctx.blackhole));
     ctx.mesh
         .wait_line("applied: generation 2", Duration::from_secs(30))
         .await;
