@@ -64,7 +64,9 @@ fn per_iteration(rt: &WasmRuntime, code: &[u8]) -> f64 {
     let mut best = f64::MAX;
     for _ in 0..5 {
         let mut stream = StreamData {
-            request_headers: headers.clone(),
+            request_headers: meshwork_proxy::filter::wasm::stream::Headers::from_pairs(
+                headers.clone(),
+            ),
             ..StreamData::default()
         };
         let started = Instant::now();

@@ -18,7 +18,7 @@ use http::{request, response, Response, StatusCode};
 
 use super::wasm::abi::ACTION_CONTINUE;
 use super::wasm::callout::{self, Callout};
-use super::wasm::stream::{get, header_pairs, to_header_map, StreamData};
+use super::wasm::stream::{get, header_pairs, to_header_map, Headers, StreamData};
 use super::wasm::{PluginHandle, WasmError};
 use crate::body::ResponseBody;
 
@@ -401,13 +401,16 @@ impl Chain {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        let pseudo = [
-            (":method", parts.method.as_str()),
-            (":path", &path),
-            (":authority", &authority),
-            (":scheme", "http"),
-        ];
-        let mut pairs = header_pairs(&parts.headers, &pseudo);
+        // The proxy's header map itself goes to the filters (and comes back after them): no copy per request.
+        let mut headers = Headers {
+            pseudo: vec![
+                (":method".to_string(), parts.method.as_str().to_string()),
+                (":path".to_string(), path),
+                (":authority".to_string(), authority),
+                (":scheme".to_string(), "http".to_string()),
+            ],
+            map: std::mem::take(&mut parts.headers),
+        };
         let mut dirty = false;
         let protocol = match parts.version {
             http::Version::HTTP_2 => "HTTP/2",
@@ -419,7 +422,7 @@ impl Chain {
         for plugin in plugins {
             let slot = plugin.pick_slot();
             let mut stream = StreamData {
-                request_headers: std::mem::take(&mut pairs),
+                request_headers: std::mem::take(&mut headers),
                 source: Some(peer),
                 route_name: route.cloned(),
                 cluster_name: cluster.cloned(),
@@ -467,7 +470,7 @@ impl Chain {
                         }
                         None
                     };
-                    pairs = std::mem::take(&mut a.stream.request_headers);
+                    headers = std::mem::take(&mut a.stream.request_headers);
                     dirty |= a.stream.request_dirty;
                     active.0.push(a);
                     if let Some(r) = stop {
@@ -475,9 +478,9 @@ impl Chain {
                         break;
                     }
                 }
-                Ok(None) => pairs = std::mem::take(&mut stream.request_headers),
+                Ok(None) => headers = std::mem::take(&mut stream.request_headers),
                 Err(e) if plugin.meta.fail_open => {
-                    pairs = std::mem::take(&mut stream.request_headers);
+                    headers = std::mem::take(&mut stream.request_headers);
                     tracing::debug!(plugin = %plugin.meta.name, error = %e, "failing open")
                 }
                 Err(e) => {
@@ -486,9 +489,11 @@ impl Chain {
                 }
             }
         }
-        if dirty && matches!(verdict, Verdict::Continue) {
-            apply_request(parts, &pairs);
-        }
+        apply_request(
+            parts,
+            headers,
+            dirty && matches!(verdict, Verdict::Continue),
+        );
         let chain = Chain {
             active: Arc::new(Mutex::new(std::mem::take(&mut active.0))),
         };
@@ -542,7 +547,10 @@ impl Chain {
         if active.0.is_empty() {
             return None;
         }
-        let mut pairs = header_pairs(&parts.headers, &[(":status", parts.status.as_str())]);
+        let mut pairs = Headers {
+            pseudo: vec![(":status".to_string(), parts.status.as_str().to_string())],
+            map: std::mem::take(&mut parts.headers),
+        };
         let mut dirty = false;
         let mut replaced = None;
         let mut background = Vec::new();
@@ -589,14 +597,15 @@ impl Chain {
             send_in_background(&self.active, index, calls);
         }
         if dirty {
-            if let Some(code) = get(&pairs, ":status")
+            if let Some(code) = pairs
+                .pseudo(":status")
                 .and_then(|v| v.parse().ok())
                 .and_then(|c| StatusCode::from_u16(c).ok())
             {
                 parts.status = code;
             }
-            parts.headers = to_header_map(&pairs);
         }
+        parts.headers = pairs.map;
         replaced
     }
 }
@@ -639,15 +648,20 @@ impl Drop for Chain {
 }
 
 /// Writes a filter's request-header edits back: method and path only if they changed, then the header map.
-fn apply_request(parts: &mut request::Parts, pairs: &[(String, String)]) {
-    if let Some(m) = get(pairs, ":method")
+fn apply_request(parts: &mut request::Parts, headers: Headers, changed: bool) {
+    parts.headers = headers.map;
+    if !changed {
+        return;
+    }
+    let pseudo = &headers.pseudo;
+    if let Some(m) = get(pseudo, ":method")
         .filter(|m| *m != parts.method.as_str())
         .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
     {
         parts.method = m;
     }
     let current = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    if let Some(pq) = get(pairs, ":path")
+    if let Some(pq) = get(pseudo, ":path")
         .filter(|p| *p != current)
         .and_then(|p| p.parse::<http::uri::PathAndQuery>().ok())
     {
@@ -655,9 +669,16 @@ fn apply_request(parts: &mut request::Parts, pairs: &[(String, String)]) {
         uri.path_and_query = Some(pq);
         parts.uri = http::Uri::from_parts(uri).unwrap_or_default();
     }
-    let authority = get(pairs, ":authority").map(str::to_string);
-    parts.headers = to_header_map(pairs);
-    if let Some(a) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+    let host = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+        parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    });
+    if let Some(a) = get(pseudo, ":authority")
+        .filter(|a| Some(*a) != host)
+        .and_then(|a| HeaderValue::from_str(a).ok())
+    {
         parts.headers.insert(http::header::HOST, a);
     }
 }

@@ -8,10 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::{Caller, Linker};
 
-use super::abi::{buffer, deserialize_map, map, serialize_map, status, stream_type, MAX_MAP_BYTES};
+use super::abi::{buffer, deserialize_map, map, status, stream_type, MAX_MAP_BYTES};
 use super::callout::{CallResponse, Callout, Callouts};
 use super::memory::{read, read_string, return_bytes, write_u32, write_u64};
-use super::stream::{LocalResponse, StreamData};
+use super::stream::{HeaderAccess, LocalResponse, StreamData};
 use super::PluginMeta;
 
 /// A shared queue: its items and the plugin that registered it last (whose root context hears
@@ -114,7 +114,7 @@ macro_rules! ok_or_status {
     };
 }
 /// A header map of the current stream and its changed flag.
-type MapRef<'a> = (&'a mut Vec<(String, String)>, &'a mut bool);
+type MapRef<'a> = (&'a mut dyn HeaderAccess, &'a mut bool);
 type R = wasmtime::Result<i32>;
 
 fn st(r: Result<(), i32>) -> i32 {
@@ -205,7 +205,7 @@ fn property(c: &C<'_>, path: &[&str]) -> Option<Vec<u8>> {
         _ => {}
     }
     let s = d.stream.as_ref()?;
-    let req = |k: &str| super::stream::get(&s.request_headers, k).map(|v| v.as_bytes().to_vec());
+    let req = |k: &str| s.request_headers.value(k).map(String::into_bytes);
     match joined.as_str() {
         "request.path" => req(":path"),
         "request.url_path" => {
@@ -218,9 +218,9 @@ fn property(c: &C<'_>, path: &[&str]) -> Option<Vec<u8>> {
         "request.protocol" => text(s.protocol),
         "request.useragent" => req("user-agent"),
         "request.referer" => req("referer"),
-        "request.headers" => Some(serialize_map(&s.request_headers)),
+        "request.headers" => Some(s.request_headers.serialize()),
         "response.code" => s.response_code.and_then(|code| int(i64::from(code))),
-        "response.headers" if s.response_code.is_some() => Some(serialize_map(&s.response_headers)),
+        "response.headers" if s.response_code.is_some() => Some(s.response_headers.serialize()),
         "source.address" => s.source.map(|a| a.to_string().into_bytes()),
         "source.port" => s.source.and_then(|a| int(i64::from(a.port()))),
         "connection.mtls" => Some(vec![0]),
@@ -327,7 +327,7 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_get_header_map_pairs",
         |mut c: C<'_>, ty: i32, ptr_out: i32, len_out: i32| -> R {
             let bytes = match headers_mut(&mut c, ty) {
-                Ok((h, _)) => serialize_map(h),
+                Ok((h, _)) => h.serialize(),
                 Err(s) => return Ok(s),
             };
             Ok(st(return_bytes(&mut c, &bytes, ptr_out, len_out)?))
@@ -338,7 +338,7 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_get_header_map_size",
         |mut c: C<'_>, ty: i32, out: i32| -> R {
             let n = match headers_mut(&mut c, ty) {
-                Ok((h, _)) => serialize_map(h).len(),
+                Ok((h, _)) => h.serialize().len(),
                 Err(s) => return Ok(s),
             };
             Ok(st(write_u32(&mut c, out, n as u32)))
@@ -356,10 +356,12 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 return Ok(status::SERIALIZATION_FAILURE);
             };
             Ok(st(headers_mut(&mut c, ty).map(|(h, dirty)| {
-                *h = pairs
-                    .into_iter()
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                    .collect();
+                h.set_all(
+                    pairs
+                        .into_iter()
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                        .collect(),
+                );
                 *dirty = true;
             })))
         },
@@ -370,7 +372,7 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: C<'_>, ty: i32, kp: i32, kn: i32, ptr_out: i32, len_out: i32| -> R {
             let key = ok_or_status!(read_string(&mut c, kp, kn));
             let value = match headers_mut(&mut c, ty) {
-                Ok((h, _)) => super::stream::get(h, &key).map(str::to_string),
+                Ok((h, _)) => h.value(&key),
                 Err(s) => return Ok(s),
             };
             match value {
@@ -395,24 +397,9 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 };
                 Ok(st(headers_mut(&mut c, ty).map(|(h, dirty)| {
                     if replace {
-                        if let Some(slot) = h.iter_mut().find(|(k, _)| *k == key) {
-                            slot.1 = value;
-                            h.retain({
-                                let mut seen = false;
-                                move |(k, _)| {
-                                    if *k != key {
-                                        return true;
-                                    }
-                                    let keep = !seen;
-                                    seen = true;
-                                    keep
-                                }
-                            });
-                        } else {
-                            h.push((key, value));
-                        }
+                        h.replace(key, value);
                     } else {
-                        h.push((key, value));
+                        h.add(key, value);
                     }
                     *dirty = true;
                 })))
@@ -425,7 +412,7 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: C<'_>, ty: i32, kp: i32, kn: i32| -> R {
             let key = ok_or_status!(read_string(&mut c, kp, kn));
             Ok(st(headers_mut(&mut c, ty).map(|(h, dirty)| {
-                h.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
+                h.remove(&key);
                 *dirty = true;
             })))
         },

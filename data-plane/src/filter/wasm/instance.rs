@@ -8,7 +8,7 @@ use wasmtime::{Engine, InstancePre, Store, TypedFunc};
 
 use super::callout::{CallResponse, Callout};
 use super::host::{HostState, MemoryCap, Shared};
-use super::stream::StreamData;
+use super::stream::{HeaderAccess, StreamData};
 use super::{PluginMeta, WasmError, TICK};
 
 pub const ROOT_CONTEXT: u32 = 1;
@@ -247,9 +247,9 @@ impl PluginInstance {
         let Some(f) = f else { return Ok(0) };
         let id = stream.context_id as i32;
         let n = if response {
-            stream.response_headers.len()
+            stream.response_headers.count()
         } else {
-            stream.request_headers.len()
+            stream.request_headers.count()
         } as i32;
         self.with_stream(stream, |me| {
             me.guarded(|s| f.call(s, (id, n, i32::from(end_of_stream))))

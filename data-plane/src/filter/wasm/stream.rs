@@ -1,5 +1,7 @@
 //! What a filter sees of one HTTP stream: header maps (with pseudo-headers, as Envoy presents them), properties,
-//! and the local reply it may send. Built from the request once per filter chain and written back only if changed.
+//! and the local reply it may send. The request's and response's headers are the proxy's own `HeaderMap`, moved
+//! in for the chain and back out after it: filters read and edit it in place (no conversion to string pairs and
+//! back per request); only the pseudo-headers are kept as strings.
 
 use std::net::SocketAddr;
 
@@ -16,9 +18,9 @@ pub struct LocalResponse {
 #[derive(Debug, Default)]
 pub struct StreamData {
     pub context_id: u32,
-    pub request_headers: Vec<(String, String)>,
+    pub request_headers: Headers,
     pub request_dirty: bool,
-    pub response_headers: Vec<(String, String)>,
+    pub response_headers: Headers,
     pub response_dirty: bool,
     pub response_code: Option<u16>,
     pub source: Option<SocketAddr>,
@@ -79,4 +81,181 @@ pub fn get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(key))
         .map(|(_, v)| v.as_str())
+}
+
+/// A header map as the ABI's map functions see it. Implemented by the proxy's headers (`Headers`) and by plain
+/// pairs (trailers, callout responses).
+pub trait HeaderAccess {
+    /// The first value of `key` (case-insensitive).
+    fn value(&self, key: &str) -> Option<String>;
+    /// The ABI's serialized map.
+    fn serialize(&self) -> Vec<u8>;
+    fn set_all(&mut self, pairs: Vec<(String, String)>);
+    fn add(&mut self, key: String, value: String);
+    /// Sets `key` to `value` alone (replacing every value it had).
+    fn replace(&mut self, key: String, value: String);
+    fn remove(&mut self, key: &str);
+    fn count(&self) -> usize;
+}
+
+impl HeaderAccess for Vec<(String, String)> {
+    fn value(&self, key: &str) -> Option<String> {
+        get(self, key).map(str::to_string)
+    }
+
+    fn serialize(&self) -> Vec<u8> {
+        super::abi::serialize_map(self)
+    }
+
+    fn set_all(&mut self, pairs: Vec<(String, String)>) {
+        *self = pairs;
+    }
+
+    fn add(&mut self, key: String, value: String) {
+        self.push((key, value));
+    }
+
+    fn replace(&mut self, key: String, value: String) {
+        match self.iter().position(|(k, _)| *k == key) {
+            Some(first) => {
+                self[first].1 = value;
+                let mut i = 0;
+                self.retain(|(k, _)| {
+                    let keep = *k != key || i == first;
+                    i += 1;
+                    keep
+                });
+            }
+            None => self.push((key, value)),
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+    }
+
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+/// The request's or response's headers during a filter chain: the pseudo-headers Envoy shows (`:method`, `:path`,
+/// `:authority`, `:scheme`; `:status`) as strings, the rest the proxy's `HeaderMap`.
+#[derive(Debug, Default)]
+pub struct Headers {
+    pub pseudo: Vec<(String, String)>,
+    pub map: HeaderMap,
+}
+
+impl Headers {
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Headers {
+        let mut h = Headers::default();
+        h.set_all(pairs);
+        h
+    }
+
+    /// A pseudo-header's value.
+    pub fn pseudo(&self, key: &str) -> Option<&str> {
+        get(&self.pseudo, key)
+    }
+
+    /// Every pair, pseudo-headers first (tests, debugging).
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        header_pairs(
+            &self.map,
+            &self
+                .pseudo
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<Vec<_>>(),
+        )
+    }
+}
+
+fn parse_header(key: &str, value: &str) -> Option<(HeaderName, HeaderValue)> {
+    match (
+        HeaderName::from_bytes(key.as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
+        (Ok(n), Ok(v)) => Some((n, v)),
+        _ => {
+            tracing::warn!(header = %key, "wasm filter set an invalid header; dropped");
+            None
+        }
+    }
+}
+
+impl HeaderAccess for Headers {
+    fn value(&self, key: &str) -> Option<String> {
+        if key.starts_with(':') {
+            return self.pseudo(key).map(str::to_string);
+        }
+        self.map
+            .get(key)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+
+    fn serialize(&self) -> Vec<u8> {
+        let pairs = || {
+            self.pseudo
+                .iter()
+                .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+                .chain(
+                    self.map
+                        .iter()
+                        .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes())),
+                )
+        };
+        let size = 4 + pairs()
+            .map(|(k, v)| 8 + k.len() + v.len() + 2)
+            .sum::<usize>();
+        let mut out = Vec::with_capacity(size);
+        out.extend_from_slice(&(self.count() as u32).to_le_bytes());
+        for (k, v) in pairs() {
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        }
+        for (k, v) in pairs() {
+            out.extend_from_slice(k);
+            out.push(0);
+            out.extend_from_slice(v);
+            out.push(0);
+        }
+        out
+    }
+
+    fn set_all(&mut self, pairs: Vec<(String, String)>) {
+        let (pseudo, rest): (Vec<_>, Vec<_>) =
+            pairs.into_iter().partition(|(k, _)| k.starts_with(':'));
+        self.pseudo = pseudo;
+        self.map = to_header_map(&rest);
+    }
+
+    fn add(&mut self, key: String, value: String) {
+        if key.starts_with(':') {
+            self.pseudo.push((key, value));
+        } else if let Some((n, v)) = parse_header(&key, &value) {
+            self.map.append(n, v);
+        }
+    }
+
+    fn replace(&mut self, key: String, value: String) {
+        if key.starts_with(':') {
+            self.pseudo.replace(key, value);
+        } else if let Some((n, v)) = parse_header(&key, &value) {
+            self.map.insert(n, v);
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if key.starts_with(':') {
+            self.pseudo.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+        } else {
+            self.map.remove(key);
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.pseudo.len() + self.map.len()
+    }
 }

@@ -93,10 +93,10 @@ fn run_on(
 ) -> (Result<i32, WasmError>, StreamData, Vec<callout::Callout>) {
     let plugin = load(rt, &module("proxy_abi_version_0_2_1", body), config).unwrap();
     let mut stream = StreamData {
-        request_headers: vec![
+        request_headers: stream::Headers::from_pairs(vec![
             (":path".into(), "/p".into()),
             ("present".into(), "1".into()),
-        ],
+        ]),
         ..StreamData::default()
     };
     let mut calls = Vec::new();
@@ -227,7 +227,7 @@ fn header_maps() {
     );
     assert_eq!(r.ok(), Some(abi::status::OK));
     assert_eq!(
-        stream.request_headers,
+        stream.request_headers.pairs(),
         vec![("a".to_string(), "b".to_string())]
     );
     assert!(stream.request_dirty);
