@@ -1,8 +1,9 @@
 //! Runs a route's Wasm filters over a request: request headers, body and trailers in order, response headers,
 //! body and trailers in reverse order (as Envoy's decoder/encoder chains do), then done/log/delete when the chain
-//! is dropped (after the response body when a filter reads it). Header maps are converted once per chain and
-//! written back only if a filter changed them. A failing filter fails only this request, as its fail strategy
-//! says.
+//! is dropped (after the response body when a filter reads it). Filters work on the request's and response's own
+//! header maps (moved into the chain and back), so headers are never copied per request; pseudo-header edits
+//! (method, path, authority, status) are applied afterwards. A failing filter fails only this request, as its fail
+//! strategy says.
 //!
 //! A filter that pauses in a headers callback stops the stream (as in Envoy: nothing further runs) until it calls
 //! `proxy_continue_stream` or answers locally, typically from `proxy_on_http_call_response`: its callouts are sent
