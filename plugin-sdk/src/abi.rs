@@ -6,13 +6,13 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 use crate::{parse_config, Decision, Filter, Headers};
 
 pub struct Root<F: Filter> {
-    config: F::Config,
+    config: std::rc::Rc<F::Config>,
 }
 
 impl<F: Filter> Default for Root<F> {
     fn default() -> Self {
         Root {
-            config: F::Config::default(),
+            config: std::rc::Rc::new(F::Config::default()),
         }
     }
 }
@@ -24,7 +24,7 @@ impl<F: Filter> RootContext for Root<F> {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         match parse_config::<F::Config>(&bytes) {
             Ok(c) => {
-                self.config = c;
+                self.config = std::rc::Rc::new(c);
                 true
             }
             Err(e) => {

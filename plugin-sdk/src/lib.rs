@@ -7,16 +7,17 @@
 //! `proxy-wasm` crate.
 //!
 //! ```
+//! use std::rc::Rc;
 //! use meshwork_plugin_sdk::{Decision, Filter, Headers, MemoryHeaders};
 //!
 //! #[derive(Default, Clone, serde::Deserialize)]
 //! struct Config { required_header: String }
 //!
-//! struct RequireHeader { config: Config }
+//! struct RequireHeader { config: Rc<Config> }
 //!
 //! impl Filter for RequireHeader {
 //!     type Config = Config;
-//!     fn new(config: &Config) -> Self { RequireHeader { config: config.clone() } }
+//!     fn new(config: &Rc<Config>) -> Self { RequireHeader { config: Rc::clone(config) } }
 //!     fn on_request(&mut self, headers: &mut dyn Headers) -> Decision {
 //!         if headers.get(&self.config.required_header).is_none() {
 //!             return Decision::reply(400, format!("missing {}\n", self.config.required_header));
@@ -28,7 +29,7 @@
 //! // In the filter crate: meshwork_plugin_sdk::register!(RequireHeader);
 //!
 //! // Natively, in a unit test:
-//! let config = meshwork_plugin_sdk::parse_config::<Config>(br#"{"required_header": "x-user"}"#).unwrap();
+//! let config = Rc::new(meshwork_plugin_sdk::parse_config::<Config>(br#"{"required_header": "x-user"}"#).unwrap());
 //! let mut filter = RequireHeader::new(&config);
 //! let mut headers = MemoryHeaders::from(&[(":path", "/")]);
 //! assert!(matches!(filter.on_request(&mut headers), Decision::Reply { status: 400, .. }));
@@ -100,13 +101,14 @@ pub trait Headers {
     }
 }
 
-/// An HTTP filter. One value per request; `new` gets the plugin's parsed configuration.
+/// An HTTP filter. One value per request; `new` gets the plugin's parsed configuration, shared (an `Rc`), so a
+/// filter keeps it without copying it for every request.
 pub trait Filter: Sized + 'static {
     /// Parsed from `pluginConfig` (JSON); an empty configuration is `Default`. A configuration that does not
     /// parse is rejected, so the control plane's push is NACKed with the reason.
     type Config: DeserializeOwned + Default + Clone + 'static;
 
-    fn new(config: &Self::Config) -> Self;
+    fn new(config: &std::rc::Rc<Self::Config>) -> Self;
 
     fn on_request(&mut self, _headers: &mut dyn Headers) -> Decision {
         Decision::Continue

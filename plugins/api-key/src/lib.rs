@@ -20,15 +20,15 @@ fn default_header() -> String {
 }
 
 pub struct ApiKey {
-    config: Config,
+    config: std::rc::Rc<Config>,
 }
 
 impl Filter for ApiKey {
     type Config = Config;
 
-    fn new(config: &Config) -> Self {
+    fn new(config: &std::rc::Rc<Config>) -> Self {
         ApiKey {
-            config: config.clone(),
+            config: std::rc::Rc::clone(config),
         }
     }
 

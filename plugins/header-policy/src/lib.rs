@@ -47,15 +47,15 @@ pub struct Config {
 }
 
 pub struct HeaderPolicy {
-    config: Config,
+    config: std::rc::Rc<Config>,
 }
 
 impl Filter for HeaderPolicy {
     type Config = Config;
 
-    fn new(config: &Config) -> Self {
+    fn new(config: &std::rc::Rc<Config>) -> Self {
         HeaderPolicy {
-            config: config.clone(),
+            config: std::rc::Rc::clone(config),
         }
     }
 
