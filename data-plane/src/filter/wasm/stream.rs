@@ -259,3 +259,48 @@ impl HeaderAccess for Headers {
         self.pseudo.len() + self.map.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn headers_edit_the_map_in_place_with_envoy_semantics() {
+        let mut h = Headers::from_pairs(vec![
+            (":path".into(), "/a".into()),
+            ("x-a".into(), "1".into()),
+            ("x-a".into(), "2".into()),
+        ]);
+        assert_eq!(h.count(), 3);
+        assert_eq!(
+            h.value("X-A").as_deref(),
+            Some("1"),
+            "first value, any case"
+        );
+        assert_eq!(h.value(":path").as_deref(), Some("/a"));
+        h.replace("x-a".into(), "3".into());
+        assert_eq!(
+            h.map.get_all("x-a").iter().count(),
+            1,
+            "replace leaves one value"
+        );
+        h.add("x-a".into(), "4".into());
+        assert_eq!(h.map.get_all("x-a").iter().count(), 2);
+        h.replace(":path".into(), "/b".into());
+        assert_eq!(h.pseudo(":path"), Some("/b"));
+        h.add("bad header".into(), "x".into());
+        assert_eq!(h.count(), 3, "an invalid name is dropped");
+        h.remove("X-A");
+        assert_eq!(h.value("x-a"), None);
+        let bytes = h.serialize();
+        assert_eq!(
+            super::super::abi::deserialize_map(&bytes).unwrap(),
+            vec![(":path".to_string(), "/b".to_string())]
+        );
+        let mut v: Vec<(String, String)> = vec![("k".into(), "1".into()), ("k".into(), "2".into())];
+        v.replace("k".into(), "3".into());
+        assert_eq!(v, vec![("k".to_string(), "3".to_string())]);
+    }
+}
