@@ -85,6 +85,8 @@ pub enum ResponseBody {
     Full(Option<Bytes>),
     /// An upstream body passed through Wasm filters' `proxy_on_response_body`.
     Filtered(Box<FilteredBody<ResponseBody>>),
+    /// A body that holds its upstream's bulkhead slot until it ends (or is dropped).
+    Held(Box<ResponseBody>, tokio::sync::OwnedSemaphorePermit),
 }
 
 impl ResponseBody {
@@ -109,6 +111,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
             ResponseBody::Filtered(f) => f.poll(cx),
+            ResponseBody::Held(b, _) => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
 
@@ -117,6 +120,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(b) => b.is_end_stream(),
             ResponseBody::Full(b) => b.is_none(),
             ResponseBody::Filtered(_) => false,
+            ResponseBody::Held(b, _) => b.is_end_stream(),
         }
     }
 
@@ -126,6 +130,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ResponseBody::Full(None) => SizeHint::with_exact(0),
             ResponseBody::Filtered(_) => SizeHint::default(),
+            ResponseBody::Held(b, _) => b.size_hint(),
         }
     }
 }

@@ -260,7 +260,7 @@ async fn call_upstream(
         let mut retry_no = 0u32;
         loop {
             // 6. Bulkhead.
-            let _slot = match &rt.bulkhead {
+            let slot = match &rt.bulkhead {
                 Some(b) => match within(deadline, b.enter())
                     .await
                     .ok_or_else(total_timeout)?
@@ -342,12 +342,13 @@ async fn call_upstream(
                 && replay.is_some()
                 && retry::retriable(&outcome, retry_policy, &parts.method);
             if !again {
-                return result;
+                return hold_slot(result, slot);
             }
             if !rt.budget.try_withdraw(now) {
                 inc(&rt.counters.budget_exhausted);
-                return result;
+                return hold_slot(result, slot);
             }
+            drop(slot);
             let wait = retry::delay(retry_policy, retry_no, &result);
             if let Ok(resp) = result {
                 tokio::spawn(drain_response(resp));
@@ -388,6 +389,20 @@ async fn within<T>(
     match deadline {
         Some(d) => tokio::time::timeout_at(d, fut).await.ok(),
         None => Some(fut.await),
+    }
+}
+
+/// The bulkhead slot stays taken until the response body ends (a long streamed answer still occupies the
+/// upstream), carried by the body.
+pub(crate) fn hold_slot(
+    result: Result<Response<ResponseBody>, ProxyError>,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    match (result, slot) {
+        (Ok(resp), Some(permit)) if !http_body::Body::is_end_stream(resp.body()) => {
+            Ok(resp.map(|b| ResponseBody::Held(Box::new(b), permit)))
+        }
+        (result, _) => result,
     }
 }
 

@@ -524,3 +524,26 @@ async fn an_abandoned_probe_frees_its_slot() {
         "the slot came back"
     );
 }
+
+#[tokio::test]
+async fn a_bulkhead_slot_lasts_as_long_as_the_response_body() {
+    let b = Bulkhead::new(policy::BulkheadConfig {
+        max_concurrent: 1,
+        max_pending: 0,
+    });
+    let slot = b.enter().await;
+    let body = crate::body::ResponseBody::text("still streaming");
+    let resp = crate::stack::hold_slot(Ok(http::Response::new(body)), slot).unwrap();
+    assert_eq!(b.in_flight(), 1, "held by the body");
+    assert!(b.enter().await.is_none());
+    drop(resp);
+    assert_eq!(b.in_flight(), 0, "released when the body goes");
+    // An answer with no body gives the slot back at once.
+    let slot = b.enter().await;
+    let resp = crate::stack::hold_slot(
+        Ok(http::Response::new(crate::body::ResponseBody::empty())),
+        slot,
+    );
+    assert!(resp.is_ok());
+    assert_eq!(b.in_flight(), 0);
+}
