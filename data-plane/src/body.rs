@@ -85,8 +85,8 @@ pub enum ResponseBody {
     Full(Option<Bytes>),
     /// An upstream body passed through Wasm filters' `proxy_on_response_body`.
     Filtered(Box<FilteredBody<ResponseBody>>),
-    /// A body that holds its upstream's bulkhead slot until it ends (or is dropped).
-    Held(Box<ResponseBody>, tokio::sync::OwnedSemaphorePermit),
+    /// An upstream body that holds its upstream's bulkhead slot until it ends (or is dropped).
+    Held(Incoming, tokio::sync::OwnedSemaphorePermit),
 }
 
 impl ResponseBody {
@@ -111,7 +111,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
             ResponseBody::Filtered(f) => f.poll(cx),
-            ResponseBody::Held(b, _) => Pin::new(b.as_mut()).poll_frame(cx),
+            ResponseBody::Held(b, _) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
 

@@ -400,7 +400,11 @@ pub(crate) fn hold_slot(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     match (result, slot) {
         (Ok(resp), Some(permit)) if !http_body::Body::is_end_stream(resp.body()) => {
-            Ok(resp.map(|b| ResponseBody::Held(Box::new(b), permit)))
+            Ok(resp.map(|b| match b {
+                ResponseBody::Upstream(incoming) => ResponseBody::Held(incoming, permit),
+                // Anything else is not coming from the upstream any more.
+                other => other,
+            }))
         }
         (result, _) => result,
     }

@@ -527,23 +527,56 @@ async fn an_abandoned_probe_frees_its_slot() {
 
 #[tokio::test]
 async fn a_bulkhead_slot_lasts_as_long_as_the_response_body() {
+    use http_body_util::BodyExt;
+    // A real upstream body (hyper's Incoming) that stays open until the test says so.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (finish_tx, finish_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nab")
+            .await
+            .unwrap();
+        let _ = finish_rx.await;
+        s.write_all(b"cd").await.unwrap();
+    });
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let upstream = send
+        .send_request(http::Request::new(
+            http_body_util::Empty::<bytes::Bytes>::new(),
+        ))
+        .await
+        .unwrap()
+        .map(crate::body::ResponseBody::Upstream);
+
     let b = Bulkhead::new(policy::BulkheadConfig {
         max_concurrent: 1,
         max_pending: 0,
     });
     let slot = b.enter().await;
-    let body = crate::body::ResponseBody::text("still streaming");
-    let resp = crate::stack::hold_slot(Ok(http::Response::new(body)), slot).unwrap();
-    assert_eq!(b.in_flight(), 1, "held by the body");
+    let mut resp = crate::stack::hold_slot(Ok(upstream), slot).unwrap();
+    assert_eq!(b.in_flight(), 1, "held while the body streams");
     assert!(b.enter().await.is_none());
+    let _ = finish_tx.send(());
+    while let Some(frame) = resp.body_mut().frame().await {
+        frame.unwrap();
+    }
     drop(resp);
-    assert_eq!(b.in_flight(), 0, "released when the body goes");
-    // An answer with no body gives the slot back at once.
+    assert_eq!(b.in_flight(), 0, "released when the body is done");
+    // A body the proxy made (not the upstream's) gives the slot back at once.
     let slot = b.enter().await;
-    let resp = crate::stack::hold_slot(
-        Ok(http::Response::new(crate::body::ResponseBody::empty())),
+    let local = crate::stack::hold_slot(
+        Ok(http::Response::new(crate::body::ResponseBody::text("x"))),
         slot,
     );
-    assert!(resp.is_ok());
+    assert!(local.is_ok());
     assert_eq!(b.in_flight(), 0);
 }
