@@ -202,23 +202,12 @@ async fn call_upstream(
         }
     }
     // 3. Circuit breaker.
-    let mut probe = false;
     // A half-open probe that never reports (the client went away, a timeout) gives its slot back.
     let mut probe_slot = crate::resilience::breaker::ProbeSlot::default();
-    if let Some(b) = &rt.breaker {
-        let (admit, moved) = b.admit(tokio::time::Instant::now());
-        rt.breaker_moved(moved);
-        match admit {
-            crate::resilience::breaker::Admit::No => {
-                inc(&rt.counters.breaker_rejected);
-                return Ok(circuit_open(rt));
-            }
-            crate::resilience::breaker::Admit::Yes { probe: p } => {
-                probe = p;
-                probe_slot.arm(rt.breaker.as_ref(), p);
-            }
-        }
-    }
+    let mut probe = match admit(rt, &mut probe_slot) {
+        Ok(p) => p,
+        Err(fallback) => return Ok(*fallback),
+    };
     let timeouts = pick(|p| p.timeouts.is_some())
         .and_then(|p| p.timeouts)
         .unwrap_or_default();
@@ -363,19 +352,9 @@ async fn call_upstream(
             retry_no += 1;
             inc(&rt.counters.retries);
             // An attempt that opened the circuit ends the retries: the breaker decides again.
-            if let Some(b) = &rt.breaker {
-                let (admit, moved) = b.admit(tokio::time::Instant::now());
-                rt.breaker_moved(moved);
-                match admit {
-                    crate::resilience::breaker::Admit::No => {
-                        inc(&rt.counters.breaker_rejected);
-                        return Ok(circuit_open(rt));
-                    }
-                    crate::resilience::breaker::Admit::Yes { probe: p } => {
-                        probe = p;
-                        probe_slot.arm(rt.breaker.as_ref(), p);
-                    }
-                }
+            match admit(rt, &mut probe_slot) {
+                Ok(p) => probe = p,
+                Err(fallback) => return Ok(*fallback),
             }
         }
     };
@@ -407,6 +386,29 @@ pub(crate) fn hold_slot(
             }))
         }
         (result, _) => result,
+    }
+}
+
+/// Asks the cluster's breaker (if any) to let a request through: Ok(whether it is a half-open probe, its slot
+/// held by `slot`), or Err(the open circuit's answer).
+fn admit<'a>(
+    rt: &'a crate::resilience::ClusterRuntime,
+    slot: &mut crate::resilience::breaker::ProbeSlot<'a>,
+) -> Result<bool, Box<Response<ResponseBody>>> {
+    let Some(b) = &rt.breaker else {
+        return Ok(false);
+    };
+    let (admit, moved) = b.admit(tokio::time::Instant::now());
+    rt.breaker_moved(moved);
+    match admit {
+        crate::resilience::breaker::Admit::No => {
+            crate::resilience::inc(&rt.counters.breaker_rejected);
+            Err(Box::new(circuit_open(rt)))
+        }
+        crate::resilience::breaker::Admit::Yes { probe } => {
+            slot.arm(Some(b), probe);
+            Ok(probe)
+        }
     }
 }
 
