@@ -135,38 +135,85 @@ impl Body for ResponseBody {
     }
 }
 
-/// Streams a body through Wasm filters' body (and trailers) callbacks. Chunks flow on as soon as every body filter continues;
-/// while one pauses, bytes are held (up to the filters' `bodyBuffer` limit, beyond which the body fails with
-/// `BodyTooLarge`) and offered again with the next chunk, or at the end of the stream. It may own the filter chain,
-/// so the filters' stream contexts end (done, log, delete) when the body does.
+/// Streams a body through Wasm filters' body (and trailers) callbacks. Chunks flow on as soon as every body filter
+/// continues (shared with the filters, not copied, unless one rewrites them); while one pauses, bytes are held (up
+/// to the filters' `bodyBuffer` limit, beyond which the body fails with `BodyTooLarge`) and offered again with the
+/// next chunk, or at the end of the stream. It may own the filter chain, so the filters' stream contexts end (done,
+/// log, delete) when the body does.
+///
+/// The message keeps its Content-Length unless a filter removed it in its headers callback (the contract Envoy's
+/// filters follow before they change a body's length). If a filter changes the length anyway, the body fails with
+/// `LengthChanged` rather than send bytes that disagree with the header.
 pub struct FilteredBody<B> {
     inner: B,
     filter: BodyFilter,
-    held: Vec<u8>,
+    held: Bytes,
     trailers: Option<Frame<Bytes>>,
     done: bool,
+    /// The Content-Length the message is sent with, if any, and the bytes sent so far.
+    declared: Option<u64>,
+    sent: u64,
     _chain: Option<Chain>,
 }
 
+/// A filter changed the length of a body whose Content-Length had already been sent.
+#[derive(Debug, thiserror::Error)]
+#[error("a Wasm filter changed the {side} body's length (content-length {declared}, the filtered body has {actual}{more} bytes) without removing content-length in its headers callback")]
+pub struct LengthChanged {
+    pub side: &'static str,
+    pub declared: u64,
+    pub actual: u64,
+    pub more: &'static str,
+}
+
 impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> FilteredBody<B> {
-    pub fn new(inner: B, filter: BodyFilter, chain: Option<Chain>) -> Self {
+    /// `declared`: the Content-Length the message carries after the headers callbacks (None: chunked or
+    /// HTTP/2 framing, so the filters may change the length freely).
+    pub fn new(inner: B, filter: BodyFilter, chain: Option<Chain>, declared: Option<u64>) -> Self {
         FilteredBody {
             inner,
             filter,
-            held: Vec::new(),
+            held: Bytes::new(),
             trailers: None,
             done: false,
+            declared,
+            sent: 0,
             _chain: chain,
         }
+    }
+
+    fn hold(&mut self, data: Bytes) {
+        if self.held.is_empty() {
+            self.held = data;
+            return;
+        }
+        // Appending while a filter pauses: reuse the held buffer when nothing else shares it.
+        let mut buf = match std::mem::take(&mut self.held).try_into_mut() {
+            Ok(buf) => buf,
+            Err(shared) => bytes::BytesMut::from(&shared[..]),
+        };
+        buf.extend_from_slice(&data);
+        self.held = buf.freeze();
     }
 
     fn offer(&mut self, end_of_stream: bool) -> Result<Option<Frame<Bytes>>, BoxError> {
         match self.filter.run(&mut self.held, end_of_stream)? {
             BodyStep::Hold => Ok(None),
-            BodyStep::Release if self.held.is_empty() => Ok(None),
-            BodyStep::Release => Ok(Some(Frame::data(Bytes::from(std::mem::take(
-                &mut self.held,
-            ))))),
+            BodyStep::Release => {
+                let out = std::mem::take(&mut self.held);
+                self.sent += out.len() as u64;
+                if let Some(declared) = self.declared {
+                    if self.sent > declared || (end_of_stream && self.sent != declared) {
+                        return Err(Box::new(LengthChanged {
+                            side: self.filter.side(),
+                            declared,
+                            actual: self.sent,
+                            more: if end_of_stream { "" } else { " or more" },
+                        }));
+                    }
+                }
+                Ok((!out.is_empty()).then(|| Frame::data(out)))
+            }
         }
     }
 
@@ -178,7 +225,7 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> FilteredBody<B> {
             let end_of_stream = match std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
-                        self.held.extend_from_slice(&data);
+                        self.hold(data);
                         if self.held.len() > self.filter.limit {
                             return Poll::Ready(Some(Err(Box::new(self.filter.too_large()))));
                         }

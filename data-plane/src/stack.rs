@@ -589,8 +589,8 @@ async fn rate_limit(
     }
 }
 
-/// Puts the request body through the Wasm filters' body callbacks, if any filter has one. The body may change
-/// length, so the upstream request is sent without Content-Length (chunked / HTTP/2 framing).
+/// Puts the request body through the Wasm filters' body callbacks, if any filter has one. The request keeps its
+/// Content-Length unless a filter removed it (see `FilteredBody`).
 fn with_body_filters(
     chain: &Chain,
     parts: &mut http::request::Parts,
@@ -598,11 +598,21 @@ fn with_body_filters(
 ) -> RequestBody {
     match chain.request_body_filter() {
         Some(filter) if !matches!(body, RequestBody::Empty) && !body_is_empty(&body) => {
-            parts.headers.remove(header::CONTENT_LENGTH);
-            RequestBody::Filtered(Box::new(crate::body::FilteredBody::new(body, filter, None)))
+            let declared = content_length(&parts.headers);
+            RequestBody::Filtered(Box::new(crate::body::FilteredBody::new(
+                body, filter, None, declared,
+            )))
         }
         _ => body,
     }
+}
+
+/// The Content-Length a message will be sent with (after the filters' header edits), if it has a valid one.
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn body_is_empty(body: &RequestBody) -> bool {
@@ -611,7 +621,7 @@ fn body_is_empty(body: &RequestBody) -> bool {
 
 /// Response headers through the Wasm filters (last to first); a filter may answer instead.
 /// When a filter reads the response body, the body carries the chain, so the filters' stream contexts end
-/// (done, log, delete) after the body; the body may change length, so Content-Length is dropped.
+/// (done, log, delete) after the body; Content-Length stays unless a filter removed it (see `FilteredBody`).
 async fn through_response_filters(
     mut chain: Chain,
     resp: Response<ResponseBody>,
@@ -623,8 +633,8 @@ async fn through_response_filters(
     }
     match chain.response_body_filter() {
         Some(filter) if !eos => {
-            parts.headers.remove(header::CONTENT_LENGTH);
-            let body = crate::body::FilteredBody::new(body, filter, Some(chain));
+            let declared = content_length(&parts.headers);
+            let body = crate::body::FilteredBody::new(body, filter, Some(chain), declared);
             Response::from_parts(parts, ResponseBody::Filtered(Box::new(body)))
         }
         _ => Response::from_parts(parts, body),

@@ -75,6 +75,21 @@ spec:
   pluginConfig: redact
   limits: {{bodyBuffer: 4Ki}}
 ---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: grow}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{matches: [{{path: {{value: /grow}}}}], backendRefs: [{{name: backend}}]}}]
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: WasmPlugin
+metadata: {{name: grow}}
+spec:
+  url: file://{p}/meshwork_filter_misbehave.wasm
+  targetRefs: [{{kind: HTTPRoute, name: grow}}]
+  pluginConfig: grow
+---
 apiVersion: meshwork.dev/v1alpha1
 kind: WasmPlugin
 metadata: {{name: api-key}}
@@ -214,8 +229,9 @@ async fn wasm_filters_through_the_mesh() {
     .await
     .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["body"], "my XXXXXX is XXXXXX");
-    // Response bodies too: the echo's JSON comes back rewritten (and longer, so Content-Length was dropped).
+    assert_eq!(r.json()["body"], "my [hidden] is [hidden]");
+    // Response bodies too: the echo's JSON comes back rewritten and longer (the filter removed content-length in
+    // its headers callback, as Envoy filters do before they change a body's length).
     let r = send(
         &c,
         "POST",
@@ -226,7 +242,32 @@ async fn wasm_filters_through_the_mesh() {
     .await
     .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["body"], "[redacted]");
+    assert_eq!(r.json()["body"], "[redacted: classified]");
+    // A filter that changes the length but leaves content-length: the proxy refuses to send a body that disagrees
+    // with the header it already sent (the response is cut off, never silently wrong), and the next one is fine.
+    let grown = send(
+        &c,
+        "POST",
+        &format!("{base}/grow"),
+        &key,
+        bytes::Bytes::from_static(b"x"),
+    )
+    .await;
+    assert!(
+        grown.is_err(),
+        "a body longer than its content-length was sent: {:?}",
+        grown.map(|r| r.text())
+    );
+    let r = send(
+        &c,
+        "POST",
+        &format!("{base}/redact"),
+        &key,
+        bytes::Bytes::from_static(b"still fine"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.json()["body"], "still fine");
     let r = send(
         &c,
         "POST",

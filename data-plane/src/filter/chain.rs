@@ -19,7 +19,9 @@ use http::{request, response, Response, StatusCode};
 
 use super::wasm::abi::ACTION_CONTINUE;
 use super::wasm::callout::{self, Callout};
-use super::wasm::stream::{get, header_pairs, to_header_map, Headers, StreamData};
+use super::wasm::stream::{
+    header_pairs, method_text, status_text, to_header_map, Headers, Pseudo, StreamData, Text,
+};
 use super::wasm::{PluginHandle, WasmError};
 use crate::body::ResponseBody;
 
@@ -27,7 +29,8 @@ struct Active {
     plugin: Arc<PluginHandle>,
     slot: usize,
     instance: u64,
-    stream: StreamData,
+    /// Boxed: lent to the instance for each callback by a pointer swap.
+    stream: Box<StreamData>,
     /// The filter exports `proxy_on_request_body` / `proxy_on_response_body`.
     request_body: bool,
     response_body: bool,
@@ -54,7 +57,9 @@ impl Active {
     }
 }
 
-type Shared = Arc<Mutex<Vec<Active>>>;
+/// The filters a stream went through, inline for the usual one or two (no allocation of their own).
+type Actives = smallvec::SmallVec<[Active; 2]>;
+type Shared = Arc<Mutex<Actives>>;
 
 /// Sends callouts a stream callback made without pausing, in the background; each answer goes to that stream
 /// context while the chain lives (calls the root context made go to the root context).
@@ -150,7 +155,7 @@ async fn settle(a: &mut Active, calls: Vec<Callout>) -> Settled {
     }
 }
 
-fn lock(active: &Shared) -> MutexGuard<'_, Vec<Active>> {
+fn lock(active: &Shared) -> MutexGuard<'_, Actives> {
     active.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -196,22 +201,21 @@ impl BodyFilter {
     /// Offers `buffer` (everything held so far) to each body filter in turn; a filter may rewrite it.
     pub fn run(
         &self,
-        buffer: &mut Vec<u8>,
+        buffer: &mut Bytes,
         end_of_stream: bool,
     ) -> Result<BodyStep, BodyFilterFailed> {
         let response = self.response;
         let mut active = lock(&self.active);
-        let mut filters: Vec<(usize, &mut Active)> = active
-            .iter_mut()
-            .enumerate()
-            .filter(|(_, a)| a.reads_body(response))
-            .collect();
-        if response {
-            filters.reverse();
-        }
+        let count = active.len();
         let mut background = Vec::new();
         let step = (|| {
-            for (index, a) in filters {
+            for step in 0..count {
+                // Request bodies go through the filters in order, response bodies in reverse.
+                let index = if response { count - 1 - step } else { step };
+                let a = &mut active[index];
+                if !a.reads_body(response) {
+                    continue;
+                }
                 let held = Some(std::mem::take(buffer));
                 if response {
                     a.stream.response_body = held;
@@ -324,9 +328,17 @@ impl BodyFilter {
         failed.map_or(Ok(()), Err)
     }
 
+    pub fn side(&self) -> &'static str {
+        if self.response {
+            "response"
+        } else {
+            "request"
+        }
+    }
+
     pub fn too_large(&self) -> BodyTooLarge {
         BodyTooLarge {
-            side: if self.response { "response" } else { "request" },
+            side: self.side(),
             limit: self.limit,
         }
     }
@@ -384,7 +396,7 @@ impl Chain {
         if plugins.is_empty() {
             return (Chain::default(), Verdict::Continue);
         }
-        let mut active = Ending(Vec::with_capacity(plugins.len()));
+        let mut active = Ending(Actives::new());
         let authority = parts
             .uri
             .authority()
@@ -404,12 +416,12 @@ impl Chain {
             .to_string();
         // The proxy's header map itself goes to the filters (and comes back after them): no copy per request.
         let mut headers = Headers {
-            pseudo: vec![
-                (":method".to_string(), parts.method.as_str().to_string()),
-                (":path".to_string(), path),
-                (":authority".to_string(), authority),
-                (":scheme".to_string(), "http".to_string()),
-            ],
+            pseudo: Pseudo::new([
+                (Text::Borrowed(":method"), method_text(&parts.method)),
+                (Text::Borrowed(":path"), Text::Owned(path)),
+                (Text::Borrowed(":authority"), Text::Owned(authority)),
+                (Text::Borrowed(":scheme"), Text::Borrowed("http")),
+            ]),
             map: std::mem::take(&mut parts.headers),
         };
         let mut dirty = false;
@@ -422,14 +434,12 @@ impl Chain {
         let mut background = Vec::new();
         for plugin in plugins {
             let slot = plugin.pick_slot();
-            let mut stream = StreamData {
-                request_headers: std::mem::take(&mut headers),
-                source: Some(peer),
-                route_name: route.cloned(),
-                cluster_name: cluster.cloned(),
-                protocol,
-                ..StreamData::default()
-            };
+            let mut stream = pool::take();
+            stream.request_headers = std::mem::take(&mut headers);
+            stream.source = Some(peer);
+            stream.route_name = route.cloned();
+            stream.cluster_name = cluster.cloned();
+            stream.protocol = protocol;
             let result = plugin.run(slot, None, |inst| {
                 inst.new_context(&mut stream)?;
                 let action = inst.on_headers(&mut stream, false, end_of_stream)?;
@@ -549,7 +559,7 @@ impl Chain {
             return None;
         }
         let mut pairs = Headers {
-            pseudo: vec![(":status".to_string(), parts.status.as_str().to_string())],
+            pseudo: Pseudo::new([(Text::Borrowed(":status"), status_text(parts.status))]),
             map: std::mem::take(&mut parts.headers),
         };
         let mut dirty = false;
@@ -628,12 +638,45 @@ fn finish_all(active: impl Iterator<Item = Active>) {
         let _ = a
             .plugin
             .run(a.slot, Some(a.instance), |inst| inst.finish(&mut a.stream));
+        pool::give(a.stream);
+    }
+}
+
+/// Per-worker-thread pool of stream states: a stream's state is a few hundred bytes, allocated and freed per
+/// request per filter, and under concurrent streams glibc's small caches overflow into its slow paths (measured:
+/// allocation was the largest part of a filter's cost after the guest calls).
+mod pool {
+    use super::StreamData;
+    use std::cell::RefCell;
+
+    const KEEP: usize = 64;
+
+    thread_local! {
+        // The boxes themselves are the point: they are the allocations reused.
+        #[allow(clippy::vec_box)]
+        static FREE: RefCell<Vec<Box<StreamData>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A cleared stream state.
+    pub fn take() -> Box<StreamData> {
+        FREE.with(|f| f.borrow_mut().pop()).unwrap_or_default()
+    }
+
+    /// Clears `stream` and keeps it for the next stream on this thread (up to `KEEP`).
+    pub fn give(mut stream: Box<StreamData>) {
+        *stream = StreamData::default();
+        FREE.with(|f| {
+            let mut free = f.borrow_mut();
+            if free.len() < KEEP {
+                free.push(stream);
+            }
+        });
     }
 }
 
 /// Stream contexts held while a phase may wait on callouts. If the request goes away meanwhile (this future is
 /// dropped), they still end, so a guest never keeps a context for a stream that is gone.
-struct Ending(Vec<Active>);
+struct Ending(Actives);
 
 impl Drop for Ending {
     fn drop(&mut self) {
@@ -655,14 +698,16 @@ fn apply_request(parts: &mut request::Parts, headers: Headers, changed: bool) {
         return;
     }
     let pseudo = &headers.pseudo;
-    if let Some(m) = get(pseudo, ":method")
+    if let Some(m) = pseudo
+        .get(":method")
         .filter(|m| *m != parts.method.as_str())
         .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
     {
         parts.method = m;
     }
     let current = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    if let Some(pq) = get(pseudo, ":path")
+    if let Some(pq) = pseudo
+        .get(":path")
         .filter(|p| *p != current)
         .and_then(|p| p.parse::<http::uri::PathAndQuery>().ok())
     {
@@ -676,7 +721,8 @@ fn apply_request(parts: &mut request::Parts, headers: Headers, changed: bool) {
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
     });
-    if let Some(a) = get(pseudo, ":authority")
+    if let Some(a) = pseudo
+        .get(":authority")
         .filter(|a| Some(*a) != host)
         .and_then(|a| HeaderValue::from_str(a).ok())
     {

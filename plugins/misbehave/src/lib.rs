@@ -1,7 +1,10 @@
 //! Test filter that misbehaves on purpose, to prove the host contains it. Plugin config (a string) picks how:
 //! `panic`, `loop` (never returns), `oom` (allocates without end), `reject` (refuses its configuration), or
-//! `ok` (adds `x-misbehave: ok`), or `redact` (buffers the request body by pausing until its end, then replaces
-//! every `secret` with `XXXXXX`, and in the response body every `classified` with `[redacted]`). The misbehaviours fire on requests whose path contains `/boom`.
+//! `ok` (adds `x-misbehave: ok`), `redact` (buffers the request body by pausing until its end, then replaces
+//! every `secret` with `[hidden]`, and in the response body every `classified` with `[redacted: classified]`;
+//! it removes content-length in its headers callbacks first, as an Envoy filter that changes a body's length
+//! must), or `grow` (appends to the response body but leaves content-length, which the host must refuse to send).
+//! The misbehaviours fire on requests whose path contains `/boom`.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -68,6 +71,16 @@ impl HttpContext for Filter {
             }
         }
         self.set_http_request_header("x-misbehave", Some("ok"));
+        if self.mode == "redact" {
+            self.set_http_request_header("content-length", None);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
+        if self.mode == "redact" {
+            self.set_http_response_header("content-length", None);
+        }
         Action::Continue
     }
 
@@ -79,13 +92,16 @@ impl HttpContext for Filter {
             return Action::Pause; // buffer until the whole body is here
         }
         if let Some(body) = self.get_http_request_body(0, size) {
-            let redacted = String::from_utf8_lossy(&body).replace("secret", "XXXXXX");
+            let redacted = String::from_utf8_lossy(&body).replace("secret", "[hidden]");
             self.set_http_request_body(0, size, redacted.as_bytes());
         }
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if self.mode == "grow" && end_of_stream {
+            self.set_http_response_body(size, 0, b" and more");
+        }
         if self.mode != "redact" {
             return Action::Continue;
         }
@@ -93,7 +109,7 @@ impl HttpContext for Filter {
             return Action::Pause;
         }
         if let Some(body) = self.get_http_response_body(0, size) {
-            let redacted = String::from_utf8_lossy(&body).replace("classified", "[redacted]");
+            let redacted = String::from_utf8_lossy(&body).replace("classified", "[redacted: classified]");
             self.set_http_response_body(0, size, redacted.as_bytes());
         }
         Action::Continue

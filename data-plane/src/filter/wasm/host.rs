@@ -10,7 +10,9 @@ use wasmtime::{Caller, Linker};
 
 use super::abi::{buffer, deserialize_map, map, status, stream_type, MAX_MAP_BYTES};
 use super::callout::{CallResponse, Callout, Callouts};
-use super::memory::{read, read_string, return_bytes, write_u32, write_u64};
+use super::memory::{
+    guest_and_state, read, read_string, return_bytes, str_at, write_u32, write_u64,
+};
 use super::stream::{HeaderAccess, LocalResponse, StreamData};
 use super::PluginMeta;
 
@@ -87,7 +89,7 @@ pub struct HostState {
     pub meta: Arc<PluginMeta>,
     pub shared: Arc<Shared>,
     /// The stream whose callback is running (None during root-context calls).
-    pub stream: Option<StreamData>,
+    pub stream: Option<Box<StreamData>>,
     pub root_id: u32,
     /// Set by a callback that resets the stream (`proxy_close_stream`).
     pub closed: bool,
@@ -125,7 +127,10 @@ fn st(r: Result<(), i32>) -> i32 {
 }
 
 fn headers_mut<'a>(c: &'a mut C<'_>, map_type: i32) -> Result<MapRef<'a>, i32> {
-    let d = c.data_mut();
+    map_of(c.data_mut(), map_type)
+}
+
+fn map_of(d: &mut HostState, map_type: i32) -> Result<MapRef<'_>, i32> {
     if map_type == map::HTTP_CALL_RESPONSE_HEADERS || map_type == map::HTTP_CALL_RESPONSE_TRAILERS {
         let r = d.call_response.as_mut().ok_or(status::NOT_FOUND)?;
         let pairs = if map_type == map::HTTP_CALL_RESPONSE_HEADERS {
@@ -316,7 +321,7 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             next.extend_from_slice(&body[..start]);
             next.extend_from_slice(&data);
             next.extend_from_slice(&body[end..]);
-            *body = next;
+            *body = bytes::Bytes::from(next);
             Ok(status::OK)
         },
     )?;
@@ -390,16 +395,16 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             "env",
             name,
             move |mut c: C<'_>, ty: i32, kp: i32, kn: i32, vp: i32, vn: i32| -> R {
-                let (key, value) = match (read_string(&mut c, kp, kn), read_string(&mut c, vp, vn))
-                {
-                    (Ok(k), Ok(v)) => (k.to_ascii_lowercase(), v),
-                    (Err(s), _) | (_, Err(s)) => return Ok(s),
-                };
-                Ok(st(headers_mut(&mut c, ty).map(|(h, dirty)| {
+                // Key and value are read in place from guest memory (no intermediate strings): the map makes
+                // its own copy once, as a header name and value.
+                let (memory, state) = ok_or_status!(guest_and_state(&mut c));
+                let key = ok_or_status!(str_at(memory, kp, kn));
+                let value = ok_or_status!(str_at(memory, vp, vn));
+                Ok(st(map_of(state, ty).map(|(h, dirty)| {
                     if replace {
-                        h.replace(key, value);
+                        h.replace_str(key, value);
                     } else {
-                        h.add(key, value);
+                        h.add_str(key, value);
                     }
                     *dirty = true;
                 })))

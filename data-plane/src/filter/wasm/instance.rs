@@ -45,6 +45,8 @@ pub struct PluginInstance {
     exports: Exports,
     next_context: u32,
     cpu_ticks: u64,
+    /// Stands in for the stream while its box is lent to the store during a callback (see `with_stream`).
+    spare: Option<Box<StreamData>>,
 }
 
 fn classify(err: wasmtime::Error, meta: &PluginMeta, memory_refused: bool) -> WasmError {
@@ -171,11 +173,10 @@ impl PluginInstance {
             exports,
             next_context: ROOT_CONTEXT + 1,
             cpu_ticks,
+            spare: None,
         };
         let root = ROOT_CONTEXT as i32;
-        if let Some(f) = me.exports.context_create.clone() {
-            me.guarded(|s| f.call(s, (root, 0)))?;
-        }
+        me.call(|e| e.context_create.as_ref(), (root, 0))?;
         if let Some(f) = vm_start {
             if me.guarded(|s| f.call(s, (root, 0)))? == 0 {
                 return Err(WasmError::Rejected(
@@ -200,51 +201,75 @@ impl PluginInstance {
         &mut self,
         f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, WasmError> {
-        self.store.set_epoch_deadline(self.cpu_ticks);
-        let meta = self.store.data().meta.clone();
-        f(&mut self.store).map_err(|e| classify(e, &meta, self.store.data().limits.refused))
+        guarded(&mut self.store, self.cpu_ticks, f)
     }
 
-    /// Runs a stream callback with `stream` installed as the current stream.
+    /// Runs a stream callback with `stream` installed as the current stream. The stream's box is lent to the store
+    /// (a pointer swap with a spare box: no copy of the stream's data per callback).
     fn with_stream<T>(
         &mut self,
-        stream: &mut StreamData,
+        stream: &mut Box<StreamData>,
         f: impl FnOnce(&mut Self) -> Result<T, WasmError>,
     ) -> Result<T, WasmError> {
-        self.store.data_mut().stream = Some(std::mem::take(stream));
-        self.store.data_mut().closed = false;
+        let spare = self.spare.take().unwrap_or_default();
+        let lent = std::mem::replace(stream, spare);
+        let state = self.store.data_mut();
+        state.stream = Some(lent);
+        state.closed = false;
         let r = f(self);
-        if let Some(s) = self.store.data_mut().stream.take() {
-            *stream = s;
+        if let Some(lent) = self.store.data_mut().stream.take() {
+            self.spare = Some(std::mem::replace(stream, lent));
         }
         r
     }
 
-    pub fn new_context(&mut self, stream: &mut StreamData) -> Result<(), WasmError> {
+    /// Calls export `f` under the CPU deadline (the exports are borrowed, not cloned: a `TypedFunc` clone
+    /// registers its type anew, which showed in profiles).
+    fn call<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
+        &mut self,
+        f: fn(&Exports) -> Option<&TypedFunc<P, R>>,
+        args: P,
+    ) -> Result<Option<R>, WasmError> {
+        let Self {
+            store,
+            exports,
+            cpu_ticks,
+            ..
+        } = self;
+        match f(exports) {
+            Some(func) => guarded(store, *cpu_ticks, |s| func.call(s, args)).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn new_context(&mut self, stream: &mut Box<StreamData>) -> Result<(), WasmError> {
         stream.context_id = self.next_context;
         self.next_context = self.next_context.wrapping_add(1).max(ROOT_CONTEXT + 1);
-        let id = stream.context_id as i32;
-        match self.exports.context_create.clone() {
-            Some(f) => self.with_stream(stream, |me| {
-                me.guarded(|s| f.call(s, (id, ROOT_CONTEXT as i32)))
-            }),
-            None => Ok(()),
+        if self.exports.context_create.is_none() {
+            return Ok(());
         }
+        let id = stream.context_id as i32;
+        self.with_stream(stream, |me| {
+            me.call(|e| e.context_create.as_ref(), (id, ROOT_CONTEXT as i32))
+                .map(drop)
+        })
     }
 
     /// `proxy_on_request_headers` / `proxy_on_response_headers`; returns the action (0 = continue).
     pub fn on_headers(
         &mut self,
-        stream: &mut StreamData,
+        stream: &mut Box<StreamData>,
         response: bool,
         end_of_stream: bool,
     ) -> Result<i32, WasmError> {
-        let f = if response {
-            self.exports.response_headers.clone()
+        let f: fn(&Exports) -> Option<&F3R> = if response {
+            |e| e.response_headers.as_ref()
         } else {
-            self.exports.request_headers.clone()
+            |e| e.request_headers.as_ref()
         };
-        let Some(f) = f else { return Ok(0) };
+        if f(&self.exports).is_none() {
+            return Ok(0);
+        }
         let id = stream.context_id as i32;
         let n = if response {
             stream.response_headers.count()
@@ -252,7 +277,8 @@ impl PluginInstance {
             stream.request_headers.count()
         } as i32;
         self.with_stream(stream, |me| {
-            me.guarded(|s| f.call(s, (id, n, i32::from(end_of_stream))))
+            me.call(f, (id, n, i32::from(end_of_stream)))
+                .map(Option::unwrap_or_default)
         })
     }
 
@@ -268,46 +294,38 @@ impl PluginInstance {
     /// action (0 = continue).
     pub fn on_body(
         &mut self,
-        stream: &mut StreamData,
+        stream: &mut Box<StreamData>,
         response: bool,
         end_of_stream: bool,
     ) -> Result<i32, WasmError> {
-        let f = if response {
-            self.exports.response_body.clone()
+        let f: fn(&Exports) -> Option<&F3R> = if response {
+            |e| e.response_body.as_ref()
         } else {
-            self.exports.request_body.clone()
+            |e| e.request_body.as_ref()
         };
-        let Some(f) = f else { return Ok(0) };
+        if f(&self.exports).is_none() {
+            return Ok(0);
+        }
         let id = stream.context_id as i32;
         let body = if response {
             &stream.response_body
         } else {
             &stream.request_body
         };
-        let size = body.as_ref().map_or(0, Vec::len) as i32;
+        let size = body.as_ref().map_or(0, |b| b.len()) as i32;
         self.with_stream(stream, |me| {
-            me.guarded(|s| f.call(s, (id, size, i32::from(end_of_stream))))
+            me.call(f, (id, size, i32::from(end_of_stream)))
+                .map(Option::unwrap_or_default)
         })
     }
 
     /// `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`.
-    pub fn finish(&mut self, stream: &mut StreamData) -> Result<(), WasmError> {
+    pub fn finish(&mut self, stream: &mut Box<StreamData>) -> Result<(), WasmError> {
         let id = stream.context_id as i32;
-        let (done, log, delete) = (
-            self.exports.done.clone(),
-            self.exports.log.clone(),
-            self.exports.delete.clone(),
-        );
         self.with_stream(stream, |me| {
-            if let Some(f) = done {
-                me.guarded(|s| f.call(s, id))?;
-            }
-            if let Some(f) = log {
-                me.guarded(|s| f.call(s, id))?;
-            }
-            if let Some(f) = delete {
-                me.guarded(|s| f.call(s, id))?;
-            }
+            me.call(|e| e.done.as_ref(), id)?;
+            me.call(|e| e.log.as_ref(), id)?;
+            me.call(|e| e.delete.as_ref(), id)?;
             Ok(())
         })
     }
@@ -321,10 +339,8 @@ impl PluginInstance {
 
     /// `proxy_on_tick` on the root context.
     pub fn on_tick(&mut self) -> Result<(), WasmError> {
-        match self.exports.tick.clone() {
-            Some(f) => self.guarded(|s| f.call(s, ROOT_CONTEXT as i32)),
-            None => Ok(()),
-        }
+        self.call(|e| e.tick.as_ref(), ROOT_CONTEXT as i32)
+            .map(drop)
     }
 
     pub fn closed(&self) -> bool {
@@ -347,35 +363,39 @@ impl PluginInstance {
     /// `proxy_on_request_trailers` / `proxy_on_response_trailers` (the trailers are in `stream`); the action.
     pub fn on_trailers(
         &mut self,
-        stream: &mut StreamData,
+        stream: &mut Box<StreamData>,
         response: bool,
     ) -> Result<i32, WasmError> {
-        let (f, n) = if response {
+        let (f, n): (fn(&Exports) -> Option<&F2R>, usize) = if response {
             (
-                self.exports.response_trailers.clone(),
+                |e| e.response_trailers.as_ref(),
                 stream.response_trailers.as_ref().map_or(0, Vec::len),
             )
         } else {
             (
-                self.exports.request_trailers.clone(),
+                |e| e.request_trailers.as_ref(),
                 stream.request_trailers.as_ref().map_or(0, Vec::len),
             )
         };
-        let Some(f) = f else { return Ok(0) };
+        if f(&self.exports).is_none() {
+            return Ok(0);
+        }
         let id = stream.context_id as i32;
-        self.with_stream(stream, |me| me.guarded(|s| f.call(s, (id, n as i32))))
+        self.with_stream(stream, |me| {
+            me.call(f, (id, n as i32)).map(Option::unwrap_or_default)
+        })
     }
 
     /// `proxy_on_http_call_response` for `call`, on its stream context (`stream`) or the root context (None).
     pub fn on_http_call_response(
         &mut self,
-        stream: Option<&mut StreamData>,
+        stream: Option<&mut Box<StreamData>>,
         call: &Callout,
         response: CallResponse,
     ) -> Result<(), WasmError> {
-        let Some(f) = self.exports.http_call_response.clone() else {
+        if self.exports.http_call_response.is_none() {
             return Ok(());
-        };
+        }
         let args = (
             call.context_id as i32,
             call.token as i32,
@@ -384,19 +404,34 @@ impl PluginInstance {
             response.trailers.len() as i32,
         );
         self.store.data_mut().call_response = Some(response);
+        let f: fn(&Exports) -> Option<&F5> = |e| e.http_call_response.as_ref();
         let r = match stream {
-            Some(stream) => self.with_stream(stream, |me| me.guarded(|s| f.call(s, args))),
-            None => self.guarded(|s| f.call(s, args)),
+            Some(stream) => self.with_stream(stream, |me| me.call(f, args)),
+            None => self.call(f, args),
         };
         self.store.data_mut().call_response = None;
-        r
+        r.map(drop)
     }
 
     /// `proxy_on_queue_ready` on the root context.
     pub fn on_queue_ready(&mut self, queue_id: u32) -> Result<(), WasmError> {
-        match self.exports.queue_ready.clone() {
-            Some(f) => self.guarded(|s| f.call(s, (ROOT_CONTEXT as i32, queue_id as i32))),
-            None => Ok(()),
-        }
+        self.call(
+            |e| e.queue_ready.as_ref(),
+            (ROOT_CONTEXT as i32, queue_id as i32),
+        )
+        .map(drop)
     }
+}
+
+/// Runs one guest call under the per-call CPU deadline; a failure is classified (trap, timeout, out of memory).
+fn guarded<T>(
+    store: &mut Store<HostState>,
+    cpu_ticks: u64,
+    f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
+) -> Result<T, WasmError> {
+    store.set_epoch_deadline(cpu_ticks);
+    f(store).map_err(|e| {
+        let d = store.data();
+        classify(e, &d.meta, d.limits.refused)
+    })
 }

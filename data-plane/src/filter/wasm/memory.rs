@@ -34,6 +34,20 @@ pub fn read(c: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<Vec<u8>
     Ok(data[range(ptr, len, data.len())?].to_vec())
 }
 
+/// The guest's memory and the host state at once, for host calls that read guest bytes straight into the state.
+pub fn guest_and_state<'a>(
+    c: &'a mut Caller<'_, HostState>,
+) -> Result<(&'a [u8], &'a mut HostState), Status> {
+    let m = memory(c)?;
+    let (data, state) = m.data_and_store_mut(c);
+    Ok((&*data, state))
+}
+
+/// A UTF-8 string in guest memory, borrowed (`INVALID_MEMORY_ACCESS` out of bounds, `BAD_ARGUMENT` not UTF-8).
+pub fn str_at(data: &[u8], ptr: i32, len: i32) -> Result<&str, Status> {
+    std::str::from_utf8(&data[range(ptr, len, data.len())?]).map_err(|_| status::BAD_ARGUMENT)
+}
+
 pub fn read_string(c: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<String, Status> {
     String::from_utf8(read(c, ptr, len)?).map_err(|_| status::BAD_ARGUMENT)
 }

@@ -32,7 +32,7 @@ use instance::PluginInstance;
 pub use stream::StreamData;
 
 /// Epoch granularity of the CPU deadline.
-pub const TICK: Duration = Duration::from_millis(5);
+pub const TICK: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WasmError {

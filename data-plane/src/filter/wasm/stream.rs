@@ -31,9 +31,10 @@ pub struct StreamData {
     pub custom: Vec<(String, Vec<u8>)>,
     pub local_response: Option<LocalResponse>,
     /// During `proxy_on_request_body`: the body the filter sees (and may rewrite with `proxy_set_buffer_bytes`).
-    pub request_body: Option<Vec<u8>>,
+    /// Shared with the chunk that arrived, so a filter that only looks costs no copy.
+    pub request_body: Option<bytes::Bytes>,
     /// During `proxy_on_response_body`: likewise for the response.
-    pub response_body: Option<Vec<u8>>,
+    pub response_body: Option<bytes::Bytes>,
     /// Trailers, once they arrived (and the filter may edit them in its trailers callback).
     pub request_trailers: Option<Vec<(String, String)>>,
     pub response_trailers: Option<Vec<(String, String)>>,
@@ -94,6 +95,14 @@ pub trait HeaderAccess {
     fn add(&mut self, key: String, value: String);
     /// Sets `key` to `value` alone (replacing every value it had).
     fn replace(&mut self, key: String, value: String);
+    /// `add` from borrowed text (the key in any case; names are kept lowercase).
+    fn add_str(&mut self, key: &str, value: &str) {
+        self.add(key.to_ascii_lowercase(), value.to_string());
+    }
+    /// `replace` from borrowed text.
+    fn replace_str(&mut self, key: &str, value: &str) {
+        self.replace(key.to_ascii_lowercase(), value.to_string());
+    }
     fn remove(&mut self, key: &str);
     fn count(&self) -> usize;
 }
@@ -139,11 +148,136 @@ impl HeaderAccess for Vec<(String, String)> {
     }
 }
 
-/// The request's or response's headers during a filter chain: the pseudo-headers Envoy shows (`:method`, `:path`,
-/// `:authority`, `:scheme`; `:status`) as strings, the rest the proxy's `HeaderMap`.
+/// A pseudo-header's name or value: the names and the common values (methods, schemes, status codes) are static
+/// strings, so presenting them to a filter costs no allocation per request.
+pub type Text = std::borrow::Cow<'static, str>;
+
+/// The pseudo-headers Envoy shows filters (`:method`, `:path`, `:authority`, `:scheme`; `:status`), in order,
+/// stored inline (no allocation for the usual four).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pseudo(smallvec::SmallVec<[(Text, Text); 4]>);
+
+impl Pseudo {
+    pub fn new<const N: usize>(pairs: [(Text, Text); N]) -> Pseudo {
+        Pseudo(pairs.into_iter().collect())
+    }
+
+    /// The first value of `key` (case-insensitive).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_ref())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn add(&mut self, key: String, value: String) {
+        self.0.push((name(key), Text::Owned(value)));
+    }
+
+    /// Sets `key` to `value` alone: the first occurrence keeps its place, any others go.
+    fn replace(&mut self, key: String, value: String) {
+        match self
+            .0
+            .iter()
+            .position(|(k, _)| k.eq_ignore_ascii_case(&key))
+        {
+            Some(first) => {
+                self.0[first].1 = Text::Owned(value);
+                let mut i = 0;
+                self.0.retain(|(k, _)| {
+                    let keep = i == first || !k.eq_ignore_ascii_case(&key);
+                    i += 1;
+                    keep
+                });
+            }
+            None => self.add(key, value),
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.0.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+    }
+}
+
+/// The static spelling of a well-known pseudo-header name.
+fn name(key: String) -> Text {
+    match key.as_str() {
+        ":method" => Text::Borrowed(":method"),
+        ":path" => Text::Borrowed(":path"),
+        ":authority" => Text::Borrowed(":authority"),
+        ":scheme" => Text::Borrowed(":scheme"),
+        ":status" => Text::Borrowed(":status"),
+        _ => Text::Owned(key),
+    }
+}
+
+/// A method as a pseudo-header value (static for the standard methods).
+pub fn method_text(m: &http::Method) -> Text {
+    match *m {
+        http::Method::GET => Text::Borrowed("GET"),
+        http::Method::POST => Text::Borrowed("POST"),
+        http::Method::PUT => Text::Borrowed("PUT"),
+        http::Method::DELETE => Text::Borrowed("DELETE"),
+        http::Method::HEAD => Text::Borrowed("HEAD"),
+        http::Method::OPTIONS => Text::Borrowed("OPTIONS"),
+        http::Method::PATCH => Text::Borrowed("PATCH"),
+        http::Method::CONNECT => Text::Borrowed("CONNECT"),
+        http::Method::TRACE => Text::Borrowed("TRACE"),
+        _ => Text::Owned(m.as_str().to_string()),
+    }
+}
+
+/// A status code as a pseudo-header value (static for the common codes).
+pub fn status_text(code: http::StatusCode) -> Text {
+    const COMMON: [(u16, &str); 24] = [
+        (200, "200"),
+        (201, "201"),
+        (202, "202"),
+        (204, "204"),
+        (206, "206"),
+        (301, "301"),
+        (302, "302"),
+        (303, "303"),
+        (304, "304"),
+        (307, "307"),
+        (308, "308"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (405, "405"),
+        (409, "409"),
+        (413, "413"),
+        (429, "429"),
+        (431, "431"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+    ];
+    match COMMON.iter().find(|(c, _)| *c == code.as_u16()) {
+        Some((_, text)) => Text::Borrowed(text),
+        None => Text::Owned(code.as_str().to_string()),
+    }
+}
+
+/// The request's or response's headers during a filter chain: the pseudo-headers, and the rest as the proxy's own
+/// `HeaderMap`.
 #[derive(Debug, Default)]
 pub struct Headers {
-    pub pseudo: Vec<(String, String)>,
+    pub pseudo: Pseudo,
     pub map: HeaderMap,
 }
 
@@ -156,22 +290,16 @@ impl Headers {
 
     /// A pseudo-header's value.
     pub fn pseudo(&self, key: &str) -> Option<&str> {
-        get(&self.pseudo, key)
+        self.pseudo.get(key)
     }
 
     /// Every pair, pseudo-headers first (tests, debugging).
     pub fn pairs(&self) -> Vec<(String, String)> {
-        header_pairs(
-            &self.map,
-            &self
-                .pseudo
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect::<Vec<_>>(),
-        )
+        header_pairs(&self.map, &self.pseudo.iter().collect::<Vec<_>>())
     }
 }
 
+/// A header name and value from a filter (the name in any case: `from_bytes` lowercases it).
 fn parse_header(key: &str, value: &str) -> Option<(HeaderName, HeaderValue)> {
     match (
         HeaderName::from_bytes(key.as_bytes()),
@@ -227,13 +355,18 @@ impl HeaderAccess for Headers {
     fn set_all(&mut self, pairs: Vec<(String, String)>) {
         let (pseudo, rest): (Vec<_>, Vec<_>) =
             pairs.into_iter().partition(|(k, _)| k.starts_with(':'));
-        self.pseudo = pseudo;
+        self.pseudo = Pseudo(
+            pseudo
+                .into_iter()
+                .map(|(k, v)| (name(k), Text::Owned(v)))
+                .collect(),
+        );
         self.map = to_header_map(&rest);
     }
 
     fn add(&mut self, key: String, value: String) {
         if key.starts_with(':') {
-            self.pseudo.push((key, value));
+            self.pseudo.add(key, value);
         } else if let Some((n, v)) = parse_header(&key, &value) {
             self.map.append(n, v);
         }
@@ -247,9 +380,27 @@ impl HeaderAccess for Headers {
         }
     }
 
+    // Regular headers go straight from the borrowed text into the map (one copy, no intermediate strings).
+    fn add_str(&mut self, key: &str, value: &str) {
+        if key.starts_with(':') {
+            self.pseudo.add(key.to_ascii_lowercase(), value.to_string());
+        } else if let Some((n, v)) = parse_header(key, value) {
+            self.map.append(n, v);
+        }
+    }
+
+    fn replace_str(&mut self, key: &str, value: &str) {
+        if key.starts_with(':') {
+            self.pseudo
+                .replace(key.to_ascii_lowercase(), value.to_string());
+        } else if let Some((n, v)) = parse_header(key, value) {
+            self.map.insert(n, v);
+        }
+    }
+
     fn remove(&mut self, key: &str) {
         if key.starts_with(':') {
-            self.pseudo.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+            self.pseudo.remove(key);
         } else {
             self.map.remove(key);
         }

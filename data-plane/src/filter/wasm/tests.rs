@@ -92,13 +92,13 @@ fn run_on(
     config: &[u8],
 ) -> (Result<i32, WasmError>, StreamData, Vec<callout::Callout>) {
     let plugin = load(rt, &module("proxy_abi_version_0_2_1", body), config).unwrap();
-    let mut stream = StreamData {
+    let mut stream = Box::new(StreamData {
         request_headers: stream::Headers::from_pairs(vec![
             (":path".into(), "/p".into()),
             ("present".into(), "1".into()),
         ]),
         ..StreamData::default()
-    };
+    });
     let mut calls = Vec::new();
     let r = plugin.run(0, None, |inst| {
         inst.new_context(&mut stream)?;
@@ -106,7 +106,7 @@ fn run_on(
         calls = inst.take_calls();
         action
     });
-    (r.map(|ok| ok.map_or(-1, |(v, _)| v)), stream, calls)
+    (r.map(|ok| ok.map_or(-1, |(v, _)| v)), *stream, calls)
 }
 
 /// Knows one upstream, `authz`; never sends.
