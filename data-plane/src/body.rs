@@ -199,6 +199,9 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> FilteredBody<B> {
     fn offer(&mut self, end_of_stream: bool) -> Result<Option<Frame<Bytes>>, BoxError> {
         match self.filter.run(&mut self.held, end_of_stream)? {
             BodyStep::Hold => Ok(None),
+            BodyStep::Replied(plugin) => {
+                Err(Box::new(crate::filter::chain::BodyReplied { plugin }))
+            }
             BodyStep::Release => {
                 let out = std::mem::take(&mut self.held);
                 self.sent += out.len() as u64;

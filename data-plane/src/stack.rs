@@ -94,10 +94,14 @@ async fn route_and_forward(
             }
             prepare_headers(ctx, &mut parts, peer);
             let body = with_body_filters(&chain, &mut parts, RequestBody::Incoming(body));
+            let filtered = matches!(body, RequestBody::Filtered(_));
             // The proxy's own error answers go through the response filters too, as Envoy's local replies do.
             let resp = forward(ctx, parts, body, app, endpoint.authority.clone(), None)
                 .await
                 .unwrap_or_else(|e| error_response(&e));
+            if let Some(reply) = filtered.then(|| chain.body_reply()).flatten() {
+                return Ok(reply);
+            }
             return Ok(through_response_filters(chain, resp).await);
         }
         Mode::Routed(name) => name,
@@ -141,10 +145,15 @@ async fn route_and_forward(
     apply_request_filters(&mut parts, route);
     let body = mirror(ctx, &parts, body, &route.filters);
     let body = with_body_filters(&chain, &mut parts, body);
+    let filtered = matches!(body, RequestBody::Filtered(_));
     // The proxy's own error answers (503, 504...) go through the response filters too, as Envoy's local replies do.
     let resp = call_upstream(ctx, parts, body, cluster, route, peer)
         .await
         .unwrap_or_else(|e| error_response(&e));
+    // A filter that answered from its request-body callback: its reply, not the upstream's (aborted) answer.
+    if let Some(reply) = filtered.then(|| chain.body_reply()).flatten() {
+        return Ok(reply);
+    }
     Ok(through_response_filters(chain, resp).await)
 }
 
@@ -418,6 +427,9 @@ fn body_error(e: crate::body::BoxError) -> ProxyError {
         return ProxyError::PayloadTooLarge(e.to_string());
     }
     if let Some(e) = crate::error::find::<crate::filter::chain::BodyFilterFailed>(e) {
+        return ProxyError::FilterFailed(e.to_string());
+    }
+    if let Some(e) = crate::error::find::<crate::filter::chain::BodyReplied>(e) {
         return ProxyError::FilterFailed(e.to_string());
     }
     ProxyError::BadRequest("the request body could not be read")
@@ -822,6 +834,10 @@ async fn forward(
                 return ProxyError::PayloadTooLarge(e.to_string());
             }
             if let Some(e) = crate::error::find::<crate::filter::chain::BodyFilterFailed>(&source) {
+                return ProxyError::FilterFailed(e.to_string());
+            }
+            // Not the upstream's failure: the filter's local reply replaces the answer (`Chain::body_reply`).
+            if let Some(e) = crate::error::find::<crate::filter::chain::BodyReplied>(&source) {
                 return ProxyError::FilterFailed(e.to_string());
             }
             let (cluster, addr) = (cluster.name.to_string(), endpoint_addr.to_string());

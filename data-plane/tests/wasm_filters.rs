@@ -90,6 +90,21 @@ spec:
   targetRefs: [{{kind: HTTPRoute, name: grow}}]
   pluginConfig: grow
 ---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: deny-body}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{matches: [{{path: {{value: /deny-body}}}}], backendRefs: [{{name: backend}}]}}]
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: WasmPlugin
+metadata: {{name: deny-body}}
+spec:
+  url: file://{p}/meshwork_filter_misbehave.wasm
+  targetRefs: [{{kind: HTTPRoute, name: deny-body}}]
+  pluginConfig: deny-body
+---
 apiVersion: meshwork.dev/v1alpha1
 kind: WasmPlugin
 metadata: {{name: api-key}}
@@ -268,6 +283,25 @@ async fn wasm_filters_through_the_mesh() {
     .await
     .unwrap();
     assert_eq!(r.json()["body"], "still fine");
+    // A local reply from a request-body callback answers the request (as in Envoy); a clean body goes through.
+    for (body, status) in [("this is forbidden", 403), ("this is fine", 200)] {
+        let r = send(
+            &c,
+            "POST",
+            &format!("{base}/deny-body"),
+            &key,
+            bytes::Bytes::from_static(body.as_bytes()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, status, "{body}: {}", r.text());
+        if status == 403 {
+            assert_eq!(r.text(), "blocked by body\n");
+            assert_eq!(r.headers["x-denied-by"], "misbehave");
+        } else {
+            assert_eq!(r.json()["body"], body);
+        }
+    }
     let r = send(
         &c,
         "POST",

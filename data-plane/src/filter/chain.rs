@@ -188,6 +188,16 @@ pub enum BodyStep {
     Release,
     /// A filter paused: keep holding.
     Hold,
+    /// A filter answered the request locally from its request-body callback (`proxy_send_local_response`): the
+    /// request body ends here and the reply (`Chain::body_reply`) replaces whatever the upstream would answer.
+    Replied(String),
+}
+
+/// The request body was cut short because a Wasm filter answered the request from its body callback.
+#[derive(Debug, thiserror::Error)]
+#[error("wasm plugin {plugin} answered the request from its body callback")]
+pub struct BodyReplied {
+    pub plugin: String,
 }
 
 /// Runs the chain's body callbacks over the request body (filters in order) or the response body (reverse order).
@@ -240,8 +250,13 @@ impl BodyFilter {
                     a.stream.request_body.take()
                 };
                 *buffer = back.unwrap_or_default();
-                if a.stream.local_response.take().is_some() {
-                    tracing::warn!(plugin = %a.plugin.meta.name, "a local reply from a body callback is not supported; ignored");
+                if a.stream.local_response.is_some() {
+                    if !response {
+                        // Kept on the stream for `Chain::body_reply`; the body stops here.
+                        return Ok(BodyStep::Replied(a.plugin.meta.name.clone()));
+                    }
+                    a.stream.local_response = None;
+                    tracing::warn!(plugin = %a.plugin.meta.name, "a local reply from a response-body callback comes after the response headers were sent; ignored");
                 }
                 match r {
                     Ok(Some((action, _))) if action != ACTION_CONTINUE && !end_of_stream => {
@@ -518,6 +533,15 @@ impl Chain {
     /// `bodyBuffer` among the body readers applies.
     pub fn request_body_filter(&self) -> Option<BodyFilter> {
         self.body_filter(false)
+    }
+
+    /// The local reply a filter sent from its request-body callback, if one did (it replaces the upstream's
+    /// answer, or the error left by the aborted upstream request).
+    pub fn body_reply(&self) -> Option<Response<ResponseBody>> {
+        let mut active = lock(&self.active);
+        active
+            .iter_mut()
+            .find_map(|a| local_response(&mut a.stream))
     }
 
     /// Likewise for the response body.

@@ -3,7 +3,8 @@
 //! `ok` (adds `x-misbehave: ok`), `redact` (buffers the request body by pausing until its end, then replaces
 //! every `secret` with `[hidden]`, and in the response body every `classified` with `[redacted: classified]`;
 //! it removes content-length in its headers callbacks first, as an Envoy filter that changes a body's length
-//! must), or `grow` (appends to the response body but leaves content-length, which the host must refuse to send).
+//! must), `grow` (appends to the response body but leaves content-length, which the host must refuse to send),
+//! or `deny-body` (reads the whole request body and answers 403 itself when it contains `forbidden`).
 //! The misbehaviours fire on requests whose path contains `/boom`.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -85,6 +86,17 @@ impl HttpContext for Filter {
     }
 
     fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if self.mode == "deny-body" {
+            if !end_of_stream {
+                return Action::Pause;
+            }
+            let body = self.get_http_request_body(0, size).unwrap_or_default();
+            if String::from_utf8_lossy(&body).contains("forbidden") {
+                self.send_http_response(403, vec![("x-denied-by", "misbehave")], Some(b"blocked by body\n"));
+                return Action::Pause;
+            }
+            return Action::Continue;
+        }
         if self.mode != "redact" {
             return Action::Continue;
         }
