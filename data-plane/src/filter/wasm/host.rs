@@ -402,9 +402,9 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let value = ok_or_status!(str_at(memory, vp, vn));
                 Ok(st(map_of(state, ty).map(|(h, dirty)| {
                     if replace {
-                        h.replace_str(key, value);
+                        h.replace(key, value);
                     } else {
-                        h.add_str(key, value);
+                        h.add(key, value);
                     }
                     *dirty = true;
                 })))

@@ -92,17 +92,11 @@ pub trait HeaderAccess {
     /// The ABI's serialized map.
     fn serialize(&self) -> Vec<u8>;
     fn set_all(&mut self, pairs: Vec<(String, String)>);
-    fn add(&mut self, key: String, value: String);
+    /// Appends a value (the key in any case; names are kept lowercase). Borrowed text: a map copies only what it
+    /// keeps.
+    fn add(&mut self, key: &str, value: &str);
     /// Sets `key` to `value` alone (replacing every value it had).
-    fn replace(&mut self, key: String, value: String);
-    /// `add` from borrowed text (the key in any case; names are kept lowercase).
-    fn add_str(&mut self, key: &str, value: &str) {
-        self.add(key.to_ascii_lowercase(), value.to_string());
-    }
-    /// `replace` from borrowed text.
-    fn replace_str(&mut self, key: &str, value: &str) {
-        self.replace(key.to_ascii_lowercase(), value.to_string());
-    }
+    fn replace(&mut self, key: &str, value: &str);
     fn remove(&mut self, key: &str);
     fn count(&self) -> usize;
 }
@@ -120,14 +114,15 @@ impl HeaderAccess for Vec<(String, String)> {
         *self = pairs;
     }
 
-    fn add(&mut self, key: String, value: String) {
-        self.push((key, value));
+    fn add(&mut self, key: &str, value: &str) {
+        self.push((key.to_ascii_lowercase(), value.to_string()));
     }
 
-    fn replace(&mut self, key: String, value: String) {
+    fn replace(&mut self, key: &str, value: &str) {
+        let key = key.to_ascii_lowercase();
         match self.iter().position(|(k, _)| *k == key) {
             Some(first) => {
-                self[first].1 = value;
+                self[first].1 = value.to_string();
                 let mut i = 0;
                 self.retain(|(k, _)| {
                     let keep = *k != key || i == first;
@@ -135,7 +130,7 @@ impl HeaderAccess for Vec<(String, String)> {
                     keep
                 });
             }
-            None => self.push((key, value)),
+            None => self.push((key, value.to_string())),
         }
     }
 
@@ -364,24 +359,8 @@ impl HeaderAccess for Headers {
         self.map = to_header_map(&rest);
     }
 
-    fn add(&mut self, key: String, value: String) {
-        if key.starts_with(':') {
-            self.pseudo.add(key, value);
-        } else if let Some((n, v)) = parse_header(&key, &value) {
-            self.map.append(n, v);
-        }
-    }
-
-    fn replace(&mut self, key: String, value: String) {
-        if key.starts_with(':') {
-            self.pseudo.replace(key, value);
-        } else if let Some((n, v)) = parse_header(&key, &value) {
-            self.map.insert(n, v);
-        }
-    }
-
     // Regular headers go straight from the borrowed text into the map (one copy, no intermediate strings).
-    fn add_str(&mut self, key: &str, value: &str) {
+    fn add(&mut self, key: &str, value: &str) {
         if key.starts_with(':') {
             self.pseudo.add(key.to_ascii_lowercase(), value.to_string());
         } else if let Some((n, v)) = parse_header(key, value) {
@@ -389,7 +368,7 @@ impl HeaderAccess for Headers {
         }
     }
 
-    fn replace_str(&mut self, key: &str, value: &str) {
+    fn replace(&mut self, key: &str, value: &str) {
         if key.starts_with(':') {
             self.pseudo
                 .replace(key.to_ascii_lowercase(), value.to_string());
@@ -431,17 +410,17 @@ mod tests {
             "first value, any case"
         );
         assert_eq!(h.value(":path").as_deref(), Some("/a"));
-        h.replace("x-a".into(), "3".into());
+        h.replace("x-a", "3");
         assert_eq!(
             h.map.get_all("x-a").iter().count(),
             1,
             "replace leaves one value"
         );
-        h.add("x-a".into(), "4".into());
+        h.add("x-a", "4");
         assert_eq!(h.map.get_all("x-a").iter().count(), 2);
-        h.replace(":path".into(), "/b".into());
+        h.replace(":path", "/b");
         assert_eq!(h.pseudo(":path"), Some("/b"));
-        h.add("bad header".into(), "x".into());
+        h.add("bad header", "x");
         assert_eq!(h.count(), 3, "an invalid name is dropped");
         h.remove("X-A");
         assert_eq!(h.value("x-a"), None);
@@ -451,7 +430,7 @@ mod tests {
             vec![(":path".to_string(), "/b".to_string())]
         );
         let mut v: Vec<(String, String)> = vec![("k".into(), "1".into()), ("k".into(), "2".into())];
-        v.replace("k".into(), "3".into());
+        v.replace("k", "3");
         assert_eq!(v, vec![("k".to_string(), "3".to_string())]);
     }
 }
