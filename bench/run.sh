@@ -5,7 +5,8 @@
 #   bench/run.sh                 # full run (~7 min; first time also builds the harness, ~2 min)
 #   bench/run.sh --quick         # smoke test
 #   bench/run.sh --repeat 3      # three runs and a spread table
-#   bench/run.sh --wasm          # meshwork-proxy with 0, 1 and 5 header-only Wasm filters (and nginx), one run
+#   bench/run.sh --wasm          # meshwork-proxy with 0, 1 and 5 header-only Wasm filters (meshwork-plugin-sdk), 1 such
+#                                # filter written with the official proxy-wasm crate, and nginx, in one run
 #   bench/run.sh --resilience    # meshwork-proxy with no policy and with a TrafficPolicy using every feature (and nginx)
 #   (bench/retry-storm.sh: upstream load under a 50% failing upstream, retry budget on and off)
 # Any option is passed on to ../shared/bench/run.sh. Results land in ../shared/bench/results/<timestamp>/.
@@ -19,9 +20,10 @@ PROXY="env MESHWORK_LOG=off $TARGET/release/meshwork-proxy --workers 1 --wasm-ca
 if [[ "${1:-}" == "--wasm" ]]; then
   shift
   cargo build --release --quiet --target wasm32-wasip1 --manifest-path "$ROOT/plugins/Cargo.toml"
-  exec "$SHARED_BENCH/run.sh" --only nginx,meshwork,meshwork-wasm1,meshwork-wasm5 \
+  exec "$SHARED_BENCH/run.sh" --only nginx,meshwork,meshwork-wasm1,meshwork-wasm1pw,meshwork-wasm5 \
     --extra "name=meshwork port=18110 cmd=$PROXY --manifests $ROOT/bench/manifests --admin 127.0.0.1:18119" \
     --extra "name=meshwork-wasm1 port=18111 cmd=$PROXY --manifests $ROOT/bench/manifests-wasm1 --admin 127.0.0.1:18120" \
+    --extra "name=meshwork-wasm1pw port=18113 cmd=$PROXY --manifests $ROOT/bench/manifests-wasm1-proxywasm --admin 127.0.0.1:18123" \
     --extra "name=meshwork-wasm5 port=18115 cmd=$PROXY --manifests $ROOT/bench/manifests-wasm5 --admin 127.0.0.1:18121" \
     "$@"
 fi

@@ -3,8 +3,10 @@
 //! Write HTTP filters for Meshwork (and any proxy-wasm host, Envoy included) as a plain Rust type: a typed
 //! configuration parsed from the WasmPlugin's `pluginConfig` JSON, header helpers, and local replies as return
 //! values. Filter logic runs against the small [`Headers`] trait, so it can be unit-tested natively with
-//! [`MemoryHeaders`]; [`register!`] binds it to the proxy-wasm ABI in the `.wasm` build. Built on the official
-//! `proxy-wasm` crate.
+//! [`MemoryHeaders`]; [`register!`] binds it to the proxy-wasm ABI in the `.wasm` build (the same ABI Envoy runs).
+//! The binding is written against the ABI directly, lean enough that a header filter costs four guest calls per
+//! request and no body handling (see the `abi` module); filters that need more of the ABI (bodies, callouts,
+//! shared data) can use the official `proxy-wasm` crate, which Meshwork runs unchanged.
 //!
 //! ```
 //! use std::rc::Rc;
@@ -40,6 +42,7 @@
 
 use serde::de::DeserializeOwned;
 
+#[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod abi;
 
@@ -127,6 +130,29 @@ pub fn parse_config<C: DeserializeOwned + Default>(bytes: &[u8]) -> Result<C, St
     serde_json::from_slice(bytes).map_err(|e| format!("invalid configuration: {e}"))
 }
 
+/// A header map in the ABI's wire format (a local reply's headers): the count, then each key's and value's length,
+/// then each key and value NUL-terminated; integers are little-endian u32.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+fn serialize_map(pairs: &[(String, String)]) -> Vec<u8> {
+    let size = 4 + pairs
+        .iter()
+        .map(|(k, v)| 10 + k.len() + v.len())
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (k, v) in pairs {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
 /// Headers in memory, for unit tests of filter logic.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemoryHeaders(pub Vec<(String, String)>);
@@ -161,16 +187,58 @@ impl Headers for MemoryHeaders {
     }
 }
 
-/// Makes `$filter` the module's HTTP filter (expands to the proxy-wasm entry point).
+/// Makes `$filter` the module's HTTP filter: expands to the proxy-wasm exports (in the `.wasm` build only; natively
+/// it expands to nothing, so a filter crate's unit tests build).
 #[macro_export]
 macro_rules! register {
     ($filter:ty) => {
-        proxy_wasm::main! {{
-            proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-            proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-                Box::new($crate::abi::Root::<$filter>::default())
-            });
-        }}
+        #[cfg(target_arch = "wasm32")]
+        mod __meshwork_plugin {
+            #[allow(unused_imports)]
+            use super::*;
+            use $crate::abi::{allocate, State};
+
+            std::thread_local! {
+                static STATE: std::cell::RefCell<State<$filter>> = std::cell::RefCell::new(State::default());
+            }
+
+            fn with<T>(f: impl FnOnce(&mut State<$filter>) -> T) -> T {
+                STATE.with(|s| f(&mut s.borrow_mut()))
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn proxy_abi_version_0_2_1() {}
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+                allocate(size)
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn proxy_on_context_create(id: u32, parent: u32) {
+                with(|s| s.context_create(id, parent))
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn proxy_on_configure(_root: u32, _size: usize) -> u32 {
+                u32::from(with(|s| s.configure()))
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn proxy_on_request_headers(id: u32, _headers: usize, _end: u32) -> u32 {
+                with(|s| s.headers(id, false))
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn proxy_on_response_headers(id: u32, _headers: usize, _end: u32) -> u32 {
+                with(|s| s.headers(id, true))
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn proxy_on_delete(id: u32) {
+                with(|s| s.delete(id))
+            }
+        }
     };
 }
 
@@ -187,6 +255,18 @@ mod tests {
         assert!(h.rename("x-a", "x-b"));
         assert_eq!(h.get("x-b").as_deref(), Some("3"));
         assert!(!h.rename("x-a", "x-c"));
+    }
+
+    #[test]
+    fn local_reply_headers_in_the_abi_wire_format() {
+        let bytes = serialize_map(&[("a".into(), "bc".into()), ("k".into(), String::new())]);
+        let mut want = Vec::new();
+        for n in [2u32, 1, 2, 1, 0] {
+            want.extend_from_slice(&n.to_le_bytes());
+        }
+        want.extend_from_slice(b"a\0bc\0k\0\0");
+        assert_eq!(bytes, want);
+        assert_eq!(serialize_map(&[]), 0u32.to_le_bytes().to_vec());
     }
 
     #[test]

@@ -412,32 +412,26 @@ impl Chain {
             return (Chain::default(), Verdict::Continue);
         }
         let mut active = Ending(Actives::new());
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            })
-            .unwrap_or_default();
+        // Shared with the request (reference-counted), not copied.
+        let authority = match (parts.uri.authority(), parts.headers.get(http::header::HOST)) {
+            (Some(a), _) => Text::Authority(a.clone()),
+            (None, Some(h)) => Text::value(h),
+            (None, None) => Text::Borrowed(""),
+        };
         let path = parts
             .uri
             .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+            .map_or(Text::Borrowed("/"), |p| Text::Path(p.clone()));
         // The proxy's header map itself goes to the filters (and comes back after them): no copy per request.
         let mut headers = Headers {
             pseudo: Pseudo::new([
                 (Text::Borrowed(":method"), method_text(&parts.method)),
-                (Text::Borrowed(":path"), Text::Owned(path)),
-                (Text::Borrowed(":authority"), Text::Owned(authority)),
+                (Text::Borrowed(":path"), path),
+                (Text::Borrowed(":authority"), authority),
                 (Text::Borrowed(":scheme"), Text::Borrowed("http")),
             ]),
             map: std::mem::take(&mut parts.headers),
+            pseudo_changed: false,
         };
         let mut dirty = false;
         let protocol = match parts.version {
@@ -585,6 +579,7 @@ impl Chain {
         let mut pairs = Headers {
             pseudo: Pseudo::new([(Text::Borrowed(":status"), status_text(parts.status))]),
             map: std::mem::take(&mut parts.headers),
+            pseudo_changed: false,
         };
         let mut dirty = false;
         let mut replaced = None;
@@ -631,7 +626,7 @@ impl Chain {
         for (index, calls) in background {
             send_in_background(&self.active, index, calls);
         }
-        if dirty {
+        if dirty && pairs.pseudo_changed {
             if let Some(code) = pairs
                 .pseudo(":status")
                 .and_then(|v| v.parse().ok())
@@ -718,7 +713,7 @@ impl Drop for Chain {
 /// Writes a filter's request-header edits back: method and path only if they changed, then the header map.
 fn apply_request(parts: &mut request::Parts, headers: Headers, changed: bool) {
     parts.headers = headers.map;
-    if !changed {
+    if !changed || !headers.pseudo_changed {
         return;
     }
     let pseudo = &headers.pseudo;

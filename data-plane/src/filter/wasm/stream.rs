@@ -143,9 +143,58 @@ impl HeaderAccess for Vec<(String, String)> {
     }
 }
 
-/// A pseudo-header's name or value: the names and the common values (methods, schemes, status codes) are static
-/// strings, so presenting them to a filter costs no allocation per request.
-pub type Text = std::borrow::Cow<'static, str>;
+/// A pseudo-header's name or value. The names and the common values (methods, schemes, status codes) are static
+/// strings, and the path and authority share the request's own bytes (`PathAndQuery`, `Authority`, or the Host
+/// header's value, each a reference-counted slice of what the proxy parsed): presenting them to a filter costs no
+/// allocation per request. Only a value a filter sets is owned.
+#[derive(Debug, Clone)]
+pub enum Text {
+    Borrowed(&'static str),
+    Owned(String),
+    Path(http::uri::PathAndQuery),
+    Authority(http::uri::Authority),
+    /// A header value known to be visible ASCII (checked when it was made).
+    Value(HeaderValue),
+}
+
+impl Text {
+    /// A header value as text: shared if it is visible ASCII, copied (lossily) otherwise.
+    pub fn value(v: &HeaderValue) -> Text {
+        match v.to_str() {
+            Ok(_) => Text::Value(v.clone()),
+            Err(_) => Text::Owned(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        }
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Text::Borrowed(s) => s,
+            Text::Owned(s) => s,
+            Text::Path(p) => p.as_str(),
+            Text::Authority(a) => a.as_str(),
+            // Checked to be visible ASCII when made (`Text::value`), so this is the whole value.
+            Text::Value(v) => v.to_str().unwrap_or_default(),
+        }
+    }
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        self
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Text {}
 
 /// The pseudo-headers Envoy shows filters (`:method`, `:path`, `:authority`, `:scheme`; `:status`), in order,
 /// stored inline (no allocation for the usual four).
@@ -274,6 +323,8 @@ pub fn status_text(code: http::StatusCode) -> Text {
 pub struct Headers {
     pub pseudo: Pseudo,
     pub map: HeaderMap,
+    /// A filter set, added or removed a pseudo-header (so the method, path, authority or status may differ).
+    pub pseudo_changed: bool,
 }
 
 impl Headers {
@@ -294,13 +345,47 @@ impl Headers {
     }
 }
 
-/// A header name and value from a filter (the name in any case: `from_bytes` lowercases it).
+/// The header names filters set, per worker thread: a filter usually sets the same few names on every request, and
+/// a name that is not one of the standard ones is an allocation to make (and another to share when the request is
+/// cloned for a retry). A name from here is shared (a reference count), so setting it again costs neither.
+mod names {
+    use http::header::HeaderName;
+    use std::cell::RefCell;
+
+    const KEEP: usize = 32;
+
+    thread_local! {
+        static NAMES: RefCell<(Vec<HeaderName>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+    }
+
+    /// `key` (any case) as a header name.
+    pub fn get(key: &str) -> Option<HeaderName> {
+        let key = key.as_bytes();
+        NAMES.with(|n| {
+            let mut n = n.borrow_mut();
+            let (names, next) = &mut *n;
+            if let Some(name) = names
+                .iter()
+                .find(|n| n.as_str().as_bytes().eq_ignore_ascii_case(key))
+            {
+                return Some(name.clone());
+            }
+            let name = HeaderName::from_bytes(key).ok()?;
+            if names.len() < KEEP {
+                names.push(name.clone());
+            } else {
+                names[*next] = name.clone();
+                *next = (*next + 1) % KEEP;
+            }
+            Some(name)
+        })
+    }
+}
+
+/// A header name and value from a filter (the name in any case: names are lowercase).
 fn parse_header(key: &str, value: &str) -> Option<(HeaderName, HeaderValue)> {
-    match (
-        HeaderName::from_bytes(key.as_bytes()),
-        HeaderValue::from_str(value),
-    ) {
-        (Ok(n), Ok(v)) => Some((n, v)),
+    match (names::get(key), HeaderValue::from_str(value)) {
+        (Some(n), Ok(v)) => Some((n, v)),
         _ => {
             tracing::warn!(header = %key, "wasm filter set an invalid header; dropped");
             None
@@ -350,6 +435,7 @@ impl HeaderAccess for Headers {
     fn set_all(&mut self, pairs: Vec<(String, String)>) {
         let (pseudo, rest): (Vec<_>, Vec<_>) =
             pairs.into_iter().partition(|(k, _)| k.starts_with(':'));
+        self.pseudo_changed = true;
         self.pseudo = Pseudo(
             pseudo
                 .into_iter()
@@ -362,6 +448,7 @@ impl HeaderAccess for Headers {
     // Regular headers go straight from the borrowed text into the map (one copy, no intermediate strings).
     fn add(&mut self, key: &str, value: &str) {
         if key.starts_with(':') {
+            self.pseudo_changed = true;
             self.pseudo.add(key.to_ascii_lowercase(), value.to_string());
         } else if let Some((n, v)) = parse_header(key, value) {
             self.map.append(n, v);
@@ -370,6 +457,7 @@ impl HeaderAccess for Headers {
 
     fn replace(&mut self, key: &str, value: &str) {
         if key.starts_with(':') {
+            self.pseudo_changed = true;
             self.pseudo
                 .replace(key.to_ascii_lowercase(), value.to_string());
         } else if let Some((n, v)) = parse_header(key, value) {
@@ -379,6 +467,7 @@ impl HeaderAccess for Headers {
 
     fn remove(&mut self, key: &str) {
         if key.starts_with(':') {
+            self.pseudo_changed = true;
             self.pseudo.remove(key);
         } else {
             self.map.remove(key);
@@ -395,6 +484,23 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn header_names_from_filters_are_shared_across_requests() {
+        let a = names::get("X-Custom-Name").unwrap();
+        let b = names::get("x-custom-name").unwrap();
+        assert_eq!(a, "x-custom-name");
+        assert_eq!(a, b);
+        // The cached name and the one handed out share their bytes (no copy per request).
+        assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr());
+        assert!(names::get("bad name").is_none());
+        // More names than the cache keeps still all resolve.
+        for i in 0..100 {
+            let n = format!("x-n-{i}");
+            assert_eq!(names::get(&n).unwrap(), n.as_str());
+        }
+        assert_eq!(names::get("X-CUSTOM-NAME").unwrap(), "x-custom-name");
+    }
 
     #[test]
     fn headers_edit_the_map_in_place_with_envoy_semantics() {
