@@ -105,6 +105,22 @@ spec:
   targetRefs: [{{kind: HTTPRoute, name: deny-body}}]
   pluginConfig: deny-body
 ---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: guard}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{matches: [{{path: {{value: /guard}}}}], backendRefs: [{{name: backend}}]}}]
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: WasmPlugin
+metadata: {{name: body-guard}}
+spec:
+  url: file://{p}/meshwork_filter_body_guard.wasm
+  targetRefs: [{{kind: HTTPRoute, name: guard}}]
+  pluginConfig: {{deny: [forbidden], redact: {{secret: "[hidden]"}}}}
+  limits: {{bodyBuffer: 4Ki}}
+---
 apiVersion: meshwork.dev/v1alpha1
 kind: WasmPlugin
 metadata: {{name: api-key}}
@@ -222,18 +238,62 @@ async fn wasm_filters_through_the_mesh() {
     // Filter on the backend sidecar's inbound listener (WasmPlugin targeting the Service).
     assert_eq!(j["headers"]["x-inbound"], "yes");
 
-    // Request bodies: they stream through filters that continue (the SDK filters on the main route have body
-    // callbacks), and a filter that pauses gets the whole body to rewrite, up to its bodyBuffer limit.
-    let big = bytes::Bytes::from(vec![b'b'; 300_000]);
-    let r = send(&c, "POST", &format!("{base}/x"), &key, big)
+    // Request bodies: they stream past filters without body callbacks (the SDK's header filters on the main route)
+    // and through body callbacks that continue (the proxy-wasm crate filter on /oom), and a filter that pauses gets
+    // the whole body to rewrite, up to its bodyBuffer limit.
+    for path in ["/x", "/oom/fine"] {
+        let big = bytes::Bytes::from(vec![b'b'; 300_000]);
+        let r = send(&c, "POST", &format!("{base}{path}"), &key, big)
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.json()["body_bytes"].as_u64()),
+            (200, Some(300_000)),
+            "{path}: {}",
+            r.text()
+        );
+    }
+    // The SDK's body helpers (plugins/body-guard): a denied word in the request body is a local 403; otherwise the
+    // request body and the response body (the echo's JSON, which repeats a request header) are redacted, and
+    // longer than before (the SDK removed content-length for the filter).
+    let r = send(
+        &c,
+        "POST",
+        &format!("{base}/guard"),
+        &key,
+        bytes::Bytes::from_static(b"this is forbidden"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.status, r.text()),
+        (
+            403,
+            "request body refused: it contains \"forbidden\"\n".to_string()
+        )
+    );
+    let r = send(
+        &c,
+        "POST",
+        &format!("{base}/guard"),
+        &[key[0], ("x-note", "top secret")],
+        bytes::Bytes::from_static(b"my secret"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.headers.get("content-length").is_none(), "{:?}", r.headers);
+    let echoed = r.json();
+    assert_eq!(echoed["body"], "my [hidden]", "request body redacted");
+    assert_eq!(
+        echoed["headers"]["x-note"], "top [hidden]",
+        "response body redacted"
+    );
+    let big = bytes::Bytes::from(vec![b'b'; 8_000]);
+    let r = send(&c, "POST", &format!("{base}/guard"), &key, big)
         .await
         .unwrap();
-    assert_eq!(
-        (r.status, r.json()["body_bytes"].as_u64()),
-        (200, Some(300_000)),
-        "{}",
-        r.text()
-    );
+    assert_eq!(r.status, 413, "over the 4Ki bodyBuffer: {}", r.text());
     let r = send(
         &c,
         "POST",

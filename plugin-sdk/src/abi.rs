@@ -9,8 +9,9 @@
 //! our SDK's filters export.
 //!
 //! Exports: `proxy_abi_version_0_2_1`, `proxy_on_memory_allocate`, `proxy_on_context_create`, `proxy_on_configure`,
-//! `proxy_on_request_headers`, `proxy_on_response_headers`, `proxy_on_delete`. Imports (module `env`):
-//! `proxy_log`, `proxy_get_buffer_bytes`, `proxy_get_header_map_value`, `proxy_replace_header_map_value`,
+//! `proxy_on_request_headers`, `proxy_on_response_headers`, `proxy_on_delete`, and with `register!(F, with_bodies)`
+//! `proxy_on_request_body`, `proxy_on_response_body`. Imports (module `env`): `proxy_log`, `proxy_get_buffer_bytes`,
+//! `proxy_set_buffer_bytes`, `proxy_get_header_map_value`, `proxy_replace_header_map_value`,
 //! `proxy_add_header_map_value`, `proxy_remove_header_map_value`, `proxy_send_local_response`.
 
 // The ABI is raw pointers and exported C functions: the unsafe code of the SDK is here and only here.
@@ -20,7 +21,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
-use crate::{parse_config, serialize_map, Decision, Filter, Headers};
+use crate::{parse_config, serialize_map, BufferedBody, Decision, Filter, Headers};
 
 /// `Action` of the ABI.
 pub const CONTINUE: u32 = 0;
@@ -35,6 +36,8 @@ pub enum Map {
 }
 
 const STATUS_OK: u32 = 0;
+const BUFFER_REQUEST_BODY: u32 = 0;
+const BUFFER_RESPONSE_BODY: u32 = 1;
 const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 const LOG_ERROR: u32 = 4;
 
@@ -49,6 +52,13 @@ mod host {
             max: usize,
             out_data: *mut *mut u8,
             out_size: *mut usize,
+        ) -> u32;
+        pub fn proxy_set_buffer_bytes(
+            buffer: u32,
+            start: usize,
+            size: usize,
+            data: *const u8,
+            data_size: usize,
         ) -> u32;
         pub fn proxy_get_header_map_value(
             map: u32,
@@ -112,18 +122,15 @@ pub fn log_error(message: &str) {
 }
 
 fn plugin_configuration() -> Vec<u8> {
+    buffer_bytes(BUFFER_PLUGIN_CONFIGURATION, i32::MAX as usize)
+}
+
+/// Up to `max` bytes of a host buffer (empty if the host has none).
+fn buffer_bytes(buffer: u32, max: usize) -> Vec<u8> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;
     // SAFETY: out-pointers to locals; on OK the host returns memory from `allocate`.
-    let status = unsafe {
-        host::proxy_get_buffer_bytes(
-            BUFFER_PLUGIN_CONFIGURATION,
-            0,
-            usize::MAX >> 1,
-            &mut data,
-            &mut size,
-        )
-    };
+    let status = unsafe { host::proxy_get_buffer_bytes(buffer, 0, max, &mut data, &mut size) };
     if status == STATUS_OK {
         returned(data, size)
     } else {
@@ -282,15 +289,52 @@ impl<F: Filter> State<F> {
     }
 
     /// `proxy_on_request_headers` / `proxy_on_response_headers`.
-    pub fn headers(&mut self, id: u32, response: bool) -> u32 {
+    pub fn headers(&mut self, id: u32, response: bool, end_of_stream: bool) -> u32 {
         let Some(filter) = self.streams.get_mut(&id) else {
             return CONTINUE;
         };
-        let decision = if response {
-            filter.on_response(&mut HostHeaders(Map::ResponseHeaders))
+        let mut headers = HostHeaders(if response {
+            Map::ResponseHeaders
         } else {
-            filter.on_request(&mut HostHeaders(Map::RequestHeaders))
+            Map::RequestHeaders
+        });
+        let decision = if response {
+            filter.on_response(&mut headers)
+        } else {
+            filter.on_request(&mut headers)
         };
+        if F::REWRITES_BODY && !end_of_stream && decision == Decision::Continue {
+            headers.remove("content-length");
+        }
+        act(decision)
+    }
+
+    /// `proxy_on_request_body` / `proxy_on_response_body` (exported by `register!(F, with_bodies)`): until the end
+    /// of the body, pause (the proxy keeps the chunks and offers all of them again with the next one); at the end,
+    /// the filter gets the whole body once.
+    pub fn body(&mut self, id: u32, size: usize, end_of_stream: bool, response: bool) -> u32 {
+        if !end_of_stream {
+            return PAUSE;
+        }
+        let Some(filter) = self.streams.get_mut(&id) else {
+            return CONTINUE;
+        };
+        let buffer = if response {
+            BUFFER_RESPONSE_BODY
+        } else {
+            BUFFER_REQUEST_BODY
+        };
+        let mut body = BufferedBody::new(buffer_bytes(buffer, size));
+        let decision = if response {
+            filter.on_response_body(&mut body)
+        } else {
+            filter.on_request_body(&mut body)
+        };
+        if body.replaced() {
+            let new = body.bytes();
+            // SAFETY: `new` is alive for the call.
+            unsafe { host::proxy_set_buffer_bytes(buffer, 0, size, new.as_ptr(), new.len()) };
+        }
         act(decision)
     }
 

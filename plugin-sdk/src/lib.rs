@@ -120,6 +120,63 @@ pub trait Filter: Sized + 'static {
     fn on_response(&mut self, _headers: &mut dyn Headers) -> Decision {
         Decision::Continue
     }
+
+    /// Set to `true` if `on_request_body` / `on_response_body` may change a body's length: the SDK then removes
+    /// `content-length` from the headers before they go on (the message is sent chunked), which is what a proxy
+    /// needs before a body's length changes (Meshwork refuses to send a body that disagrees with its
+    /// content-length; Envoy would send a malformed message).
+    const REWRITES_BODY: bool = false;
+
+    /// The whole request body, buffered by the SDK (only with `register!(F, with_bodies)`): the proxy holds the
+    /// chunks until the body is complete (up to the plugin's `limits.bodyBuffer`, beyond which it answers 413), then
+    /// this runs once. Replace the body with [`BufferedBody::replace`]; a [`Decision::Reply`] answers the request
+    /// instead of the upstream.
+    fn on_request_body(&mut self, _body: &mut BufferedBody) -> Decision {
+        Decision::Continue
+    }
+
+    /// The whole response body, likewise (beyond `limits.bodyBuffer` the response is cut off). The response's
+    /// headers are already on their way, so a `Decision::Reply` here is not possible: the proxy ignores it (and logs
+    /// it).
+    fn on_response_body(&mut self, _body: &mut BufferedBody) -> Decision {
+        Decision::Continue
+    }
+}
+
+/// A complete message body handed to a filter's body callback.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BufferedBody {
+    bytes: Vec<u8>,
+    replaced: bool,
+}
+
+impl BufferedBody {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        BufferedBody {
+            bytes,
+            replaced: false,
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The body as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.bytes)
+    }
+
+    /// Sends `bytes` on instead of the original body.
+    pub fn replace(&mut self, bytes: impl Into<Vec<u8>>) {
+        self.bytes = bytes.into();
+        self.replaced = true;
+    }
+
+    /// Whether the body was replaced.
+    pub fn replaced(&self) -> bool {
+        self.replaced
+    }
 }
 
 /// Parses a configuration buffer: empty means `Default`, otherwise JSON.
@@ -188,10 +245,33 @@ impl Headers for MemoryHeaders {
 }
 
 /// Makes `$filter` the module's HTTP filter: expands to the proxy-wasm exports (in the `.wasm` build only; natively
-/// it expands to nothing, so a filter crate's unit tests build).
+/// it expands to nothing, so a filter crate's unit tests build). `register!(F)` exports the header callbacks only, so
+/// the proxy never holds a body for the filter; `register!(F, with_bodies)` adds the body callbacks
+/// (`Filter::on_request_body`, `Filter::on_response_body`, each with the whole body).
 #[macro_export]
 macro_rules! register {
     ($filter:ty) => {
+        $crate::__register!($filter, {});
+    };
+    ($filter:ty, with_bodies) => {
+        $crate::__register!($filter, {
+            #[unsafe(no_mangle)]
+            pub extern "C" fn proxy_on_request_body(id: u32, size: usize, end: u32) -> u32 {
+                with(|s| s.body(id, size, end != 0, false))
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn proxy_on_response_body(id: u32, size: usize, end: u32) -> u32 {
+                with(|s| s.body(id, size, end != 0, true))
+            }
+        });
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __register {
+    ($filter:ty, { $($extra:item)* }) => {
         #[cfg(target_arch = "wasm32")]
         mod __meshwork_plugin {
             #[allow(unused_imports)]
@@ -225,19 +305,21 @@ macro_rules! register {
             }
 
             #[unsafe(no_mangle)]
-            pub extern "C" fn proxy_on_request_headers(id: u32, _headers: usize, _end: u32) -> u32 {
-                with(|s| s.headers(id, false))
+            pub extern "C" fn proxy_on_request_headers(id: u32, _headers: usize, end: u32) -> u32 {
+                with(|s| s.headers(id, false, end != 0))
             }
 
             #[unsafe(no_mangle)]
-            pub extern "C" fn proxy_on_response_headers(id: u32, _headers: usize, _end: u32) -> u32 {
-                with(|s| s.headers(id, true))
+            pub extern "C" fn proxy_on_response_headers(id: u32, _headers: usize, end: u32) -> u32 {
+                with(|s| s.headers(id, true, end != 0))
             }
 
             #[unsafe(no_mangle)]
             pub extern "C" fn proxy_on_delete(id: u32) {
                 with(|s| s.delete(id))
             }
+
+            $($extra)*
         }
     };
 }
@@ -267,6 +349,16 @@ mod tests {
         want.extend_from_slice(b"a\0bc\0k\0\0");
         assert_eq!(bytes, want);
         assert_eq!(serialize_map(&[]), 0u32.to_le_bytes().to_vec());
+    }
+
+    #[test]
+    fn buffered_bodies() {
+        let mut b = BufferedBody::new(b"a secret".to_vec());
+        assert_eq!(b.text(), "a secret");
+        assert!(!b.replaced());
+        b.replace("a [hidden]");
+        assert!(b.replaced());
+        assert_eq!(b.bytes(), b"a [hidden]");
     }
 
     #[test]
