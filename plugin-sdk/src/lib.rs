@@ -5,8 +5,9 @@
 //! values. Filter logic runs against the small [`Headers`] trait, so it can be unit-tested natively with
 //! [`MemoryHeaders`]; [`register!`] binds it to the proxy-wasm ABI in the `.wasm` build (the same ABI Envoy runs).
 //! The binding is written against the ABI directly, lean enough that a header filter costs four guest calls per
-//! request and no body handling (see the `abi` module); filters that need more of the ABI (bodies, callouts,
-//! shared data) can use the official `proxy-wasm` crate, which Meshwork runs unchanged.
+//! request and no body handling; whole-body helpers are opt-in (`register!(F, with_bodies)`, [`BufferedBody`]).
+//! Filters that need more of the ABI (streaming bodies, callouts, shared data, timers) can use the official
+//! `proxy-wasm` crate, which Meshwork runs unchanged.
 //!
 //! ```
 //! use std::rc::Rc;
