@@ -16,9 +16,10 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use crate::config::snapshot::{Cluster, Endpoint, Protocol};
-use crate::config::{ConfigStore, Snapshot};
+use crate::config::{Apply, ConfigStore, Snapshot};
 use crate::filter::wasm::{LazyWasm, PluginMeta};
 use crate::listener;
+use crate::resilience::Registry;
 use crate::stack::{ListenerCtx, Mode};
 use crate::upstream::Upstreams;
 
@@ -59,7 +60,8 @@ pub struct Options {
     pub wasm_cache_dir: Option<PathBuf>,
 }
 
-struct Active {
+/// A gateway listener being served: its port, and how to stop it.
+struct RunningListener {
     port: u16,
     stop: watch::Sender<bool>,
 }
@@ -67,7 +69,7 @@ struct Active {
 /// Gateway listeners come and go with snapshots; this keeps the running set equal to the applied one.
 struct ListenerManager {
     data: Handle,
-    active: HashMap<Arc<str>, Active>,
+    running: HashMap<Arc<str>, RunningListener>,
 }
 
 /// Applies snapshots: check and build, bind new listeners, publish, then retire listeners no longer wanted.
@@ -75,8 +77,8 @@ struct ListenerManager {
 pub struct Applier {
     pub store: Arc<ConfigStore>,
     pub wasm: Arc<LazyWasm>,
-    /// Resilience state per upstream service, kept across snapshots.
-    pub resilience: Arc<crate::resilience::Registry>,
+    /// Resilience state per upstream service, beside the snapshot and kept across snapshots.
+    pub resilience: Arc<Registry>,
     node_id: String,
     upstreams: Upstreams,
     manage_listeners: bool,
@@ -126,33 +128,7 @@ impl Applier {
             };
             plugins.insert(p.name.clone(), handle);
         }
-        Snapshot::from_proto_with(version, pb, plugins, &self.resilience).map_err(|e| e.to_string())
-    }
-
-    /// After a publish: forget the state of clusters that are gone, and run the health checks the policies ask
-    /// for (restarting those whose policy changed).
-    fn track_resilience(&self) {
-        let snap = self.store.load();
-        let mut keep: std::collections::HashSet<Arc<str>> = snap.clusters.keys().cloned().collect();
-        keep.insert(Arc::from("inbound"));
-        for l in snap.listeners.values() {
-            for vh in &l.vhosts.hosts {
-                for r in &vh.routes {
-                    if let Some(p) = &r.policy {
-                        keep.insert(p.name.clone());
-                    }
-                }
-            }
-        }
-        self.resilience.retain(|n| keep.contains(n));
-        self.resilience
-            .checks
-            .retain(|n| snap.clusters.contains_key(n));
-        for c in snap.clusters.values() {
-            self.resilience
-                .checks
-                .ensure(&c.rt, &self.store, &self.upstreams);
-        }
+        Snapshot::from_proto(version, pb, plugins).map_err(|e| e.to_string())
     }
 
     pub fn apply(
@@ -169,12 +145,12 @@ impl Applier {
         let mut bound = Vec::new();
         if self.manage_listeners {
             for l in snap.listeners.values() {
-                let unchanged = mgr.active.get(&l.name).is_some_and(|a| a.port == l.port);
+                let unchanged = mgr.running.get(&l.name).is_some_and(|a| a.port == l.port);
                 if !unchanged && l.port != 0 {
                     let addr = SocketAddr::from(([127, 0, 0, 1], l.port));
                     // Rebinding a port we already serve under another name would clash with ourselves: stop it first.
                     let same_port: Vec<Arc<str>> = mgr
-                        .active
+                        .running
                         .iter()
                         .filter(|(_, a)| a.port == l.port)
                         .map(|(n, _)| n.clone())
@@ -201,17 +177,18 @@ impl Applier {
             .values()
             .map(|l| (l.name.clone(), l.port))
             .collect();
+        // The snapshot is accepted: bind its runtime state, then serve it.
+        self.resilience.sync(&snap, &self.upstreams);
         self.store.publish(snap);
-        self.track_resilience();
         if self.manage_listeners {
             let retired: Vec<Arc<str>> = mgr
-                .active
+                .running
                 .iter()
                 .filter(|(n, a)| wanted.get(*n) != Some(&a.port))
                 .map(|(n, _)| n.clone())
                 .collect();
             for name in retired {
-                if let Some(a) = mgr.active.remove(&name) {
+                if let Some(a) = mgr.running.remove(&name) {
                     let _ = a.stop.send(true);
                 }
             }
@@ -220,6 +197,7 @@ impl Applier {
                 let ctx = Arc::new(ListenerCtx {
                     mode: Mode::Routed(name.clone()),
                     store: self.store.clone(),
+                    resilience: self.resilience.clone(),
                     upstreams: self.upstreams.clone(),
                     source: None,
                 });
@@ -229,7 +207,7 @@ impl Applier {
                     Ok(l) => {
                         mgr.data.spawn(listener::serve(l, ctx, stop_rx, drain));
                         tracing::info!(listener = %name, port, "listening");
-                        mgr.active.insert(name, Active { port, stop });
+                        mgr.running.insert(name, RunningListener { port, stop });
                     }
                     Err(e) => {
                         tracing::error!(listener = %name, error = %e, "cannot register listener")
@@ -242,9 +220,31 @@ impl Applier {
 
     fn stop_all(&self) {
         let mgr = self.manager.lock().unwrap_or_else(|p| p.into_inner());
-        for a in mgr.active.values() {
+        for a in mgr.running.values() {
             let _ = a.stop.send(true);
         }
+    }
+}
+
+impl Apply for Applier {
+    fn apply(
+        &self,
+        version: u64,
+        snapshot: pb::Snapshot,
+        modules: Vec<pb::WasmModule>,
+    ) -> Result<(), String> {
+        Applier::apply(self, version, snapshot, modules)
+    }
+
+    fn applied_version(&self) -> u64 {
+        self.store.version()
+    }
+
+    fn cached_modules(&self) -> Vec<String> {
+        self.wasm
+            .existing()
+            .map(|w| w.module_digests())
+            .unwrap_or_default()
     }
 }
 
@@ -271,82 +271,113 @@ fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 async fn main_async(opts: Options) -> anyhow::Result<()> {
     let store = Arc::new(ConfigStore::default());
+    let resilience = Arc::new(Registry::default());
     let upstreams = Upstreams::new(opts.connect_timeout);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut static_listeners = Vec::new();
+    let shared = Shared {
+        store,
+        resilience,
+        upstreams,
+    };
+    let static_listeners = match opts.role {
+        Role::Sidecar => sidecar_listeners(&opts, &shared, &stop_rx)?,
+        Role::Gateway => Vec::new(),
+    };
+    let applier = applier(&opts, &shared);
+    let leaving = start_control_thread(&opts, applier.clone()).await?;
+    tracing::info!(node = %opts.node_id, admin = %opts.admin, "meshwork-proxy started");
 
-    if opts.role == Role::Sidecar {
-        let (Some(inbound), Some(outbound), Some(app)) = (opts.inbound, opts.outbound, opts.app)
-        else {
-            anyhow::bail!("a sidecar needs --inbound, --outbound and --app");
-        };
-        let authority = app.to_string().parse().context("--app")?;
-        let app_cluster = Arc::new(Cluster::new(
-            Arc::from(format!("local-app/{}", opts.service)),
-            opts.app_protocol,
-            vec![Endpoint {
-                addr: app,
-                authority,
-            }],
-        ));
-        for (addr, mode) in [
-            (inbound, Mode::Inbound(app_cluster)),
-            (
-                outbound,
-                Mode::Routed(Arc::from(meshwork_control::translate::OUTBOUND_LISTENER)),
-            ),
-        ] {
-            let l = tokio::net::TcpListener::from_std(
-                listener::bind(addr).with_context(|| format!("bind {addr}"))?,
-            )?;
-            let source = matches!(mode, Mode::Routed(_))
-                .then(|| {
-                    http::HeaderValue::from_str(&format!("{}.{}", opts.service, opts.namespace))
-                        .ok()
-                })
-                .flatten();
-            let ctx = Arc::new(ListenerCtx {
-                mode,
-                store: store.clone(),
-                upstreams: upstreams.clone(),
-                source,
-            });
-            static_listeners.push(tokio::spawn(listener::serve(
-                l,
-                ctx,
-                stop_rx.clone(),
-                opts.drain,
-            )));
-        }
+    meshwork_control::cli::shutdown_signal().await;
+    shut_down(&opts, leaving, stop_tx, &applier, static_listeners).await;
+    Ok(())
+}
+
+/// What the listeners, the applier and the admin endpoint share.
+struct Shared {
+    store: Arc<ConfigStore>,
+    resilience: Arc<Registry>,
+    upstreams: Upstreams,
+}
+
+/// A sidecar's two fixed listeners: inbound (to the local app) and outbound (routed by the snapshot).
+fn sidecar_listeners(
+    opts: &Options,
+    shared: &Shared,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let (Some(inbound), Some(outbound), Some(app)) = (opts.inbound, opts.outbound, opts.app) else {
+        anyhow::bail!("a sidecar needs --inbound, --outbound and --app");
+    };
+    let authority = app.to_string().parse().context("--app")?;
+    let app_cluster = Arc::new(Cluster::new(
+        Arc::from(format!("local-app/{}", opts.service)),
+        opts.app_protocol,
+        vec![Endpoint {
+            addr: app,
+            authority,
+        }],
+    ));
+    let outbound_name = Arc::from(meshwork_control::translate::OUTBOUND_LISTENER);
+    // The outbound listener states the calling service (what server-side limits keyed by it read).
+    let source = http::HeaderValue::from_str(&format!("{}.{}", opts.service, opts.namespace)).ok();
+    let mut served = Vec::new();
+    for (addr, mode, source) in [
+        (inbound, Mode::Inbound(app_cluster), None),
+        (outbound, Mode::Routed(outbound_name), source),
+    ] {
+        let socket = listener::bind(addr).with_context(|| format!("bind {addr}"))?;
+        let l = tokio::net::TcpListener::from_std(socket)?;
+        let ctx = Arc::new(ListenerCtx {
+            mode,
+            store: shared.store.clone(),
+            resilience: shared.resilience.clone(),
+            upstreams: shared.upstreams.clone(),
+            source,
+        });
+        served.push(tokio::spawn(listener::serve(
+            l,
+            ctx,
+            stop.clone(),
+            opts.drain,
+        )));
     }
+    Ok(served)
+}
 
+/// The applier, with the Wasm runtime (created on first use) and the way its filters' callouts reach the mesh.
+fn applier(opts: &Options, shared: &Shared) -> Arc<Applier> {
     let wasm = Arc::new(LazyWasm::new(opts.workers, opts.wasm_cache_dir.clone()));
-    let callouts = crate::filter::callout::MeshCallouts {
-        store: store.clone(),
-        upstreams: upstreams.clone(),
+    let callouts = crate::filter::dispatch::MeshCallouts {
+        store: shared.store.clone(),
+        upstreams: shared.upstreams.clone(),
     };
     let _ = wasm.shared.callouts.set(Arc::new(callouts));
-    let applier = Arc::new(Applier {
-        store: store.clone(),
+    Arc::new(Applier {
+        store: shared.store.clone(),
         wasm,
-        resilience: Arc::default(),
+        resilience: shared.resilience.clone(),
         node_id: opts.node_id.clone(),
-        upstreams: upstreams.clone(),
+        upstreams: shared.upstreams.clone(),
         manage_listeners: opts.role == Role::Gateway,
         drain: opts.drain,
         manager: Mutex::new(ListenerManager {
             data: Handle::current(),
-            active: HashMap::new(),
+            running: HashMap::new(),
         }),
-    });
+    })
+}
 
+/// The admin listener and the config source, on a runtime of their own (see the module docs). Returns once the
+/// source has started (for a manifest directory: applied once); the sender tells it the proxy is leaving.
+async fn start_control_thread(
+    opts: &Options,
+    applier: Arc<Applier>,
+) -> anyhow::Result<watch::Sender<bool>> {
     let admin_socket = listener::bind(opts.admin)
         .with_context(|| format!("bind the admin listener on {}", opts.admin))?;
     let (started_tx, started_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
     let (leaving_tx, leaving_rx) = watch::channel(false);
-    let control_opts = opts.clone();
-    let control_applier = applier.clone();
-    let control_store = store.clone();
+    let opts = opts.clone();
     std::thread::Builder::new()
         .name("meshwork-control".into())
         .spawn(move || {
@@ -358,82 +389,96 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
                 }
             };
             rt.block_on(async move {
-                let admin = match tokio::net::TcpListener::from_std(admin_socket) {
-                    Ok(l) => l,
+                match tokio::net::TcpListener::from_std(admin_socket) {
+                    Ok(admin) => {
+                        tokio::spawn(crate::admin::serve(admin, admin_state(&opts, &applier)))
+                    }
                     Err(e) => {
                         let _ = started_tx.send(Err(e.into()));
                         return;
                     }
                 };
-                let role = if control_opts.role == Role::Gateway {
-                    "gateway"
-                } else {
-                    "sidecar"
-                };
-                let state = Arc::new(crate::admin::AdminState {
-                    wasm: control_applier.wasm.clone(),
-                    resilience: control_applier.resilience.clone(),
-                    store: control_store,
-                    node_id: control_opts.node_id.clone(),
-                    role,
-                });
-                tokio::spawn(crate::admin::serve(admin, state));
-                match control_opts.source.clone() {
-                    Source::Manifests { dir, gateway } => {
-                        let r = crate::config::standalone::start(
-                            dir,
-                            gateway,
-                            control_opts.namespace.clone(),
-                            control_applier,
-                        )
-                        .await;
-                        let failed = r.is_err();
-                        let _ = started_tx.send(r);
-                        if !failed {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                    Source::ControlPlane(url) => {
-                        let _ = started_tx.send(Ok(()));
-                        let hello = pb::Hello {
-                            node_id: control_opts.node_id.clone(),
-                            service: control_opts.service.clone(),
-                            namespace: control_opts.namespace.clone(),
-                            role: if control_opts.role == Role::Gateway {
-                                pb::Role::Gateway
-                            } else {
-                                pb::Role::Sidecar
-                            } as i32,
-                            labels: control_opts.labels.iter().cloned().collect(),
-                            inbound_addr: control_opts
-                                .inbound
-                                .map(|a| a.to_string())
-                                .unwrap_or_default(),
-                            applied_version: 0,
-                            cached_modules: Vec::new(),
-                        };
-                        crate::config::client::run(url, hello, control_applier, leaving_rx).await;
-                        std::future::pending::<()>().await;
-                    }
-                }
+                run_source(opts, applier, started_tx, leaving_rx).await;
             });
         })?;
     started_rx.await.context("control thread stopped")??;
-    tracing::info!(node = %opts.node_id, admin = %opts.admin, "meshwork-proxy started");
+    Ok(leaving_tx)
+}
 
-    meshwork_control::cli::shutdown_signal().await;
-    let _ = leaving_tx.send(true);
+fn admin_state(opts: &Options, applier: &Applier) -> Arc<crate::admin::AdminState> {
+    Arc::new(crate::admin::AdminState {
+        wasm: applier.wasm.clone(),
+        resilience: applier.resilience.clone(),
+        store: applier.store.clone(),
+        node_id: opts.node_id.clone(),
+        role: match opts.role {
+            Role::Gateway => "gateway",
+            Role::Sidecar => "sidecar",
+        },
+    })
+}
+
+/// Follows the config source for the life of the process.
+async fn run_source(
+    opts: Options,
+    applier: Arc<Applier>,
+    started: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
+    leaving: watch::Receiver<bool>,
+) {
+    match opts.source.clone() {
+        Source::Manifests { dir, gateway } => {
+            let r = crate::config::standalone::start(dir, gateway, opts.namespace.clone(), applier)
+                .await;
+            let failed = r.is_err();
+            let _ = started.send(r);
+            if !failed {
+                std::future::pending::<()>().await;
+            }
+        }
+        Source::ControlPlane(url) => {
+            let _ = started.send(Ok(()));
+            crate::config::client::run(url, hello(&opts), applier, leaving).await;
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// How this proxy introduces itself to the control plane.
+fn hello(opts: &Options) -> pb::Hello {
+    pb::Hello {
+        node_id: opts.node_id.clone(),
+        service: opts.service.clone(),
+        namespace: opts.namespace.clone(),
+        role: match opts.role {
+            Role::Gateway => pb::Role::Gateway,
+            Role::Sidecar => pb::Role::Sidecar,
+        } as i32,
+        labels: opts.labels.iter().cloned().collect(),
+        inbound_addr: opts.inbound.map(|a| a.to_string()).unwrap_or_default(),
+        applied_version: 0,
+        cached_modules: Vec::new(),
+    }
+}
+
+/// Leaves the mesh (peers stop sending here), keeps serving for `shutdown_delay`, then drains every listener.
+async fn shut_down(
+    opts: &Options,
+    leaving: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
+    applier: &Applier,
+    static_listeners: Vec<tokio::task::JoinHandle<()>>,
+) {
+    let _ = leaving.send(true);
     if matches!(opts.source, Source::ControlPlane(_)) && !opts.shutdown_delay.is_zero() {
         tracing::info!(delay = ?opts.shutdown_delay, "shutting down: deregistered, serving while peers update");
         tokio::time::sleep(opts.shutdown_delay).await;
     }
     tracing::info!("shutting down: draining connections");
-    let _ = stop_tx.send(true);
+    let _ = stop.send(true);
     applier.stop_all();
     for l in static_listeners {
         let _ = l.await;
     }
     // Gateway listeners drain on their own tasks; give them the same period.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    Ok(())
 }

@@ -1,8 +1,18 @@
-//! Request-path errors, and the one place that turns them into a status and a short body saying why.
+//! The proxy's own replies, in one place: every error of the request path becomes a status and a short
+//! `text/plain` body here (`meshwork: <what happened>`), and so do the layers' deliberate answers (429 with its
+//! rate-limit headers, a circuit breaker's fallback, an injected fault, a redirect). Replies never carry internal
+//! addresses, error chains or backtraces: those go to the log.
 
-use std::time::Duration;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
 
-use http::StatusCode;
+use crate::filter::chain::{BodyFilterFailed, BodyReplied, BodyTooLarge, FilterError};
+use crate::filter::wasm::WasmError;
+use crate::resilience::CallError;
+use crate::upstream::body::{BoxError, ResponseBody};
+use crate::upstream::error::{chain, find};
+use crate::upstream::UpstreamError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -12,76 +22,172 @@ pub enum ProxyError {
     NotConfigured(String),
     #[error("route {0} has no backend with a non-zero weight")]
     NoBackend(String),
-    #[error("no healthy endpoint for {0}")]
+    #[error("no endpoint for {0}")]
     NoEndpoint(String),
-    #[error("upstream connect error ({cluster} at {addr}): {source}")]
-    Connect {
-        cluster: String,
-        addr: String,
-        source: hyper_util::client::legacy::Error,
-    },
-    #[error("upstream request failed ({cluster} at {addr}): {source}")]
-    Upstream {
-        cluster: String,
-        addr: String,
-        source: hyper_util::client::legacy::Error,
-    },
-    #[error("upstream did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("bad request: {0}")]
-    BadRequest(&'static str),
-    #[error("{0}")]
-    PayloadTooLarge(String),
-    #[error("{0}")]
-    FilterFailed(String),
-    #[error("bulkhead full: {cluster} already has {max} requests in flight and no room to wait")]
-    BulkheadFull { cluster: String, max: u32 },
+    #[error(transparent)]
+    Call(#[from] CallError),
+    #[error(transparent)]
+    Filter(#[from] FilterError),
 }
 
-/// The first error of type `E` in `err`'s source chain.
-pub fn find<'a, E: std::error::Error + 'static>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a E> {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if let Some(found) = e.downcast_ref::<E>() {
-            return Some(found);
+static TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+
+/// The reply for an error of the request path. The details go to the log (debug: most of these are the
+/// upstream's or the client's doing, not the proxy's).
+pub fn reply(err: &ProxyError) -> Response<ResponseBody> {
+    tracing::debug!(error = %chain(err), "request failed");
+    match err {
+        ProxyError::NoRoute { .. } => {
+            text(StatusCode::NOT_FOUND, "no route for this host and path")
         }
-        cur = e.source();
+        ProxyError::NotConfigured(_) => text(StatusCode::SERVICE_UNAVAILABLE, "not configured yet"),
+        ProxyError::NoBackend(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the route has no backend",
+        ),
+        ProxyError::NoEndpoint(_) => text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+        ProxyError::Call(e) => call_reply(e),
+        ProxyError::Filter(e) => filter_reply(e),
+    }
+}
+
+fn call_reply(err: &CallError) -> Response<ResponseBody> {
+    match err {
+        CallError::Upstream(UpstreamError::Connect { .. }) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error")
+        }
+        CallError::Upstream(UpstreamError::Failed { source, .. }) => body_reply(source)
+            .unwrap_or_else(|| text(StatusCode::BAD_GATEWAY, "upstream request failed")),
+        CallError::Upstream(UpstreamError::BadUri) => text(
+            StatusCode::BAD_REQUEST,
+            "bad request: cannot build the upstream URI",
+        ),
+        CallError::Timeout(_) => text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+        CallError::NoEndpoint(_) => text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+        CallError::BulkheadFull { .. } => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests in flight to the upstream",
+        ),
+        CallError::CircuitOpen(rt) => match &rt.policy.fallback {
+            Some(f) => {
+                let body = Some(f.body.clone()).filter(|b| !b.is_empty());
+                let mut r = Response::new(ResponseBody::Full(body));
+                *r.status_mut() = f.status;
+                for (k, v) in &f.headers {
+                    r.headers_mut().append(k.clone(), v.clone());
+                }
+                r
+            }
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "circuit open: failing fast",
+            ),
+        },
+        CallError::RateLimited {
+            retry_after,
+            limit,
+            reset,
+        } => {
+            let mut r = text(StatusCode::TOO_MANY_REQUESTS, "rate limited");
+            let h = r.headers_mut();
+            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            h.insert("ratelimit-limit", HeaderValue::from(*limit));
+            h.insert("ratelimit-remaining", HeaderValue::from(0u32));
+            h.insert("ratelimit-reset", HeaderValue::from((*reset).max(1)));
+            r
+        }
+        CallError::FaultAbort(crate::config::policy::Abort::Http(status)) => {
+            text(*status, "fault injected")
+        }
+        CallError::FaultAbort(crate::config::policy::Abort::Grpc(code)) => {
+            grpc(*code, "fault injected")
+        }
+        CallError::RequestBody(e) => body_reply(&**e).unwrap_or_else(|| {
+            text(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            )
+        }),
+    }
+}
+
+/// A request body that a Wasm filter stopped: 413 when it was too large to buffer, 503 when the filter failed
+/// (or answered from its body callback: that answer replaces this one, see `Chain::body_reply`).
+fn body_reply(err: &(dyn std::error::Error + 'static)) -> Option<Response<ResponseBody>> {
+    if let Some(e) = find::<BodyTooLarge>(err) {
+        return Some(text(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()));
+    }
+    if let Some(e) = find::<BodyFilterFailed>(err) {
+        let msg = format!(
+            "wasm plugin {} failed on the body: {}",
+            e.plugin,
+            wasm_failure(&e.error)
+        );
+        return Some(text(StatusCode::SERVICE_UNAVAILABLE, &msg));
+    }
+    if let Some(e) = find::<BodyReplied>(err) {
+        return Some(text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()));
     }
     None
 }
 
-impl ProxyError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ProxyError::NotConfigured(_)
-            | ProxyError::NoEndpoint(_)
-            | ProxyError::Connect { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::NoBackend(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::FilterFailed(_) | ProxyError::BulkheadFull { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+fn filter_reply(err: &FilterError) -> Response<ResponseBody> {
+    match err {
+        FilterError::Failed { plugin, error } => {
+            let msg = format!("wasm plugin {plugin} failed: {}", wasm_failure(error));
+            text(StatusCode::SERVICE_UNAVAILABLE, &msg)
         }
+        FilterError::Closed(_) => text(StatusCode::BAD_GATEWAY, &err.to_string()),
+        FilterError::Stuck(_) => text(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
     }
 }
 
-/// A short error chain for logs: "outer: inner: innermost".
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let s = e.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = e.source();
+/// What a client is told of a filter's failure: its kind, not the trap's backtrace (that goes to the log).
+fn wasm_failure(e: &WasmError) -> &'static str {
+    match e {
+        WasmError::Load(_) => "could not be loaded",
+        WasmError::Rejected(_) => "rejected the stream",
+        WasmError::Trap(_) => "trapped",
+        WasmError::Timeout(_) => "exceeded its CPU limit",
+        WasmError::OutOfMemory(_) => "ran out of memory",
     }
-    out
+}
+
+/// A redirect (an HTTPRoute's RequestRedirect filter).
+pub fn redirect(status: StatusCode, location: Option<HeaderValue>) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::empty());
+    *resp.status_mut() = status;
+    if let Some(v) = location {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// The convention for the proxy's own replies: `meshwork: <message>` as text/plain.
+fn text(status: StatusCode, message: &str) -> Response<ResponseBody> {
+    let body = Bytes::from(format!("meshwork: {message}\n"));
+    let mut r = Response::new(ResponseBody::Full(Some(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, TEXT_PLAIN.clone());
+    r
+}
+
+/// A trailers-only gRPC answer: the status travels in the headers.
+fn grpc(code: u32, message: &'static str) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::empty());
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(code));
+    h.insert("grpc-message", HeaderValue::from_static(message));
+    r
+}
+
+/// For the log: a body error's chain (the body types carry boxed errors).
+pub fn describe(e: &BoxError) -> String {
+    chain(&**e)
 }

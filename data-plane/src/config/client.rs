@@ -9,7 +9,7 @@ use pb::proxy_message::Msg;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::app::Applier;
+use super::Apply;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -19,13 +19,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub async fn run(
     url: String,
     hello: pb::Hello,
-    applier: Arc<Applier>,
+    applier: Arc<dyn Apply>,
     mut leaving: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let result = tokio::select! {
-            r = session(&url, &hello, &applier, &mut backoff) => r,
+            r = session(&url, &hello, &*applier, &mut backoff) => r,
             _ = leaving.wait_for(|l| *l) => {
                 tracing::info!("leaving the mesh: closed the control-plane stream");
                 return;
@@ -47,7 +47,7 @@ pub async fn run(
 async fn session(
     url: &str,
     hello: &pb::Hello,
-    applier: &Applier,
+    applier: &dyn Apply,
     backoff: &mut Duration,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?
@@ -58,12 +58,8 @@ async fn session(
     let mut client = pb::discovery_client::DiscoveryClient::new(channel);
     let (tx, rx) = mpsc::channel(4);
     let mut hello = hello.clone();
-    hello.applied_version = applier.store.version();
-    hello.cached_modules = applier
-        .wasm
-        .existing()
-        .map(|w| w.module_digests())
-        .unwrap_or_default();
+    hello.applied_version = applier.applied_version();
+    hello.cached_modules = applier.cached_modules();
     tx.send(pb::ProxyMessage {
         msg: Some(Msg::Hello(hello)),
     })

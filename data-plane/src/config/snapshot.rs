@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +12,8 @@ use http::Method;
 use meshwork_proto as pb;
 use regex::Regex;
 
+use super::policy::Policy;
 use crate::filter::wasm::PluginHandle;
-use crate::resilience::balance::{EndpointState, Ring};
-use crate::resilience::ClusterRuntime;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -30,79 +28,44 @@ pub struct Endpoint {
     pub authority: Authority,
 }
 
+/// An upstream service as configured: its endpoints and its TrafficPolicy. The runtime state derived from it
+/// (breaker, budget, limiter, per-endpoint latency and ejections) lives in `resilience::Registry`, keyed by name.
 #[derive(Debug)]
 pub struct Cluster {
     pub name: Arc<str>,
     pub protocol: Protocol,
     pub endpoints: Vec<Endpoint>,
-    next: AtomicUsize,
-    /// Resilience state of this upstream service (policy, breaker, budget, bulkhead...), shared across snapshots.
-    pub rt: Arc<ClusterRuntime>,
-    /// Per-endpoint state (latency, in flight, ejection, health), parallel to `endpoints`.
-    pub states: Vec<Arc<EndpointState>>,
-    /// Consistent-hash ring (empty unless the policy asks for consistent hashing).
-    pub ring: Ring,
+    pub policy: Arc<Policy>,
 }
 
 impl Cluster {
-    /// A cluster with the default policy and state of its own (the sidecar's local app, tests).
+    /// A cluster with the default policy (the sidecar's local app, tests).
     pub fn new(name: Arc<str>, protocol: Protocol, endpoints: Vec<Endpoint>) -> Self {
-        let rt = Arc::new(ClusterRuntime::new(
-            name.clone(),
-            Default::default(),
-            None,
-            Default::default(),
-        ));
-        Self::with_runtime(name, protocol, endpoints, rt)
-    }
-
-    pub fn with_runtime(
-        name: Arc<str>,
-        protocol: Protocol,
-        endpoints: Vec<Endpoint>,
-        rt: Arc<ClusterRuntime>,
-    ) -> Self {
-        let states = endpoints.iter().map(|e| rt.endpoint(e.addr)).collect();
-        let ring = if rt.policy.balancer == crate::resilience::balance::Policy::ConsistentHash {
-            Ring::new(
-                &endpoints
-                    .iter()
-                    .map(|e| e.addr.to_string())
-                    .collect::<Vec<_>>(),
-            )
-        } else {
-            Ring::default()
-        };
         Cluster {
             name,
             protocol,
             endpoints,
-            next: AtomicUsize::new(0),
-            rt,
-            states,
-            ring,
+            policy: Arc::default(),
         }
     }
 
-    /// Round robin over the endpoints (mirrors and the sidecar's local app; routed requests use `choose`).
-    pub fn pick(&self) -> Option<&Endpoint> {
-        if self.endpoints.is_empty() {
-            return None;
+    /// Any endpoint, at random (mirrors, callouts and the sidecar's local app; routed requests go through the
+    /// balancer in `resilience`).
+    pub fn any_endpoint(&self) -> Option<&Endpoint> {
+        match self.endpoints.as_slice() {
+            [] => None,
+            [only] => Some(only),
+            many => many.get(fastrand::usize(..many.len())),
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        self.endpoints.get(i % self.endpoints.len())
     }
+}
 
-    /// The balancer's pick (index into `endpoints`), by the cluster's policy; `key` for consistent hashing.
-    pub fn choose(&self, key: Option<u64>) -> Option<usize> {
-        crate::resilience::balance::pick(
-            self.rt.policy.balancer,
-            &self.states,
-            &self.ring,
-            &self.next,
-            key,
-        )
-    }
+/// A TrafficPolicy attached to a route (or to the sidecar's inbound listener); `key` names its runtime state in
+/// `resilience::Registry`.
+#[derive(Debug)]
+pub struct PolicyRef {
+    pub key: Arc<str>,
+    pub policy: Arc<Policy>,
 }
 
 #[derive(Debug)]
@@ -193,7 +156,7 @@ pub struct Route {
     pub wasm: Vec<Arc<PluginHandle>>,
     /// A TrafficPolicy targeting this route: its per-request fields (and rate-limit state) override the
     /// backend service's.
-    pub policy: Option<Arc<ClusterRuntime>>,
+    pub policy: Option<PolicyRef>,
 }
 
 impl Route {
@@ -242,7 +205,7 @@ pub struct Snapshot {
     /// Sidecars: Wasm filters on the inbound listener.
     pub inbound_wasm: Vec<Arc<PluginHandle>>,
     /// Sidecars: the server-side rate limit protecting the local app.
-    pub inbound_limit: Option<Arc<ClusterRuntime>>,
+    pub inbound_limit: Option<PolicyRef>,
     /// Every Wasm plugin of this snapshot, by name (kept across snapshots while unchanged).
     pub plugins: HashMap<String, Arc<PluginHandle>>,
     /// What was received, for /config_dump.

@@ -10,7 +10,7 @@ use meshwork_control::source::{load_dir, watch_dir};
 use meshwork_control::translate::{modules_for, snapshot_for, ProxyKey, ProxyRole};
 use meshwork_proto as pb;
 
-use crate::app::Applier;
+use super::Apply;
 
 /// Which Gateway this proxy runs: the named one, or the only one.
 fn gateway_key(set: &ManifestSet, name: Option<&str>, namespace: &str) -> Result<ProxyKey, String> {
@@ -49,7 +49,7 @@ pub async fn start(
     dir: PathBuf,
     gateway: Option<String>,
     namespace: String,
-    applier: Arc<Applier>,
+    applier: Arc<dyn Apply>,
 ) -> anyhow::Result<()> {
     let loaded = load_dir(&dir).map_err(|d| anyhow::anyhow!("invalid manifests:\n{d}"))?;
     let key =
@@ -79,7 +79,7 @@ pub async fn start(
 }
 
 fn apply(
-    applier: &Applier,
+    applier: &Arc<dyn Apply>,
     version: u64,
     (snapshot, modules): (pb::Snapshot, Vec<pb::WasmModule>),
 ) -> Result<(), String> {

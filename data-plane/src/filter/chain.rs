@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::HeaderValue;
 use http::{request, response, Response, StatusCode};
 
 use super::wasm::abi::ACTION_CONTINUE;
@@ -23,7 +23,7 @@ use super::wasm::stream::{
     header_pairs, method_text, status_text, to_header_map, Headers, Pseudo, StreamData, Text,
 };
 use super::wasm::{PluginHandle, WasmError};
-use crate::body::ResponseBody;
+use crate::upstream::body::ResponseBody;
 
 struct Active {
     plugin: Arc<PluginHandle>,
@@ -105,6 +105,7 @@ fn send_in_background(active: &Shared, index: usize, calls: Vec<Callout>) {
 enum Settled {
     Continue,
     Respond(Response<ResponseBody>),
+    Fail(FilterError),
 }
 
 /// Waits on a filter that paused in a headers callback: sends its callouts one after another and delivers each
@@ -124,12 +125,7 @@ async fn settle(a: &mut Active, calls: Vec<Callout>) -> Settled {
             return Settled::Continue;
         }
         let Some(call) = pending.pop_front() else {
-            let mut r = Response::new(ResponseBody::text(format!(
-                "meshwork: wasm plugin {} paused the stream with no callout outstanding that could resume it\n",
-                a.plugin.meta.name
-            )));
-            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-            return Settled::Respond(r);
+            return Settled::Fail(FilterError::Stuck(a.plugin.meta.name.clone()));
         };
         let response = callout::answer(a.plugin.shared_callouts(), call.clone()).await;
         let result = a.plugin.run(a.slot, Some(a.instance), |i| {
@@ -140,7 +136,7 @@ async fn settle(a: &mut Active, calls: Vec<Callout>) -> Settled {
         match result {
             Ok(Some(((more, closed), _))) => {
                 if closed {
-                    return Settled::Respond(closed_response(&a.plugin));
+                    return Settled::Fail(FilterError::Closed(a.plugin.meta.name.clone()));
                 }
                 pending.extend(more);
             }
@@ -150,7 +146,7 @@ async fn settle(a: &mut Active, calls: Vec<Callout>) -> Settled {
                 tracing::debug!(plugin = %a.plugin.meta.name, error = %e, "failing open");
                 return Settled::Continue;
             }
-            Err(e) => return Settled::Respond(failure_response(&a.plugin, &e)),
+            Err(e) => return Settled::Fail(failed(&a.plugin, e)),
         }
     }
 }
@@ -359,22 +355,31 @@ impl BodyFilter {
     }
 }
 
+/// What the request (or response) headers' filters decided.
 pub enum Verdict {
     Continue,
+    /// A filter answered with a reply of its own (`proxy_send_local_response`).
     Respond(Response<ResponseBody>),
+    /// A filter failed, closed the stream or could never resume it: the proxy answers (error.rs).
+    Fail(FilterError),
 }
 
-fn failure_response(plugin: &PluginHandle, e: &WasmError) -> Response<ResponseBody> {
-    let mut r = Response::new(ResponseBody::text(format!(
-        "meshwork: wasm plugin {} failed: {e}\n",
-        plugin.meta.name
-    )));
-    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
+/// Why a filter stopped a stream without a reply of its own.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("wasm plugin {plugin} failed: {error}")]
+    Failed { plugin: String, error: WasmError },
+    #[error("wasm plugin {0} closed the stream")]
+    Closed(String),
+    #[error("wasm plugin {0} paused the stream with no callout outstanding that could resume it")]
+    Stuck(String),
+}
+
+fn failed(plugin: &PluginHandle, error: WasmError) -> FilterError {
+    FilterError::Failed {
+        plugin: plugin.meta.name.clone(),
+        error,
+    }
 }
 
 fn local_response(stream: &mut StreamData) -> Option<Response<ResponseBody>> {
@@ -386,15 +391,6 @@ fn local_response(stream: &mut StreamData) -> Option<Response<ResponseBody>> {
         StatusCode::from_u16(local.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     *r.headers_mut() = to_header_map(&local.headers);
     Some(r)
-}
-
-fn closed_response(plugin: &PluginHandle) -> Response<ResponseBody> {
-    let mut r = Response::new(ResponseBody::text(format!(
-        "meshwork: wasm plugin {} closed the stream\n",
-        plugin.meta.name
-    )));
-    *r.status_mut() = StatusCode::BAD_GATEWAY;
-    r
 }
 
 impl Chain {
@@ -475,13 +471,14 @@ impl Chain {
                         response_trailers: cb.response_trailers,
                     };
                     let stop = if cb.closed {
-                        Some(closed_response(plugin))
+                        Some(Verdict::Fail(FilterError::Closed(plugin.meta.name.clone())))
                     } else if let Some(r) = local_response(&mut a.stream) {
-                        Some(r)
+                        Some(Verdict::Respond(r))
                     } else if cb.action != ACTION_CONTINUE && !a.stream.resumed {
                         match settle(&mut a, cb.calls).await {
                             Settled::Continue => None,
-                            Settled::Respond(r) => Some(r),
+                            Settled::Respond(r) => Some(Verdict::Respond(r)),
+                            Settled::Fail(e) => Some(Verdict::Fail(e)),
                         }
                     } else {
                         a.stream.resumed = false;
@@ -493,8 +490,8 @@ impl Chain {
                     headers = std::mem::take(&mut a.stream.request_headers);
                     dirty |= a.stream.request_dirty;
                     active.0.push(a);
-                    if let Some(r) = stop {
-                        verdict = Verdict::Respond(r);
+                    if let Some(v) = stop {
+                        verdict = v;
                         break;
                     }
                 }
@@ -504,7 +501,7 @@ impl Chain {
                     tracing::debug!(plugin = %plugin.meta.name, error = %e, "failing open")
                 }
                 Err(e) => {
-                    verdict = Verdict::Respond(failure_response(plugin, &e));
+                    verdict = Verdict::Fail(failed(plugin, e));
                     break;
                 }
             }
@@ -570,11 +567,11 @@ impl Chain {
         &mut self,
         parts: &mut response::Parts,
         end_of_stream: bool,
-    ) -> Option<Response<ResponseBody>> {
+    ) -> Verdict {
         // Taken out while callbacks (and possibly callouts) run, so no lock is held across an await.
         let mut active = Ending(std::mem::take(&mut *lock(&self.active)));
         if active.0.is_empty() {
-            return None;
+            return Verdict::Continue;
         }
         let mut pairs = Headers {
             pseudo: Pseudo::new([(Text::Borrowed(":status"), status_text(parts.status))]),
@@ -594,11 +591,12 @@ impl Chain {
             let step = match result {
                 Ok(Some(((action, calls), _))) => {
                     if let Some(r) = local_response(&mut a.stream) {
-                        Some(r)
+                        Some(Verdict::Respond(r))
                     } else if action != ACTION_CONTINUE && !a.stream.resumed {
                         match settle(a, calls).await {
                             Settled::Continue => None,
-                            Settled::Respond(r) => Some(r),
+                            Settled::Respond(r) => Some(Verdict::Respond(r)),
+                            Settled::Fail(e) => Some(Verdict::Fail(e)),
                         }
                     } else {
                         a.stream.resumed = false;
@@ -613,7 +611,7 @@ impl Chain {
                     tracing::debug!(plugin = %a.plugin.meta.name, error = %e, "failing open");
                     None
                 }
-                Err(e) => Some(failure_response(&a.plugin, &e)),
+                Err(e) => Some(Verdict::Fail(failed(&a.plugin, e))),
             };
             pairs = std::mem::take(&mut a.stream.response_headers);
             dirty |= a.stream.response_dirty;
@@ -636,7 +634,7 @@ impl Chain {
             }
         }
         parts.headers = pairs.map;
-        replaced
+        replaced.unwrap_or(Verdict::Continue)
     }
 }
 

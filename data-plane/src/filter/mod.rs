@@ -1,7 +1,8 @@
-//! Stage 4: filters. The Gateway API route filters (`headers`), the Wasm filter chain (`chain`, `wasm`)
-//! and the way its HTTP callouts reach the mesh (`callout`).
+//! Stage 4: filters. The Gateway API route filters (`headers`), the Wasm filter chain (`chain`, `wasm`), bodies
+//! streamed through it (`body`) and where its HTTP callouts go (`dispatch`).
 
-pub mod callout;
+pub mod body;
 pub mod chain;
+pub mod dispatch;
 pub mod headers;
 pub mod wasm;

@@ -12,19 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::clock;
+use crate::config::policy::Balancer as Policy;
 
 const DECAY: Duration = Duration::from_secs(10);
 /// What a 429/503 answer (or a failure) counts as, in latency.
 pub const PENALTY: Duration = Duration::from_millis(500);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    RoundRobin,
-    Random,
-    LeastRequest,
-    PeakEwma,
-    ConsistentHash,
-}
 
 #[derive(Debug, Default)]
 pub struct EndpointState {
@@ -136,8 +128,8 @@ impl Ring {
     }
 }
 
-/// Picks an endpoint index among `states` (parallel to the cluster's endpoints).
-pub fn pick(
+/// Chooses an endpoint index among `states` (parallel to the cluster's endpoints).
+pub fn choose(
     policy: Policy,
     states: &[std::sync::Arc<EndpointState>],
     ring: &Ring,

@@ -8,18 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct BreakerConfig {
-    /// 0 = not used.
-    pub consecutive_failures: u32,
-    /// 0.0 = not used.
-    pub failure_rate: f64,
-    pub min_requests: u32,
-    pub window: Duration,
-    pub open_for: Duration,
-    pub max_open_for: Duration,
-    pub half_open_probes: u32,
-}
+use crate::config::policy::BreakerConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {

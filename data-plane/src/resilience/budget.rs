@@ -6,14 +6,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::config::policy::BudgetConfig;
+
 const WINDOW: Duration = Duration::from_secs(10);
 const BUCKETS: usize = 10;
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BudgetConfig {
-    pub ratio: f64,
-    pub min_per_second: u32,
-}
 
 /// One second of the window: which second it holds, and its counts. Updated with atomics only: the budget is on
 /// every request's path (it is on by default), so it must not be a lock the workers contend on. A bucket reset

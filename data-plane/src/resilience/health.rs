@@ -10,11 +10,14 @@ use std::sync::{Arc, Mutex, Weak};
 use http::Request;
 
 use super::balance::EndpointState;
-use super::policy::HealthConfig;
 use super::{inc, ClusterRuntime};
-use crate::body::RequestBody;
-use crate::config::ConfigStore;
-use crate::upstream::Upstreams;
+use crate::config::policy::HealthConfig;
+use crate::config::snapshot::Cluster;
+use crate::upstream::body::RequestBody;
+use crate::upstream::{self, Upstreams};
+
+/// The applied snapshot's cluster of a name (its current endpoints), as the registry has it bound.
+pub type Endpoints = Arc<dyn Fn(&str) -> Option<Arc<Cluster>> + Send + Sync>;
 
 type Running = HashMap<Arc<str>, (Weak<ClusterRuntime>, tokio::task::AbortHandle)>;
 
@@ -46,12 +49,7 @@ pub fn record(state: &EndpointState, cfg: &HealthConfig, passed: bool) -> bool {
 
 impl Checks {
     /// Starts (or restarts) the checker for `rt` if its policy has a health check; stops a stale one.
-    pub fn ensure(
-        &self,
-        rt: &Arc<ClusterRuntime>,
-        store: &Arc<ConfigStore>,
-        upstreams: &Upstreams,
-    ) {
+    pub fn ensure(&self, rt: &Arc<ClusterRuntime>, endpoints: &Endpoints, upstreams: &Upstreams) {
         let mut running = self
             .running
             .lock()
@@ -70,8 +68,8 @@ impl Checks {
             return;
         };
         let weak = Arc::downgrade(rt);
-        let (store, upstreams) = (store.clone(), upstreams.clone());
-        let task = handle.spawn(check_loop(weak.clone(), cfg, store, upstreams));
+        let (endpoints, upstreams) = (endpoints.clone(), upstreams.clone());
+        let task = handle.spawn(check_loop(weak.clone(), cfg, endpoints, upstreams));
         running.insert(rt.name.clone(), (weak, task.abort_handle()));
     }
 
@@ -93,7 +91,7 @@ impl Checks {
 async fn check_loop(
     rt: Weak<ClusterRuntime>,
     cfg: HealthConfig,
-    store: Arc<ConfigStore>,
+    endpoints: Endpoints,
     upstreams: Upstreams,
 ) {
     let mut tick = tokio::time::interval(cfg.interval);
@@ -101,13 +99,11 @@ async fn check_loop(
     loop {
         tick.tick().await;
         let Some(runtime) = rt.upgrade() else { return };
-        let snapshot = store.load();
-        let Some(cluster) = snapshot.clusters.get(&runtime.name).cloned() else {
+        let Some(cluster) = endpoints(&runtime.name) else {
             continue;
         };
         let checks = cluster.endpoints.iter().map(|e| {
-            let uri =
-                crate::stack::upstream_uri(e.authority.clone(), cfg.path.parse().ok().as_ref());
+            let uri = upstream::uri(e.authority.clone(), cfg.path.parse().ok().as_ref());
             let upstreams = upstreams.clone();
             let protocol = cluster.protocol;
             let timeout = cfg.timeout;
@@ -115,11 +111,11 @@ async fn check_loop(
                 let Some(uri) = uri else { return false };
                 let mut req = Request::new(RequestBody::Empty);
                 *req.uri_mut() = uri;
-                *req.version_mut() = crate::stack::version_for(protocol);
+                *req.version_mut() = upstream::version(protocol);
                 match tokio::time::timeout(timeout, upstreams.request(protocol, req)).await {
                     Ok(Ok(resp)) => {
                         let ok = resp.status().is_success();
-                        crate::upstream::drain(resp).await;
+                        upstream::drain(resp).await;
                         ok
                     }
                     _ => false,

@@ -1,20 +1,23 @@
-//! Stage 6 and 7 resilience: what TrafficPolicy asks of the calling proxies (and, for server-side rate limits, of
-//! the target's own inbound proxies). The per-request order lives in `stack.rs` (`call_upstream`); this module
-//! holds the state each layer keeps per upstream service, which outlives snapshots:
+//! Stages 5-6, resilience: what TrafficPolicy asks of the calling proxies (and, for server-side rate limits, of
+//! the target's own inbound proxies). `call` is the call to an upstream service, one function per layer in this
+//! order:
 //!
 //! fault injection -> rate limit -> circuit breaker -> [ total timeout: retries ( bulkhead -> balancer ->
 //! per-try timeout -> upstream ) ] -> outcome recorded (EWMA, outlier detection, breaker, budget).
 //!
-//! Every layer counts what it does (`Counters`, exported on the admin `/metrics`).
+//! The policies are config data (`config::policy`); the state each layer keeps lives here, beside the snapshot
+//! (`registry`), so it outlives snapshots and a rejected snapshot touches none of it. Every layer counts what it
+//! does (`Counters`, exported on the admin `/metrics`).
 
 pub mod backoff;
 pub mod balance;
 pub mod breaker;
 pub mod bucket;
 pub mod budget;
+pub mod call;
 pub mod clock;
 pub mod health;
-pub mod policy;
+pub mod registry;
 pub mod retry;
 #[cfg(test)]
 mod tests;
@@ -26,7 +29,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub use policy::Policy;
+use crate::config::policy::{BulkheadConfig, Policy};
+pub use call::{call, CallError, Request};
+pub use registry::{Balancer, Registry};
 
 /// What each layer did, per upstream service (or per inbound listener for server-side rate limits).
 #[derive(Debug, Default)]
@@ -56,13 +61,13 @@ pub fn inc(c: &AtomicU64) {
 /// the rest rejected at once.
 #[derive(Debug)]
 pub struct Bulkhead {
-    pub cfg: policy::BulkheadConfig,
+    pub cfg: BulkheadConfig,
     slots: Arc<Semaphore>,
     pending: AtomicU32,
 }
 
 impl Bulkhead {
-    pub fn new(cfg: policy::BulkheadConfig) -> Self {
+    pub fn new(cfg: BulkheadConfig) -> Self {
         Bulkhead {
             cfg,
             slots: Arc::new(Semaphore::new(cfg.max_concurrent as usize)),
@@ -101,8 +106,7 @@ impl Bulkhead {
 #[derive(Debug)]
 pub struct ClusterRuntime {
     pub name: Arc<str>,
-    pub policy: Policy,
-    pub fallback: Option<policy::Fallback>,
+    pub policy: Arc<Policy>,
     pub breaker: Option<breaker::Breaker>,
     pub budget: budget::Budget,
     pub bulkhead: Option<Bulkhead>,
@@ -116,8 +120,7 @@ pub struct ClusterRuntime {
 impl ClusterRuntime {
     pub fn new(
         name: Arc<str>,
-        policy: Policy,
-        fallback: Option<policy::Fallback>,
+        policy: Arc<Policy>,
         endpoints: Arc<Mutex<HashMap<SocketAddr, Arc<balance::EndpointState>>>>,
     ) -> Self {
         let retry = policy.request.retry.clone().unwrap_or_default();
@@ -132,7 +135,6 @@ impl ClusterRuntime {
                 .map(|r| bucket::KeyedLimiter::new(r.rate, r.burst)),
             name,
             policy,
-            fallback,
             endpoints,
             counters: Counters::default(),
             clients: std::sync::OnceLock::new(),
@@ -218,67 +220,5 @@ impl ClusterRuntime {
         inc(&self.counters.ejections);
         tracing::info!(cluster = %self.name, endpoint = i, for_ms = duration.as_millis() as u64, "outlier ejected");
         true
-    }
-}
-
-/// Every cluster's runtime state, by name, shared by all snapshots (and the admin endpoint).
-#[derive(Default)]
-pub struct Registry {
-    clusters: Mutex<HashMap<Arc<str>, Arc<ClusterRuntime>>>,
-    /// Health checkers running, by cluster name (stopped when their runtime is replaced or dropped).
-    pub checks: health::Checks,
-}
-
-impl Registry {
-    /// The runtime for a cluster with this policy: the existing one if the policy is unchanged, else a new one
-    /// that keeps the endpoint state.
-    pub fn runtime(
-        &self,
-        name: &Arc<str>,
-        pb: Option<&meshwork_proto::Policy>,
-    ) -> Arc<ClusterRuntime> {
-        let policy = pb.map(policy::from_proto).unwrap_or_default();
-        let fallback = pb.and_then(policy::fallback);
-        let mut map = self
-            .clusters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(rt) = map.get(name) {
-            if rt.policy == policy && rt.fallback == fallback {
-                return rt.clone();
-            }
-        }
-        let endpoints = map
-            .get(name)
-            .map(|rt| rt.endpoints.clone())
-            .unwrap_or_default();
-        let rt = Arc::new(ClusterRuntime::new(
-            name.clone(),
-            policy,
-            fallback,
-            endpoints,
-        ));
-        map.insert(name.clone(), rt.clone());
-        rt
-    }
-
-    /// Forgets clusters no longer in the applied snapshot.
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        self.clusters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|k, _| keep(k));
-    }
-
-    pub fn all(&self) -> Vec<Arc<ClusterRuntime>> {
-        let mut v: Vec<_> = self
-            .clusters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
     }
 }

@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use http::{Method, Response};
 
-use super::policy::{on, RetryPolicy};
-use crate::body::ResponseBody;
-use crate::error::ProxyError;
+use super::call::CallError;
+use crate::config::policy::{on, RetryPolicy};
+use crate::upstream::body::{ResponseBody, StoppedByProxy};
+use crate::upstream::error::{chain, find};
+use crate::upstream::UpstreamError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -28,7 +30,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn of(result: &Result<Response<ResponseBody>, ProxyError>) -> Outcome {
+    pub fn of(result: &Result<Response<ResponseBody>, CallError>) -> Outcome {
         match result {
             Ok(r) => Outcome {
                 kind: Kind::Answered,
@@ -41,16 +43,20 @@ impl Outcome {
             },
             Err(e) => Outcome {
                 kind: match e {
-                    ProxyError::Connect { .. } => Kind::ConnectFailure,
-                    ProxyError::Upstream { source, .. } => {
-                        let text = crate::error::chain(source);
-                        if text.contains("REFUSED_STREAM") || text.contains("refused stream") {
-                            Kind::RefusedStream
+                    CallError::Upstream(UpstreamError::Connect { .. }) => Kind::ConnectFailure,
+                    CallError::Upstream(UpstreamError::Failed { source, .. }) => {
+                        if find::<StoppedByProxy>(source).is_some() {
+                            Kind::Local
                         } else {
-                            Kind::Reset
+                            let text = chain(source);
+                            if text.contains("REFUSED_STREAM") || text.contains("refused stream") {
+                                Kind::RefusedStream
+                            } else {
+                                Kind::Reset
+                            }
                         }
                     }
-                    ProxyError::Timeout(_) => Kind::Timeout,
+                    CallError::Timeout(_) => Kind::Timeout,
                     _ => Kind::Local,
                 },
                 status: None,
@@ -131,7 +137,7 @@ pub fn retriable(o: &Outcome, r: &RetryPolicy, method: &Method) -> bool {
 pub fn delay(
     r: &RetryPolicy,
     retry: u32,
-    result: &Result<Response<ResponseBody>, ProxyError>,
+    result: &Result<Response<ResponseBody>, CallError>,
 ) -> Duration {
     let backoff =
         super::backoff::full_jitter(r.backoff_base, r.backoff_max, retry, fastrand::f64());

@@ -7,12 +7,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::balance::{self, EndpointState, Ring};
-use super::breaker::{Admit, Breaker, BreakerConfig, State};
+use super::breaker::{Admit, Breaker, State};
 use super::bucket::{KeyedLimiter, Take, TokenBucket};
-use super::budget::{Budget, BudgetConfig};
-use super::policy::{self, on, RetryPolicy};
+use super::budget::Budget;
+use super::call::hold_slot;
 use super::retry::{retriable, Kind, Outcome};
 use super::*;
+use crate::config::policy::{self, on, Balancer, BreakerConfig, BudgetConfig, RetryPolicy};
+use crate::upstream::body::ResponseBody;
 
 fn breaker(consecutive: u32, rate: f64) -> Breaker {
     Breaker::new(BreakerConfig {
@@ -261,7 +263,7 @@ async fn peak_ewma_prefers_the_fast_endpoint() {
     s[1].observe(Duration::from_millis(2), now);
     let rr = std::sync::atomic::AtomicUsize::new(0);
     let picks: Vec<usize> = (0..1000)
-        .filter_map(|_| balance::pick(balance::Policy::PeakEwma, &s, &Ring::default(), &rr, None))
+        .filter_map(|_| balance::choose(Balancer::PeakEwma, &s, &Ring::default(), &rr, None))
         .collect();
     let slow = picks.iter().filter(|i| **i == 0).count();
     assert!(slow < 50, "the slow endpoint got {slow} of 1000");
@@ -270,14 +272,14 @@ async fn peak_ewma_prefers_the_fast_endpoint() {
         .store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
     for _ in 0..10 {
         assert_eq!(
-            balance::pick(balance::Policy::RoundRobin, &s, &Ring::default(), &rr, None),
+            balance::choose(Balancer::RoundRobin, &s, &Ring::default(), &rr, None),
             Some(1)
         );
     }
     // With none available, everything is used again (panic mode).
     s[1].unhealthy
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(balance::pick(balance::Policy::Random, &s, &Ring::default(), &rr, None).is_some());
+    assert!(balance::choose(Balancer::Random, &s, &Ring::default(), &rr, None).is_some());
 }
 
 #[test]
@@ -309,7 +311,11 @@ fn consistent_hash_moves_about_one_nth_of_the_keys() {
 }
 
 fn runtime_with(policy: Policy, n: usize) -> (ClusterRuntime, Vec<Arc<EndpointState>>) {
-    let rt = ClusterRuntime::new("service/default/x".into(), policy, None, Default::default());
+    let rt = ClusterRuntime::new(
+        "service/default/x".into(),
+        Arc::new(policy),
+        Default::default(),
+    );
     let s = (0..n)
         .map(|i| {
             rt.endpoint(std::net::SocketAddr::from((
@@ -555,14 +561,14 @@ async fn a_bulkhead_slot_lasts_as_long_as_the_response_body() {
         ))
         .await
         .unwrap()
-        .map(crate::body::ResponseBody::Upstream);
+        .map(ResponseBody::Upstream);
 
     let b = Bulkhead::new(policy::BulkheadConfig {
         max_concurrent: 1,
         max_pending: 0,
     });
     let slot = b.enter().await;
-    let mut resp = crate::stack::hold_slot(Ok(upstream), slot).unwrap();
+    let mut resp = hold_slot(Ok(upstream), slot).unwrap();
     assert_eq!(b.in_flight(), 1, "held while the body streams");
     assert!(b.enter().await.is_none());
     let _ = finish_tx.send(());
@@ -573,10 +579,7 @@ async fn a_bulkhead_slot_lasts_as_long_as_the_response_body() {
     assert_eq!(b.in_flight(), 0, "released when the body is done");
     // A body the proxy made (not the upstream's) gives the slot back at once.
     let slot = b.enter().await;
-    let local = crate::stack::hold_slot(
-        Ok(http::Response::new(crate::body::ResponseBody::text("x"))),
-        slot,
-    );
+    let local = hold_slot(Ok(http::Response::new(ResponseBody::text("x"))), slot);
     assert!(local.is_ok());
     assert_eq!(b.in_flight(), 0);
 }

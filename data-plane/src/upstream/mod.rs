@@ -6,14 +6,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::RequestBody;
+pub mod body;
+pub mod error;
+
 use crate::config::snapshot::Protocol;
+use body::RequestBody;
+pub use error::UpstreamError;
 
 #[derive(Clone)]
 pub struct Upstreams {
@@ -89,6 +94,58 @@ impl Upstreams {
             Protocol::Http2 => self.h2.request(req),
         }
     }
+}
+
+/// Sends a request to one endpoint of `cluster` (an `http://` URI with the endpoint's authority, the request's
+/// path and query, and the cluster's HTTP version).
+pub async fn send(
+    clients: &Upstreams,
+    cluster: &Arc<str>,
+    protocol: Protocol,
+    authority: &Authority,
+    parts: http::request::Parts,
+    body: RequestBody,
+) -> Result<Response<Incoming>, UpstreamError> {
+    let uri = uri(authority.clone(), parts.uri.path_and_query()).ok_or(UpstreamError::BadUri)?;
+    let mut req = Request::from_parts(parts, body);
+    *req.uri_mut() = uri;
+    *req.version_mut() = version(protocol);
+    clients.request(protocol, req).await.map_err(|source| {
+        let (cluster, addr) = (cluster.clone(), authority.clone());
+        if source.is_connect() {
+            UpstreamError::Connect {
+                cluster,
+                addr,
+                source,
+            }
+        } else {
+            UpstreamError::Failed {
+                cluster,
+                addr,
+                source,
+            }
+        }
+    })
+}
+
+/// The HTTP version requests to a cluster of this protocol are sent with.
+pub fn version(p: Protocol) -> Version {
+    match p {
+        Protocol::Http1 => Version::HTTP_11,
+        Protocol::Http2 => Version::HTTP_2,
+    }
+}
+
+/// `http://authority/path?query` (path `/` when the request has none).
+pub fn uri(authority: Authority, pq: Option<&PathAndQuery>) -> Option<Uri> {
+    let mut p = http::uri::Parts::default();
+    p.scheme = Some(Scheme::HTTP);
+    p.authority = Some(authority);
+    p.path_and_query = Some(
+        pq.cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(p).ok()
 }
 
 /// For callers that only need the status (mirrors): reads and drops the body so the connection returns to the pool.

@@ -1,4 +1,4 @@
-//! Wasm filters' HTTP callouts (`proxy_http_call`) sent into the mesh: the upstream names a cluster of the
+//! Where Wasm filters' HTTP callouts (`proxy_http_call`) go: dispatched into the mesh, where the upstream names a cluster of the
 //! current snapshot, or a mesh service as a host name (`echo`, `echo.default`, `echo.default.svc.cluster.local`,
 //! Envoy's `outbound|80||echo.default.svc.cluster.local`). Answers are read whole, up to `MAX_RESPONSE` bytes.
 
@@ -9,12 +9,12 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Limited};
 
-use crate::body::RequestBody;
 use crate::config::snapshot::Cluster;
 use crate::config::ConfigStore;
 use crate::filter::wasm::callout::{CallFuture, CallResponse, Callout, Callouts};
 use crate::filter::wasm::stream::get;
-use crate::upstream::Upstreams;
+use crate::upstream::body::RequestBody;
+use crate::upstream::{self, Upstreams};
 
 /// The largest callout response body a filter is handed.
 pub const MAX_RESPONSE: usize = 4 << 20;
@@ -70,7 +70,7 @@ impl Callouts for MeshCallouts {
         Box::pin(async move {
             let cluster = cluster.ok_or_else(|| format!("unknown upstream {:?}", call.upstream))?;
             let endpoint = cluster
-                .pick()
+                .any_endpoint()
                 .ok_or_else(|| format!("{} has no endpoint", cluster.name))?
                 .authority
                 .clone();
@@ -80,8 +80,7 @@ impl Callouts for MeshCallouts {
             let path = get(&call.headers, ":path")
                 .and_then(|p| p.parse::<http::uri::PathAndQuery>().ok())
                 .ok_or("bad :path")?;
-            let uri =
-                crate::stack::upstream_uri(endpoint, Some(&path)).ok_or("bad upstream URI")?;
+            let uri = upstream::uri(endpoint, Some(&path)).ok_or("bad upstream URI")?;
             let body = if call.body.is_empty() {
                 RequestBody::Empty
             } else {
@@ -90,7 +89,7 @@ impl Callouts for MeshCallouts {
             let mut req = Request::new(body);
             *req.method_mut() = method;
             *req.uri_mut() = uri;
-            *req.version_mut() = crate::stack::version_for(cluster.protocol);
+            *req.version_mut() = upstream::version(cluster.protocol);
             for (k, v) in &call.headers {
                 let name = if k == ":authority" {
                     http::header::HOST
@@ -106,7 +105,7 @@ impl Callouts for MeshCallouts {
                 let resp = upstreams
                     .request(cluster.protocol, req)
                     .await
-                    .map_err(|e| crate::error::chain(&e))?;
+                    .map_err(|e| upstream::error::chain(&e))?;
                 let (parts, body) = resp.into_parts();
                 let collected = Limited::new(body, MAX_RESPONSE)
                     .collect()

@@ -11,9 +11,10 @@ use http::Method;
 use meshwork_proto as pb;
 use regex::Regex;
 
+pub mod policy;
+
 use super::snapshot::*;
 use crate::filter::wasm::PluginHandle;
-use crate::resilience::Registry;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]
@@ -69,7 +70,7 @@ fn header_mod(path: &str, m: &pb::HeaderModifier) -> Result<HeaderMod, InvalidSn
     })
 }
 
-fn cluster(c: &pb::Cluster, registry: &Registry) -> Result<Cluster, InvalidSnapshot> {
+fn cluster(c: &pb::Cluster) -> Result<Cluster, InvalidSnapshot> {
     let path = format!("clusters[{}]", c.name);
     let protocol = match pb::Protocol::try_from(c.protocol) {
         Ok(pb::Protocol::Http1) => Protocol::Http1,
@@ -92,8 +93,12 @@ fn cluster(c: &pb::Cluster, registry: &Registry) -> Result<Cluster, InvalidSnaps
         })
         .collect::<Result<Vec<_>, InvalidSnapshot>>()?;
     let name: Arc<str> = Arc::from(c.name.as_str());
-    let rt = registry.runtime(&name, c.policy.as_ref());
-    Ok(Cluster::with_runtime(name, protocol, endpoints, rt))
+    Ok(Cluster {
+        name,
+        protocol,
+        endpoints,
+        policy: Arc::new(c.policy.as_ref().map(policy::policy).unwrap_or_default()),
+    })
 }
 
 type Plugins = HashMap<String, Arc<PluginHandle>>;
@@ -118,7 +123,6 @@ fn route(
     r: &pb::Route,
     clusters: &HashMap<Arc<str>, Arc<Cluster>>,
     plugins: &Plugins,
-    registry: &Registry,
 ) -> Result<Route, InvalidSnapshot> {
     let path = format!("route {}", r.name);
     let lookup = |name: &str| {
@@ -237,10 +241,10 @@ fn route(
         total_weight: total,
         timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms)),
         wasm: plugin_list(&path, &r.wasm, plugins)?,
-        policy: r
-            .policy
-            .as_ref()
-            .map(|p| registry.runtime(&Arc::from(format!("route/{}", r.name)), Some(p))),
+        policy: r.policy.as_ref().map(|p| PolicyRef {
+            key: Arc::from(format!("route/{}", r.name)),
+            policy: Arc::new(policy::policy(p)),
+        }),
     })
 }
 
@@ -248,7 +252,6 @@ fn listener(
     l: &pb::Listener,
     clusters: &HashMap<Arc<str>, Arc<Cluster>>,
     plugins: &Plugins,
-    registry: &Registry,
 ) -> Result<Listener, InvalidSnapshot> {
     let port = u16::try_from(l.port).map_err(|_| {
         invalid(
@@ -261,7 +264,7 @@ fn listener(
         let routes = vh
             .routes
             .iter()
-            .map(|r| route(r, clusters, plugins, registry))
+            .map(|r| route(r, clusters, plugins))
             .collect::<Result<Vec<_>, _>>()?;
         for d in &vh.domains {
             let d = d.to_ascii_lowercase();
@@ -289,30 +292,20 @@ fn listener(
 }
 
 impl Snapshot {
-    /// `plugins`: the Wasm plugins built for this snapshot, by name (see `app::Applier`).
+    /// `plugins`: the Wasm plugins built for this snapshot, by name (built by the applier before this).
     pub fn from_proto(
         version: u64,
         pb: pb::Snapshot,
         plugins: Plugins,
     ) -> Result<Snapshot, InvalidSnapshot> {
-        Self::from_proto_with(version, pb, plugins, &Registry::default())
-    }
-
-    /// As `from_proto`, with resilience state kept in `registry` (the proxy's, so it outlives snapshots).
-    pub fn from_proto_with(
-        version: u64,
-        pb: pb::Snapshot,
-        plugins: Plugins,
-        registry: &Registry,
-    ) -> Result<Snapshot, InvalidSnapshot> {
         let clusters: HashMap<Arc<str>, Arc<Cluster>> = pb
             .clusters
             .iter()
-            .map(|c| Ok((Arc::from(c.name.as_str()), Arc::new(cluster(c, registry)?))))
+            .map(|c| Ok((Arc::from(c.name.as_str()), Arc::new(cluster(c)?))))
             .collect::<Result<_, InvalidSnapshot>>()?;
         let mut listeners = HashMap::new();
         for l in &pb.listeners {
-            let built = listener(l, &clusters, &plugins, registry)?;
+            let built = listener(l, &clusters, &plugins)?;
             if listeners.insert(built.name.clone(), built).is_some() {
                 return Err(invalid(
                     format!("listener {}", l.name),
@@ -326,7 +319,10 @@ impl Snapshot {
                 rate_limit: Some(rl.clone()),
                 ..Default::default()
             };
-            registry.runtime(&Arc::from("inbound"), Some(&p))
+            PolicyRef {
+                key: Arc::from("inbound"),
+                policy: Arc::new(policy::policy(&p)),
+            }
         });
         Ok(Snapshot {
             version,
