@@ -7,7 +7,7 @@ use std::sync::Arc;
 use wasmtime::{Engine, InstancePre, Store, TypedFunc};
 
 use super::callout::{CallResponse, Callout};
-use super::host::{HostState, MemoryCap, Shared};
+use super::host::{CrossPluginState, HostState, MemoryCap};
 use super::stream::{HeaderAccess, StreamData};
 use super::{PluginMeta, WasmError, TICK};
 
@@ -73,7 +73,7 @@ impl PluginInstance {
         engine: &Engine,
         pre: &InstancePre<HostState>,
         meta: Arc<PluginMeta>,
-        shared: Arc<Shared>,
+        shared: Arc<CrossPluginState>,
     ) -> Result<Self, WasmError> {
         let limits = MemoryCap {
             limit: meta.memory_limit,

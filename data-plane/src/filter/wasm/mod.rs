@@ -26,8 +26,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use wasmtime::{Config, Engine, ExternType, InstancePre, Linker, Module, Val, ValType};
 
+pub use host::CrossPluginState;
 use host::HostState;
-pub use host::Shared;
 use instance::PluginInstance;
 pub use stream::StreamData;
 
@@ -81,7 +81,7 @@ pub struct WasmRuntime {
     engine: Engine,
     linker: Linker<HostState>,
     modules: Mutex<HashMap<String, Module>>,
-    pub shared: Arc<Shared>,
+    pub shared: Arc<CrossPluginState>,
     ticker: OnceLock<()>,
     /// Live plugins, for queue-ready notifications (by the address of their `PluginMeta`).
     handles: Arc<Mutex<Vec<std::sync::Weak<PluginHandle>>>>,
@@ -99,7 +99,7 @@ impl WasmRuntime {
     pub fn with_shared(
         slots: usize,
         cache_dir: Option<std::path::PathBuf>,
-        shared: Arc<Shared>,
+        shared: Arc<CrossPluginState>,
     ) -> wasmtime::Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(true);
@@ -389,7 +389,7 @@ pub struct LazyWasm {
     cell: OnceLock<Arc<WasmRuntime>>,
     slots: usize,
     cache_dir: Option<std::path::PathBuf>,
-    pub shared: Arc<Shared>,
+    pub shared: Arc<CrossPluginState>,
 }
 
 impl LazyWasm {
@@ -434,7 +434,7 @@ pub struct PluginHandle {
     pub digest: String,
     engine: Engine,
     pre: InstancePre<HostState>,
-    shared: Arc<Shared>,
+    shared: Arc<CrossPluginState>,
     slots: Vec<Mutex<Option<PluginInstance>>>,
     next: AtomicUsize,
     pub failures: Failures,

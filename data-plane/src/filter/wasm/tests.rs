@@ -127,7 +127,7 @@ fn http_call_checks_its_arguments_and_records_the_call() {
     const CALL: &str = "(call $http_call (i32.const 180) (i32.const 5) (i32.const 200) (i32.const 65) (i32.const 32) (i32.const 5) (i32.const 0) (i32.const 0) (i32.const 250) (i32.const 104))";
     // No mesh to call into: every upstream is unknown.
     assert_eq!(status(CALL), abi::status::BAD_ARGUMENT);
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(CrossPluginState::default());
     let _ = shared.callouts.set(Arc::new(OnlyAuthz));
     let rt = WasmRuntime::with_shared(1, None, shared).unwrap();
     let (r, stream, calls) = run_on(
