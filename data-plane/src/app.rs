@@ -15,9 +15,10 @@ use meshwork_proto as pb;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+use crate::config::from_proto::plugins;
 use crate::config::snapshot::{Cluster, Endpoint, Protocol};
 use crate::config::{Apply, ConfigStore, Snapshot};
-use crate::filter::wasm::{LazyWasm, PluginMeta};
+use crate::filter::wasm::LazyWasm;
 use crate::listener;
 use crate::resilience::Registry;
 use crate::stack::{ListenerCtx, Mode};
@@ -87,47 +88,15 @@ pub struct Applier {
 }
 
 impl Applier {
-    /// Compiles new modules, builds the snapshot's Wasm plugins (reusing the running ones whose definition did not
-    /// change, so their instances and in-flight streams carry on), then the snapshot itself.
+    /// Builds the snapshot (and its Wasm plugins) from what the source sent; an error is a NACK.
     fn build(
         &self,
         version: u64,
         pb: pb::Snapshot,
         modules: Vec<pb::WasmModule>,
     ) -> Result<Snapshot, String> {
-        for m in &modules {
-            self.wasm
-                .get()?
-                .add_module(&m.digest, &m.code)
-                .map_err(|e| format!("wasm module {}: {e}", m.digest))?;
-        }
         let previous = self.store.load();
-        let mut plugins = HashMap::new();
-        for p in &pb.wasm_plugins {
-            let unchanged = previous.source.wasm_plugins.iter().any(|old| old == p);
-            let handle = match previous.plugins.get(&p.name) {
-                Some(h) if unchanged => h.clone(),
-                _ => {
-                    let meta = PluginMeta {
-                        name: p.name.clone(),
-                        root_id: p.root_id.clone(),
-                        config: p.config.clone(),
-                        env: p.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                        node_id: self.node_id.clone(),
-                        fail_open: p.fail_open,
-                        memory_limit: usize::try_from(p.memory_limit_bytes).unwrap_or(usize::MAX),
-                        cpu_per_call: Duration::from_millis(p.cpu_per_call_ms.max(1)),
-                        body_limit: usize::try_from(p.body_buffer_bytes).unwrap_or(usize::MAX),
-                        started: tokio::time::Instant::now(),
-                    };
-                    self.wasm
-                        .get()?
-                        .plugin(&p.digest, meta)
-                        .map_err(|e| format!("wasm plugin {}: {e}", p.name))?
-                }
-            };
-            plugins.insert(p.name.clone(), handle);
-        }
+        let plugins = plugins::build(&self.wasm, &pb, &modules, &previous, &self.node_id)?;
         Snapshot::from_proto(version, pb, plugins).map_err(|e| e.to_string())
     }
 

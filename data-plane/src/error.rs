@@ -45,7 +45,7 @@ pub fn reply(err: &ProxyError) -> Response<ResponseBody> {
             StatusCode::INTERNAL_SERVER_ERROR,
             "the route has no backend",
         ),
-        ProxyError::NoEndpoint(_) => text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+        ProxyError::NoEndpoint(_) => text(StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint"),
         ProxyError::Call(e) => call_reply(e),
         ProxyError::Filter(e) => filter_reply(e),
     }
@@ -62,11 +62,14 @@ fn call_reply(err: &CallError) -> Response<ResponseBody> {
             StatusCode::BAD_REQUEST,
             "bad request: cannot build the upstream URI",
         ),
-        CallError::Timeout(_) => text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
-        CallError::NoEndpoint(_) => text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+        CallError::Timeout(t) => {
+            let msg = format!("upstream did not answer within {t:?}");
+            text(StatusCode::GATEWAY_TIMEOUT, &msg)
+        }
+        CallError::NoEndpoint(_) => text(StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint"),
         CallError::BulkheadFull { .. } => text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "too many requests in flight to the upstream",
+            "bulkhead full: no room to wait",
         ),
         CallError::CircuitOpen(rt) => match &rt.policy.fallback {
             Some(f) => {

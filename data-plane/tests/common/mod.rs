@@ -4,6 +4,8 @@
 // The process guard runs in Drop, outside any runtime, so it waits on the std clock.
 #![allow(clippy::disallowed_types)]
 
+pub mod prereqs;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -361,6 +363,7 @@ pub fn plugins_dir() -> PathBuf {
         .get_or_init(|| {
             let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
             let target = bin("meshwork-proxy").parent().unwrap().parent().unwrap().join("wasm-plugins");
+            prereqs::wasm_target();
             let status = Command::new(env!("CARGO"))
                 .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
                 .arg(repo.join("plugins/Cargo.toml"))
@@ -398,6 +401,7 @@ pub fn c_filter() -> PathBuf {
     BUILT
         .get_or_init(|| {
             let out = wasm_out("c").join("tag_filter.wasm");
+            prereqs::c_toolchain();
             let status = Command::new("clang")
                 .args([
                     "--target=wasm32-wasi",

@@ -11,6 +11,7 @@ use http::Method;
 use meshwork_proto as pb;
 use regex::Regex;
 
+pub mod plugins;
 pub mod policy;
 
 use super::snapshot::*;
