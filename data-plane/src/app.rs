@@ -293,7 +293,7 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
             (inbound, Mode::Inbound(app_cluster)),
             (
                 outbound,
-                Mode::Routed(Arc::from(meshwork_control::translate::OUTBOUND_LISTENER)),
+                Mode::Routed(Arc::from(meshwork_manifest::translate::OUTBOUND_LISTENER)),
             ),
         ] {
             let l = tokio::net::TcpListener::from_std(
@@ -421,7 +421,7 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
     started_rx.await.context("control thread stopped")??;
     tracing::info!(node = %opts.node_id, admin = %opts.admin, "meshwork-proxy started");
 
-    meshwork_control::cli::shutdown_signal().await;
+    meshwork_manifest::process::shutdown_signal().await;
     let _ = leaving_tx.send(true);
     if matches!(opts.source, Source::ControlPlane(_)) && !opts.shutdown_delay.is_zero() {
         tracing::info!(delay = ?opts.shutdown_delay, "shutting down: deregistered, serving while peers update");
