@@ -1,3 +1,5 @@
+//! The `meshwork` binary: parses the command line and hands it to [`meshwork_control::cli`].
+
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {

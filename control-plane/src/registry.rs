@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use tokio::sync::watch;
 
-use crate::translate::{Instance, ProxyRole};
+use meshwork_manifest::translate::{Instance, ProxyRole};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {

@@ -256,7 +256,7 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
     let leaving = start_control_thread(&opts, applier.clone()).await?;
     tracing::info!(node = %opts.node_id, admin = %opts.admin, "meshwork-proxy started");
 
-    meshwork_control::cli::shutdown_signal().await;
+    meshwork_manifest::process::shutdown_signal().await;
     shut_down(&opts, leaving, stop_tx, &applier, static_listeners).await;
     Ok(())
 }
@@ -286,7 +286,7 @@ fn sidecar_listeners(
             authority,
         }],
     ));
-    let outbound_name = Arc::from(meshwork_control::translate::OUTBOUND_LISTENER);
+    let outbound_name = Arc::from(meshwork_manifest::translate::OUTBOUND_LISTENER);
     // The outbound listener states the calling service (what server-side limits keyed by it read).
     let source = http::HeaderValue::from_str(&format!("{}.{}", opts.service, opts.namespace)).ok();
     let mut served = Vec::new();

@@ -88,12 +88,12 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    meshwork_control::model::read::parse_duration(s)
+    meshwork_manifest::model::read::parse_duration(s)
         .map_err(|e| format!("expected a duration like 5s or 250ms: {e}"))
 }
 
 fn main() -> anyhow::Result<()> {
-    meshwork_control::cli::init_tracing("info");
+    meshwork_manifest::process::init_tracing("info");
     let args = Args::parse();
     let (source, default_role) = match (args.control_plane, args.manifests) {
         (Some(url), None) => (Source::ControlPlane(url), None),

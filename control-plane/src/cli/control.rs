@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use meshwork_manifest::model::read::parse_duration;
+use meshwork_manifest::process::shutdown_signal;
+use meshwork_manifest::source::{load_dir, watch_dir};
 
 use crate::serve::ControlPlane;
-use crate::source::{load_dir, watch_dir};
 
 #[derive(Debug, Args)]
 pub struct ControlArgs {
@@ -20,7 +22,7 @@ pub struct ControlArgs {
     pub listen: SocketAddr,
     /// After a (re)start, how long proxies that already have a configuration wait for their peers to re-register
     /// before they are pushed anything (longer than the proxies' 5 s maximum reconnect backoff).
-    #[arg(long, default_value = "6s", value_parser = |s: &str| crate::model::read::parse_duration(s).map_err(str::to_string))]
+    #[arg(long, default_value = "6s", value_parser = |s: &str| parse_duration(s).map_err(str::to_string))]
     pub warmup: Duration,
 }
 
@@ -58,27 +60,4 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     tokio::spawn(follow(cp.clone(), args.manifests.clone(), loaded.digest));
     cp.serve(listener, shutdown_signal()).await?;
     Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

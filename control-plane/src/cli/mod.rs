@@ -2,9 +2,6 @@
 
 mod control;
 pub mod plugin;
-
-/// Resolves on Ctrl-C or SIGTERM (shared by the `meshwork` commands and `meshwork-proxy`).
-pub use control::shutdown_signal;
 mod status;
 pub mod up;
 
@@ -12,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use meshwork_manifest::process::init_tracing;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,17 +38,6 @@ pub enum Command {
     /// Wasm filter tools.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
-}
-
-pub fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHWORK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -90,7 +77,7 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn validate(dir: &std::path::Path) -> ExitCode {
-    match crate::source::load_dir(dir) {
+    match meshwork_manifest::source::load_dir(dir) {
         Ok(loaded) => {
             let s = &loaded.set;
             println!(

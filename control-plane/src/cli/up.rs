@@ -16,13 +16,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use meshwork_manifest::model::{AppProtocol, ManifestSet, Run, Workload};
+use meshwork_manifest::process::shutdown_signal;
+use meshwork_manifest::source::{load_dir, watch_dir};
+use meshwork_manifest::translate::WORKLOAD_LABEL;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::model::{AppProtocol, ManifestSet, Run, Workload};
 use crate::serve::ControlPlane;
-use crate::source::{load_dir, watch_dir};
-use crate::translate::WORKLOAD_LABEL;
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -528,7 +529,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         running: BTreeMap::new(),
     };
     let limit = Duration::from_secs(args.ready_timeout_secs);
-    let shutdown = super::control::shutdown_signal();
+    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
 
     let outcome: anyhow::Result<()> = async {

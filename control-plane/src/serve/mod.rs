@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::Stream;
+use meshwork_manifest::model::ManifestSet;
+use meshwork_manifest::translate::{modules_for, snapshot_for, ProxyKey, ProxyRole};
 use meshwork_proto as pb;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::model::ManifestSet;
 use crate::registry::{Registration, Registry};
-use crate::translate::{modules_for, snapshot_for, ProxyKey, ProxyRole};
 
 /// The manifest set being served.
 #[derive(Debug, Clone, Default)]

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshwork_control::model::ManifestSet;
-use meshwork_control::source::{load_dir, watch_dir};
-use meshwork_control::translate::{modules_for, snapshot_for, ProxyKey, ProxyRole};
+use meshwork_manifest::model::ManifestSet;
+use meshwork_manifest::source::{load_dir, watch_dir};
+use meshwork_manifest::translate::{modules_for, snapshot_for, ProxyKey, ProxyRole};
 use meshwork_proto as pb;
 
 use super::Apply;

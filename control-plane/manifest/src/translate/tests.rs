@@ -1,3 +1,6 @@
+//! Translation tests: manifests in, the snapshot each kind of proxy gets out (routes in precedence order,
+//! clusters and endpoints, policies and Wasm filters attached where they target).
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

@@ -1,4 +1,5 @@
-//! Pure functions: a validated manifest set plus the live registry -> the snapshot one proxy needs.
+//! Pure functions: a validated manifest set plus the live instances (from the control plane's registry; none for a
+//! standalone proxy) -> the snapshot one proxy needs.
 //! Output is deterministic (sorted), so "did this proxy's snapshot change?" is a plain equality test.
 
 mod routes;
