@@ -12,15 +12,15 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 RATE="${1:-400}"
 SECS="${2:-10}"
 LOADGEN="$SHARED_BENCH/target/release/bench-loadgen"
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p meshwork-proxy --bins
+cargo build --profile bench-lto --quiet --manifest-path "$ROOT/Cargo.toml" -p meshwork-proxy --bins
 [[ -x "$LOADGEN" ]] || cargo build --release --quiet --manifest-path "$SHARED_BENCH/Cargo.toml" -p bench-loadgen
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-MESHWORK_LOG=off "$TARGET/release/meshwork-demo" echo --port 18140 & pids+=($!)
+MESHWORK_LOG=off "$TARGET/bench-lto/meshwork-demo" echo --port 18140 & pids+=($!)
 for mode in on off; do
   port=$([[ $mode == on ]] && echo 18130 || echo 18131)
-  MESHWORK_LOG=off "$TARGET/release/meshwork-proxy" --manifests "$ROOT/bench/storm-budget-$mode" --workers 1 \
+  MESHWORK_LOG=off "$TARGET/bench-lto/meshwork-proxy" --manifests "$ROOT/bench/storm-budget-$mode" --workers 1 \
     --admin 127.0.0.1:$((port + 20)) & pids+=($!)
 done
 for port in 18140 18130 18131; do

@@ -15,8 +15,8 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SHARED_BENCH="${MESHWORK_SHARED_BENCH:-$ROOT/../shared/bench}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 [[ -x "$SHARED_BENCH/run.sh" ]] || { echo "bench/run.sh: no harness at $SHARED_BENCH (set MESHWORK_SHARED_BENCH)" >&2; exit 2; }
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p meshwork-proxy --bin meshwork-proxy
-PROXY="env MESHWORK_LOG=off $TARGET/release/meshwork-proxy --workers 1 --wasm-cache-dir $TARGET/bench-wasm-cache"
+cargo build --profile bench-lto --quiet --manifest-path "$ROOT/Cargo.toml" -p meshwork-proxy --bin meshwork-proxy
+PROXY="env MESHWORK_LOG=off $TARGET/bench-lto/meshwork-proxy --workers 1 --wasm-cache-dir $TARGET/bench-wasm-cache"
 if [[ "${1:-}" == "--wasm" ]]; then
   shift
   cargo build --release --quiet --target wasm32-wasip1 --manifest-path "$ROOT/plugins/Cargo.toml"
@@ -35,5 +35,5 @@ if [[ "${1:-}" == "--resilience" ]]; then
     "$@"
 fi
 exec "$SHARED_BENCH/run.sh" \
-  --extra "name=meshwork port=18110 cmd=env MESHWORK_LOG=off $TARGET/release/meshwork-proxy --manifests $ROOT/bench/manifests --workers 1 --admin 127.0.0.1:18119" \
+  --extra "name=meshwork port=18110 cmd=env MESHWORK_LOG=off $TARGET/bench-lto/meshwork-proxy --manifests $ROOT/bench/manifests --workers 1 --admin 127.0.0.1:18119" \
   "$@"

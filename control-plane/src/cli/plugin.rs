@@ -1,5 +1,6 @@
 //! `meshwork plugin build PATH`: builds a Rust filter crate to `.wasm` for wasm32-wasip1 and prints its sha256
-//! (the value for a WasmPlugin's `spec.sha256`).
+//! (the value for a WasmPlugin's `spec.sha256`), adding the wasm32-wasip1 target first when the toolchain lacks it
+//! (as wasm-pack does). `meshwork up` uses the same build for WasmPlugins that name their crate (`spec.build`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -45,6 +46,7 @@ pub fn build(path: &Path, release: bool) -> anyhow::Result<(PathBuf, String)> {
         "{}: no Cargo.toml here (expected a Rust filter crate)",
         manifest.display()
     );
+    ensure_wasm_target()?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args([
@@ -98,7 +100,8 @@ pub fn build(path: &Path, release: bool) -> anyhow::Result<(PathBuf, String)> {
     let status = child.wait()?;
     anyhow::ensure!(
         status.success(),
-        "cargo build failed (is the target installed? rustup target add wasm32-wasip1)"
+        "cargo build of {} for wasm32-wasip1 failed (its errors are above)",
+        manifest.display()
     );
     let wasm = wasm.context(
         "the crate produced no .wasm: is it a cdylib ([lib] crate-type = [\"cdylib\"])?",
@@ -108,4 +111,70 @@ pub fn build(path: &Path, release: bool) -> anyhow::Result<(PathBuf, String)> {
         .map(|b| format!("{b:02x}"))
         .collect();
     Ok((wasm, digest))
+}
+
+/// Adds the wasm32-wasip1 target to the active toolchain when its standard library is missing (a fresh machine,
+/// or `RUSTUP_AUTO_INSTALL=0` so that rust-toolchain.toml's `targets` are not installed by themselves).
+pub fn ensure_wasm_target() -> anyhow::Result<()> {
+    if wasm_std_installed() {
+        return Ok(());
+    }
+    eprintln!("adding the wasm32-wasip1 target (rustup target add wasm32-wasip1)");
+    let added = Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip1"])
+        .status()
+        .context("run rustup: the wasm32-wasip1 target is missing, and rustup (which would add it) is not on PATH")?;
+    anyhow::ensure!(
+        added.success() && wasm_std_installed(),
+        "`rustup target add wasm32-wasip1` failed; filters cannot be built without that target"
+    );
+    Ok(())
+}
+
+fn wasm_std_installed() -> bool {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let Ok(out) = Command::new(rustc)
+        .args(["--print", "target-libdir", "--target", "wasm32-wasip1"])
+        .stderr(Stdio::null())
+        .output()
+    else {
+        return false;
+    };
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    out.status.success()
+        && std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("libstd-"))
+        })
+}
+
+/// Builds every WasmPlugin of `dir` that names its crate (`spec.build`) and puts each module where its `url`
+/// says (the build's own output path differs when CARGO_TARGET_DIR is set). Runs before the manifests load.
+pub fn build_declared(dir: &Path) -> anyhow::Result<()> {
+    let builds = meshwork_manifest::source::files::declared_builds(dir)
+        .map_err(|d| anyhow::anyhow!("invalid manifests:\n{d}"))?;
+    for b in builds {
+        let (wasm, _) = build(&b.crate_dir, true).with_context(|| {
+            format!(
+                "WasmPlugin {}: spec.build {}",
+                b.plugin,
+                b.crate_dir.display()
+            )
+        })?;
+        if wasm.canonicalize().ok() != b.module.canonicalize().ok() {
+            if let Some(parent) = b.module.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::copy(&wasm, &b.module).with_context(|| {
+                format!(
+                    "WasmPlugin {}: copy {} to its url {}",
+                    b.plugin,
+                    wasm.display(),
+                    b.module.display()
+                )
+            })?;
+        }
+    }
+    Ok(())
 }

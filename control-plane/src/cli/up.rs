@@ -503,6 +503,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .dir
         .canonicalize()
         .with_context(|| format!("manifest directory {}", args.dir.display()))?;
+    // Filters the manifests build from source come first: loading reads their modules.
+    super::plugin::build_declared(&dir)?;
     let loaded = load_dir(&dir).map_err(|d| anyhow::anyhow!("invalid manifests:\n{d}"))?;
     let cp = ControlPlane::new(loaded.set.clone());
     let listener = tokio::net::TcpListener::bind(args.control_plane)

@@ -1,6 +1,7 @@
 //! `meshwork.dev/v1alpha1` WasmPlugin, with Istio's field names where they exist. The module file is read and
 //! verified here, so a missing file or a wrong sha256 is a manifest error with its line.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,9 @@ pub struct WasmPlugin {
     pub memory_limit: u64,
     pub cpu_per_call: Duration,
     pub body_buffer: u64,
+    /// `spec.build` (a Meshwork extension): the Rust filter crate this module is built from. `meshwork up` builds
+    /// it (for wasm32-wasip1, release) and puts the module where `url` says before it loads the manifests.
+    pub build: Option<PathBuf>,
 }
 
 pub const DEFAULT_MEMORY: u64 = 64 << 20;
@@ -105,8 +109,10 @@ pub(super) fn parse(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<WasmP
             "vmConfig",
             "targetRefs",
             "limits",
+            "build",
         ],
     )?;
+    let build = build_crate(r, &s);
     let url = r.req_string(
         &s,
         "url",
@@ -121,23 +127,21 @@ pub(super) fn parse(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<WasmP
         );
         return None;
     }
-    let path = std::path::Path::new(url.strip_prefix("file://").unwrap_or(&url));
-    let path = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        r.sink
-            .file
-            .parent()
-            .unwrap_or(std::path::Path::new("."))
-            .join(path)
-    };
+    let path = module_path(&r.sink.file, &url);
     let code = match std::fs::read(&path) {
         Ok(c) => c,
         Err(e) => {
+            let hint = match &build {
+                Some(b) => format!(
+                    " (build it: `meshwork plugin build {}`; `meshwork up` does it itself)",
+                    b.display()
+                ),
+                None => String::new(),
+            };
             r.error(
                 url_line,
                 "spec.url",
-                format!("cannot read the module {}: {e}", path.display()),
+                format!("cannot read the module {}: {e}{hint}", path.display()),
             );
             return None;
         }
@@ -282,5 +286,82 @@ pub(super) fn parse(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<WasmP
         memory_limit,
         cpu_per_call,
         body_buffer,
+        build,
     })
+}
+
+/// A module path as `spec.url` gives it (relative to the manifest file, or `file://`), made absolute.
+fn module_path(manifest: &Path, url: &str) -> PathBuf {
+    let path = Path::new(url.strip_prefix("file://").unwrap_or(url));
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        manifest.parent().unwrap_or(Path::new(".")).join(path)
+    }
+}
+
+/// `spec.build`: a crate directory (relative to the manifest file) holding a Cargo.toml.
+fn build_crate(r: &mut Reader<'_>, s: &super::read::Obj<'_>) -> Option<PathBuf> {
+    let dir = r.opt_string(s, "build")?;
+    let path = module_path(&r.sink.file, &dir);
+    if !path.join("Cargo.toml").is_file() {
+        r.error(
+            s.get("build").map_or(s.line, |n| n.line),
+            "spec.build",
+            format!(
+                "expected a Rust filter crate directory, but {} has no Cargo.toml",
+                path.display()
+            ),
+        );
+        return None;
+    }
+    Some(path)
+}
+
+/// A WasmPlugin whose module is built from source (`spec.build`): the crate, and where the module must end up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredBuild {
+    pub plugin: String,
+    pub crate_dir: PathBuf,
+    pub module: PathBuf,
+}
+
+/// Every `spec.build` in these manifest files, read before the manifests are loaded (loading needs the modules).
+/// Documents that are not WasmPlugins, or are malformed, are skipped here: loading reports them.
+pub fn declared_builds(files: &[(PathBuf, String)]) -> Vec<DeclaredBuild> {
+    let mut out = Vec::new();
+    for (file, text) in files {
+        let Ok(docs) = crate::source::yaml::parse_documents(text) else {
+            continue;
+        };
+        for doc in docs {
+            let field = |n: &Node, k: &str| match &n.kind {
+                Kind::Map(entries) => entries
+                    .iter()
+                    .find(|(key, _)| key.as_scalar() == Some(k))
+                    .map(|(_, v)| v.clone()),
+                _ => None,
+            };
+            if field(&doc, "kind").as_ref().and_then(Node::as_scalar) != Some("WasmPlugin") {
+                continue;
+            }
+            let Some(spec) = field(&doc, "spec") else {
+                continue;
+            };
+            let scalar = |k: &str| field(&spec, k).and_then(|n| n.as_scalar().map(str::to_string));
+            let (Some(build), Some(url)) = (scalar("build"), scalar("url")) else {
+                continue;
+            };
+            let name = field(&doc, "metadata")
+                .and_then(|m| field(&m, "name"))
+                .and_then(|n| n.as_scalar().map(str::to_string))
+                .unwrap_or_default();
+            out.push(DeclaredBuild {
+                plugin: name,
+                crate_dir: module_path(file, &build),
+                module: module_path(file, &url),
+            });
+        }
+    }
+    out
 }

@@ -55,6 +55,11 @@ fn read_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, Diagnostics> {
         .collect()
 }
 
+/// The WasmPlugins of a manifest directory whose modules are built from source (`spec.build`).
+pub fn declared_builds(dir: &Path) -> Result<Vec<crate::model::wasm::DeclaredBuild>, Diagnostics> {
+    Ok(crate::model::wasm::declared_builds(&read_files(dir)?))
+}
+
 fn digest(files: &[(PathBuf, String)]) -> [u8; 32] {
     let mut h = Sha256::new();
     for (path, text) in files {

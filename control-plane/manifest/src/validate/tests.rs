@@ -304,3 +304,49 @@ spec:
         "{errs:?}"
     );
 }
+
+/// `spec.build` must name a crate; a missing module says how to build it.
+#[test]
+fn wasm_plugin_build_names_a_crate_and_the_missing_module_says_how_to_build_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let krate = dir.path().join("filter");
+    std::fs::create_dir_all(&krate).unwrap();
+    std::fs::write(krate.join("Cargo.toml"), "[package]\nname = \"f\"\n").unwrap();
+    let manifest = dir.path().join("plugins.yaml");
+    let plugin = |build: &str| {
+        format!(
+            "apiVersion: meshwork.dev/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: f\nspec:\n  url: out/f.wasm\n  build: {build}\n  targetRefs: [{{kind: Gateway, name: edge}}]\n"
+        )
+    };
+    let path = manifest.to_string_lossy().to_string();
+    let errs = errors(&[(&path, &plugin("nowhere"))]);
+    assert!(
+        errs.iter()
+            .any(|e| e
+                .contains("plugins.yaml:7: spec.build: expected a Rust filter crate directory")),
+        "{errs:?}"
+    );
+    let errs = errors(&[(&path, &plugin("filter"))]);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("spec.url: cannot read the module")
+                && e.contains("meshwork plugin build")),
+        "{errs:?}"
+    );
+}
+
+/// `meshwork up` finds what to build before the manifests can load.
+#[test]
+fn declared_builds_are_found_before_loading() {
+    let text = "apiVersion: meshwork.dev/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: a\nspec:\n  url: ../target/a.wasm\n  build: ../a\n---\nkind: WasmPlugin\nmetadata: {name: b}\nspec: {url: b.wasm}\n---\nkind: HTTPRoute\nspec: {build: x, url: y}\n";
+    let found =
+        crate::model::wasm::declared_builds(&[(PathBuf::from("/m/dir/p.yaml"), text.into())]);
+    assert_eq!(
+        found,
+        vec![crate::model::wasm::DeclaredBuild {
+            plugin: "a".into(),
+            crate_dir: PathBuf::from("/m/dir/../a"),
+            module: PathBuf::from("/m/dir/../target/a.wasm"),
+        }]
+    );
+}
