@@ -1,5 +1,6 @@
-//! Standalone gateway: translate a manifest directory locally, with the control plane's own validation and
-//! translation code, and follow it for changes. No control plane, no registry (static endpoints only).
+//! Standalone gateway: translate a manifest directory locally, with the validation and translation code the
+//! control plane uses (meshwork-manifest), and follow it for changes. No control plane, no registry (static
+//! endpoints only).
 
 use std::path::PathBuf;
 use std::sync::Arc;
