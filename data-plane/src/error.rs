@@ -10,7 +10,7 @@ use http::{Response, StatusCode};
 use crate::filter::chain::{BodyFilterFailed, BodyReplied, BodyTooLarge, FilterError};
 use crate::filter::wasm::WasmError;
 use crate::resilience::CallError;
-use crate::upstream::body::{BoxError, ResponseBody};
+use crate::upstream::body::ResponseBody;
 use crate::upstream::error::{chain, find};
 use crate::upstream::UpstreamError;
 
@@ -190,7 +190,114 @@ fn grpc(code: u32, message: &'static str) -> Response<ResponseBody> {
     r
 }
 
-/// For the log: a body error's chain (the body types carry boxed errors).
-pub fn describe(e: &BoxError) -> String {
-    chain(&**e)
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::config::snapshot::Protocol;
+    use crate::upstream::body::RequestBody;
+    use crate::upstream::Upstreams;
+
+    async fn body_of(r: Response<ResponseBody>) -> (StatusCode, Option<HeaderValue>, String) {
+        let status = r.status();
+        let ct = r.headers().get(header::CONTENT_TYPE).cloned();
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        (status, ct, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// A real connect failure to a closed port on 127.0.0.1: the reply says what kind of failure, never where.
+    #[tokio::test]
+    async fn upstream_errors_never_show_the_address_or_the_error_chain() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let authority: http::uri::Authority = format!("127.0.0.1:{port}").parse().unwrap();
+        let parts = http::Request::new(()).into_parts().0;
+        let clients = Upstreams::new(Duration::from_secs(1));
+        let cluster: Arc<str> = Arc::from("service/default/secret-backend");
+        let err = crate::upstream::send(
+            &clients,
+            &cluster,
+            Protocol::Http1,
+            &authority,
+            parts,
+            RequestBody::Empty,
+        )
+        .await
+        .unwrap_err();
+        let (status, ct, body) = body_of(reply(&ProxyError::Call(err.into()))).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ct, Some(TEXT_PLAIN.clone()));
+        assert_eq!(body, "meshwork: upstream connect error\n");
+        assert!(!body.contains(&port.to_string()) && !body.contains("secret-backend"));
+    }
+
+    /// A filter's trap keeps its backtrace in the log; the client learns the plugin and the kind of failure.
+    #[tokio::test]
+    async fn a_trapped_filter_reply_carries_no_backtrace() {
+        let err = FilterError::Failed {
+            plugin: "default/auth".into(),
+            error: WasmError::Trap("wasm backtrace:\n 0: 0x1234 - auth.wasm!handle".into()),
+        };
+        let (status, _, body) = body_of(reply(&ProxyError::Filter(err))).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "meshwork: wasm plugin default/auth failed: trapped\n");
+    }
+
+    /// Every reply follows one convention: a status, `text/plain`, and `meshwork: ` in front of the message.
+    #[tokio::test]
+    async fn every_text_reply_follows_the_convention() {
+        let errors = [
+            ProxyError::NoRoute {
+                host: "a.example".into(),
+                path: "/x".into(),
+            },
+            ProxyError::NotConfigured("http".into()),
+            ProxyError::NoBackend("r".into()),
+            ProxyError::NoEndpoint("local-app/a".into()),
+            ProxyError::Call(CallError::Timeout(Duration::from_millis(250))),
+            ProxyError::Call(CallError::NoEndpoint(Arc::from("service/default/b"))),
+            ProxyError::Call(CallError::BulkheadFull {
+                cluster: Arc::from("service/default/b"),
+                max: 3,
+            }),
+            ProxyError::Filter(FilterError::Closed("p".into())),
+            ProxyError::Filter(FilterError::Stuck("p".into())),
+        ];
+        let want = [404, 503, 500, 503, 504, 503, 503, 502, 500];
+        for (err, want) in errors.iter().zip(want) {
+            let (status, ct, body) = body_of(reply(err)).await;
+            assert_eq!(status.as_u16(), want, "{err}");
+            assert_eq!(ct, Some(TEXT_PLAIN.clone()), "{err}");
+            assert!(
+                body.starts_with("meshwork: ") && body.ends_with('\n'),
+                "{body:?}"
+            );
+            assert!(
+                !body.contains("service/default") && !body.contains("a.example"),
+                "{body:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn rate_limited_answers_429_with_its_headers() {
+        let err = CallError::RateLimited {
+            retry_after: Duration::from_millis(1500),
+            limit: 10,
+            reset: 0,
+        };
+        let r = reply(&ProxyError::Call(err));
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        let h = r.headers();
+        assert_eq!(h[header::RETRY_AFTER], "2");
+        assert_eq!(h["ratelimit-limit"], "10");
+        assert_eq!(h["ratelimit-remaining"], "0");
+        assert_eq!(h["ratelimit-reset"], "1");
+    }
 }
