@@ -156,10 +156,11 @@ fn lock(active: &Shared) -> MutexGuard<'_, Actives> {
 }
 
 /// The filters a request went through; dropping it ends their stream contexts. Shared with the body filters
-/// (`BodyFilter`), which run the body callbacks while the bodies stream.
+/// (`BodyFilter`), which run the body callbacks while the bodies stream. A request with no filter has no shared
+/// state at all (no allocation).
 #[derive(Default)]
 pub struct Chain {
-    active: Shared,
+    active: Option<Shared>,
 }
 
 /// A body larger than a pausing Wasm filter may buffer (`limits.bodyBuffer`). On the request side this answers
@@ -511,12 +512,13 @@ impl Chain {
             headers,
             dirty && matches!(verdict, Verdict::Continue),
         );
-        let chain = Chain {
-            active: Arc::new(Mutex::new(std::mem::take(&mut active.0))),
-        };
+        let shared = Arc::new(Mutex::new(std::mem::take(&mut active.0)));
         for (index, calls) in background {
-            send_in_background(&chain.active, index, calls);
+            send_in_background(&shared, index, calls);
         }
+        let chain = Chain {
+            active: Some(shared),
+        };
         (chain, verdict)
     }
 
@@ -529,7 +531,7 @@ impl Chain {
     /// The local reply a filter sent from its request-body callback, if one did (it replaces the upstream's
     /// answer, or the error left by the aborted upstream request).
     pub fn body_reply(&self) -> Option<Response<ResponseBody>> {
-        let mut active = lock(&self.active);
+        let mut active = lock(self.active.as_ref()?);
         active
             .iter_mut()
             .find_map(|a| local_response(&mut a.stream))
@@ -541,7 +543,8 @@ impl Chain {
     }
 
     fn body_filter(&self, response: bool) -> Option<BodyFilter> {
-        let active = lock(&self.active);
+        let shared = self.active.as_ref()?;
+        let active = lock(shared);
         if !active
             .iter()
             .any(|a| a.reads_body(response) || a.reads_trailers(response))
@@ -555,7 +558,7 @@ impl Chain {
             .min()
             .unwrap_or(usize::MAX);
         Some(BodyFilter {
-            active: self.active.clone(),
+            active: shared.clone(),
             response,
             limit,
         })
@@ -568,8 +571,11 @@ impl Chain {
         parts: &mut response::Parts,
         end_of_stream: bool,
     ) -> Verdict {
+        let Some(shared) = self.active.clone() else {
+            return Verdict::Continue;
+        };
         // Taken out while callbacks (and possibly callouts) run, so no lock is held across an await.
-        let mut active = Ending(std::mem::take(&mut *lock(&self.active)));
+        let mut active = Ending(std::mem::take(&mut *lock(&shared)));
         if active.0.is_empty() {
             return Verdict::Continue;
         }
@@ -620,9 +626,9 @@ impl Chain {
                 break;
             }
         }
-        *lock(&self.active) = std::mem::take(&mut active.0);
+        *lock(&shared) = std::mem::take(&mut active.0);
         for (index, calls) in background {
-            send_in_background(&self.active, index, calls);
+            send_in_background(&shared, index, calls);
         }
         if dirty && pairs.pseudo_changed {
             if let Some(code) = pairs
@@ -703,8 +709,10 @@ impl Drop for Ending {
 
 impl Drop for Chain {
     fn drop(&mut self) {
-        let ending = std::mem::take(&mut *lock(&self.active));
-        finish_all(ending.into_iter());
+        if let Some(shared) = &self.active {
+            let ending = std::mem::take(&mut *lock(shared));
+            finish_all(ending.into_iter());
+        }
     }
 }
 
