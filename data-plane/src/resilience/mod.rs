@@ -15,6 +15,8 @@ pub mod breaker;
 pub mod bucket;
 pub mod budget;
 pub mod call;
+#[cfg(test)]
+mod call_tests;
 pub mod clock;
 pub mod health;
 pub mod registry;
