@@ -14,16 +14,18 @@ use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub mod body;
+mod connector;
 pub mod error;
 
 use crate::config::snapshot::Protocol;
 use body::RequestBody;
+use connector::Connector;
 pub use error::UpstreamError;
 
 #[derive(Clone)]
 pub struct Upstreams {
-    h1: Client<HttpConnector, RequestBody>,
-    h2: Client<HttpConnector, RequestBody>,
+    h1: Client<Connector, RequestBody>,
+    h2: Client<Connector, RequestBody>,
     /// Clients for clusters whose TrafficPolicy sets its own connect or idle timeout, by (connect, idle).
     tuned: Arc<Mutex<HashMap<(Duration, Duration), Upstreams>>>,
     connect_timeout: Duration,
@@ -72,14 +74,14 @@ impl Upstreams {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(idle)
             .pool_max_idle_per_host(usize::MAX)
-            .build(connector.clone());
+            .build(Connector(connector.clone()));
         let h2 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(idle)
             .http2_only(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
-            .build(connector);
+            .build(Connector(connector));
         Upstreams {
             h1,
             h2,
