@@ -20,6 +20,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 
+pub mod shared;
+
 /// A binary built by this workspace (`cargo test --workspace` builds all of them before any test runs).
 pub fn bin(name: &str) -> PathBuf {
     let proxy = PathBuf::from(env!("CARGO_BIN_EXE_meshwork-proxy"));
