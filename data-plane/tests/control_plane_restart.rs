@@ -34,14 +34,12 @@ fn control_plane(dir: &std::path::Path, port: u16) -> Proc {
 }
 
 fn proxy(dir: &std::path::Path, name: &str, args: &[String]) -> Proc {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let log = dir.join(format!("{name}.log"));
     Proc::spawn(
         name,
-        Command::new(bin("meshwork-proxy"))
+        proxy_command(Some(&log))
             .args(args)
-            .env("MESHWORK_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log)),
+            .env("MESHWORK_LOG", "info"),
     )
 }
 
@@ -80,13 +78,7 @@ spec:
         ),
     );
     let mut cp = control_plane(dir.path(), cp_port);
-    let _app = Proc::spawn(
-        "app",
-        Command::new(bin("meshwork-demo"))
-            .args(["echo", "--port", &app.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
+    let _app = demo_echo(app);
     let cp_url = format!("http://127.0.0.1:{cp_port}");
     let mut sidecar = proxy(
         dir.path(),
@@ -133,18 +125,8 @@ spec:
     );
     let c = client();
     let url = format!("http://127.0.0.1:{gw}/x");
-    eventually(Duration::from_secs(20), "the gateway to serve", || {
-        let (c, url) = (c.clone(), url.clone());
-        async move {
-            send(&c, "GET", &url, &[], Default::default())
-                .await
-                .ok()
-                .filter(|r| r.status == 200)
-        }
-    })
-    .await;
-    let ready = get(&c, &format!("http://{gw_admin}/ready"), &[]).await;
-    assert_eq!(ready.status, 200);
+    wait_serving(&c, &url, Duration::from_secs(20), "the gateway to serve").await;
+    assert_ready(&c, &gw_admin).await;
 
     let load = Load::start(url.clone(), 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -171,13 +153,9 @@ spec:
     )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (ok, failures) = load.finish().await;
-    assert!(
-        failures.is_empty(),
-        "{} failures across a control-plane restart, e.g. {:?}",
-        failures.len(),
-        &failures[..failures.len().min(3)]
-    );
+    let ok = load
+        .finish_without_failures("across a control-plane restart")
+        .await;
     assert!(ok > 100, "load ran ({ok})");
 
     // Versions keep growing across the restart (the proxy announces what it applied).

@@ -56,10 +56,8 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_and_h2_through_gateway_and_sidecars() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = free_port();
-    write(dir.path(), "mesh.yaml", &manifests(gw));
-    let mesh = Mesh::up(dir.path()).await;
+    let mesh = Mesh::start(manifests).await;
+    let gw = mesh.gw;
 
     // gRPC through the gateway (h2c in, h2c to the greeter's sidecar, h2c to the app).
     let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{gw}"))
@@ -113,7 +111,7 @@ async fn grpc_and_h2_through_gateway_and_sidecars() {
     );
 
     // gRPC from an app through its sidecar's outbound listener, addressed by service name (:authority).
-    let outbound = mesh.nodes["h2echo-0"].get("outbound").to_string();
+    let outbound = mesh.node("h2echo-0").get("outbound").to_string();
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{outbound}"))
         .unwrap()
         .origin("http://greeter".parse().unwrap())

@@ -1,7 +1,22 @@
-//! TrafficPolicy end to end through `meshwork up`: one mesh, one service per behaviour, demo apps that fail, hang
-//! or slow down on demand (`/flaky/P`, `/delay/MS`, `/_demo/mode?fail=1&slow=MS`), every call through the
-//! gateway (a calling proxy) by host name. Counts come from the apps themselves (`/_demo/count`) and from the
-//! proxies' `/metrics`.
+//! TrafficPolicy end to end through `meshwork up`: one service per behaviour, demo apps that fail, hang or slow
+//! down on demand (`/flaky/P`, `/delay/MS`, `/_demo/mode?fail=1&slow=MS`), every call through the gateway (a
+//! calling proxy) by host name. Counts come from the apps themselves (`/_demo/count`) and from the proxies'
+//! `/metrics`.
+//!
+//! One test per scenario, so a failure names it. A mesh of twenty proxies and their apps takes seconds to start,
+//! so all scenarios but one share one: [`SHARED`], started by the first of them to run and stopped as soon as the
+//! last of them has finished, passed or failed (each test holds a lease whose drop, also when the test panics,
+//! counts it as finished; the last one drops the mesh: SIGTERM to `meshwork up`, which stops every process it
+//! started, then its temp dir goes). When only some of them run (a name filter), or this process is killed, the
+//! mesh outlives the tests and its watchdog (common::Watchdog) stops it and removes the dir once the process has
+//! exited. The scenarios run concurrently on the shared mesh without disturbing each other: each has services of
+//! its own (its own apps, counters, breaker, buckets, endpoints), each test its own HTTP client, and none changes
+//! the manifests.
+//!
+//! The exception, `consistent_hash_when_an_endpoint_leaves`, scales a service down by editing the manifests: a new
+//! generation goes to every proxy, which would rebuild the shared gateway's clusters (and their breaker, outlier,
+//! rate-limit and health state) under the other scenarios. It starts a mesh of its own (a gateway and the three
+//! replicas of `sticky`), beside the shared one, stopped when the test ends.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -10,6 +25,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use common::shared::{Lease, SharedFixture};
 use common::*;
 
 const SERVICES: &[(&str, u32)] = &[
@@ -28,18 +44,16 @@ const SERVICES: &[(&str, u32)] = &[
     ("chaos", 1),
 ];
 
-fn manifests(gw: u16, sticky_replicas: u32, blackhole: u16) -> String {
-    let mut out = format!(
+fn gateway(gw: u16) -> String {
+    format!(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: edge}}\nspec: {{listeners: [{{name: http, port: {gw}}}]}}\n"
-    );
-    for (name, replicas) in SERVICES {
-        let replicas = if *name == "sticky" {
-            sticky_replicas
-        } else {
-            *replicas
-        };
-        out.push_str(&format!(
-            r#"---
+    )
+}
+
+/// A Workload of `replicas` demo apps and an HTTPRoute sending host `NAME.test` to it.
+fn service(name: &str, replicas: u32) -> String {
+    format!(
+        r#"---
 apiVersion: meshwork.dev/v1alpha1
 kind: Workload
 metadata: {{name: {name}}}
@@ -53,9 +67,17 @@ spec:
   hostnames: [{name}.test]
   rules: [{{backendRefs: [{{name: {name}}}]}}]
 "#
-        ));
+    )
+}
+
+/// The shared mesh: every service in [`SERVICES`] with its policy, and the black-hole endpoint.
+fn manifests(gw: u16, blackhole: u16) -> String {
+    let mut out = gateway(gw);
+    for (name, replicas) in SERVICES {
+        out.push_str(&service(name, *replicas));
     }
     out.push_str(POLICIES);
+    out.push_str(STICKY_POLICY);
     // An endpoint that never completes a connect (a listener whose accept queue is full), with a short
     // connect timeout.
     out.push_str(&format!(
@@ -84,6 +106,23 @@ spec:
     ));
     out
 }
+
+/// The consistent-hash scenario's own mesh: `sticky` alone, with `replicas` replicas.
+fn sticky_manifests(gw: u16, replicas: u32) -> String {
+    let mut out = gateway(gw);
+    out.push_str(&service("sticky", replicas));
+    out.push_str(STICKY_POLICY);
+    out
+}
+
+const STICKY_POLICY: &str = r#"---
+apiVersion: meshwork.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: sticky}
+spec:
+  targetRef: {kind: Service, name: sticky}
+  loadBalancer: {policy: consistent-hash, hashOn: {header: x-user}}
+"#;
 
 const POLICIES: &str = r#"---
 apiVersion: meshwork.dev/v1alpha1
@@ -165,13 +204,6 @@ spec:
 ---
 apiVersion: meshwork.dev/v1alpha1
 kind: TrafficPolicy
-metadata: {name: sticky}
-spec:
-  targetRef: {kind: Service, name: sticky}
-  loadBalancer: {policy: consistent-hash, hashOn: {header: x-user}}
----
-apiVersion: meshwork.dev/v1alpha1
-kind: TrafficPolicy
 metadata: {name: checked}
 spec:
   targetRef: {kind: Service, name: checked}
@@ -190,14 +222,98 @@ spec:
     header: {name: x-chaos}
 "#;
 
+/// The shared mesh, and the tests that use it: it stops when all of them have finished, so a test that uses it
+/// must be listed here ([`SharedFixture::acquire`] checks).
+static SHARED: SharedFixture<Shared> = SharedFixture::new(&[
+    "retries_with_a_budget",
+    "connect_timeout",
+    "timeouts",
+    "circuit_breaker",
+    "outlier_detection",
+    "rate_limits",
+    "bulkhead",
+    "load_balancing",
+    "health_checks",
+    "fault_injection",
+]);
+
+/// The shared mesh and the black-hole endpoint its manifests name (held open as long as the mesh runs).
+struct Shared {
+    mesh: Mesh,
+    _blackhole: (std::net::TcpListener, Vec<std::net::TcpStream>),
+}
+
+impl Shared {
+    async fn start() -> Shared {
+        // Backlog 1 and never accepted: once a few handshakes fill the queue, further SYNs go unanswered.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let blackhole = socket.listen(1).unwrap();
+        let port = blackhole.local_addr().unwrap().port();
+        let mut fillers = Vec::new();
+        for _ in 0..4 {
+            let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
+            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
+                fillers.push(s.into_std().unwrap());
+            }
+        }
+        // Off this test's runtime (it ends with the test), onto plain sockets that live as long as the mesh.
+        let blackhole = (blackhole.into_std().unwrap(), fillers);
+        let mesh = Mesh::start(|gw| manifests(gw, port)).await;
+        Shared {
+            mesh,
+            _blackhole: blackhole,
+        }
+    }
+}
+
+/// A test's view of a mesh: its own client (clients belong to the test's runtime), the gateway's URL.
 struct Ctx {
     c: HttpClient,
     base: String,
-    mesh: Mesh,
-    blackhole: u16,
+    mesh: Held,
+}
+
+enum Held {
+    Shared(Lease<Shared>),
+    Own(Box<Mesh>),
 }
 
 impl Ctx {
+    /// The shared mesh, for `test`.
+    async fn shared(test: &'static str) -> Ctx {
+        let fx = SHARED.acquire(test, Shared::start).await;
+        Ctx {
+            c: client(),
+            base: fx.mesh.base(),
+            mesh: Held::Shared(fx),
+        }
+    }
+
+    /// A mesh of the test's own.
+    fn own(mesh: Mesh) -> Ctx {
+        Ctx {
+            c: client(),
+            base: mesh.base(),
+            mesh: Held::Own(Box::new(mesh)),
+        }
+    }
+
+    fn mesh(&self) -> &Mesh {
+        match &self.mesh {
+            Held::Shared(fx) => &fx.mesh,
+            Held::Own(mesh) => mesh,
+        }
+    }
+
+    /// The test's own mesh (to edit its manifests).
+    fn own_mesh(&mut self) -> &mut Mesh {
+        match &mut self.mesh {
+            Held::Own(mesh) => mesh,
+            Held::Shared(_) => panic!("the shared mesh is not to be changed"),
+        }
+    }
+
     async fn get(&self, service: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
         let host = format!("{service}.test");
         let mut h = vec![("host", host.as_str())];
@@ -205,88 +321,29 @@ impl Ctx {
         get(&self.c, &format!("{}{path}", self.base), &h).await
     }
 
-    fn app(&self, node: &str) -> String {
-        format!("http://{}", self.mesh.nodes[node].get("app"))
-    }
-
     async fn count(&self, node: &str) -> u64 {
-        get(&self.c, &format!("{}/_demo/count", self.app(node)), &[])
-            .await
-            .json()["requests"]
-            .as_u64()
-            .unwrap()
+        demo_count(&self.c, &self.mesh().app(node)).await
     }
 
     async fn mode(&self, node: &str, query: &str) {
-        let r = get(
-            &self.c,
-            &format!("{}/_demo/mode?{query}", self.app(node)),
-            &[],
-        )
-        .await;
-        assert_eq!(r.status, 200);
+        demo_mode(&self.c, &self.mesh().app(node), query).await;
     }
 
     async fn metrics(&self, node: &str) -> String {
-        let admin = self.mesh.nodes[node].get("admin").to_string();
-        get(&self.c, &format!("http://{admin}/metrics"), &[])
-            .await
-            .text()
+        metrics(&self.c, &self.mesh().admin(node)).await
     }
 
     async fn metric(&self, node: &str, name: &str, cluster: &str) -> u64 {
-        let m = self.metrics(node).await;
-        let prefix = format!("{name}{{cluster=\"{cluster}\"}} ");
-        m.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no {prefix} in\n{m}"))
-            .trim()
-            .parse()
-            .unwrap()
+        metric_value(&self.metrics(node).await, name, cluster)
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn traffic_policies_end_to_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = free_port();
-    // Backlog 1 and never accepted: once a few handshakes fill the queue, further SYNs go unanswered.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let blackhole = socket.listen(1).unwrap();
-    let blackhole_port = blackhole.local_addr().unwrap().port();
-    let mut fillers = Vec::new();
-    for _ in 0..4 {
-        let connect = tokio::net::TcpStream::connect(("127.0.0.1", blackhole_port));
-        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
-            fillers.push(s);
-        }
-    }
-    write(dir.path(), "mesh.yaml", &manifests(gw, 3, blackhole_port));
-    let mesh = Mesh::up(dir.path()).await;
-    let ctx = Ctx {
-        c: client(),
-        base: format!("http://127.0.0.1:{gw}"),
-        mesh,
-        blackhole: blackhole_port,
-    };
-    connect_timeout(&ctx).await;
-    retries_with_a_budget(&ctx).await;
-    timeouts(&ctx).await;
-    circuit_breaker(&ctx).await;
-    outlier_detection(&ctx).await;
-    rate_limits(&ctx).await;
-    bulkhead(&ctx).await;
-    load_balancing(&ctx).await;
-    health_checks(&ctx).await;
-    fault_injection(&ctx).await;
-    let mut ctx = ctx;
-    consistent_hash_when_an_endpoint_leaves(&mut ctx, dir.path(), gw).await;
 }
 
 /// 30% of requests fail with 503 (evenly spread by the demo app); three retries make GETs succeed >= 99%; POSTs are not retried; the extra load
 /// stays within the budget (ratio 0.5 + 10/s over 10 s).
-async fn retries_with_a_budget(ctx: &Ctx) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_with_a_budget() {
+    let ctx = Ctx::shared("retries_with_a_budget").await;
+    let ctx = &ctx;
     let before = ctx.count("flaky-0").await;
     // One request at a time: the app fails requests n = 0, 4, 7 (mod 10), so a retry lands on a different slot.
     // (With concurrent callers the failures are independent draws and 3 retries give 1 - 0.3^4 = 99.2% on
@@ -348,7 +405,10 @@ async fn retries_with_a_budget(ctx: &Ctx) {
 }
 
 /// `timeouts.connect` bounds the connect to an endpoint that never completes it (the proxy's default is 5 s).
-async fn connect_timeout(ctx: &Ctx) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout() {
+    let ctx = Ctx::shared("connect_timeout").await;
+    let ctx = &ctx;
     let started = tokio::time::Instant::now();
     let r = ctx.get("blackhole", "/x", &[]).await;
     assert_eq!(r.status, 503, "{}", r.text());
@@ -361,7 +421,10 @@ async fn connect_timeout(ctx: &Ctx) {
 }
 
 /// The total timeout answers 504 within its bound; per-try timeouts trigger retries.
-async fn timeouts(ctx: &Ctx) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts() {
+    let ctx = Ctx::shared("timeouts").await;
+    let ctx = &ctx;
     let before = ctx.count("slowpoke-0").await;
     let started = tokio::time::Instant::now();
     let r = ctx.get("slowpoke", "/delay/2000", &[]).await;
@@ -383,7 +446,10 @@ async fn timeouts(ctx: &Ctx) {
 
 /// A failing upstream opens the circuit; while open the fallback answers at once and the upstream sees nothing;
 /// after openFor a probe closes it again once the upstream is back.
-async fn circuit_breaker(ctx: &Ctx) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker() {
+    let ctx = Ctx::shared("circuit_breaker").await;
+    let ctx = &ctx;
     ctx.mode("breaker-0", "fail=1").await;
     for _ in 0..5 {
         assert_eq!(ctx.get("breaker", "/x", &[]).await.status, 503);
@@ -434,7 +500,10 @@ async fn circuit_breaker(ctx: &Ctx) {
 
 /// An endpoint returning errors is ejected and the traffic moves to the others; never more than
 /// maxEjectionPercent (50% of 3 = 1 endpoint) is out.
-async fn outlier_detection(ctx: &Ctx) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection() {
+    let ctx = Ctx::shared("outlier_detection").await;
+    let ctx = &ctx;
     ctx.mode("outlier-0", "fail=1").await;
     for _ in 0..12 {
         ctx.get("outlier", "/x", &[]).await;
@@ -467,7 +536,10 @@ async fn outlier_detection(ctx: &Ctx) {
 
 /// Token buckets per key match the configured rate; queue mode delays instead of rejecting; a server-side limit
 /// is enforced by the target's own sidecar.
-async fn rate_limits(ctx: &Ctx) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits() {
+    let ctx = Ctx::shared("rate_limits").await;
+    let ctx = &ctx;
     let window = Duration::from_secs(2);
     let mut tasks = Vec::new();
     for user in ["alice", "bob"] {
@@ -544,7 +616,10 @@ async fn rate_limits(ctx: &Ctx) {
 
 /// With a hanging upstream and maxConcurrentRequests 10, the 11th concurrent request is rejected at once; other
 /// services through the same proxy are unaffected.
-async fn bulkhead(ctx: &Ctx) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulkhead() {
+    let ctx = Ctx::shared("bulkhead").await;
+    let ctx = &ctx;
     let mut hung = Vec::new();
     for _ in 0..10 {
         let (c, base) = (ctx.c.clone(), ctx.base.clone());
@@ -608,7 +683,10 @@ async fn bulkhead(ctx: &Ctx) {
 }
 
 /// peak-ewma (the default) moves traffic away from a slow endpoint; consistent-hash keeps a key on one endpoint.
-async fn load_balancing(ctx: &Ctx) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_balancing() {
+    let ctx = Ctx::shared("load_balancing").await;
+    let ctx = &ctx;
     ctx.mode("ewma-0", "slow=150").await;
     for _ in 0..10 {
         ctx.get("ewma", "/x", &[]).await;
@@ -653,7 +731,10 @@ async fn load_balancing(ctx: &Ctx) {
 }
 
 /// Health checks take an endpoint out while it fails them and bring it back once it passes.
-async fn health_checks(ctx: &Ctx) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks() {
+    let ctx = Ctx::shared("health_checks").await;
+    let ctx = &ctx;
     ctx.mode("checked-0", "fail=1").await;
     eventually(
         Duration::from_secs(5),
@@ -682,7 +763,10 @@ async fn health_checks(ctx: &Ctx) {
 }
 
 /// Aborts hit their percentage, only for requests with the header, and never reach the upstream.
-async fn fault_injection(ctx: &Ctx) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_injection() {
+    let ctx = Ctx::shared("fault_injection").await;
+    let ctx = &ctx;
     for _ in 0..30 {
         assert_eq!(
             ctx.get("chaos", "/x", &[]).await.status,
@@ -732,7 +816,9 @@ async fn fault_injection(ctx: &Ctx) {
 }
 
 /// Taking one of three endpoints away moves only the keys it had (about a third).
-async fn consistent_hash_when_an_endpoint_leaves(ctx: &mut Ctx, dir: &std::path::Path, gw: u16) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_when_an_endpoint_leaves() {
+    let mut ctx = Ctx::own(Mesh::start(|gw| sticky_manifests(gw, 3)).await);
     let users: Vec<String> = (0..150).map(|u| format!("key-{u}")).collect();
     let mut before = HashMap::new();
     for u in &users {
@@ -744,9 +830,9 @@ async fn consistent_hash_when_an_endpoint_leaves(ctx: &mut Ctx, dir: &std::path:
                 .to_string(),
         );
     }
-    write(dir, "mesh.yaml", &manifests(gw, 2, ctx.blackhole));
-    ctx.mesh
-        .wait_line("applied: generation 2", Duration::from_secs(30))
+    let mesh = ctx.own_mesh();
+    write(&mesh.dir, "mesh.yaml", &sticky_manifests(mesh.gw, 2));
+    mesh.wait_line("applied: generation 2", Duration::from_secs(30))
         .await;
     eventually(
         Duration::from_secs(10),

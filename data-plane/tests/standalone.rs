@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -42,35 +42,24 @@ spec:
 async fn standalone_gateway_follows_its_directory() {
     let dir = tempfile::tempdir().unwrap();
     let (gw, origin, admin) = (free_port(), free_port(), free_port());
-    let _origin = Proc::spawn(
-        "origin",
-        Command::new(bin("meshwork-demo"))
-            .args(["echo", "--port", &origin.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
+    let _origin = demo_echo(origin);
     write(dir.path(), "m.yaml", &manifests(gw, origin, "/a"));
-    let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
+    let log_path = dir.path().join("proxy.log");
     let _proxy = Proc::spawn(
         "proxy",
-        Command::new(bin("meshwork-proxy"))
+        proxy_command(Some(&log_path))
             .arg("--manifests")
             .arg(dir.path())
-            .args(["--workers", "1", "--admin", &format!("127.0.0.1:{admin}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log)),
+            .args(["--workers", "1", "--admin", &format!("127.0.0.1:{admin}")]),
     );
     let c = client();
     let base = format!("http://127.0.0.1:{gw}");
-    eventually(Duration::from_secs(15), "the standalone gateway", || {
-        let (c, base) = (c.clone(), base.clone());
-        async move {
-            send(&c, "GET", &format!("{base}/a"), &[], Default::default())
-                .await
-                .ok()
-                .filter(|r| r.status == 200)
-        }
-    })
+    wait_serving(
+        &c,
+        &format!("{base}/a"),
+        Duration::from_secs(15),
+        "the standalone gateway",
+    )
     .await;
     assert_eq!(get(&c, &format!("{base}/b"), &[]).await.status, 404);
 
@@ -83,7 +72,6 @@ async fn standalone_gateway_follows_its_directory() {
     assert_eq!(get(&c, &format!("{base}/a"), &[]).await.status, 404);
 
     std::fs::write(dir.path().join("bad.yaml"), "kind: [\n").unwrap();
-    let log_path = dir.path().join("proxy.log");
     eventually(
         Duration::from_secs(10),
         "the bad edit to be reported",
@@ -129,13 +117,7 @@ async fn compiled_wasm_modules_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let (gw, origin) = (free_port(), free_port());
-    let _origin = Proc::spawn(
-        "origin",
-        Command::new(bin("meshwork-demo"))
-            .args(["echo", "--port", &origin.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
+    let _origin = demo_echo(origin);
     let manifests = dir.path().join("m");
     std::fs::create_dir(&manifests).unwrap();
     write(
@@ -160,39 +142,22 @@ spec:
         let admin = free_port();
         let mut proxy = Proc::spawn(
             "proxy",
-            Command::new(bin("meshwork-proxy"))
+            proxy_command(None)
                 .arg("--manifests")
                 .arg(&manifests)
                 .arg("--wasm-cache-dir")
                 .arg(&cache)
-                .args(["--workers", "1", "--admin", &format!("127.0.0.1:{admin}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
+                .args(["--workers", "1", "--admin", &format!("127.0.0.1:{admin}")]),
         );
-        let r = eventually(
+        let r = wait_serving(
+            &c,
+            &format!("http://127.0.0.1:{gw}/x"),
             Duration::from_secs(30),
             "the gateway with its filter",
-            || {
-                let c = c.clone();
-                async move {
-                    send(
-                        &c,
-                        "GET",
-                        &format!("http://127.0.0.1:{gw}/x"),
-                        &[],
-                        Default::default(),
-                    )
-                    .await
-                    .ok()
-                    .filter(|r| r.status == 200)
-                }
-            },
         )
         .await;
         assert_eq!(r.json()["headers"]["x-cached"], "yes");
-        let metrics = get(&c, &format!("http://127.0.0.1:{admin}/metrics"), &[])
-            .await
-            .text();
+        let metrics = metrics(&c, &format!("127.0.0.1:{admin}")).await;
         assert!(
             metrics.contains(&format!(
                 "meshwork_wasm_compile_cache_total{{result=\"hit\"}} {hits}"

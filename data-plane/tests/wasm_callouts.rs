@@ -87,23 +87,10 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ext_authz_callouts_pause_and_resume_requests() {
     let plugins = plugins_dir();
-    let dir = tempfile::tempdir().unwrap();
-    let gw = free_port();
-    write(dir.path(), "mesh.yaml", &manifests(gw, &plugins));
-    let mesh = Mesh::up(dir.path()).await;
-    let base = format!("http://127.0.0.1:{gw}");
-    let c = client();
-    let authz_count = |c: HttpClient| {
-        let authz = mesh.nodes["authz-0"].get("app").to_string();
-        async move {
-            get(&c, &format!("http://{authz}/_demo/count"), &[])
-                .await
-                .json()["requests"]
-                .as_u64()
-                .unwrap()
-        }
-    };
-    let before = authz_count(c.clone()).await;
+    let mesh = Mesh::start(|gw| manifests(gw, &plugins)).await;
+    let (base, c) = (mesh.base(), client());
+    let authz = mesh.app("authz-0");
+    let before = demo_count(&c, &authz).await;
 
     // Allowed: the authorization service answered 2xx, so the paused request went on, marked by the filter.
     let r = get(&c, &format!("{base}/hello"), &[("x-user", "alice")]).await;
@@ -111,7 +98,7 @@ async fn ext_authz_callouts_pause_and_resume_requests() {
     assert_eq!(r.json()["headers"]["x-authz"], "allowed by authz.default");
     assert_eq!(r.headers.get("x-authz-decision").unwrap(), "allowed");
     // The callout really reached the authorization service (one request per decision).
-    assert_eq!(authz_count(c.clone()).await, before + 1);
+    assert_eq!(demo_count(&c, &authz).await, before + 1);
 
     // Denied: the service's answer (here a 403 from the echo's /status/403) goes back to the client as is.
     let r = get(&c, &format!("{base}/status/403"), &[]).await;
@@ -173,13 +160,11 @@ async fn ext_authz_callouts_pause_and_resume_requests() {
 
     // Each decision was queued by its stream and counted by the root context on `proxy_on_queue_ready`:
     // allowed = 1 + 1 (dead) + 40 + 1 (gRPC), denied = 1, failed = 1.
-    let admin = mesh.nodes["gateway-edge"].get("admin").to_string();
+    let admin = mesh.admin("gateway-edge");
     let metrics = eventually(Duration::from_secs(5), "decision counters", || {
         let (c, admin) = (c.clone(), admin.clone());
         async move {
-            let m = get(&c, &format!("http://{admin}/metrics"), &[])
-                .await
-                .text();
+            let m = metrics(&c, &admin).await;
             m.contains(r#"meshwork_wasm_filter_metric{name="ext_authz.allowed",type="counter"} 43"#)
                 .then_some(m)
         }

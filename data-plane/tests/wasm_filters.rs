@@ -187,17 +187,9 @@ const KEYS: &str = r#"{header: x-api-key, keys: {k1: alice}}"#;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wasm_filters_through_the_mesh() {
     let plugins = plugins_dir();
-    let dir = tempfile::tempdir().unwrap();
-    let gw = free_port();
     let api_key_url = format!("file://{}/meshwork_filter_api_key.wasm", plugins.display());
-    write(
-        dir.path(),
-        "mesh.yaml",
-        &manifests(gw, &plugins, "v1", KEYS, &api_key_url),
-    );
-    let mut mesh = Mesh::up(dir.path()).await;
-    let base = format!("http://127.0.0.1:{gw}");
-    let c = client();
+    let mut mesh = Mesh::start(|gw| manifests(gw, &plugins, "v1", KEYS, &api_key_url)).await;
+    let (gw, base, c) = (mesh.gw, mesh.base(), client());
     let key = [("x-api-key", "k1")];
 
     // AUTHN filter on the gateway: local 401 / 403 replies; a known key passes and is replaced by the client name.
@@ -425,10 +417,7 @@ async fn wasm_filters_through_the_mesh() {
     );
 
     // Failures are counted per plugin.
-    let admin = mesh.nodes["gateway-edge"].get("admin").to_string();
-    let metrics = get(&c, &format!("http://{admin}/metrics"), &[])
-        .await
-        .text();
+    let metrics = metrics(&c, &mesh.admin("gateway-edge")).await;
     for line in [
         r#"meshwork_wasm_failures_total{plugin="default/misbehave-panic",kind="trap"} 1"#,
         r#"meshwork_wasm_failures_total{plugin="default/misbehave-loop",kind="timeout"} 1"#,
@@ -440,25 +429,18 @@ async fn wasm_filters_through_the_mesh() {
 
     // A configuration the filter rejects is NACKed by the gateway; the previous chain keeps serving.
     write(
-        dir.path(),
+        &mesh.dir,
         "mesh.yaml",
         &manifests(gw, &plugins, "v1", "{header: x-api-key}", &api_key_url),
     );
     mesh.wait_line("applied: generation 2", Duration::from_secs(30))
         .await;
-    let nack = eventually(
+    let nack = wait_nack(
+        &mesh.control_plane,
+        "gateway-edge",
+        "",
         Duration::from_secs(10),
         "a NACK for the rejected configuration",
-        || {
-            let cp = mesh.control_plane.clone();
-            async move {
-                cp_status(&cp)
-                    .await?
-                    .proxies
-                    .into_iter()
-                    .find(|p| p.node_id == "gateway-edge" && !p.last_nack.is_empty())
-            }
-        },
     )
     .await;
     assert!(
@@ -474,10 +456,10 @@ async fn wasm_filters_through_the_mesh() {
     );
 
     // A module that does not compile is NACKed too.
-    let junk = dir.path().join("junk.wasm");
+    let junk = mesh.dir.join("junk.wasm");
     std::fs::write(&junk, b"\0asm\x01\0\0\0garbage").unwrap();
     write(
-        dir.path(),
+        &mesh.dir,
         "mesh.yaml",
         &manifests(
             gw,
@@ -489,16 +471,13 @@ async fn wasm_filters_through_the_mesh() {
     );
     mesh.wait_line("applied: generation 3", Duration::from_secs(30))
         .await;
-    eventually(Duration::from_secs(10), "a NACK for the bad module", || {
-        let cp = mesh.control_plane.clone();
-        async move {
-            cp_status(&cp)
-                .await?
-                .proxies
-                .into_iter()
-                .find(|p| p.node_id == "gateway-edge" && p.last_nack.contains("wasm module"))
-        }
-    })
+    wait_nack(
+        &mesh.control_plane,
+        "gateway-edge",
+        "wasm module",
+        Duration::from_secs(10),
+        "a NACK for the bad module",
+    )
     .await;
     assert_eq!(get(&c, &format!("{base}/x"), &key).await.status, 200);
 
@@ -510,20 +489,14 @@ async fn wasm_filters_through_the_mesh() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     write(
-        dir.path(),
+        &mesh.dir,
         "mesh.yaml",
         &manifests(gw, &plugins, "v2", KEYS, &api_key_url),
     );
     mesh.wait_line("applied: generation 4", Duration::from_secs(30))
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (ok, failures) = load.finish().await;
-    assert!(
-        failures.is_empty(),
-        "{} failures during a plugin swap, e.g. {:?}",
-        failures.len(),
-        &failures[..failures.len().min(3)]
-    );
+    let ok = load.finish_without_failures("during a plugin swap").await;
     assert!(ok > 20);
     assert_eq!(
         get(&c, &format!("{base}/x"), &key).await.json()["headers"]["x-policy"],

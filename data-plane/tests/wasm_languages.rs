@@ -11,12 +11,8 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_and_assemblyscript_filters() {
     let (c, asm) = (c_filter(), as_filter());
-    let dir = tempfile::tempdir().unwrap();
-    let gw = free_port();
-    write(
-        dir.path(),
-        "mesh.yaml",
-        &format!(
+    let mesh = Mesh::start(|gw| {
+        format!(
             r#"
 apiVersion: meshwork.dev/v1alpha1
 kind: Workload
@@ -56,10 +52,10 @@ spec:
 "#,
             c = c.display(),
             asm = asm.display()
-        ),
-    );
-    let _mesh = Mesh::up(dir.path()).await;
-    let base = format!("http://127.0.0.1:{gw}");
+        )
+    })
+    .await;
+    let base = mesh.base();
     let client = client();
 
     let r = get(&client, &format!("{base}/hello"), &[]).await;

@@ -7,7 +7,9 @@
 pub mod prereqs;
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -19,6 +21,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
+
+pub mod shared;
 
 /// A binary built by this workspace (`cargo test --workspace` builds all of them before any test runs).
 pub fn bin(name: &str) -> PathBuf {
@@ -32,6 +36,7 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A port nobody listens on right now (bound and released), for a process the test starts to listen on.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -86,6 +91,75 @@ impl Drop for Proc {
     }
 }
 
+/// For when this test process dies without running destructors (SIGKILL, an abort, or a normal exit with a
+/// process-wide fixture still alive, as statics are never dropped): a `sh` in its own process group blocks reading
+/// a pipe only this process holds open. When the pipe closes it sends SIGTERM to `pid` (if that is still `comm`),
+/// SIGKILL after 30 s, then removes `dir`. Dropping the watchdog kills it first, so a normal teardown never
+/// triggers it.
+pub struct Watchdog {
+    child: Child,
+}
+
+impl Watchdog {
+    pub fn new(pid: u32, comm: &str, dir: Option<&Path>) -> Watchdog {
+        // Running = its /proc/PID/stat state (after the command name) is not Z: an orphan's zombie may stay until
+        // init reaps it.
+        const SCRIPT: &str = r#"read _
+[ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ] || exit 0
+running() { s=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null) && [ -n "$s" ] && [ "${s%% *}" != Z ]; }
+kill -TERM "$1" 2>/dev/null
+i=0
+while running "$1" && [ "$i" -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+running "$1" && kill -KILL "$1" 2>/dev/null
+if [ -n "$3" ]; then rm -rf -- "$3"; fi
+"#;
+        let child = Command::new("sh")
+            .args(["-c", SCRIPT, "watchdog", &pid.to_string(), comm])
+            .arg(dir.map_or(OsStr::new(""), Path::as_os_str))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Not in the test's process group: a Ctrl-C must not take the watchdog down before it does its job.
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start the watchdog (sh): {e}"));
+        Watchdog { child }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // SIGKILL before the pipe closes (dropping `child` closes it), so it never acts on a normal teardown.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Stdio writing to a new file at `path` (a process's log, kept in the test's temp dir).
+pub fn log_file(path: &Path) -> Stdio {
+    Stdio::from(std::fs::File::create(path).unwrap())
+}
+
+/// `meshwork-demo echo` listening on 127.0.0.1:`port`, output discarded.
+pub fn demo_echo(port: u16) -> Proc {
+    Proc::spawn(
+        "meshwork-demo echo",
+        Command::new(bin("meshwork-demo"))
+            .args(["echo", "--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+}
+
+/// A `meshwork-proxy` command: stdout discarded, the log (stderr) to `log` (a new file) if given, else discarded.
+/// Add arguments and environment, then start it with [`Proc::spawn`].
+pub fn proxy_command(log: Option<&Path>) -> Command {
+    let mut cmd = Command::new(bin("meshwork-proxy"));
+    cmd.stdout(Stdio::null())
+        .stderr(log.map_or_else(Stdio::null, log_file));
+    cmd
+}
+
 /// A node started by `meshwork up`, from its `started ...` line.
 #[derive(Debug, Clone, Default)]
 pub struct Node {
@@ -98,19 +172,43 @@ impl Node {
     }
 }
 
-/// `meshwork up DIR`, with its stdout lines available to wait on.
+/// `meshwork up DIR`, with its stdout lines available to wait on. Dropping it stops `meshwork up` (which stops
+/// everything it started); a [`Watchdog`] does the same if the test process dies without dropping it.
 pub struct Mesh {
+    // Fields drop in this order: the process before its watchdog, both before the temp dir (the apps' cwd).
     pub proc: Proc,
+    watchdog: Watchdog,
     lines: mpsc::UnboundedReceiver<String>,
     pub seen: Arc<Mutex<Vec<String>>>,
     pub nodes: HashMap<String, Node>,
     pub control_plane: String,
     pub ready: String,
     pub dir: PathBuf,
+    /// The gateway listener's port when started with [`Mesh::start`] (0 with [`Mesh::up`]).
+    pub gw: u16,
+    tmp: Option<tempfile::TempDir>,
 }
 
 impl Mesh {
+    /// `meshwork up` on a new temp dir holding one file, mesh.yaml, written as `manifests(gw)` where `gw` is a free
+    /// port for the gateway's listener ([`Mesh::base`]); waits for its `ready:` line. The dir (with up.log) is
+    /// removed once the mesh has stopped.
+    pub async fn start(manifests: impl FnOnce(u16) -> String) -> Mesh {
+        let tmp = tempfile::tempdir().unwrap();
+        let gw = free_port();
+        write(tmp.path(), "mesh.yaml", &manifests(gw));
+        let mut mesh = Self::launch(tmp.path(), true).await;
+        mesh.gw = gw;
+        mesh.tmp = Some(tmp);
+        mesh
+    }
+
+    /// `meshwork up DIR` on manifests the test has written (and keeps); waits for its `ready:` line.
     pub async fn up(dir: &Path) -> Mesh {
+        Self::launch(dir, false).await
+    }
+
+    async fn launch(dir: &Path, owns_dir: bool) -> Mesh {
         let log = std::fs::File::create(dir.join("up.log")).unwrap();
         let mut cmd = Command::new(bin("meshwork"));
         cmd.arg("up")
@@ -125,6 +223,7 @@ impl Mesh {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
         let mut proc = Proc::spawn("meshwork up", &mut cmd);
+        let watchdog = Watchdog::new(proc.child.id(), "meshwork", owns_dir.then_some(dir));
         let stdout = proc.child.stdout.take().unwrap();
         let (tx, lines) = mpsc::unbounded_channel();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -139,12 +238,15 @@ impl Mesh {
         });
         let mut mesh = Mesh {
             proc,
+            watchdog,
             lines,
             seen,
             nodes: HashMap::new(),
             control_plane: String::new(),
             ready: String::new(),
             dir: dir.to_path_buf(),
+            gw: 0,
+            tmp: None,
         };
         mesh.ready = mesh.wait_line("ready:", Duration::from_secs(90)).await;
         for line in mesh.seen.lock().unwrap().iter() {
@@ -154,6 +256,35 @@ impl Mesh {
         }
         mesh.refresh_nodes();
         mesh
+    }
+
+    /// `http://127.0.0.1:GW`, the gateway of a mesh started with [`Mesh::start`].
+    pub fn base(&self) -> String {
+        assert_ne!(
+            self.gw, 0,
+            "the gateway port is known only with Mesh::start"
+        );
+        format!("http://127.0.0.1:{}", self.gw)
+    }
+
+    /// A node from its `started` line (`gateway-edge`, `web-0`, ...).
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes.get(name).unwrap_or_else(|| {
+            panic!(
+                "no node {name}; started: {:?}",
+                self.nodes.keys().collect::<Vec<_>>()
+            )
+        })
+    }
+
+    /// `http://ADDR` of a node's app (where the demo app listens, bypassing its sidecar).
+    pub fn app(&self, node: &str) -> String {
+        format!("http://{}", self.node(node).get("app"))
+    }
+
+    /// The address of a node's proxy admin listener (`/ready`, `/metrics`, `/config_dump`).
+    pub fn admin(&self, node: &str) -> String {
+        self.node(node).get("admin").to_string()
     }
 
     pub fn refresh_nodes(&mut self) {
@@ -197,6 +328,7 @@ impl Mesh {
     }
 }
 
+/// Writes manifest file `dir/name` the way an editor saves it.
 pub fn write(dir: &Path, name: &str, text: &str) {
     // Write-then-rename, as editors do, so the watcher never sees half a file.
     let tmp = dir.join(format!(".{name}.tmp"));
@@ -229,6 +361,7 @@ impl Resp {
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// An HTTP/1.1 client. Its connections are tasks of the runtime it is first used on: one per test, never shared.
 pub fn client() -> HttpClient {
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(16)
@@ -266,6 +399,7 @@ pub async fn send(
     })
 }
 
+/// GET; a transport error or timeout fails the test.
 pub async fn get(c: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Resp {
     send(c, "GET", url, headers, Bytes::new())
         .await
@@ -289,6 +423,70 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits (at most `limit`) until GET `url` answers 200, and returns that answer.
+pub async fn wait_serving(c: &HttpClient, url: &str, limit: Duration, what: &str) -> Resp {
+    eventually(limit, what, || async {
+        send(c, "GET", url, &[], Bytes::new())
+            .await
+            .ok()
+            .filter(|r| r.status == 200)
+    })
+    .await
+}
+
+/// Asserts that a proxy's admin `/ready` (at `admin`, an address) answers 200 now.
+pub async fn assert_ready(c: &HttpClient, admin: &str) {
+    let r = get(c, &format!("http://{admin}/ready"), &[]).await;
+    assert_eq!(r.status, 200, "{admin}/ready: {}", r.text());
+}
+
+/// A proxy's `/metrics` text (Prometheus format), from its admin address.
+pub async fn metrics(c: &HttpClient, admin: &str) -> String {
+    get(c, &format!("http://{admin}/metrics"), &[]).await.text()
+}
+
+/// The value of `name{cluster="CLUSTER"}` in a `/metrics` text; missing fails the test.
+pub fn metric_value(metrics: &str, name: &str, cluster: &str) -> u64 {
+    let prefix = format!("{name}{{cluster=\"{cluster}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// How many requests a demo app (at `app`, an `http://` URL) has served, not counting `/_demo/` ones.
+pub async fn demo_count(c: &HttpClient, app: &str) -> u64 {
+    get(c, &format!("{app}/_demo/count"), &[]).await.json()["requests"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Switches a demo app's failure mode (`/_demo/mode?QUERY`, e.g. `fail=1`, `slow=150`).
+pub async fn demo_mode(c: &HttpClient, app: &str, query: &str) {
+    let r = get(c, &format!("{app}/_demo/mode?{query}"), &[]).await;
+    assert_eq!(r.status, 200);
+}
+
+/// Waits (at most `limit`) for the control plane at `cp` to report a NACK from `node` whose text contains
+/// `containing` (any NACK for ""), and returns that proxy's status.
+pub async fn wait_nack(
+    cp: &str,
+    node: &str,
+    containing: &str,
+    limit: Duration,
+    what: &str,
+) -> meshwork_proto::ProxyStatus {
+    eventually(limit, what, || async {
+        cp_status(cp).await?.proxies.into_iter().find(|p| {
+            p.node_id == node && !p.last_nack.is_empty() && p.last_nack.contains(containing)
+        })
+    })
+    .await
 }
 
 /// Continuous load in the background: `workers` loops of GET `url` until stopped. Counts non-200 answers and
@@ -329,6 +527,18 @@ impl Load {
         Load { stop, tasks }
     }
 
+    /// Stops the load, asserts that no request failed ("N failures `during`, e.g. ..."); returns the successes.
+    pub async fn finish_without_failures(self, during: &str) -> u64 {
+        let (ok, failures) = self.finish().await;
+        assert!(
+            failures.is_empty(),
+            "{} failures {during}, e.g. {:?}",
+            failures.len(),
+            &failures[..failures.len().min(3)]
+        );
+        ok
+    }
+
     /// Stops the load; returns (successes, failures).
     pub async fn finish(self) -> (u64, Vec<String>) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -343,7 +553,7 @@ impl Load {
     }
 }
 
-/// The control plane's view of the connected proxies.
+/// The control plane's view of the connected proxies (None while it does not answer).
 pub async fn cp_status(addr: &str) -> Option<meshwork_proto::StatusResponse> {
     let mut c =
         meshwork_proto::discovery_client::DiscoveryClient::connect(format!("http://{addr}"))
