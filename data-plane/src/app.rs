@@ -11,13 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use meshwork_proto as pb;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
-use crate::config::from_proto::plugins;
+use crate::config::client::Identity;
 use crate::config::snapshot::{Cluster, Endpoint, Protocol};
-use crate::config::{Apply, ConfigStore, Snapshot};
+use crate::config::{Apply, ConfigStore, Received};
 use crate::filter::wasm::LazyWasm;
 use crate::listener;
 use crate::resilience::Registry;
@@ -88,28 +87,14 @@ pub struct Applier {
 }
 
 impl Applier {
-    /// Builds the snapshot (and its Wasm plugins) from what the source sent; an error is a NACK.
-    fn build(
-        &self,
-        version: u64,
-        pb: pb::Snapshot,
-        modules: Vec<pb::WasmModule>,
-    ) -> Result<Snapshot, String> {
+    /// Builds the snapshot (an error is a NACK), binds the listeners it adds, binds its runtime state, publishes
+    /// it, then retires the listeners it no longer has.
+    pub fn apply(&self, received: Received) -> Result<(), String> {
         let previous = self.store.load();
-        let plugins = plugins::build(&self.wasm, &pb, &modules, &previous, &self.node_id)?;
-        Snapshot::from_proto(version, pb, plugins).map_err(|e| e.to_string())
-    }
-
-    pub fn apply(
-        &self,
-        version: u64,
-        pb: pb::Snapshot,
-        modules: Vec<pb::WasmModule>,
-    ) -> Result<(), String> {
-        if version == self.store.version() && pb == self.store.load().source {
+        if received.same_as(&previous) {
             return Ok(()); // a reconnect re-sent what we already serve
         }
-        let snap = self.build(version, pb, modules)?;
+        let snap = received.build(&self.wasm, &previous, &self.node_id)?;
         let mut mgr = self.manager.lock().unwrap_or_else(|p| p.into_inner());
         let mut bound = Vec::new();
         if self.manage_listeners {
@@ -196,13 +181,8 @@ impl Applier {
 }
 
 impl Apply for Applier {
-    fn apply(
-        &self,
-        version: u64,
-        snapshot: pb::Snapshot,
-        modules: Vec<pb::WasmModule>,
-    ) -> Result<(), String> {
-        Applier::apply(self, version, snapshot, modules)
+    fn apply(&self, received: Received) -> Result<(), String> {
+        Applier::apply(self, received)
     }
 
     fn applied_version(&self) -> u64 {
@@ -406,26 +386,21 @@ async fn run_source(
         }
         Source::ControlPlane(url) => {
             let _ = started.send(Ok(()));
-            crate::config::client::run(url, hello(&opts), applier, leaving).await;
+            crate::config::client::run(url, identity(&opts), applier, leaving).await;
             std::future::pending::<()>().await;
         }
     }
 }
 
 /// How this proxy introduces itself to the control plane.
-fn hello(opts: &Options) -> pb::Hello {
-    pb::Hello {
+fn identity(opts: &Options) -> Identity {
+    Identity {
         node_id: opts.node_id.clone(),
         service: opts.service.clone(),
         namespace: opts.namespace.clone(),
-        role: match opts.role {
-            Role::Gateway => pb::Role::Gateway,
-            Role::Sidecar => pb::Role::Sidecar,
-        } as i32,
-        labels: opts.labels.iter().cloned().collect(),
-        inbound_addr: opts.inbound.map(|a| a.to_string()).unwrap_or_default(),
-        applied_version: 0,
-        cached_modules: Vec::new(),
+        gateway: opts.role == Role::Gateway,
+        labels: opts.labels.clone(),
+        inbound: opts.inbound,
     }
 }
 

@@ -9,7 +9,37 @@ use pb::proxy_message::Msg;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::Apply;
+use super::{Apply, Received};
+
+/// Who this proxy is, as it introduces itself to the control plane.
+pub struct Identity {
+    pub node_id: String,
+    pub service: String,
+    pub namespace: String,
+    pub gateway: bool,
+    pub labels: Vec<(String, String)>,
+    /// A sidecar's inbound address (its endpoint in the mesh).
+    pub inbound: Option<std::net::SocketAddr>,
+}
+
+impl Identity {
+    fn hello(&self) -> pb::Hello {
+        pb::Hello {
+            node_id: self.node_id.clone(),
+            service: self.service.clone(),
+            namespace: self.namespace.clone(),
+            role: if self.gateway {
+                pb::Role::Gateway
+            } else {
+                pb::Role::Sidecar
+            } as i32,
+            labels: self.labels.iter().cloned().collect(),
+            inbound_addr: self.inbound.map(|a| a.to_string()).unwrap_or_default(),
+            applied_version: 0,
+            cached_modules: Vec::new(),
+        }
+    }
+}
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -18,10 +48,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// proxy, so peers stop sending to it while it drains.
 pub async fn run(
     url: String,
-    hello: pb::Hello,
+    identity: Identity,
     applier: Arc<dyn Apply>,
     mut leaving: tokio::sync::watch::Receiver<bool>,
 ) {
+    let hello = identity.hello();
     let mut backoff = BACKOFF_MIN;
     loop {
         let result = tokio::select! {
@@ -68,11 +99,12 @@ async fn session(
     tracing::info!(%url, "connected to the control plane");
     while let Some(push) = pushes.message().await? {
         *backoff = BACKOFF_MIN;
-        let reply = match applier.apply(
+        let received = Received::new(
             push.version,
             push.snapshot.unwrap_or_default(),
             push.modules,
-        ) {
+        );
+        let reply = match applier.apply(received) {
             Ok(()) => Msg::Ack(pb::Ack {
                 version: push.version,
                 nonce: push.nonce,

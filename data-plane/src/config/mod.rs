@@ -14,15 +14,47 @@ pub use store::ConfigStore;
 
 use meshwork_proto as pb;
 
+use crate::filter::wasm::LazyWasm;
+
+/// A configuration as a source received it: the snapshot and the Wasm modules it brings, still in wire form.
+pub struct Received {
+    pub version: u64,
+    snapshot: pb::Snapshot,
+    modules: Vec<pb::WasmModule>,
+}
+
+impl Received {
+    pub fn new(version: u64, snapshot: pb::Snapshot, modules: Vec<pb::WasmModule>) -> Self {
+        Received {
+            version,
+            snapshot,
+            modules,
+        }
+    }
+
+    /// Whether this is what `current` already serves (a reconnect re-sends it).
+    pub fn same_as(&self, current: &Snapshot) -> bool {
+        self.version == current.version && self.snapshot == current.source
+    }
+
+    /// Builds the snapshot, with its Wasm plugins (compiling new modules, keeping the plugins of `previous` whose
+    /// definition did not change). An error is the reason for a NACK.
+    pub fn build(
+        self,
+        wasm: &LazyWasm,
+        previous: &Snapshot,
+        node_id: &str,
+    ) -> Result<Snapshot, String> {
+        let plugins =
+            from_proto::plugins::build(wasm, &self.snapshot, &self.modules, previous, node_id)?;
+        Snapshot::from_proto(self.version, self.snapshot, plugins).map_err(|e| e.to_string())
+    }
+}
+
 /// Applies what a source receives (the proxy's `app::Applier`): builds the snapshot and publishes it, or refuses
 /// it with the reason (a NACK) and keeps the previous one.
 pub trait Apply: Send + Sync {
-    fn apply(
-        &self,
-        version: u64,
-        snapshot: pb::Snapshot,
-        modules: Vec<pb::WasmModule>,
-    ) -> Result<(), String>;
+    fn apply(&self, received: Received) -> Result<(), String>;
 
     /// The version being served (0 before the first).
     fn applied_version(&self) -> u64;

@@ -11,7 +11,7 @@ use meshwork_manifest::source::{load_dir, watch_dir};
 use meshwork_manifest::translate::{modules_for, snapshot_for, ProxyKey, ProxyRole};
 use meshwork_proto as pb;
 
-use super::Apply;
+use super::{Apply, Received};
 
 /// Which Gateway this proxy runs: the named one, or the only one.
 fn gateway_key(set: &ManifestSet, name: Option<&str>, namespace: &str) -> Result<ProxyKey, String> {
@@ -84,5 +84,5 @@ fn apply(
     version: u64,
     (snapshot, modules): (pb::Snapshot, Vec<pb::WasmModule>),
 ) -> Result<(), String> {
-    applier.apply(version, snapshot, modules)
+    applier.apply(Received::new(version, snapshot, modules))
 }
