@@ -162,6 +162,13 @@ pub fn build_declared(dir: &Path) -> anyhow::Result<()> {
                 b.crate_dir.display()
             )
         })?;
+        // The copy writes where the manifest says: only ever a `.wasm` module.
+        anyhow::ensure!(
+            b.module.extension().is_some_and(|e| e == "wasm"),
+            "WasmPlugin {}: spec.url {} must name a .wasm file when spec.build is given",
+            b.plugin,
+            b.module.display()
+        );
         if wasm.canonicalize().ok() != b.module.canonicalize().ok() {
             if let Some(parent) = b.module.parent() {
                 std::fs::create_dir_all(parent)?;

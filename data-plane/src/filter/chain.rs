@@ -395,7 +395,8 @@ fn local_response(stream: &mut StreamData) -> Option<Response<ResponseBody>> {
 }
 
 impl Chain {
-    /// Request headers through every filter. `Verdict::Respond` is a local reply (from a filter, or its failure).
+    /// Request headers through every filter. `Verdict::Respond` is a filter's own reply, `Verdict::Fail` a filter
+    /// that failed, closed the stream or could never resume it.
     /// A filter that pauses holds the request here until it resumes (see the module docs).
     pub async fn on_request(
         plugins: &[Arc<PluginHandle>],

@@ -10,7 +10,7 @@
 //!    6. bulkhead (a slot, or wait among `maxPending`, or fail),
 //!    7. balancer (skipping ejected and unhealthy endpoints),
 //!    8. per-try timeout around the upstream call,
-//!    9. the outcome recorded: latency EWMA, outlier detection, breaker.
+//!    9. the outcome recorded: latency EWMA (by the attempt itself), outlier detection, breaker.
 //!
 //! Every step is a function below, in that order; the layers' own answers (429, 503, fault aborts) are errors
 //! here, turned into replies by `error.rs`, the one owner of the proxy's replies.

@@ -3,7 +3,8 @@
 //! order:
 //!
 //! fault injection -> rate limit -> circuit breaker -> [ total timeout: retries ( bulkhead -> balancer ->
-//! per-try timeout -> upstream ) ] -> outcome recorded (EWMA, outlier detection, breaker, budget).
+//! per-try timeout -> upstream -> outcome recorded: EWMA, outlier detection, breaker ) ] (the retry budget is
+//! paid into before the first attempt and drawn on for each retry).
 //!
 //! The policies are config data (`config::policy`); the state each layer keeps lives here, beside the snapshot
 //! (`registry`), so it outlives snapshots and a rejected snapshot touches none of it. Every layer counts what it
