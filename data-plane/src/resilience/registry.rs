@@ -87,6 +87,11 @@ impl Registry {
         let mut bound = Bound::default();
         for c in snap.clusters.values() {
             let rt = self.runtime(&c.name, &c.policy);
+            // Endpoints that left take their state with them: the table stays as large as the cluster.
+            rt.endpoints
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|addr, _| c.endpoints.iter().any(|e| e.addr == *addr));
             bound
                 .balancers
                 .insert(c.name.clone(), Arc::new(Balancer::new(c.clone(), rt)));
@@ -143,6 +148,18 @@ impl Registry {
             .get(name)
             .map(|rt| rt.endpoints.clone())
             .unwrap_or_default();
+        if policy.health.is_none() {
+            // No health check any more: nothing would ever bring back an endpoint the last one took out.
+            for state in endpoints
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+            {
+                state
+                    .unhealthy
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         let rt = Arc::new(ClusterRuntime::new(name.clone(), policy.clone(), endpoints));
         map.insert(name.clone(), rt.clone());
         rt
@@ -162,5 +179,101 @@ impl Registry {
         let mut v: Vec<_> = self.lock().values().cloned().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::policy::HealthConfig;
+    use crate::config::snapshot::Endpoint;
+    use crate::config::snapshot::Protocol;
+
+    fn snapshot(ports: &[u16], policy: Policy) -> Snapshot {
+        let endpoints = ports
+            .iter()
+            .map(|p| Endpoint {
+                addr: SocketAddr::from(([127, 0, 0, 1], *p)),
+                authority: format!("127.0.0.1:{p}").parse().unwrap(),
+            })
+            .collect();
+        let mut cluster = Cluster::new(Arc::from("service/default/a"), Protocol::Http1, endpoints);
+        cluster.policy = Arc::new(policy);
+        let mut snap = Snapshot::empty();
+        snap.clusters
+            .insert(cluster.name.clone(), Arc::new(cluster));
+        snap
+    }
+
+    fn balancer(r: &Registry, snap: &Snapshot) -> Arc<Balancer> {
+        r.balancer(snap.clusters.values().next().unwrap())
+    }
+
+    fn health() -> Policy {
+        Policy {
+            health: Some(HealthConfig {
+                path: "/".into(),
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+                healthy_threshold: 1,
+                unhealthy_threshold: 1,
+            }),
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn an_unchanged_policy_keeps_the_runtime_and_a_changed_one_keeps_endpoint_state() {
+        let (r, upstreams) = (Registry::default(), Upstreams::new(Duration::from_secs(1)));
+        let first = snapshot(&[9001, 9002], Policy::default());
+        r.sync(&first, &upstreams);
+        let before = balancer(&r, &first);
+        let again = snapshot(&[9001, 9002], Policy::default());
+        r.sync(&again, &upstreams);
+        assert!(Arc::ptr_eq(&before.rt, &balancer(&r, &again).rt));
+        let changed = snapshot(&[9001, 9002], health());
+        r.sync(&changed, &upstreams);
+        let after = balancer(&r, &changed);
+        assert!(
+            !Arc::ptr_eq(&before.rt, &after.rt),
+            "a new policy, a new runtime"
+        );
+        assert!(
+            Arc::ptr_eq(&before.states[0], &after.states[0]),
+            "endpoint state kept"
+        );
+    }
+
+    #[test]
+    fn endpoint_state_leaves_with_its_endpoint() {
+        let (r, upstreams) = (Registry::default(), Upstreams::new(Duration::from_secs(1)));
+        let ports: Vec<u16> = (9000..9100).collect();
+        r.sync(&snapshot(&ports, Policy::default()), &upstreams);
+        let one = snapshot(&[9000], Policy::default());
+        r.sync(&one, &upstreams);
+        let b = balancer(&r, &one);
+        assert_eq!(
+            b.rt.endpoints.lock().unwrap().len(),
+            1,
+            "the table follows the cluster"
+        );
+    }
+
+    #[test]
+    fn removing_the_health_check_brings_back_what_it_took_out() {
+        let (r, upstreams) = (Registry::default(), Upstreams::new(Duration::from_secs(1)));
+        let checked = snapshot(&[9001, 9002], health());
+        r.sync(&checked, &upstreams);
+        balancer(&r, &checked).states[0]
+            .unhealthy
+            .store(true, Ordering::Relaxed);
+        let unchecked = snapshot(&[9001, 9002], Policy::default());
+        r.sync(&unchecked, &upstreams);
+        assert!(!balancer(&r, &unchecked).states[0]
+            .unhealthy
+            .load(Ordering::Relaxed));
     }
 }
