@@ -13,25 +13,9 @@ async fn meshwork_up_builds_the_filters_a_manifest_names() {
     prereqs::wasm_target();
     let krate = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/header-policy");
     let mesh = Mesh::start(|gw| {
+        let mesh = gateway_to_backend(gw);
         format!(
-            r#"
-apiVersion: meshwork.dev/v1alpha1
-kind: Workload
-metadata: {{name: backend}}
-spec: {{service: backend, command: meshwork-demo echo}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: edge}}
-spec: {{listeners: [{{name: http, port: {gw}}}]}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: all}}
-spec:
-  parentRefs: [{{name: edge}}]
-  rules: [{{backendRefs: [{{name: backend}}]}}]
----
+            r#"{mesh}---
 apiVersion: meshwork.dev/v1alpha1
 kind: WasmPlugin
 metadata: {{name: built}}

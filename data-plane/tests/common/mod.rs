@@ -671,3 +671,28 @@ pub fn as_filter() -> PathBuf {
         })
         .clone()
 }
+
+/// The smallest mesh a filter test needs: a `backend` service (the demo echo app) behind the Gateway `edge` on
+/// port `gw`, every path routed to it by the HTTPRoute `all`. Tests append their own documents.
+pub fn gateway_to_backend(gw: u16) -> String {
+    format!(
+        r#"
+apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {{name: backend}}
+spec: {{service: backend, command: meshwork-demo echo}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec: {{listeners: [{{name: http, port: {gw}}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: all}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{backendRefs: [{{name: backend}}]}}]
+"#
+    )
+}
