@@ -10,7 +10,7 @@ use http::{Response, StatusCode};
 use crate::filter::chain::{BodyFilterFailed, BodyReplied, BodyTooLarge, FilterError};
 use crate::filter::wasm::WasmError;
 use crate::resilience::CallError;
-use crate::upstream::body::{ResponseBody, StoppedByProxy};
+use crate::upstream::body::{ClientBodyFailed, ResponseBody, StoppedByProxy};
 use crate::upstream::error::{chain, find};
 use crate::upstream::UpstreamError;
 
@@ -131,6 +131,12 @@ fn body_reply(err: &(dyn std::error::Error + 'static)) -> Option<Response<Respon
     }
     if let Some(e) = find::<BodyReplied>(err) {
         return Some(text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()));
+    }
+    if find::<ClientBodyFailed>(err).is_some() {
+        return Some(text(
+            StatusCode::BAD_REQUEST,
+            "the request body could not be read",
+        ));
     }
     if find::<StoppedByProxy>(err).is_some() {
         // A filter changed the length of a body whose Content-Length was already sent: not the upstream's doing.

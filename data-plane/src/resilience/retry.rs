@@ -7,7 +7,7 @@ use http::{Method, Response};
 
 use super::call::CallError;
 use crate::config::policy::{on, RetryPolicy};
-use crate::upstream::body::{ResponseBody, StoppedByProxy};
+use crate::upstream::body::{ClientBodyFailed, ResponseBody, StoppedByProxy};
 use crate::upstream::error::{chain, find};
 use crate::upstream::UpstreamError;
 
@@ -18,7 +18,7 @@ pub enum Kind {
     RefusedStream,
     Reset,
     Timeout,
-    /// Not the upstream's fault (a filter refused the body, for example): never retried, not counted.
+    /// Not the upstream's fault (the client's body failed, a filter refused it): never retried, not counted.
     Local,
 }
 
@@ -45,7 +45,9 @@ impl Outcome {
                 kind: match e {
                     CallError::Upstream(UpstreamError::Connect { .. }) => Kind::ConnectFailure,
                     CallError::Upstream(UpstreamError::Failed { source, .. }) => {
-                        if find::<StoppedByProxy>(source).is_some() {
+                        if find::<StoppedByProxy>(source).is_some()
+                            || find::<ClientBodyFailed>(source).is_some()
+                        {
                             Kind::Local
                         } else {
                             let text = chain(source);

@@ -20,6 +20,12 @@ pub type Boxed = Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>;
 #[error("{0}")]
 pub struct StoppedByProxy(#[source] pub BoxError);
 
+/// The client's own request body failed (bad chunked framing, the client went away mid-body): the client's
+/// problem, never the upstream's, so it feeds no breaker, outlier detection, retry or balancer.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed")]
+pub struct ClientBodyFailed(#[source] pub hyper::Error);
+
 /// Body sent to an upstream.
 pub enum RequestBody {
     /// The client's body, streamed through.
@@ -47,7 +53,7 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(client_failed),
             RequestBody::Tee { inner, copies } => {
                 let frame = std::task::ready!(Pin::new(inner).poll_frame(cx));
                 match &frame {
@@ -59,7 +65,7 @@ impl Body for RequestBody {
                     }
                     _ => copies.clear(),
                 }
-                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+                Poll::Ready(frame.map(|r| r.map_err(client_failed)))
             }
             RequestBody::Mirror(rx) => rx.poll_recv(cx).map(|d| d.map(|b| Ok(Frame::data(b)))),
             RequestBody::Empty => Poll::Ready(None),
@@ -85,6 +91,10 @@ impl Body for RequestBody {
             RequestBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
         }
     }
+}
+
+fn client_failed(e: hyper::Error) -> BoxError {
+    Box::new(ClientBodyFailed(e))
 }
 
 /// Body sent to a client.
