@@ -39,6 +39,7 @@ pub mod wasi {
     pub const BADF: i32 = 8;
     pub const FAULT: i32 = 21;
     pub const INVAL: i32 = 28;
+    pub const IO: i32 = 29;
     pub const NOSYS: i32 = 52;
     pub const NOTSUP: i32 = 58;
 }

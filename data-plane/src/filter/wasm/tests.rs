@@ -298,6 +298,24 @@ fn local_reply_and_unimplemented() {
     );
 }
 
+/// WASI randomness is the OS's CSPRNG: seeding the proxy's own fast generator (fastrand, thread-local) to a known
+/// state must not make what a guest draws predictable.
+#[test]
+fn wasi_random_is_not_the_proxys_seeded_generator() {
+    const DRAW: &str =
+        "(drop (call $random (i32.const 100) (i32.const 4))) (i32.load (i32.const 100))";
+    fastrand::seed(7);
+    let drawn = status(DRAW);
+    let mut seeded = fastrand::Rng::with_seed(7);
+    let predicted =
+        i32::from_le_bytes([seeded.u8(..), seeded.u8(..), seeded.u8(..), seeded.u8(..)]);
+    assert_ne!(
+        drawn, predicted,
+        "the guest drew what the seeded generator gives"
+    );
+    assert_ne!(status(DRAW), drawn, "two draws differ");
+}
+
 #[test]
 fn wasi() {
     assert_eq!(

@@ -77,9 +77,12 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             if len > MAX_RANDOM_BYTES {
                 return Ok(wasi::INVAL);
             }
-            let bytes: Vec<u8> = std::iter::repeat_with(|| fastrand::u8(..))
-                .take(len)
-                .collect();
+            // Guests take this as the OS's entropy (getrandom, uuid, OsRng mint tokens and nonces with it), so it
+            // comes from the OS's CSPRNG, never from the proxy's fast, predictable generator.
+            let mut bytes = vec![0u8; len];
+            if getrandom::fill(&mut bytes).is_err() {
+                return Ok(wasi::IO);
+            }
             Ok(errno(write(&mut c, buf, &bytes)))
         })?;
         l.func_wrap(
