@@ -74,6 +74,8 @@ async fn route_and_forward(
         Mode::Inbound(app) => inbound(ctx, &snapshot, app, &parts, peer).await?,
         Mode::Routed(name) => routed(&snapshot, name, &parts)?,
     };
+    // What the client may not decide for the next hop goes before anything sees the request.
+    sanitize(ctx, &mut parts.headers);
     // 4. Wasm filters see the request before the router acts on it (as Envoy's HTTP filters run before its
     //    router), then the route's own filters.
     let eos = http_body::Body::is_end_stream(&body);
@@ -266,12 +268,24 @@ async fn through_response_filters(
     }
 }
 
+/// Before the filters: hop-by-hop headers (RFC 9110 7.6.1) and a caller statement no one here vouches for are
+/// gone, so filters never see them and a client's `Connection` cannot remove what a filter sets.
+fn sanitize(ctx: &ListenerCtx, headers: &mut http::HeaderMap) {
+    headers::strip_hop_by_hop(headers, true);
+    // Only the listener that reads it (inbound) keeps the caller sidecar's statement.
+    if !matches!(ctx.mode, Mode::Inbound(_)) {
+        headers.remove(SOURCE_HEADER);
+    }
+}
+
+/// After the filters: what this hop says to the next (the calling service, Host, forwarding headers). Hop-by-hop
+/// headers a filter added are stripped again.
 fn prepare_headers(ctx: &ListenerCtx, parts: &mut http::request::Parts, peer: SocketAddr) {
     match &ctx.source {
         Some(v) => {
             parts.headers.insert(SOURCE_HEADER, v.clone());
         }
-        // Only the listener that reads it (inbound) keeps the caller sidecar's statement.
+        // Not even a filter speaks for the caller here.
         None if !matches!(ctx.mode, Mode::Inbound(_)) => {
             parts.headers.remove(SOURCE_HEADER);
         }

@@ -23,15 +23,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    if let Some(conn) = headers.remove(header::CONNECTION) {
-        if let Ok(list) = conn.to_str() {
-            for name in list.split(',') {
-                let name = name.trim();
-                if !name.is_empty() && !name.eq_ignore_ascii_case("te") {
-                    headers.remove(name);
-                }
-            }
-        }
+    // Every `Connection` line counts (a message may carry several), not just the first.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|list| list.split(','))
+        .map(str::trim)
+        .filter(|n| !n.eq_ignore_ascii_case("te"))
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect();
+    headers.remove(header::CONNECTION);
+    for name in named {
+        headers.remove(name);
     }
     for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
         headers.remove(name);
@@ -231,7 +235,16 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert("x-kept", HeaderValue::from_static("1"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("x-second-line"),
+        );
+        h.insert("x-second-line", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h, true);
+        assert!(
+            h.get("x-second-line").is_none(),
+            "a second Connection line is honoured too"
+        );
         assert!(
             h.get("x-secret").is_none()
                 && h.get("keep-alive").is_none()
