@@ -69,13 +69,13 @@ async fn route_and_forward(
     // The snapshot is loaded once: this request finishes on it even if a new one is published meanwhile.
     let snapshot = ctx.store.load();
     let (mut parts, body) = req.into_parts();
+    // What the client may not decide for the next hop goes on arrival, before routing and filters see it.
+    sanitize(ctx, &mut parts.headers);
     // 3. Route.
     let target = match &ctx.mode {
         Mode::Inbound(app) => inbound(ctx, &snapshot, app, &parts, peer).await?,
         Mode::Routed(name) => routed(&snapshot, name, &parts)?,
     };
-    // What the client may not decide for the next hop goes before anything sees the request.
-    sanitize(ctx, &mut parts.headers);
     // 4. Wasm filters see the request before the router acts on it (as Envoy's HTTP filters run before its
     //    router), then the route's own filters.
     let eos = http_body::Body::is_end_stream(&body);
