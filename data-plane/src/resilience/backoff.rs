@@ -7,7 +7,11 @@ pub fn full_jitter(base: Duration, max: Duration, retry: u32, unit_random: f64) 
     cap.mul_f64(unit_random.clamp(0.0, 1.0))
 }
 
-/// `Retry-After` as delay-seconds (an HTTP date is not honoured; it is rare on retriable answers).
+/// The longest `Retry-After` a retry waits for: an upstream cannot park the proxy's requests for longer.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// `Retry-After` as delay-seconds, at most `MAX_RETRY_AFTER` (an HTTP date is not honoured; it is rare on
+/// retriable answers).
 pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
     headers
         .get(http::header::RETRY_AFTER)?
@@ -16,5 +20,5 @@ pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
         .trim()
         .parse::<u64>()
         .ok()
-        .map(Duration::from_secs)
+        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
 }

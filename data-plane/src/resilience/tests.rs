@@ -225,6 +225,21 @@ fn backoff_is_full_jitter_capped() {
     );
 }
 
+/// An upstream cannot park requests: `Retry-After: 3600` waits `MAX_RETRY_AFTER` at most.
+#[test]
+fn retry_after_is_capped() {
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("3600"),
+    );
+    assert_eq!(
+        super::backoff::retry_after(&h),
+        Some(super::backoff::MAX_RETRY_AFTER)
+    );
+    assert_eq!(super::backoff::MAX_RETRY_AFTER, Duration::from_secs(10));
+}
+
 #[tokio::test(start_paused = true)]
 async fn ewma_is_peak_sensitive_and_decays() {
     let e = EndpointState::default();
