@@ -173,3 +173,64 @@ spec:
         proxy.stop(Duration::from_secs(10));
     }
 }
+
+/// `/config_dump` shows what a Wasm plugin is configured with only as digests: a password in `vmConfig.env` or a
+/// key in `pluginConfig` is not readable there (issue 11, item 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_dump_shows_no_plugin_secrets() {
+    let plugins = plugins_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let (gw, origin, admin) = (free_port(), free_port(), free_port());
+    let _origin = demo_echo(origin);
+    write(
+        dir.path(),
+        "m.yaml",
+        &format!(
+            "{}---
+apiVersion: meshwork.dev/v1alpha1
+kind: WasmPlugin
+metadata: {{name: policy}}
+spec:
+  url: file://{}/meshwork_filter_header_policy.wasm
+  targetRefs: [{{kind: Gateway, name: edge}}]
+  pluginConfig: {{request: {{set: {{x-api-key: 'key-0f9e8d7c'}}}}}}
+  vmConfig: {{env: [{{name: DB_PASSWORD, value: 'hunter2-secret'}}]}}
+",
+            manifests_text(gw, origin, "/"),
+            plugins.display()
+        ),
+    );
+    let mut proxy = Proc::spawn(
+        "proxy",
+        proxy_command(None)
+            .arg("--manifests")
+            .arg(dir.path())
+            .args(["--workers", "1", "--admin", &format!("127.0.0.1:{admin}")]),
+    );
+    let c = client();
+    let url = format!("http://127.0.0.1:{gw}/x");
+    let r = wait_serving(
+        &c,
+        &url,
+        Duration::from_secs(30),
+        "the gateway with its filter",
+    )
+    .await;
+    assert_eq!(
+        r.json()["headers"]["x-api-key"],
+        "key-0f9e8d7c",
+        "the filter still gets its configuration"
+    );
+    let dump = get(&c, &format!("http://127.0.0.1:{admin}/config_dump"), &[])
+        .await
+        .text();
+    assert!(
+        !dump.contains("key-0f9e8d7c") && !dump.contains("hunter2-secret"),
+        "{dump}"
+    );
+    assert!(
+        dump.contains("DB_PASSWORD") && dump.contains("sha256:"),
+        "{dump}"
+    );
+    proxy.stop(Duration::from_secs(10));
+}

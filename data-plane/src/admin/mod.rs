@@ -60,7 +60,7 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 "node_id": state.node_id,
                 "role": state.role,
                 "version": snap.version,
-                "snapshot": snap.source,
+                "snapshot": crate::config::dump::redacted(&snap.source),
             });
             match serde_json::to_vec_pretty(&dump) {
                 Ok(body) => respond(StatusCode::OK, "application/json", body),

@@ -3,6 +3,7 @@
 //! stream (`client`) and a manifest directory (`standalone`), which hand what they receive to an `Apply`.
 
 pub mod client;
+pub mod dump;
 pub mod from_proto;
 pub mod policy;
 pub mod snapshot;
