@@ -71,47 +71,86 @@ impl TokenBucket {
     }
 }
 
-/// Buckets by key (a client's IP, header value or service; "" for a global limit). Keys whose bucket is full
-/// again are forgotten when the map grows past `MAX_KEYS`, so many one-off clients cannot grow it without end.
+/// Buckets by key (a client's IP, header value or service; "" for a global limit), in a bounded table: 16 shards
+/// of at most `MAX_KEYS / 16` keys, each behind its own lock. A new key in a full shard first drops the shard's
+/// keys whose bucket is full again (they have nothing to remember), else the key used least recently; so many
+/// one-off clients can neither grow the table nor make a new key cost more than one scan of a shard. Keys longer
+/// than `MAX_KEY_BYTES` are kept as a hash of themselves.
 #[derive(Debug)]
 pub struct KeyedLimiter {
     pub rate: f64,
     pub burst: u32,
-    buckets: Mutex<HashMap<String, TokenBucket>>,
+    shards: [Mutex<HashMap<Box<str>, TokenBucket>>; SHARDS],
 }
 
-const MAX_KEYS: usize = 10_000;
+/// At most this many keys are remembered per limit (documented in docs/resilience.md).
+pub const MAX_KEYS: usize = 10_000;
+const SHARDS: usize = 16;
+const PER_SHARD: usize = MAX_KEYS / SHARDS;
+/// Longer keys (a header value can be long) are remembered by their hash.
+pub const MAX_KEY_BYTES: usize = 128;
 
 impl KeyedLimiter {
     pub fn new(rate: f64, burst: u32) -> Self {
         KeyedLimiter {
             rate,
             burst,
-            buckets: Mutex::new(HashMap::new()),
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
         }
     }
 
     /// Takes a token for `key`; returns the outcome and the seconds until that key's bucket is full.
     pub fn take(&self, key: &str, now: Instant, max_delay: Option<Duration>) -> (Take, u64) {
-        let mut map = self
-            .buckets
+        let hash = super::balance::hash(key.as_bytes());
+        let hashed;
+        let key = if key.len() > MAX_KEY_BYTES {
+            hashed = format!("#{hash:016x}");
+            hashed.as_str()
+        } else {
+            key
+        };
+        let mut shard = self.shards[(hash % SHARDS as u64) as usize]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !map.contains_key(key) {
-            if map.len() >= MAX_KEYS {
-                map.retain(|_, b| !b.is_full(now));
+        if !shard.contains_key(key) {
+            if shard.len() >= PER_SHARD {
+                make_room(&mut shard, now);
             }
-            map.insert(
-                key.to_string(),
-                TokenBucket::new(self.rate, self.burst, now),
-            );
+            shard.insert(key.into(), TokenBucket::new(self.rate, self.burst, now));
         }
-        match map.get_mut(key) {
+        match shard.get_mut(key) {
             Some(b) => {
                 let t = b.take(now, max_delay);
                 (t, b.reset_secs())
             }
             None => (Take::Now { remaining: 0 }, 0),
         }
+    }
+
+    /// How many keys are remembered (tests, metrics).
+    pub fn keys(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .len()
+            })
+            .sum()
+    }
+}
+
+/// Frees at least one place in a full shard: the keys whose bucket is full again, else the least recently used.
+fn make_room(shard: &mut HashMap<Box<str>, TokenBucket>, now: Instant) {
+    shard.retain(|_, b| !b.is_full(now));
+    if shard.len() < PER_SHARD {
+        return;
+    }
+    let oldest = shard
+        .iter()
+        .min_by_key(|(_, b)| b.last)
+        .map(|(k, _)| k.clone());
+    if let Some(k) = oldest {
+        shard.remove(&k);
     }
 }

@@ -201,6 +201,36 @@ async fn keyed_limiter_keeps_one_bucket_per_key() {
     assert!(ok("b") && ok("b") && !ok("b"), "b has its own quota");
 }
 
+/// 70,000 one-off keys (issue 11, item 4) leave a table of at most `MAX_KEYS`, and a key in active use keeps its
+/// state through the flood: it is still limited.
+#[tokio::test(start_paused = true)]
+async fn keyed_limiter_stays_bounded_and_keeps_the_keys_in_use() {
+    use super::bucket::MAX_KEYS;
+    let l = KeyedLimiter::new(0.001, 1);
+    let now = Instant::now();
+    let limited = |k: &str| matches!(l.take(k, now, None).0, Take::Rejected { .. });
+    assert!(!limited("hot") && limited("hot"));
+    for i in 0..70_000 {
+        assert!(!limited(&format!("user-{i}")), "a new key gets its burst");
+        if i % 100 == 0 {
+            assert!(limited("hot"), "the key in use is remembered (at key {i})");
+        }
+    }
+    assert!(l.keys() <= MAX_KEYS, "{} keys", l.keys());
+}
+
+/// Long keys are remembered by their hash, each still with its own quota.
+#[tokio::test(start_paused = true)]
+async fn keyed_limiter_long_keys_keep_their_own_quota() {
+    let l = KeyedLimiter::new(0.001, 1);
+    let now = Instant::now();
+    let (a, b) = ("x".repeat(5_000) + "a", "x".repeat(5_000) + "b");
+    let ok = |k: &str| matches!(l.take(k, now, None).0, Take::Now { .. });
+    assert!(ok(&a) && !ok(&a));
+    assert!(ok(&b) && !ok(&b), "another long key, another bucket");
+    assert_eq!(l.keys(), 2);
+}
+
 #[test]
 fn backoff_is_full_jitter_capped() {
     use super::backoff::full_jitter;
