@@ -29,7 +29,8 @@ pub struct Endpoint {
 }
 
 /// An upstream service as configured: its endpoints and its TrafficPolicy. The runtime state derived from it
-/// (breaker, budget, limiter, per-endpoint latency and ejections) lives in `resilience::Registry`, keyed by name.
+/// (breaker, budget, limiter, per-endpoint latency and ejections) lives beside the snapshot in the resilience
+/// registry (stage 5-6), keyed by name.
 #[derive(Debug)]
 pub struct Cluster {
     pub name: Arc<str>,
@@ -61,7 +62,7 @@ impl Cluster {
 }
 
 /// A TrafficPolicy attached to a route (or to the sidecar's inbound listener); `key` names its runtime state in
-/// `resilience::Registry`.
+/// the resilience registry.
 #[derive(Debug)]
 pub struct PolicyRef {
     pub key: Arc<str>,
