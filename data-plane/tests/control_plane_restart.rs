@@ -57,25 +57,7 @@ async fn control_plane_restart_under_load() {
     write(
         &dir.path().join("manifests"),
         "mesh.yaml",
-        &format!(
-            "apiVersion: meshwork.dev/v1alpha1
-kind: Workload
-metadata: {{name: backend}}
-spec: {{service: backend, command: meshwork-demo echo}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: edge}}
-spec: {{listeners: [{{name: http, port: {gw}}}]}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: all}}
-spec:
-  parentRefs: [{{name: edge}}]
-  rules: [{{backendRefs: [{{name: backend}}]}}]
-"
-        ),
+        &gateway_to_backend(gw),
     );
     let mut cp = control_plane(dir.path(), cp_port);
     let _app = demo_echo(app);
