@@ -80,7 +80,15 @@ impl TokenBucket {
 pub struct KeyedLimiter {
     pub rate: f64,
     pub burst: u32,
-    shards: [Mutex<HashMap<Box<str>, TokenBucket>>; SHARDS],
+    shards: [Mutex<Shard>; SHARDS],
+}
+
+/// One shard's buckets, each with the shard's use count when it was last used (a counter, not a clock: uses that
+/// fall in one clock tick still have an order).
+#[derive(Debug, Default)]
+struct Shard {
+    buckets: HashMap<Box<str>, (TokenBucket, u64)>,
+    uses: u64,
 }
 
 /// At most this many keys are remembered per limit (documented in docs/resilience.md).
@@ -95,7 +103,7 @@ impl KeyedLimiter {
         KeyedLimiter {
             rate,
             burst,
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
         }
     }
 
@@ -112,14 +120,18 @@ impl KeyedLimiter {
         let mut shard = self.shards[(hash % SHARDS as u64) as usize]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !shard.contains_key(key) {
-            if shard.len() >= PER_SHARD {
-                make_room(&mut shard, now);
+        shard.uses += 1;
+        let uses = shard.uses;
+        if !shard.buckets.contains_key(key) {
+            if shard.buckets.len() >= PER_SHARD {
+                make_room(&mut shard.buckets, now);
             }
-            shard.insert(key.into(), TokenBucket::new(self.rate, self.burst, now));
+            let bucket = TokenBucket::new(self.rate, self.burst, now);
+            shard.buckets.insert(key.into(), (bucket, uses));
         }
-        match shard.get_mut(key) {
-            Some(b) => {
+        match shard.buckets.get_mut(key) {
+            Some((b, used)) => {
+                *used = uses;
                 let t = b.take(now, max_delay);
                 (t, b.reset_secs())
             }
@@ -134,6 +146,7 @@ impl KeyedLimiter {
             .map(|s| {
                 s.lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .buckets
                     .len()
             })
             .sum()
@@ -141,16 +154,16 @@ impl KeyedLimiter {
 }
 
 /// Frees at least one place in a full shard: the keys whose bucket is full again, else the least recently used.
-fn make_room(shard: &mut HashMap<Box<str>, TokenBucket>, now: Instant) {
-    shard.retain(|_, b| !b.is_full(now));
-    if shard.len() < PER_SHARD {
+fn make_room(buckets: &mut HashMap<Box<str>, (TokenBucket, u64)>, now: Instant) {
+    buckets.retain(|_, (b, _)| !b.is_full(now));
+    if buckets.len() < PER_SHARD {
         return;
     }
-    let oldest = shard
+    let oldest = buckets
         .iter()
-        .min_by_key(|(_, b)| b.last)
+        .min_by_key(|(_, (_, used))| *used)
         .map(|(k, _)| k.clone());
     if let Some(k) = oldest {
-        shard.remove(&k);
+        buckets.remove(&k);
     }
 }
