@@ -277,6 +277,7 @@ fn start_proxy(dir: std::path::PathBuf, admin: u16) {
         drain: Duration::from_secs(1),
         shutdown_delay: Duration::ZERO,
         wasm_cache_dir: None,
+        limits: meshwork_proxy::listener::Limits::default(),
     };
     std::thread::Builder::new()
         .name("meshwork-data".into())

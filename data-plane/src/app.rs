@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -58,12 +59,19 @@ pub struct Options {
     pub shutdown_delay: Duration,
     /// Compiled Wasm modules are cached here across restarts (None: no disk cache).
     pub wasm_cache_dir: Option<PathBuf>,
+    /// Deadlines and bounds for downstream connections (every data listener; the admin listener too, with a
+    /// small cap of its own).
+    pub limits: listener::Limits,
 }
+
+/// How many connections the admin listener takes at once.
+const ADMIN_CONNECTIONS: usize = 64;
 
 /// A gateway listener being served: its port, and how to stop it.
 struct RunningListener {
     port: u16,
     stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// Gateway listeners come and go with snapshots; this keeps the running set equal to the applied one.
@@ -83,6 +91,8 @@ pub struct Applier {
     upstreams: Upstreams,
     manage_listeners: bool,
     drain: Duration,
+    limits: Arc<listener::Limits>,
+    budget: listener::FdBudget,
     manager: Mutex<ListenerManager>,
 }
 
@@ -155,13 +165,17 @@ impl Applier {
                     upstreams: self.upstreams.clone(),
                     source: None,
                 });
-                let drain = self.drain;
+                let (drain, limits, budget) =
+                    (self.drain, self.limits.clone(), self.budget.clone());
                 let _guard = mgr.data.enter();
                 match tokio::net::TcpListener::from_std(socket) {
                     Ok(l) => {
-                        mgr.data.spawn(listener::serve(l, ctx, stop_rx, drain));
+                        let task = mgr
+                            .data
+                            .spawn(listener::serve(l, ctx, stop_rx, drain, limits, budget));
                         tracing::info!(listener = %name, port, "listening");
-                        mgr.running.insert(name, RunningListener { port, stop });
+                        mgr.running
+                            .insert(name, RunningListener { port, stop, task });
                     }
                     Err(e) => {
                         tracing::error!(listener = %name, error = %e, "cannot register listener")
@@ -172,11 +186,16 @@ impl Applier {
         Ok(())
     }
 
-    fn stop_all(&self) {
-        let mgr = self.manager.lock().unwrap_or_else(|p| p.into_inner());
-        for a in mgr.running.values() {
-            let _ = a.stop.send(true);
-        }
+    /// Stops every gateway listener; each drains its connections on its own task, returned here to wait on.
+    fn stop_all(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut mgr = self.manager.lock().unwrap_or_else(|p| p.into_inner());
+        mgr.running
+            .drain()
+            .map(|(_, a)| {
+                let _ = a.stop.send(true);
+                a.task
+            })
+            .collect()
     }
 }
 
@@ -227,16 +246,20 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
         store,
         resilience,
         upstreams,
+        limits: Arc::new(opts.limits.clone()),
+        budget: listener::FdBudget::from_process_limit(),
+        draining: Arc::new(AtomicBool::new(false)),
     };
     let static_listeners = match opts.role {
         Role::Sidecar => sidecar_listeners(&opts, &shared, &stop_rx)?,
         Role::Gateway => Vec::new(),
     };
     let applier = applier(&opts, &shared);
-    let leaving = start_control_thread(&opts, applier.clone()).await?;
+    let leaving = start_control_thread(&opts, applier.clone(), &shared).await?;
     tracing::info!(node = %opts.node_id, admin = %opts.admin, "meshwork-proxy started");
 
     meshwork_manifest::process::shutdown_signal().await;
+    shared.draining.store(true, Ordering::Relaxed);
     shut_down(&opts, leaving, stop_tx, &applier, static_listeners).await;
     Ok(())
 }
@@ -246,6 +269,10 @@ struct Shared {
     store: Arc<ConfigStore>,
     resilience: Arc<Registry>,
     upstreams: Upstreams,
+    limits: Arc<listener::Limits>,
+    budget: listener::FdBudget,
+    /// Set on shutdown: `/ready` answers 503 from then on.
+    draining: Arc<AtomicBool>,
 }
 
 /// A sidecar's two fixed listeners: inbound (to the local app) and outbound (routed by the snapshot).
@@ -288,6 +315,8 @@ fn sidecar_listeners(
             ctx,
             stop.clone(),
             opts.drain,
+            shared.limits.clone(),
+            shared.budget.clone(),
         )));
     }
     Ok(served)
@@ -309,6 +338,8 @@ fn applier(opts: &Options, shared: &Shared) -> Arc<Applier> {
         upstreams: shared.upstreams.clone(),
         manage_listeners: opts.role == Role::Gateway,
         drain: opts.drain,
+        limits: shared.limits.clone(),
+        budget: shared.budget.clone(),
         manager: Mutex::new(ListenerManager {
             data: Handle::current(),
             running: HashMap::new(),
@@ -321,12 +352,18 @@ fn applier(opts: &Options, shared: &Shared) -> Arc<Applier> {
 async fn start_control_thread(
     opts: &Options,
     applier: Arc<Applier>,
+    shared: &Shared,
 ) -> anyhow::Result<watch::Sender<bool>> {
     let admin_socket = listener::bind(opts.admin)
         .with_context(|| format!("bind the admin listener on {}", opts.admin))?;
     let (started_tx, started_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
     let (leaving_tx, leaving_rx) = watch::channel(false);
     let opts = opts.clone();
+    let admin_state = admin_state(&opts, &applier, shared);
+    let admin_limits = Arc::new(listener::Limits {
+        max_connections: ADMIN_CONNECTIONS,
+        ..opts.limits.clone()
+    });
     std::thread::Builder::new()
         .name("meshwork-control".into())
         .spawn(move || {
@@ -340,7 +377,7 @@ async fn start_control_thread(
             rt.block_on(async move {
                 match tokio::net::TcpListener::from_std(admin_socket) {
                     Ok(admin) => {
-                        tokio::spawn(crate::admin::serve(admin, admin_state(&opts, &applier)))
+                        tokio::spawn(crate::admin::serve(admin, admin_state, admin_limits))
                     }
                     Err(e) => {
                         let _ = started_tx.send(Err(e.into()));
@@ -354,8 +391,13 @@ async fn start_control_thread(
     Ok(leaving_tx)
 }
 
-fn admin_state(opts: &Options, applier: &Applier) -> Arc<crate::admin::AdminState> {
+fn admin_state(
+    opts: &Options,
+    applier: &Applier,
+    shared: &Shared,
+) -> Arc<crate::admin::AdminState> {
     Arc::new(crate::admin::AdminState {
+        draining: shared.draining.clone(),
         wasm: applier.wasm.clone(),
         resilience: applier.resilience.clone(),
         store: applier.store.clone(),
@@ -419,10 +461,9 @@ async fn shut_down(
     }
     tracing::info!("shutting down: draining connections");
     let _ = stop.send(true);
-    applier.stop_all();
-    for l in static_listeners {
+    // Each listener stops accepting, closes idle connections, lets requests in flight finish for up to the
+    // drain period, then ends.
+    for l in static_listeners.into_iter().chain(applier.stop_all()) {
         let _ = l.await;
     }
-    // Gateway listeners drain on their own tasks; give them the same period.
-    tokio::time::sleep(Duration::from_millis(50)).await;
 }

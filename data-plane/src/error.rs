@@ -28,7 +28,13 @@ pub enum ProxyError {
     Call(#[from] CallError),
     #[error(transparent)]
     Filter(#[from] FilterError),
+    /// The client's body broke a bound before anything was forwarded (a declared length over the maximum).
+    #[error(transparent)]
+    ClientBody(#[from] ClientBodyFailed),
 }
+
+/// The answer to a connection refused at a listener's connection cap, written raw (no request was read).
+pub const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 31\r\n\r\nmeshwork: too many connections\n";
 
 static TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 
@@ -48,7 +54,24 @@ pub fn reply(err: &ProxyError) -> Response<ResponseBody> {
         ProxyError::NoEndpoint(_) => text(StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint"),
         ProxyError::Call(e) => call_reply(e),
         ProxyError::Filter(e) => filter_reply(e),
+        ProxyError::ClientBody(e) => client_body_reply(e),
     }
+}
+
+/// The client's own body failed: 400 (bad framing), 408 (too slow), 413 (too large). Each closes the connection,
+/// since the rest of the body is not read.
+fn client_body_reply(err: &ClientBodyFailed) -> Response<ResponseBody> {
+    let mut r = match err {
+        ClientBodyFailed::Read(_) => text(
+            StatusCode::BAD_REQUEST,
+            "the request body could not be read",
+        ),
+        ClientBodyFailed::TooSlow(_) => text(StatusCode::REQUEST_TIMEOUT, &err.to_string()),
+        ClientBodyFailed::TooLarge(_) => text(StatusCode::PAYLOAD_TOO_LARGE, &err.to_string()),
+    };
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 fn call_reply(err: &CallError) -> Response<ResponseBody> {
@@ -132,11 +155,8 @@ fn body_reply(err: &(dyn std::error::Error + 'static)) -> Option<Response<Respon
     if let Some(e) = find::<BodyReplied>(err) {
         return Some(text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()));
     }
-    if find::<ClientBodyFailed>(err).is_some() {
-        return Some(text(
-            StatusCode::BAD_REQUEST,
-            "the request body could not be read",
-        ));
+    if let Some(e) = find::<ClientBodyFailed>(err) {
+        return Some(client_body_reply(e));
     }
     if find::<StoppedByProxy>(err).is_some() {
         // A filter changed the length of a body whose Content-Length was already sent: not the upstream's doing.

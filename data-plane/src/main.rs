@@ -5,6 +5,8 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use meshwork_proxy::app::{self, Options, Role, Source};
 use meshwork_proxy::config::snapshot::Protocol;
+use meshwork_proxy::listener;
+use meshwork_proxy::upstream::client_body::BodyLimits;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum RoleArg {
@@ -75,6 +77,29 @@ struct Args {
     /// On shutdown, how long to keep serving after leaving the registry, while peers stop routing here.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     shutdown_delay: std::time::Duration,
+    /// Downstream connections: from accept to the first request's headers, and on HTTP/1.1 from the first byte
+    /// of each later request to the end of its headers; a client slower than this is disconnected.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    request_headers_timeout: std::time::Duration,
+    /// Downstream connections with no request in flight for this long are closed (HTTP/2: GOAWAY).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: std::time::Duration,
+    /// HTTP/2 downstream connections: a PING this often (0s: none); a peer that does not answer within the
+    /// request headers timeout is disconnected.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    http2_keepalive: std::time::Duration,
+    /// Open connections per listener beyond which new ones get a 503 (the file-descriptor limit may lower it).
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Largest request body accepted (413 beyond), e.g. 32Mi; 0: no limit.
+    #[arg(long, default_value = "32Mi", value_parser = parse_size)]
+    max_request_body: u64,
+    /// Minimum request-body data rate in bytes/s once the grace period has passed (408 below); 0: none.
+    #[arg(long, default_value_t = 240)]
+    min_request_body_rate: u32,
+    /// How long a request body may take before its minimum data rate applies.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    request_body_grace: std::time::Duration,
     /// Directory for compiled Wasm modules, reused across restarts ("" disables; default
     /// $XDG_CACHE_HOME/meshwork/wasm or ~/.cache/meshwork/wasm).
     #[arg(long)]
@@ -92,9 +117,30 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         .map_err(|e| format!("expected a duration like 5s or 250ms: {e}"))
 }
 
+fn parse_size(s: &str) -> Result<u64, String> {
+    meshwork_manifest::model::read::parse_bytes(s)
+        .ok_or_else(|| format!("expected a size like 32Mi, 512Ki or 1048576, got {s:?}"))
+}
+
+/// The connection limits from the flags; a zero turns the matching one off.
+fn limits(args: &Args) -> listener::Limits {
+    listener::Limits {
+        header_timeout: args.request_headers_timeout,
+        idle_timeout: args.idle_timeout,
+        h2_keepalive: Some(args.http2_keepalive).filter(|d| !d.is_zero()),
+        max_connections: args.max_connections.max(1),
+        body: BodyLimits {
+            max_bytes: Some(args.max_request_body).filter(|b| *b > 0),
+            min_rate: Some(args.min_request_body_rate).filter(|r| *r > 0),
+            grace: args.request_body_grace,
+        },
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     meshwork_manifest::process::init_tracing("info");
     let args = Args::parse();
+    let limits = limits(&args);
     let (source, default_role) = match (args.control_plane, args.manifests) {
         (Some(url), None) => (Source::ControlPlane(url), None),
         (None, Some(dir)) => (
@@ -152,6 +198,7 @@ fn main() -> anyhow::Result<()> {
         connect_timeout: args.connect_timeout,
         drain: args.drain_timeout,
         shutdown_delay: args.shutdown_delay,
+        limits,
         wasm_cache_dir: match args.wasm_cache_dir {
             Some(d) if d.as_os_str().is_empty() => None,
             Some(d) => Some(d),

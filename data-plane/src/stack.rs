@@ -8,7 +8,6 @@ use std::sync::Arc;
 use http::header::{self, HeaderValue};
 use http::uri::Uri;
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use crate::config::snapshot::{Cluster, Filters, Route, Snapshot};
 use crate::config::ConfigStore;
@@ -20,6 +19,7 @@ use crate::filter::wasm::PluginHandle;
 use crate::resilience::{self, call::SOURCE_HEADER, Registry};
 use crate::router;
 use crate::upstream::body::{RequestBody, ResponseBody};
+use crate::upstream::client_body::ClientBody;
 use crate::upstream::{self, Upstreams};
 
 /// What a listener does with a request.
@@ -44,7 +44,7 @@ pub struct ListenerCtx {
 
 pub async fn handle(
     ctx: &ListenerCtx,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     peer: SocketAddr,
 ) -> Response<ResponseBody> {
     match route_and_forward(ctx, req, peer).await {
@@ -63,12 +63,15 @@ struct Target<'a> {
 
 async fn route_and_forward(
     ctx: &ListenerCtx,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     peer: SocketAddr,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     // The snapshot is loaded once: this request finishes on it even if a new one is published meanwhile.
     let snapshot = ctx.store.load();
     let (mut parts, body) = req.into_parts();
+    if let Some(e) = body.declared_too_large() {
+        return Err(e.into());
+    }
     // What the client may not decide for the next hop goes on arrival, before routing and filters see it.
     sanitize(ctx, &mut parts.headers);
     // 3. Route.
@@ -351,7 +354,7 @@ fn redirect_response(
 fn mirror(
     ctx: &ListenerCtx,
     parts: &http::request::Parts,
-    body: Incoming,
+    body: ClientBody,
     filters: &Filters,
 ) -> RequestBody {
     if filters.mirrors.is_empty() {

@@ -1,17 +1,16 @@
 //! Admin listener: `/live`, `/ready` (200 once the first snapshot is applied), `/config_dump` (JSON).
 
-use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use crate::config::ConfigStore;
+use crate::listener::{self, FdBudget, Limits};
+use crate::upstream::client_body::ClientBody;
 
 pub struct AdminState {
     pub store: Arc<ConfigStore>,
@@ -19,6 +18,8 @@ pub struct AdminState {
     pub resilience: Arc<crate::resilience::Registry>,
     pub node_id: String,
     pub role: &'static str,
+    /// Set when the proxy is shutting down: `/ready` answers 503 so load balancers stop sending here.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn respond(
@@ -35,12 +36,18 @@ fn respond(
     r
 }
 
-fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(state: &AdminState, req: &Request<ClientBody>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/live" => respond(StatusCode::OK, "text/plain", "live\n"),
         "/ready" => {
             let v = state.store.version();
-            if v > 0 {
+            if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: shutting down\n",
+                )
+            } else if v > 0 {
                 respond(
                     StatusCode::OK,
                     "text/plain",
@@ -287,20 +294,14 @@ fn metrics(state: &AdminState) -> String {
     out
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let resp = route(&state, &req);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+/// Serves the admin endpoints under the same connection deadlines as the data path, with a small cap of its
+/// own (it never shares the data listeners' budget, so a flood there leaves `/ready` answering).
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, limits: Arc<Limits>) {
+    let handler = move |req: Request<ClientBody>, _peer| {
+        let resp = route(&state, &req);
+        async move { resp }
+    };
+    let (_never, stop) = tokio::sync::watch::channel(false);
+    let budget = FdBudget::new(limits.max_connections);
+    listener::serve_with(listener, handler, stop, Duration::ZERO, limits, budget).await
 }

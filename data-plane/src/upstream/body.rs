@@ -9,6 +9,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
+use super::client_body::ClientBody;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A body passed through something of the proxy's own (Wasm filters' body callbacks) that yields bytes.
@@ -20,19 +22,28 @@ pub type Boxed = Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>;
 #[error("{0}")]
 pub struct StoppedByProxy(#[source] pub BoxError);
 
-/// The client's own request body failed (bad chunked framing, the client went away mid-body): the client's
-/// problem, never the upstream's, so it feeds no breaker, outlier detection, retry or balancer.
+/// The client's own request body failed: the client's problem, never the upstream's, so it feeds no breaker,
+/// outlier detection, retry or balancer. `error.rs` answers 400, 408 or 413 by the kind.
 #[derive(Debug, thiserror::Error)]
-#[error("the client's request body failed")]
-pub struct ClientBodyFailed(#[source] pub hyper::Error);
+pub enum ClientBodyFailed {
+    /// Bad chunked framing, the client went away mid-body.
+    #[error("the client's request body failed")]
+    Read(#[source] hyper::Error),
+    /// The body arrived slower than the listener's minimum data rate (after its grace period).
+    #[error("the request body arrived slower than {0} bytes/s")]
+    TooSlow(u32),
+    /// The body is larger than the proxy accepts.
+    #[error("the request body exceeds {0} bytes")]
+    TooLarge(u64),
+}
 
 /// Body sent to an upstream.
 pub enum RequestBody {
     /// The client's body, streamed through.
-    Incoming(Incoming),
+    Incoming(ClientBody),
     /// The client's body, streamed through, with each data frame also copied to mirror requests.
     Tee {
-        inner: Incoming,
+        inner: ClientBody,
         copies: Vec<mpsc::Sender<Bytes>>,
     },
     /// A mirror's copy of a body.
@@ -53,7 +64,7 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(client_failed),
+            RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Tee { inner, copies } => {
                 let frame = std::task::ready!(Pin::new(inner).poll_frame(cx));
                 match &frame {
@@ -65,7 +76,7 @@ impl Body for RequestBody {
                     }
                     _ => copies.clear(),
                 }
-                Poll::Ready(frame.map(|r| r.map_err(client_failed)))
+                Poll::Ready(frame)
             }
             RequestBody::Mirror(rx) => rx.poll_recv(cx).map(|d| d.map(|b| Ok(Frame::data(b)))),
             RequestBody::Empty => Poll::Ready(None),
@@ -91,10 +102,6 @@ impl Body for RequestBody {
             RequestBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
         }
     }
-}
-
-fn client_failed(e: hyper::Error) -> BoxError {
-    Box::new(ClientBodyFailed(e))
 }
 
 /// Body sent to a client.

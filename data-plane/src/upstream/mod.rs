@@ -14,6 +14,7 @@ use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub mod body;
+pub mod client_body;
 mod connector;
 pub mod error;
 

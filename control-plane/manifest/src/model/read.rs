@@ -296,6 +296,17 @@ pub fn valid_name(name: &str) -> bool {
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
 }
 
+/// `16Mi`, `512Ki`, `1Gi`, or plain bytes (Kubernetes quantities, binary suffixes).
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let (num, mult) = match s {
+        _ if s.ends_with("Ki") => (&s[..s.len() - 2], 1u64 << 10),
+        _ if s.ends_with("Mi") => (&s[..s.len() - 2], 1 << 20),
+        _ if s.ends_with("Gi") => (&s[..s.len() - 2], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

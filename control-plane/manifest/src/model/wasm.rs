@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::read::{index, Reader};
+use super::read::{index, parse_bytes, Reader};
 use super::Meta;
 use crate::source::yaml::{Kind, Node};
 
@@ -81,17 +81,6 @@ fn to_json(node: &Node) -> serde_json::Value {
                 .collect(),
         ),
     }
-}
-
-/// `16Mi`, `512Ki`, `1Gi`, or plain bytes (Kubernetes quantities, binary suffixes).
-fn parse_bytes(s: &str) -> Option<u64> {
-    let (num, mult) = match s {
-        _ if s.ends_with("Ki") => (&s[..s.len() - 2], 1u64 << 10),
-        _ if s.ends_with("Mi") => (&s[..s.len() - 2], 1 << 20),
-        _ if s.ends_with("Gi") => (&s[..s.len() - 2], 1 << 30),
-        _ => (s, 1),
-    };
-    num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
 pub(super) fn parse(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<WasmPlugin> {

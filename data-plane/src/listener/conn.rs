@@ -1,0 +1,356 @@
+//! One downstream connection: HTTP/1.1 or HTTP/2 (h2c) by detection (hyper-util `auto`), under its deadlines:
+//! - before its first request: `header_timeout` from accept (protocol detection and the HTTP/2 preface
+//!   included), then it is dropped;
+//! - with no request in flight: `idle_timeout`, then a graceful close (HTTP/1.1: closed; HTTP/2: GOAWAY, then
+//!   dropped if the peer lingers); on HTTP/1.1, once the first byte of the next request arrives, `header_timeout`
+//!   to finish its headers;
+//! - on `stop` (drain): a graceful close, and dropped once `drain` has passed.
+//!
+//! Each request body runs under the body limits (`ClientBody`); a request is in flight from its headers until
+//! its response body has been sent (or dropped). Also here: the refusal of a connection over the cap.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::time::Instant;
+
+use super::Limits;
+use crate::error::TOO_MANY_CONNECTIONS;
+use crate::upstream::client_body::ClientBody;
+
+/// Refusals being written at once; beyond that a refused connection is just closed.
+pub(super) const MAX_REFUSALS: usize = 32;
+/// How long a refused connection may take to send its request head and get its 503.
+const REFUSAL_TIME: Duration = Duration::from_millis(500);
+/// After a graceful close for idleness, how long the peer gets to go before the connection is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// The HTTP server settings of a listener; connection deadlines are kept by `serve`, not by hyper.
+pub(super) fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(None);
+    b.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.h2_keepalive)
+        .keep_alive_timeout(limits.header_timeout);
+    b
+}
+
+/// Serves one connection until it ends, a deadline passes or the drain is over.
+pub(super) async fn serve<H, F, B>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: H,
+    builder: &auto::Builder<TokioExecutor>,
+    limits: &Limits,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) where
+    H: Fn(Request<ClientBody>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let accepted = Instant::now();
+    let activity = Arc::new(Activity::new(accepted));
+    let io = TokioIo::new(Watched {
+        io: stream,
+        activity: activity.clone(),
+    });
+    let svc = {
+        let (activity, body_limits) = (activity.clone(), limits.body);
+        service_fn(move |req: Request<Incoming>| {
+            let guard = activity.begin(req.version() == Version::HTTP_2);
+            let fut = handler(req.map(|b| ClientBody::new(b, body_limits)), peer);
+            async move {
+                Ok::<_, Infallible>(fut.await.map(|body| Tracked {
+                    body,
+                    guard: Some(guard),
+                }))
+            }
+        })
+    };
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    let mut closing_until: Option<Instant> = None;
+    let mut draining = false;
+    loop {
+        let next = match closing_until {
+            Some(t) => Next::Drop(t),
+            None => activity.next(accepted, limits),
+        };
+        if let Some(at) = next.at().filter(|at| *at <= Instant::now()) {
+            if let Next::Close(_) = next {
+                conn.as_mut().graceful_shutdown();
+                closing_until = Some(at + CLOSE_GRACE);
+                continue;
+            }
+            tracing::debug!(%peer, "connection deadline passed; closing it");
+            return;
+        }
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::trace!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = activity.wake.notified() => {}
+            _ = sleep_until(next.at()) => {}
+            _ = stop.wait_for(|s| *s), if !draining => {
+                draining = true;
+                if closing_until.is_none() {
+                    conn.as_mut().graceful_shutdown();
+                }
+                let until = Instant::now() + drain;
+                closing_until = Some(closing_until.map_or(until, |t| t.min(until)));
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What happens next to a connection, and when.
+#[derive(Debug, Clone, Copy)]
+enum Next {
+    /// Dropped: nothing in flight to save.
+    Drop(Instant),
+    /// Closed gracefully (idle).
+    Close(Instant),
+    /// A request is in flight: no connection deadline (the request's own timeouts apply).
+    Busy,
+}
+
+impl Next {
+    fn at(self) -> Option<Instant> {
+        match self {
+            Next::Drop(t) | Next::Close(t) => Some(t),
+            Next::Busy => None,
+        }
+    }
+}
+
+/// What a connection's driver needs to know of its requests and bytes.
+struct Activity {
+    state: Mutex<State>,
+    /// True while no request is in flight and no byte of the next one has come: the first byte read clears it
+    /// (one atomic load per read otherwise) and wakes the driver.
+    awaiting_head: AtomicBool,
+    wake: Notify,
+}
+
+struct State {
+    in_flight: usize,
+    served: u64,
+    idle_since: Instant,
+    head_started: Option<Instant>,
+    h2: bool,
+}
+
+impl Activity {
+    fn new(now: Instant) -> Self {
+        Activity {
+            state: Mutex::new(State {
+                in_flight: 0,
+                served: 0,
+                idle_since: now,
+                head_started: None,
+                h2: false,
+            }),
+            awaiting_head: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn begin(self: &Arc<Self>, h2: bool) -> InFlight {
+        self.awaiting_head.store(false, Ordering::Relaxed);
+        let mut s = self.lock();
+        s.in_flight += 1;
+        s.served += 1;
+        s.head_started = None;
+        s.h2 |= h2;
+        InFlight(self.clone())
+    }
+
+    fn end(&self) {
+        let mut s = self.lock();
+        s.in_flight = s.in_flight.saturating_sub(1);
+        if s.in_flight == 0 {
+            s.idle_since = Instant::now();
+            s.head_started = None;
+            self.awaiting_head.store(!s.h2, Ordering::Relaxed);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Bytes were read: if they begin the next HTTP/1.1 request, its header deadline starts now.
+    fn on_read(&self) {
+        if self.awaiting_head.load(Ordering::Relaxed)
+            && self.awaiting_head.swap(false, Ordering::Relaxed)
+        {
+            let mut s = self.lock();
+            if s.in_flight == 0 {
+                s.head_started = Some(Instant::now());
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    fn next(&self, accepted: Instant, limits: &Limits) -> Next {
+        let s = self.lock();
+        if s.in_flight > 0 {
+            Next::Busy
+        } else if s.served == 0 {
+            Next::Drop(accepted + limits.header_timeout)
+        } else if let Some(t) = s.head_started {
+            Next::Drop(t + limits.header_timeout)
+        } else {
+            Next::Close(s.idle_since + limits.idle_timeout)
+        }
+    }
+}
+
+/// A request in flight, until its response body ends or is dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// A response body that keeps its request in flight until it has been sent.
+struct Tracked<B> {
+    body: B,
+    guard: Option<InFlight>,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let r = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.guard = None;
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The connection's socket, telling `Activity` when bytes arrive.
+struct Watched {
+    io: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.on_read();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Answers a connection over the cap with a 503 once its request head has come (an HTTP/1.1 client reads an
+/// answer sent before its request as a broken connection), and closes it; a client silent for `REFUSAL_TIME`,
+/// or one arriving while `MAX_REFUSALS` are being answered, is just closed.
+pub(super) fn refuse(mut stream: TcpStream, refusals: &Arc<Semaphore>) {
+    let Ok(permit) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _permit = permit;
+        let _ = tokio::time::timeout(REFUSAL_TIME, async {
+            let mut head = Vec::with_capacity(1024);
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                let n = stream.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            stream.write_all(TOO_MANY_CONNECTIONS).await?;
+            stream.shutdown().await
+        })
+        .await;
+    });
+}
