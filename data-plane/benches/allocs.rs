@@ -278,6 +278,7 @@ fn start_proxy(dir: std::path::PathBuf, admin: u16) {
         shutdown_delay: Duration::ZERO,
         wasm_cache_dir: None,
         limits: meshwork_proxy::listener::Limits::default(),
+        default_timeout: None,
     };
     std::thread::Builder::new()
         .name("meshwork-data".into())

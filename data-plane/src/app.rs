@@ -62,6 +62,8 @@ pub struct Options {
     /// Deadlines and bounds for downstream connections (every data listener; the admin listener too, with a
     /// small cap of its own).
     pub limits: listener::Limits,
+    /// Routed requests without a policy or route timeout wait this long for an answer (None: unbounded).
+    pub default_timeout: Option<Duration>,
 }
 
 /// How many connections the admin listener takes at once.
@@ -93,6 +95,7 @@ pub struct Applier {
     drain: Duration,
     limits: Arc<listener::Limits>,
     budget: listener::FdBudget,
+    default_timeout: Option<Duration>,
     manager: Mutex<ListenerManager>,
 }
 
@@ -164,6 +167,7 @@ impl Applier {
                     resilience: self.resilience.clone(),
                     upstreams: self.upstreams.clone(),
                     source: None,
+                    default_timeout: self.default_timeout,
                 });
                 let (drain, limits, budget) =
                     (self.drain, self.limits.clone(), self.budget.clone());
@@ -309,6 +313,7 @@ fn sidecar_listeners(
             resilience: shared.resilience.clone(),
             upstreams: shared.upstreams.clone(),
             source,
+            default_timeout: opts.default_timeout,
         });
         served.push(tokio::spawn(listener::serve(
             l,
@@ -340,6 +345,7 @@ fn applier(opts: &Options, shared: &Shared) -> Arc<Applier> {
         drain: opts.drain,
         limits: shared.limits.clone(),
         budget: shared.budget.clone(),
+        default_timeout: opts.default_timeout,
         manager: Mutex::new(ListenerManager {
             data: Handle::current(),
             running: HashMap::new(),

@@ -77,6 +77,10 @@ struct Args {
     /// On shutdown, how long to keep serving after leaving the registry, while peers stop routing here.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     shutdown_delay: std::time::Duration,
+    /// How long a routed request waits for its upstream's answer when neither a TrafficPolicy
+    /// (`timeouts.request`) nor its HTTPRoute (`timeouts.request`) says (0s: unbounded). Mirrors use it too.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    default_request_timeout: std::time::Duration,
     /// Downstream connections: from accept to the first request's headers, and on HTTP/1.1 from the first byte
     /// of each later request to the end of its headers; a client slower than this is disconnected.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -199,6 +203,7 @@ fn main() -> anyhow::Result<()> {
         drain: args.drain_timeout,
         shutdown_delay: args.shutdown_delay,
         limits,
+        default_timeout: Some(args.default_request_timeout).filter(|d| !d.is_zero()),
         wasm_cache_dir: match args.wasm_cache_dir {
             Some(d) if d.as_os_str().is_empty() => None,
             Some(d) => Some(d),

@@ -4,12 +4,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::uri::Uri;
 use http::{Request, Response};
 
-use crate::config::snapshot::{Cluster, Filters, Route, Snapshot};
+use crate::config::snapshot::{Cluster, Route, Snapshot};
 use crate::config::ConfigStore;
 use crate::error::{self, ProxyError};
 use crate::filter::body::FilteredBody;
@@ -40,7 +41,14 @@ pub struct ListenerCtx {
     /// Sidecar outbound listeners: the calling service, sent upstream as `x-meshwork-source` (what server-side
     /// rate limits keyed by `sourceService` read). Elsewhere the header is removed from incoming requests.
     pub source: Option<HeaderValue>,
+    /// Routed requests with neither a TrafficPolicy `timeouts.request` nor an HTTPRoute timeout wait this long
+    /// for the upstream's answer (None: unbounded). Mirrors are always bounded, by the route's timeout, else this,
+    /// else `MIRROR_TIMEOUT`.
+    pub default_timeout: Option<Duration>,
 }
+
+/// How long a mirrored request may take when neither its route nor the proxy sets a request timeout.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub async fn handle(
     ctx: &ListenerCtx,
@@ -105,7 +113,7 @@ async fn route_and_forward(
     let body = match route {
         Some(route) => {
             apply_request_filters(&mut parts, route);
-            mirror(ctx, &parts, body, &route.filters)
+            mirror(ctx, &parts, body, route)
         }
         None => RequestBody::Incoming(body),
     };
@@ -188,7 +196,7 @@ async fn hand_off(
                 body,
                 peer,
                 route_policy: route_policy.as_deref(),
-                route_timeout: route.timeout,
+                route_timeout: route.timeout.or(ctx.default_timeout),
             };
             let balancer = ctx.resilience.balancer(cluster);
             resilience::call(&ctx.upstreams, &balancer, req).await?
@@ -355,8 +363,9 @@ fn mirror(
     ctx: &ListenerCtx,
     parts: &http::request::Parts,
     body: ClientBody,
-    filters: &Filters,
+    route: &Route,
 ) -> RequestBody {
+    let filters = &route.filters;
     if filters.mirrors.is_empty() {
         return RequestBody::Incoming(body);
     }
@@ -387,12 +396,21 @@ fn mirror(
         *req.version_mut() = upstream::version(m.cluster.protocol);
         let fut = ctx.upstreams.request(m.cluster.protocol, req);
         let cluster = m.cluster.name.clone();
+        let limit = route
+            .timeout
+            .or(ctx.default_timeout)
+            .unwrap_or(MIRROR_TIMEOUT);
         tokio::spawn(async move {
-            match fut.await {
-                Ok(resp) => upstream::drain(resp).await,
-                Err(e) => {
-                    tracing::debug!(%cluster, error = %upstream::error::chain(&e), "mirror request failed")
+            let mirrored = async {
+                match fut.await {
+                    Ok(resp) => upstream::drain(resp).await,
+                    Err(e) => {
+                        tracing::debug!(%cluster, error = %upstream::error::chain(&e), "mirror request failed")
+                    }
                 }
+            };
+            if tokio::time::timeout(limit, mirrored).await.is_err() {
+                tracing::debug!(%cluster, ?limit, "mirror request timed out");
             }
         });
     }

@@ -18,6 +18,31 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn manifests(gw: u16, origin: u16) -> String {
+    manifests_mirroring(gw, origin, None)
+}
+
+/// The gateway's manifests; with `sink`, `/mirrored` is also mirrored to the service `sink` at that port.
+fn manifests_mirroring(gw: u16, origin: u16, sink: Option<u16>) -> String {
+    let mirror = sink.map_or(String::new(), |port| {
+        format!(
+            "    - matches: [{{path: {{type: Exact, value: /mirrored}}}}]
+      backendRefs: [{{name: origin}}]
+      filters:
+        - type: RequestMirror
+          requestMirror: {{backendRef: {{name: sink}}}}
+"
+        )
+    });
+    let sink_workload = sink.map_or(String::new(), |port| {
+        format!(
+            "---
+apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {{name: sink}}
+spec: {{service: sink, endpoints: ['127.0.0.1:{port}']}}
+"
+        )
+    });
     format!(
         "apiVersion: meshwork.dev/v1alpha1
 kind: Workload
@@ -43,8 +68,8 @@ metadata: {{name: r}}
 spec:
   parentRefs: [{{name: edge}}]
   rules:
-    - backendRefs: [{{name: origin}}]
-"
+{mirror}    - backendRefs: [{{name: origin}}]
+{sink_workload}"
     )
 }
 
@@ -59,10 +84,14 @@ struct Edge {
 
 /// A standalone gateway in front of a demo echo app; `shell_prefix` runs before the proxy in `sh` (a ulimit).
 async fn start(shell_prefix: &str, flags: &[&str]) -> Edge {
+    start_mirroring(shell_prefix, flags, None).await
+}
+
+async fn start_mirroring(shell_prefix: &str, flags: &[&str], sink: Option<u16>) -> Edge {
     let dir = tempfile::tempdir().unwrap();
     let (gw, origin, admin) = (free_port(), free_port(), free_port());
     let origin_proc = demo_echo(origin);
-    write(dir.path(), "m.yaml", &manifests(gw, origin));
+    write(dir.path(), "m.yaml", &manifests_mirroring(gw, origin, sink));
     let proxy = Proc::spawn(
         "proxy",
         &mut shell_proxy(dir.path(), shell_prefix, admin, flags),
@@ -242,4 +271,40 @@ async fn a_gateway_drains_on_sigterm_not_ready_and_finishing_requests_in_flight(
         async move { done.then_some(()) }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upstream_without_a_policy_gets_504_at_the_default_timeout() {
+    let edge = start("", &["--default-request-timeout", "1s"]).await;
+    let c = client();
+    let t0 = Instant::now();
+    let r = get(&c, &format!("http://127.0.0.1:{}/delay/5000", edge.gw), &[]).await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_to_a_stalled_service_is_given_up_at_the_timeout() {
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = sink.local_addr().unwrap().port();
+    let edge = start_mirroring("", &["--default-request-timeout", "1s"], Some(port)).await;
+    let c = client();
+    let r = get(&c, &format!("http://127.0.0.1:{}/mirrored", edge.gw), &[]).await;
+    assert_eq!(
+        r.status,
+        200,
+        "the real request is not held up: {}",
+        r.text()
+    );
+    // The mirror's connection: it sends its request, never gets an answer, and is closed at the timeout.
+    let (mut conn, _) = tokio::time::timeout(Duration::from_secs(5), sink.accept())
+        .await
+        .expect("the mirror connects")
+        .unwrap();
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut seen)).await;
+    assert!(read.is_ok(), "the mirror request was never given up");
+    assert!(String::from_utf8_lossy(&seen).starts_with("GET /mirrored"));
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
 }
