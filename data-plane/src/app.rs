@@ -168,6 +168,7 @@ impl Applier {
                     upstreams: self.upstreams.clone(),
                     source: None,
                     default_timeout: self.default_timeout,
+                    proof: Default::default(),
                 });
                 let (drain, limits, budget) =
                     (self.drain, self.limits.clone(), self.budget.clone());
@@ -314,6 +315,7 @@ fn sidecar_listeners(
             upstreams: shared.upstreams.clone(),
             source,
             default_timeout: opts.default_timeout,
+            proof: Default::default(),
         });
         served.push(tokio::spawn(listener::serve(
             l,

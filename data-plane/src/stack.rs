@@ -10,6 +10,7 @@ use http::header::{self, HeaderValue};
 use http::uri::Uri;
 use http::{Request, Response};
 
+use crate::caller;
 use crate::config::snapshot::{Cluster, Route, Snapshot};
 use crate::config::ConfigStore;
 use crate::error::{self, ProxyError};
@@ -45,6 +46,8 @@ pub struct ListenerCtx {
     /// for the upstream's answer (None: unbounded). Mirrors are always bounded, by the route's timeout, else this,
     /// else `MIRROR_TIMEOUT`.
     pub default_timeout: Option<Duration>,
+    /// The outbound listener's proof of `source`, made once per mesh key.
+    pub proof: caller::ProofCache,
 }
 
 /// How long a mirrored request may take when neither its route nor the proxy sets a request timeout.
@@ -81,7 +84,7 @@ async fn route_and_forward(
         return Err(e.into());
     }
     // What the client may not decide for the next hop goes on arrival, before routing and filters see it.
-    sanitize(ctx, &mut parts.headers);
+    sanitize(ctx, &snapshot, &mut parts.headers);
     // 3. Route.
     let target = match &ctx.mode {
         Mode::Inbound(app) => inbound(ctx, &snapshot, app, &parts, peer).await?,
@@ -109,7 +112,7 @@ async fn route_and_forward(
     let cluster = target
         .cluster
         .ok_or_else(|| ProxyError::NoBackend(route.map_or("", |r| &r.name).to_string()))?;
-    prepare_headers(ctx, &mut parts, peer);
+    prepare_headers(ctx, &snapshot, &mut parts, peer);
     let body = match route {
         Some(route) => {
             apply_request_filters(&mut parts, route);
@@ -281,26 +284,41 @@ async fn through_response_filters(
 
 /// Before the filters: hop-by-hop headers (RFC 9110 7.6.1) and a caller statement no one here vouches for are
 /// gone, so filters never see them and a client's `Connection` cannot remove what a filter sets.
-fn sanitize(ctx: &ListenerCtx, headers: &mut http::HeaderMap) {
+fn sanitize(ctx: &ListenerCtx, snapshot: &Snapshot, headers: &mut http::HeaderMap) {
     headers::strip_hop_by_hop(headers, true);
-    // Only the listener that reads it (inbound) keeps the caller sidecar's statement.
-    if !matches!(ctx.mode, Mode::Inbound(_)) {
+    // Only the listener that reads it (inbound) keeps the caller sidecar's statement, and only with its proof.
+    if matches!(ctx.mode, Mode::Inbound(_)) {
+        caller::check(&snapshot.mesh_keys, headers);
+    } else {
         headers.remove(SOURCE_HEADER);
+        headers.remove(caller::PROOF_HEADER);
     }
 }
 
 /// After the filters: what this hop says to the next (the calling service, Host, forwarding headers). Hop-by-hop
 /// headers a filter added are stripped again.
-fn prepare_headers(ctx: &ListenerCtx, parts: &mut http::request::Parts, peer: SocketAddr) {
+fn prepare_headers(
+    ctx: &ListenerCtx,
+    snapshot: &Snapshot,
+    parts: &mut http::request::Parts,
+    peer: SocketAddr,
+) {
     match &ctx.source {
-        Some(v) => {
-            parts.headers.insert(SOURCE_HEADER, v.clone());
-        }
+        Some(v) => caller::state(
+            &ctx.proof,
+            snapshot.mesh_keys.first(),
+            v,
+            &mut parts.headers,
+        ),
         // Not even a filter speaks for the caller here.
         None if !matches!(ctx.mode, Mode::Inbound(_)) => {
             parts.headers.remove(SOURCE_HEADER);
+            parts.headers.remove(caller::PROOF_HEADER);
         }
-        None => {}
+        // Inbound: the app never sees a proof (a filter may not forge one for the next hop either).
+        None => {
+            parts.headers.remove(caller::PROOF_HEADER);
+        }
     }
     // An HTTP/2 request carries its host in :authority; an HTTP/1.1 upstream needs a Host header.
     if !parts.headers.contains_key(header::HOST) {

@@ -17,22 +17,18 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn manifests(gw: u16, origin: u16) -> String {
-    manifests_mirroring(gw, origin, None)
-}
-
 /// The gateway's manifests; with `sink`, `/mirrored` is also mirrored to the service `sink` at that port.
 fn manifests_mirroring(gw: u16, origin: u16, sink: Option<u16>) -> String {
-    let mirror = sink.map_or(String::new(), |port| {
-        format!(
-            "    - matches: [{{path: {{type: Exact, value: /mirrored}}}}]
-      backendRefs: [{{name: origin}}]
+    let mirror = if sink.is_some() {
+        "    - matches: [{path: {type: Exact, value: /mirrored}}]
+      backendRefs: [{name: origin}]
       filters:
         - type: RequestMirror
-          requestMirror: {{backendRef: {{name: sink}}}}
+          requestMirror: {backendRef: {name: sink}}
 "
-        )
-    });
+    } else {
+        ""
+    };
     let sink_workload = sink.map_or(String::new(), |port| {
         format!(
             "---

@@ -36,6 +36,8 @@ pub struct ControlPlane {
     /// Set when the server shuts down: sessions end their streams (a discovery stream never ends by itself, and a
     /// graceful server shutdown would otherwise wait for it forever).
     closing: watch::Sender<bool>,
+    /// Pushed to sidecars: proves `x-meshwork-source` between them (proto `Snapshot.mesh_key`). New per process.
+    mesh_key: Vec<u8>,
 }
 
 impl ControlPlane {
@@ -56,6 +58,7 @@ impl ControlPlane {
             registry: Arc::new(Registry::default()),
             warm_until: tokio::time::Instant::now() + warmup,
             closing: watch::channel(false).0,
+            mesh_key: mesh_key(),
         }
     }
 
@@ -157,6 +160,15 @@ fn registration(hello: &pb::Hello, remote: Option<SocketAddr>) -> Result<Registr
 }
 
 type PushStream = Pin<Box<dyn Stream<Item = Result<pb::Push, Status>> + Send>>;
+
+/// 32 bytes from the OS CSPRNG; without one the control plane cannot vouch for anything, so it stops.
+fn mesh_key() -> Vec<u8> {
+    let mut key = vec![0u8; 32];
+    if let Err(e) = getrandom::fill(&mut key) {
+        panic!("no OS random source for the mesh key: {e}");
+    }
+    key
+}
 
 #[tonic::async_trait]
 impl pb::discovery_server::Discovery for ControlPlane {
@@ -279,7 +291,10 @@ async fn session(
         desired_rx.borrow_and_update();
         endpoints_rx.borrow_and_update();
         let set = desired_rx.borrow().clone();
-        let snapshot = snapshot_for(&set.set, &cp.registry.instances(), &key);
+        let mut snapshot = snapshot_for(&set.set, &cp.registry.instances(), &key);
+        if key.role == ProxyRole::Sidecar {
+            snapshot.mesh_key = cp.mesh_key.clone();
+        }
         if last_sent.as_ref() != Some(&snapshot) {
             version += 1;
             pending_nonce = format!("{conn_id:x}-{version}");

@@ -1,4 +1,5 @@
-//! How a snapshot is shown to operators (`/config_dump`): everything but the values that may be secrets.
+//! How a snapshot is shown to operators (`/config_dump`): everything but the values that may be secrets (the mesh
+//! key is left out altogether).
 
 use meshwork_proto as pb;
 
@@ -7,6 +8,7 @@ use meshwork_proto as pb;
 /// configuration, nothing to read.
 pub fn redacted(snapshot: &pb::Snapshot) -> serde_json::Value {
     let mut snapshot = snapshot.clone();
+    snapshot.mesh_key.clear();
     for p in &mut snapshot.wasm_plugins {
         p.config = digest(&p.config).into_bytes();
         for v in p.env.values_mut() {

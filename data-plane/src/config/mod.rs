@@ -48,7 +48,15 @@ impl Received {
     ) -> Result<Snapshot, String> {
         let plugins =
             from_proto::plugins::build(wasm, &self.snapshot, &self.modules, previous, node_id)?;
-        Snapshot::from_proto(self.version, self.snapshot, plugins).map_err(|e| e.to_string())
+        let mut snap = Snapshot::from_proto(self.version, self.snapshot, plugins)
+            .map_err(|e| e.to_string())?;
+        // A new control plane brings a new mesh key: callers still on the old one stay trusted meanwhile.
+        if let Some(old) = previous.mesh_keys.first() {
+            if !snap.mesh_keys.contains(old) {
+                snap.mesh_keys.push(old.clone());
+            }
+        }
+        Ok(snap)
     }
 }
 

@@ -209,6 +209,9 @@ pub struct Snapshot {
     pub inbound_limit: Option<PolicyRef>,
     /// Every Wasm plugin of this snapshot, by name (kept across snapshots while unchanged).
     pub plugins: HashMap<String, Arc<PluginHandle>>,
+    /// Sidecars: the mesh key that proves `x-meshwork-source` (first: the current one, to sign with; then the
+    /// previous control plane's, still accepted). Empty: no caller is vouched for.
+    pub mesh_keys: Vec<bytes::Bytes>,
     /// What was received, for /config_dump.
     pub source: pb::Snapshot,
 }
@@ -223,6 +226,7 @@ impl Snapshot {
             inbound_wasm: Vec::new(),
             inbound_limit: None,
             plugins: HashMap::new(),
+            mesh_keys: Vec::new(),
             source: pb::Snapshot::default(),
         }
     }

@@ -81,6 +81,7 @@ pub fn snapshot_for(set: &ManifestSet, instances: &[Instance], proxy: &ProxyKey)
         wasm_plugins: Vec::new(),
         inbound_wasm: Vec::new(),
         inbound_rate_limit: None,
+        mesh_key: Vec::new(), // added by the server, which holds the key
     };
     attach_wasm(set, proxy, &mut snapshot);
     // Filters may call any mesh service (`proxy_http_call`), so a proxy that runs filters knows them all.

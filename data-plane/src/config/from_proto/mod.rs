@@ -325,12 +325,18 @@ impl Snapshot {
                 policy: Arc::new(policy::policy(&p)),
             }
         });
+        let mesh_keys = if pb.mesh_key.is_empty() {
+            Vec::new()
+        } else {
+            vec![bytes::Bytes::copy_from_slice(&pb.mesh_key)]
+        };
         Ok(Snapshot {
             version,
             listeners,
             clusters,
             inbound_wasm,
             inbound_limit,
+            mesh_keys,
             plugins,
             source: pb,
         })
