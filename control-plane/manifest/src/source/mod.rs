@@ -4,3 +4,6 @@ pub mod files;
 pub mod yaml;
 
 pub use files::{load_dir, watch_dir, LoadedSet};
+
+#[cfg(test)]
+mod tests;

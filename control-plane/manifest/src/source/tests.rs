@@ -1,0 +1,65 @@
+//! Loading and following real manifest directories in temp dirs: hostile YAML.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::files::load_dir;
+
+const GATEWAY: &str = "apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {name: origin}
+spec: {service: origin, endpoints: ['127.0.0.1:9']}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge}
+spec: {listeners: [{name: http, port: 18080}]}
+";
+
+fn write(dir: &Path, name: &str, text: impl AsRef<[u8]>) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+fn err_text<T: std::fmt::Debug>(r: Result<T, crate::diag::Diagnostics>) -> String {
+    r.unwrap_err().to_string()
+}
+
+#[test]
+fn an_alias_bomb_file_is_refused_with_its_name_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "m.yaml", GATEWAY);
+    write(
+        dir.path(),
+        "bomb.yaml",
+        super::yaml::tests::alias_bomb(9, 9),
+    );
+    let started = tokio::time::Instant::now();
+    let err = err_text(load_dir(dir.path()));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let file = dir.path().join("bomb.yaml");
+    assert!(
+        err.contains(&format!("{}:", file.display()))
+            && err.contains(": invalid YAML: this file expands to more than 1000000 YAML nodes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ordinary_aliases_still_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {name: a, labels: &l {tier: web}}
+spec: {service: &s origin, labels: *l, endpoints: ['127.0.0.1:9']}
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {name: b}
+spec: {service: other, labels: {app: &s other}, endpoints: ['127.0.0.1:9']}
+";
+    write(dir.path(), "m.yaml", text);
+    let set = load_dir(dir.path()).unwrap().set;
+    assert_eq!(set.workloads.len(), 2);
+    let labels: Vec<_> = set.workloads[0].labels.iter().collect();
+    assert_eq!(labels, [(&"tier".to_string(), &"web".to_string())]);
+}
