@@ -1,6 +1,6 @@
-//! Reads a manifest directory (recursively, `*.yaml` / `*.yml`, several documents per file) and follows it for
-//! changes. Following polls file contents: it is immune to the rename-on-save dance of editors and to missing
-//! inotify events on bind mounts, and manifest directories are small.
+//! Loads a manifest directory (the files `walk` finds, several documents per file) and follows it for changes.
+//! Following polls file contents: it is immune to the rename-on-save dance of editors and to missing inotify events
+//! on bind mounts, and manifest directories are small.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::diag::{Diagnostics, Sink};
 use crate::model::{parse_document, ManifestSet};
+use crate::source::walk::read_files;
 use crate::source::yaml::parse_documents;
 use crate::validate::validate;
 
@@ -18,41 +19,6 @@ use crate::validate::validate;
 pub struct LoadedSet {
     pub set: ManifestSet,
     pub digest: [u8; 32],
-}
-
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with('.') {
-            continue; // editor swap files, .git
-        }
-        if path.is_dir() {
-            collect(&path, out)?;
-        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
-fn read_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, Diagnostics> {
-    let io_err = |path: &Path, e: std::io::Error| {
-        let mut sink = Sink::new(path);
-        sink.error(0, "", format!("cannot read: {e}"));
-        Diagnostics(sink.diags)
-    };
-    let mut paths = Vec::new();
-    collect(dir, &mut paths).map_err(|e| io_err(dir, e))?;
-    paths.sort();
-    paths
-        .into_iter()
-        .map(|p| {
-            std::fs::read_to_string(&p)
-                .map(|text| (p.clone(), text))
-                .map_err(|e| io_err(&p, e))
-        })
-        .collect()
 }
 
 /// The WasmPlugins of a manifest directory whose modules are built from source (`spec.build`).

@@ -1,6 +1,8 @@
-//! Where intent comes from: a directory of YAML manifests (`files`), parsed into position-aware nodes (`yaml`).
+//! Where intent comes from: a directory of YAML manifests, found and read with limits (`walk`), parsed into
+//! position-aware nodes with limits (`yaml`), loaded and followed for changes (`files`).
 
 pub mod files;
+pub mod walk;
 pub mod yaml;
 
 pub use files::{load_dir, watch_dir, LoadedSet};

@@ -1,9 +1,10 @@
-//! Loading and following real manifest directories in temp dirs: hostile YAML.
+//! Loading and following real manifest directories in temp dirs: hostile YAML, symlink loops, limits.
 
 use std::path::Path;
 use std::time::Duration;
 
 use super::files::load_dir;
+use super::walk::{MAX_DIR_DEPTH, MAX_FILE_BYTES};
 
 const GATEWAY: &str = "apiVersion: meshwork.dev/v1alpha1
 kind: Workload
@@ -62,4 +63,53 @@ spec: {service: other, labels: {app: &s other}, endpoints: ['127.0.0.1:9']}
     assert_eq!(set.workloads.len(), 2);
     let labels: Vec<_> = set.workloads[0].labels.iter().collect();
     assert_eq!(labels, [(&"tier".to_string(), &"web".to_string())]);
+}
+
+#[test]
+fn a_file_over_the_size_limit_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "m.yaml", GATEWAY);
+    let big = format!("# {}\n", "x".repeat(MAX_FILE_BYTES as usize));
+    write(dir.path(), "big.yaml", big);
+    let err = err_text(load_dir(dir.path()));
+    let file = dir.path().join("big.yaml");
+    assert!(
+        err.contains(&format!(
+            "{}:0: file too large: expected a manifest file of at most 4 MiB",
+            file.display()
+        )),
+        "{err}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_directory_symlink_loop_is_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "m.yaml", GATEWAY);
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    write(&sub, "route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec: {parentRefs: [{name: edge}], rules: [{backendRefs: [{name: origin}]}]}\n");
+    std::os::unix::fs::symlink("..", sub.join("loop")).unwrap();
+    std::os::unix::fs::symlink(&sub, dir.path().join("also-sub")).unwrap();
+    let set = load_dir(dir.path()).unwrap().set;
+    assert_eq!((set.gateways.len(), set.routes.len()), (1, 1));
+}
+
+#[test]
+fn directories_nest_at_most_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "m.yaml", GATEWAY);
+    let mut deep = dir.path().to_path_buf();
+    for i in 0..=MAX_DIR_DEPTH {
+        deep.push(format!("d{i}"));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let err = err_text(load_dir(dir.path()));
+    assert!(
+        err.contains(&format!("{}:0: directories nest too deep", deep.display())),
+        "{err}"
+    );
+    std::fs::remove_dir(&deep).unwrap();
+    assert!(load_dir(dir.path()).is_ok());
 }
