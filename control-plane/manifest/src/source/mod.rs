@@ -5,7 +5,7 @@ pub mod files;
 pub mod walk;
 pub mod yaml;
 
-pub use files::{load_dir, watch_dir, LoadedSet};
+pub use files::{load_dir, watch_dir, Follow, LoadedSet};
 
 #[cfg(test)]
 mod tests;

@@ -1,9 +1,9 @@
-//! Loading and following real manifest directories in temp dirs: hostile YAML, symlink loops, limits.
+//! Loading and following real manifest directories in temp dirs: emptied directories, hostile YAML, symlink loops.
 
 use std::path::Path;
 use std::time::Duration;
 
-use super::files::load_dir;
+use super::files::{load_dir, watch_dir, Follow};
 use super::walk::{MAX_DIR_DEPTH, MAX_FILE_BYTES};
 
 const GATEWAY: &str = "apiVersion: meshwork.dev/v1alpha1
@@ -112,4 +112,62 @@ fn directories_nest_at_most_the_limit() {
     );
     std::fs::remove_dir(&deep).unwrap();
     assert!(load_dir(dir.path()).is_ok());
+}
+
+#[test]
+fn an_emptied_directory_is_refused_once_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "m.yaml", GATEWAY);
+    let good = load_dir(dir.path()).unwrap();
+    let mut follow = Follow::new(dir.path().to_path_buf(), Some(good.digest));
+    assert!(follow.poll().is_none(), "nothing changed");
+
+    std::fs::rename(dir.path().join("m.yaml"), dir.path().join("m.yaml.moved")).unwrap();
+    let err = err_text(follow.poll().expect("the change is reported"));
+    assert!(
+        err.starts_with(&format!("{}:", dir.path().display())),
+        "{err}"
+    );
+    assert!(err.contains("no *.yaml or *.yml files found"), "{err}");
+    assert!(follow.poll().is_none(), "the same refusal is reported once");
+
+    std::fs::rename(dir.path().join("m.yaml.moved"), dir.path().join("m.yaml")).unwrap();
+    let back = follow.poll().expect("the file is back").unwrap();
+    assert_eq!(back.set, good.set);
+}
+
+#[test]
+fn a_directory_without_documents_is_refused_at_startup_and_when_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "m.yaml", GATEWAY);
+    let good = load_dir(dir.path()).unwrap();
+    let mut follow = Follow::new(dir.path().to_path_buf(), Some(good.digest));
+
+    write(dir.path(), "m.yaml", "# emptied by a deploy tool\n---\n");
+    let err = err_text(follow.poll().expect("the change is reported"));
+    assert!(err.contains("no manifest documents"), "{err}");
+    assert!(
+        err.starts_with(&format!("{}:", dir.path().display())),
+        "{err}"
+    );
+    let err = err_text(load_dir(dir.path()));
+    assert!(err.contains("no manifest documents"), "{err}");
+}
+
+#[tokio::test]
+async fn the_watcher_reports_an_emptied_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "m.yaml", GATEWAY);
+    let good = load_dir(dir.path()).unwrap();
+    let mut changes = watch_dir(
+        dir.path().to_path_buf(),
+        Duration::from_millis(10),
+        Some(good.digest),
+    );
+    std::fs::remove_file(dir.path().join("m.yaml")).unwrap();
+    let change = tokio::time::timeout(Duration::from_secs(10), changes.recv())
+        .await
+        .expect("a report within 10 s")
+        .expect("the watcher runs");
+    assert!(err_text(change).contains("no *.yaml or *.yml files found"));
 }
