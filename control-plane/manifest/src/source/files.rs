@@ -1,7 +1,8 @@
 //! Loads a manifest directory (parse, validate, refuse an empty one) and follows it for changes. Following polls:
 //! it is immune to the rename-on-save dance of editors and to missing inotify events on bind mounts, and manifest
-//! directories are small. A directory that changed but cannot be loaded (invalid, emptied, unreadable) is
-//! reported once, and followers keep their last good set.
+//! directories are small. A poll compares the manifest texts and the Wasm modules they reference
+//! ([`Fingerprint`]); a directory that changed but cannot be loaded (invalid, emptied, unreadable) is reported
+//! once, and followers keep their last good set.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,11 +13,12 @@ use tokio::sync::mpsc;
 
 use crate::diag::{Diagnostics, Sink};
 use crate::model::{parse_document, ManifestSet};
+use crate::source::fingerprint::Fingerprint;
 use crate::source::walk::read_files;
 use crate::source::yaml::parse_documents;
 use crate::validate::validate;
 
-/// A validated manifest set and the digest of the files it came from.
+/// A validated manifest set and the digest of the files (and modules) it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadedSet {
     pub set: ManifestSet,
@@ -50,17 +52,6 @@ pub fn load_texts(files: &[(PathBuf, String)]) -> Result<ManifestSet, Diagnostic
     } else {
         Err(Diagnostics(diags))
     }
-}
-
-fn digest(files: &[(PathBuf, String)]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for (path, text) in files {
-        h.update(path.to_string_lossy().as_bytes());
-        h.update([0]);
-        h.update(text.as_bytes());
-        h.update([0]);
-    }
-    h.finalize().into()
 }
 
 fn dir_error(dir: &Path, message: &str) -> Diagnostics {
@@ -98,7 +89,7 @@ pub fn load_dir(dir: &Path) -> Result<LoadedSet, Diagnostics> {
         return Err(dir_error(dir, "expected a directory of *.yaml manifests"));
     }
     let files = read_files(dir)?;
-    let digest = digest(&files);
+    let digest = Fingerprint::default().of(&files);
     load_files(dir, &files, digest)
 }
 
@@ -106,21 +97,26 @@ pub fn load_dir(dir: &Path) -> Result<LoadedSet, Diagnostics> {
 #[derive(Debug)]
 pub struct Follow {
     dir: PathBuf,
-    /// The digest of the last files seen, or of the error they gave.
+    /// The fingerprint of the last files seen, or the digest of the error they gave.
     last: Option<[u8; 32]>,
+    fingerprint: Fingerprint,
 }
 
 impl Follow {
     /// Follows `dir`, whose state `last` (a [`LoadedSet::digest`]) is already applied, if any.
     pub fn new(dir: PathBuf, last: Option<[u8; 32]>) -> Self {
-        Follow { dir, last }
+        Follow {
+            dir,
+            last,
+            fingerprint: Fingerprint::default(),
+        }
     }
 
     /// Reads the directory (blocking): `None` when nothing changed since the last poll, else the result of
     /// loading it. The same failure twice in a row is reported once.
     pub fn poll(&mut self) -> Option<Result<LoadedSet, Diagnostics>> {
         let (seen, files) = match read_files(&self.dir) {
-            Ok(files) => (digest(&files), Ok(files)),
+            Ok(files) => (self.fingerprint.of(&files), Ok(files)),
             Err(d) => (Sha256::digest(d.to_string()).into(), Err(d)),
         };
         if self.last == Some(seen) {

@@ -1,7 +1,10 @@
-//! Loading and following real manifest directories in temp dirs: emptied directories, hostile YAML, symlink loops.
+//! Loading and following real manifest directories in temp dirs: emptied directories, hostile YAML, symlink loops,
+//! modules rebuilt in place.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
 
 use super::files::{load_dir, watch_dir, Follow};
 use super::walk::{MAX_DIR_DEPTH, MAX_FILE_BYTES};
@@ -17,8 +20,24 @@ metadata: {name: edge}
 spec: {listeners: [{name: http, port: 18080}]}
 ";
 
+const PLUGIN: &str = "---
+apiVersion: meshwork.dev/v1alpha1
+kind: WasmPlugin
+metadata: {name: filter}
+spec:
+  url: filter.wasm
+  targetRefs: [{kind: Gateway, name: edge}]
+";
+
 fn write(dir: &Path, name: &str, text: impl AsRef<[u8]>) {
     std::fs::write(dir.join(name), text).unwrap();
+}
+
+fn hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn err_text<T: std::fmt::Debug>(r: Result<T, crate::diag::Diagnostics>) -> String {
@@ -170,4 +189,69 @@ async fn the_watcher_reports_an_emptied_directory() {
         .expect("a report within 10 s")
         .expect("the watcher runs");
     assert!(err_text(change).contains("no *.yaml or *.yml files found"));
+}
+
+#[test]
+fn a_module_rebuilt_in_place_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "m.yaml", format!("{GATEWAY}{PLUGIN}"));
+    write(dir.path(), "filter.wasm", b"\0asm first build");
+    let good = load_dir(dir.path()).unwrap();
+    let mut follow = Follow::new(dir.path().to_path_buf(), Some(good.digest));
+    assert!(follow.poll().is_none(), "nothing changed");
+
+    let rebuilt = b"\0asm second build, longer";
+    write(dir.path(), "filter.wasm", rebuilt);
+    let next = follow
+        .poll()
+        .expect("the rebuilt module is a change")
+        .unwrap();
+    let plugin = &next.set.wasm_plugins[0];
+    assert_eq!(
+        (plugin.digest.as_str(), plugin.code.as_slice()),
+        (hex(rebuilt).as_str(), &rebuilt[..])
+    );
+    assert!(follow.poll().is_none(), "applied once");
+}
+
+/// A settled module's digest is reused while its size and time stay; a rebuild of the same size changes its time.
+#[test]
+fn a_settled_module_rebuilt_to_the_same_size_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "m.yaml", format!("{GATEWAY}{PLUGIN}"));
+    let module = dir.path().join("filter.wasm");
+    let set_age = |secs: u64| {
+        let t = SystemTime::now() - Duration::from_secs(secs);
+        let f = std::fs::File::options().write(true).open(&module).unwrap();
+        f.set_modified(t).unwrap();
+    };
+    write(dir.path(), "filter.wasm", b"\0asm build A");
+    set_age(60);
+    let good = load_dir(dir.path()).unwrap();
+    let mut follow = Follow::new(dir.path().to_path_buf(), Some(good.digest));
+    assert!(follow.poll().is_none());
+    assert!(follow.poll().is_none(), "cached digest");
+
+    write(dir.path(), "filter.wasm", b"\0asm build B");
+    set_age(30);
+    let next = follow.poll().expect("a new time is a change").unwrap();
+    assert_eq!(next.set.wasm_plugins[0].digest, hex(b"\0asm build B"));
+}
+
+#[test]
+fn a_missing_module_that_appears_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "m.yaml", GATEWAY);
+    let good = load_dir(dir.path()).unwrap();
+    let mut follow = Follow::new(dir.path().to_path_buf(), Some(good.digest));
+    write(dir.path(), "m.yaml", format!("{GATEWAY}{PLUGIN}"));
+    let err = err_text(follow.poll().expect("the edit is a change"));
+    assert!(err.contains("spec.url: cannot read the module"), "{err}");
+    assert!(follow.poll().is_none());
+    write(dir.path(), "filter.wasm", b"\0asm built");
+    let next = follow
+        .poll()
+        .expect("the module appearing is a change")
+        .unwrap();
+    assert_eq!(next.set.wasm_plugins.len(), 1);
 }
