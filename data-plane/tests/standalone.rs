@@ -92,6 +92,56 @@ async fn standalone_gateway_follows_its_directory() {
     );
 }
 
+/// A directory emptied for a moment (a file moved away and back, as a deploy tool may do) is refused like at
+/// startup: the listener keeps answering with the last good configuration (issue 11, item 11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_directory_keeps_the_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("m");
+    std::fs::create_dir(&manifests).unwrap();
+    let (gw, origin, admin) = (free_port(), free_port(), free_port());
+    let _origin = demo_echo(origin);
+    write(&manifests, "m.yaml", &manifests_text(gw, origin, "/a"));
+    let log_path = dir.path().join("proxy.log");
+    let _proxy = Proc::spawn(
+        "proxy",
+        proxy_command(Some(&log_path))
+            .arg("--manifests")
+            .arg(&manifests)
+            .args(["--workers", "1", "--admin", &format!("127.0.0.1:{admin}")]),
+    );
+    let c = client();
+    let url = format!("http://127.0.0.1:{gw}/a");
+    wait_serving(&c, &url, Duration::from_secs(15), "the standalone gateway").await;
+
+    let (moved, away) = (manifests.join("m.yaml"), dir.path().join("m.yaml"));
+    std::fs::rename(&moved, &away).unwrap();
+    let refused = format!("{}:0: no *.yaml or *.yml files found", manifests.display());
+    eventually(
+        Duration::from_secs(10),
+        "the emptied directory to be refused",
+        || {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let seen = log.contains("keeping the previous configuration") && log.contains(&refused);
+            async move { seen.then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(get(&c, &url, &[]).await.status, 200, "the listener stays");
+
+    std::fs::rename(&away, &moved).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the file coming back to apply",
+        || {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            async move { log.contains("manifests changed: applied").then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(get(&c, &url, &[]).await.status, 200);
+}
+
 #[test]
 fn standalone_reports_invalid_manifests_at_startup() {
     let dir = tempfile::tempdir().unwrap();

@@ -101,6 +101,26 @@ pub struct ManifestSet {
     pub policies: Vec<TrafficPolicy>,
 }
 
+impl ManifestSet {
+    /// True when no document defined anything (the files were empty or held only comments).
+    pub fn is_empty(&self) -> bool {
+        let ManifestSet {
+            workloads,
+            gateways,
+            routes,
+            meshes,
+            wasm_plugins,
+            policies,
+        } = self;
+        workloads.is_empty()
+            && gateways.is_empty()
+            && routes.is_empty()
+            && meshes.is_empty()
+            && wasm_plugins.is_empty()
+            && policies.is_empty()
+    }
+}
+
 const KINDS: &str =
     "meshwork.dev/v1alpha1 Workload/Mesh/WasmPlugin/TrafficPolicy, gateway.networking.k8s.io/v1 Gateway/HTTPRoute/GRPCRoute";
 

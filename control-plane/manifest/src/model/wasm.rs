@@ -319,38 +319,62 @@ pub struct DeclaredBuild {
 /// Documents that are not WasmPlugins, or are malformed, are skipped here: loading reports them.
 pub fn declared_builds(files: &[(PathBuf, String)]) -> Vec<DeclaredBuild> {
     let mut out = Vec::new();
+    for_each_spec(files, |file, doc, spec| {
+        let (Some(build), Some(url)) = (scalar(spec, "build"), scalar(spec, "url")) else {
+            return;
+        };
+        let name = field(doc, "metadata").and_then(|m| scalar(m, "name"));
+        out.push(DeclaredBuild {
+            plugin: name.unwrap_or_default().to_string(),
+            crate_dir: module_path(file, build),
+            module: module_path(file, url),
+        });
+    });
+    out
+}
+
+/// The module files these manifests reference (`spec.url` of every WasmPlugin), sorted, each once: what a
+/// directory watcher must follow besides the manifests, since a module rebuilt in place changes no manifest.
+/// Malformed documents are skipped here: loading reports them.
+pub fn module_files(files: &[(PathBuf, String)]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for_each_spec(files, |file, _, spec| {
+        if let Some(url) = scalar(spec, "url") {
+            out.push(module_path(file, url));
+        }
+    });
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Calls `f` with the file, the document and the `spec` of every WasmPlugin document that parses.
+fn for_each_spec(files: &[(PathBuf, String)], mut f: impl FnMut(&Path, &Node, &Node)) {
     for (file, text) in files {
         let Ok(docs) = crate::source::yaml::parse_documents(text) else {
             continue;
         };
-        for doc in docs {
-            let field = |n: &Node, k: &str| match &n.kind {
-                Kind::Map(entries) => entries
-                    .iter()
-                    .find(|(key, _)| key.as_scalar() == Some(k))
-                    .map(|(_, v)| v.clone()),
-                _ => None,
-            };
-            if field(&doc, "kind").as_ref().and_then(Node::as_scalar) != Some("WasmPlugin") {
+        for doc in &docs {
+            if field(doc, "kind").and_then(Node::as_scalar) != Some("WasmPlugin") {
                 continue;
             }
-            let Some(spec) = field(&doc, "spec") else {
-                continue;
-            };
-            let scalar = |k: &str| field(&spec, k).and_then(|n| n.as_scalar().map(str::to_string));
-            let (Some(build), Some(url)) = (scalar("build"), scalar("url")) else {
-                continue;
-            };
-            let name = field(&doc, "metadata")
-                .and_then(|m| field(&m, "name"))
-                .and_then(|n| n.as_scalar().map(str::to_string))
-                .unwrap_or_default();
-            out.push(DeclaredBuild {
-                plugin: name,
-                crate_dir: module_path(file, &build),
-                module: module_path(file, &url),
-            });
+            if let Some(spec) = field(doc, "spec") {
+                f(file, doc, spec);
+            }
         }
     }
-    out
+}
+
+fn field<'n>(n: &'n Node, k: &str) -> Option<&'n Node> {
+    match &n.kind {
+        Kind::Map(entries) => entries
+            .iter()
+            .find(|(key, _)| key.as_scalar() == Some(k))
+            .map(|(_, v)| v),
+        _ => None,
+    }
+}
+
+fn scalar<'n>(n: &'n Node, k: &str) -> Option<&'n str> {
+    field(n, k).and_then(Node::as_scalar)
 }
