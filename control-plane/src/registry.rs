@@ -18,6 +18,8 @@ pub struct Registration {
     pub role: ProxyRole,
     pub labels: BTreeMap<String, String>,
     pub inbound_addr: String,
+    /// The address the proxy connected from (None when the transport does not say).
+    pub peer_ip: Option<std::net::IpAddr>,
     pub connected_unix_ms: u64,
     pub sent_version: u64,
     pub acked_version: u64,
@@ -34,6 +36,24 @@ pub struct Registry {
     endpoints_changed: watch::Sender<u64>,
     /// Bumped on any change (including ACK/NACK), for `up` and tests to wait on.
     any_changed: watch::Sender<u64>,
+}
+
+/// A registration refused because its node id belongs to another live proxy.
+#[derive(Debug, thiserror::Error)]
+#[error("node id {node_id:?} is registered by a live proxy (service {service}, endpoint {inbound_addr:?}); a node id cannot be taken over: give this proxy its own --node-id")]
+pub struct Takeover {
+    pub node_id: String,
+    pub service: String,
+    pub inbound_addr: String,
+}
+
+/// The same proxy reconnecting (its old stream not yet seen closed), not another one with the same node id.
+fn same_proxy(live: &Registration, new: &Registration) -> bool {
+    live.role == new.role
+        && live.service == new.service
+        && live.namespace == new.namespace
+        && live.inbound_addr == new.inbound_addr
+        && live.peer_ip == new.peer_ip
 }
 
 impl Default for Registry {
@@ -56,15 +76,29 @@ impl Registry {
         tx.send_modify(|v| *v += 1);
     }
 
-    /// Registers a proxy; a newer connection with the same node id replaces the older one. Returns the
-    /// connection id to pass to `deregister`.
-    pub fn register(&self, mut reg: Registration) -> u64 {
+    /// Registers a proxy. A newer connection with the same node id replaces the older one only if it is the same
+    /// proxy coming back (same role, service, namespace, endpoint and peer address); a different one is refused,
+    /// so a node id cannot be taken over while its registration lives. Returns the connection id to pass to
+    /// `deregister`.
+    pub fn register(&self, mut reg: Registration) -> Result<u64, Takeover> {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         reg.conn_id = conn_id;
-        self.lock().insert(reg.node_id.clone(), reg);
+        {
+            let mut map = self.lock();
+            if let Some(live) = map.get(&reg.node_id) {
+                if !same_proxy(live, &reg) {
+                    return Err(Takeover {
+                        node_id: reg.node_id,
+                        service: live.service.clone(),
+                        inbound_addr: live.inbound_addr.clone(),
+                    });
+                }
+            }
+            map.insert(reg.node_id.clone(), reg);
+        }
         Self::bump(&self.endpoints_changed);
         Self::bump(&self.any_changed);
-        conn_id
+        Ok(conn_id)
     }
 
     /// Removes the proxy if `conn_id` is still its current connection.

@@ -40,7 +40,8 @@ struct Args {
     gateway: Option<String>,
     #[arg(long, value_enum)]
     role: Option<RoleArg>,
-    /// Node id (unique per proxy; default: <service>-<pid>).
+    /// Node id (unique per proxy; default: <service>-<pid>-<random>). The control plane refuses a node id that a
+    /// different live proxy holds.
     #[arg(long)]
     node_id: Option<String>,
     /// Mesh service (sidecar) or Gateway name (gateway).
@@ -141,6 +142,20 @@ fn limits(args: &Args) -> listener::Limits {
     }
 }
 
+/// `<service>-<pid>-<8 random hex digits>`: unique on a host and across containers where every proxy is PID 1
+/// (a registration's node id cannot be taken over, so a collision would lock a proxy out).
+fn default_node_id(service: &str) -> String {
+    let mut tag = [0u8; 4];
+    let _ = getrandom::fill(&mut tag);
+    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    let service = if service.is_empty() {
+        "gateway"
+    } else {
+        service
+    };
+    format!("{service}-{}-{hex}", std::process::id())
+}
+
 fn main() -> anyhow::Result<()> {
     meshwork_manifest::process::init_tracing("info");
     let args = Args::parse();
@@ -169,17 +184,10 @@ fn main() -> anyhow::Result<()> {
             "--service is required with --control-plane (the mesh service, or the Gateway name)"
         );
     }
-    let node_id = args.node_id.unwrap_or_else(|| {
-        format!(
-            "{}-{}",
-            if args.service.is_empty() {
-                "gateway"
-            } else {
-                &args.service
-            },
-            std::process::id()
-        )
-    });
+    let node_id = args
+        .node_id
+        .clone()
+        .unwrap_or_else(|| default_node_id(&args.service));
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

@@ -112,6 +112,29 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A sidecar's endpoint: its inbound address, which must be on the host it connects from (loopback counts as
+/// loopback; an unspecified IP becomes the peer's). Only checkable when the transport gives the peer address.
+fn endpoint(inbound: &str, remote: Option<SocketAddr>) -> Result<String, Status> {
+    let addr: SocketAddr = inbound.parse().map_err(|_| {
+        Status::invalid_argument(format!(
+            "hello.inbound_addr: expected IP:port, got {inbound:?}"
+        ))
+    })?;
+    let Some(peer) = remote.map(|r| r.ip().to_canonical()) else {
+        return Ok(addr.to_string());
+    };
+    let ip = addr.ip().to_canonical();
+    if ip.is_unspecified() {
+        return Ok(SocketAddr::new(peer, addr.port()).to_string());
+    }
+    if ip == peer || (ip.is_loopback() && peer.is_loopback()) {
+        return Ok(addr.to_string());
+    }
+    Err(Status::permission_denied(format!(
+        "hello.inbound_addr: {ip} is not an address of this peer ({peer}); a proxy registers its own endpoint only"
+    )))
+}
+
 fn registration(hello: &pb::Hello, remote: Option<SocketAddr>) -> Result<Registration, Status> {
     if hello.node_id.is_empty() {
         return Err(Status::invalid_argument(
@@ -132,12 +155,11 @@ fn registration(hello: &pb::Hello, remote: Option<SocketAddr>) -> Result<Registr
             "hello.service: expected the mesh service or Gateway name",
         ));
     }
-    if role == ProxyRole::Sidecar && hello.inbound_addr.parse::<SocketAddr>().is_err() {
-        return Err(Status::invalid_argument(format!(
-            "hello.inbound_addr: expected IP:port, got {:?}",
-            hello.inbound_addr
-        )));
-    }
+    let inbound_addr = if role == ProxyRole::Sidecar {
+        endpoint(&hello.inbound_addr, remote)?
+    } else {
+        hello.inbound_addr.clone()
+    };
     tracing::debug!(node = %hello.node_id, ?remote, "proxy connected");
     Ok(Registration {
         conn_id: 0,
@@ -150,7 +172,8 @@ fn registration(hello: &pb::Hello, remote: Option<SocketAddr>) -> Result<Registr
         },
         role,
         labels: hello.labels.clone().into_iter().collect(),
-        inbound_addr: hello.inbound_addr.clone(),
+        inbound_addr,
+        peer_ip: remote.map(|r| r.ip().to_canonical()),
         connected_unix_ms: now_ms(),
         sent_version: 0,
         acked_version: 0,
@@ -191,11 +214,18 @@ impl pb::discovery_server::Discovery for ControlPlane {
             }
         };
         let reg = registration(&hello, remote)?;
+        let node = reg.node_id.clone();
+        let conn_id = self.registry.register(reg.clone()).map_err(|e| {
+            tracing::warn!(error = %e, ?remote, "registration refused");
+            Status::already_exists(e.to_string())
+        })?;
+        let guard = Deregister(self.registry.clone(), node, conn_id);
         let (tx, rx) = mpsc::channel(4);
         let cached = hello.cached_modules.iter().cloned().collect();
         tokio::spawn(session(
             self.clone(),
             reg,
+            guard,
             hello.applied_version,
             cached,
             inbound,
@@ -252,6 +282,7 @@ impl Drop for Deregister {
 async fn session(
     cp: ControlPlane,
     reg: Registration,
+    registered: Deregister,
     applied_version: u64,
     mut has_modules: std::collections::HashSet<String>,
     mut inbound: Streaming<pb::ProxyMessage>,
@@ -263,8 +294,8 @@ async fn session(
         name: reg.service.clone(),
         namespace: reg.namespace.clone(),
     };
-    let conn_id = cp.registry.register(reg);
-    let _guard = Deregister(cp.registry.clone(), node.clone(), conn_id);
+    let conn_id = registered.2;
+    let _guard = registered;
     let mut desired_rx = cp.desired.subscribe();
     let mut endpoints_rx = cp.registry.subscribe_endpoints();
     // Continue the proxy's numbering so versions only grow, across control-plane restarts too.

@@ -1,0 +1,120 @@
+//! Who may register what (issue 11, item 9), over real gRPC discovery streams to a control plane on 127.0.0.1:
+//! a node id held by a live proxy cannot be taken over by another one (the same proxy reconnecting may), and a
+//! sidecar can only register an endpoint on the host it connects from. Authentication proper comes with mTLS.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use meshwork_control::serve::ControlPlane;
+use meshwork_manifest::model::ManifestSet;
+use meshwork_proto as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+async fn control_plane() -> (String, ControlPlane) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cp = ControlPlane::new(ManifestSet::default());
+    let served = cp.clone();
+    tokio::spawn(served.serve(listener, std::future::pending()));
+    (url, cp)
+}
+
+fn hello(node: &str, inbound: &str) -> pb::Hello {
+    pb::Hello {
+        node_id: node.into(),
+        service: "origin".into(),
+        namespace: "default".into(),
+        role: pb::Role::Sidecar as i32,
+        inbound_addr: inbound.into(),
+        ..Default::default()
+    }
+}
+
+/// Opens a discovery stream with `hello`; Ok holds the sender that keeps it open and the first push.
+async fn connect(
+    url: &str,
+    hello: pb::Hello,
+) -> Result<(mpsc::Sender<pb::ProxyMessage>, pb::Push), tonic::Status> {
+    let mut client = pb::discovery_client::DiscoveryClient::connect(url.to_string())
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(pb::ProxyMessage {
+        msg: Some(pb::proxy_message::Msg::Hello(hello)),
+    })
+    .await
+    .unwrap();
+    let mut pushes = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), pushes.message())
+        .await
+        .expect("a push within 10 s")?
+        .expect("a push");
+    tokio::spawn(async move { while let Ok(Some(_)) = pushes.message().await {} });
+    Ok((tx, first))
+}
+
+fn endpoints_of(cp: &ControlPlane, node: &str) -> Vec<String> {
+    cp.registry
+        .list()
+        .into_iter()
+        .filter(|r| r.node_id == node)
+        .map(|r| r.inbound_addr)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_live_node_id_cannot_be_taken_over_by_another_proxy() {
+    let (url, cp) = control_plane().await;
+    let _first = connect(&url, hello("origin-1", "127.0.0.1:7001"))
+        .await
+        .unwrap();
+    let err = connect(&url, hello("origin-1", "127.0.0.1:6666"))
+        .await
+        .expect_err("the second proxy is refused");
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    assert!(
+        err.message().contains("cannot be taken over"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(endpoints_of(&cp, "origin-1"), ["127.0.0.1:7001"]);
+}
+
+#[tokio::test]
+async fn the_same_proxy_reconnecting_keeps_its_node_id() {
+    let (url, cp) = control_plane().await;
+    let first = connect(&url, hello("origin-1", "127.0.0.1:7001"))
+        .await
+        .unwrap();
+    let again = connect(&url, hello("origin-1", "127.0.0.1:7001")).await;
+    assert!(again.is_ok(), "{:?}", again.err());
+    drop(first);
+    assert_eq!(endpoints_of(&cp, "origin-1"), ["127.0.0.1:7001"]);
+}
+
+#[tokio::test]
+async fn an_endpoint_on_another_host_is_refused() {
+    let (url, cp) = control_plane().await;
+    let err = connect(&url, hello("origin-1", "10.1.2.3:8080"))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("hello.inbound_addr"),
+        "{}",
+        err.message()
+    );
+    assert!(endpoints_of(&cp, "origin-1").is_empty());
+}
+
+#[tokio::test]
+async fn an_unspecified_endpoint_ip_becomes_the_peers() {
+    let (url, cp) = control_plane().await;
+    let _p = connect(&url, hello("origin-1", "0.0.0.0:7001"))
+        .await
+        .unwrap();
+    assert_eq!(endpoints_of(&cp, "origin-1"), ["127.0.0.1:7001"]);
+}
