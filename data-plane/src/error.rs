@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::filter::chain::{BodyFilterFailed, BodyReplied, BodyTooLarge, FilterError};
+use crate::filter::chain::{BodyFilterFailed, BodyReplied, BodyTooLarge, Fault, FilterError};
 use crate::filter::wasm::WasmError;
 use crate::resilience::CallError;
 use crate::upstream::body::{ClientBodyFailed, ResponseBody, StoppedByProxy};
@@ -180,13 +180,15 @@ fn filter_reply(err: &FilterError) -> Response<ResponseBody> {
 }
 
 /// What a client is told of a filter's failure: its kind, not the trap's backtrace (that goes to the log).
-fn wasm_failure(e: &WasmError) -> &'static str {
+fn wasm_failure(e: &Fault) -> &'static str {
     match e {
-        WasmError::Load(_) => "could not be loaded",
-        WasmError::Rejected(_) => "rejected the stream",
-        WasmError::Trap(_) => "trapped",
-        WasmError::Timeout(_) => "exceeded its CPU limit",
-        WasmError::OutOfMemory(_) => "ran out of memory",
+        Fault::Wasm(WasmError::Load(_)) => "could not be loaded",
+        Fault::Wasm(WasmError::Rejected(_)) => "rejected the stream",
+        Fault::Wasm(WasmError::Trap(_)) => "trapped",
+        Fault::Wasm(WasmError::Timeout(_)) => "exceeded its CPU limit",
+        Fault::Wasm(WasmError::OutOfMemory(_)) => "ran out of memory",
+        // Another stream's failure discarded the instance holding this stream's context (FAIL_CLOSE).
+        Fault::Lost => "its instance failed while this request waited",
     }
 }
 
@@ -275,7 +277,7 @@ mod tests {
     async fn a_trapped_filter_reply_carries_no_backtrace() {
         let err = FilterError::Failed {
             plugin: "default/auth".into(),
-            error: WasmError::Trap("wasm backtrace:\n 0: 0x1234 - auth.wasm!handle".into()),
+            error: WasmError::Trap("wasm backtrace:\n 0: 0x1234 - auth.wasm!handle".into()).into(),
         };
         let (status, _, body) = body_of(reply(&ProxyError::Filter(err))).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -301,8 +303,12 @@ mod tests {
             }),
             ProxyError::Filter(FilterError::Closed("p".into())),
             ProxyError::Filter(FilterError::Stuck("p".into())),
+            ProxyError::Filter(FilterError::Failed {
+                plugin: "p".into(),
+                error: Fault::Lost,
+            }),
         ];
-        let want = [404, 503, 500, 503, 504, 503, 503, 502, 500];
+        let want = [404, 503, 500, 503, 504, 503, 503, 502, 500, 503];
         for (err, want) in errors.iter().zip(want) {
             let (status, ct, body) = body_of(reply(err)).await;
             assert_eq!(status.as_u16(), want, "{err}");

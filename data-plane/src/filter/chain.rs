@@ -5,6 +5,11 @@
 //! (method, path, authority, status) are applied afterwards. A failing filter fails only this request, as its fail
 //! strategy says.
 //!
+//! A stream keeps its context on the instance it started on. If that instance is discarded meanwhile (another
+//! stream's callback trapped or hit a limit on it), the stream's filter state is gone: the filter can neither pass
+//! nor deny it any more (`Fault::Lost`). FAIL_OPEN skips the filter from then on; FAIL_CLOSE fails the stream at
+//! its next callback (a paused request or response, a body, trailers), so nothing the filter had not passed goes on.
+//!
 //! A filter that pauses in a headers callback stops the stream (as in Envoy: nothing further runs) until it calls
 //! `proxy_continue_stream` or answers locally, typically from `proxy_on_http_call_response`: its callouts are sent
 //! and answered while the request waits. Callouts from callbacks that do not pause are sent in the background and
@@ -37,6 +42,8 @@ struct Active {
     /// ... and `proxy_on_request_trailers` / `proxy_on_response_trailers`.
     request_trailers: bool,
     response_trailers: bool,
+    /// ... and `proxy_on_response_headers` (without it, the filter has no say on the response).
+    response_headers: bool,
 }
 
 impl Active {
@@ -108,6 +115,25 @@ enum Settled {
     Fail(FilterError),
 }
 
+impl Settled {
+    /// As a headers phase's step (no callouts are left to send once a pause has settled).
+    fn into_step(self) -> Step {
+        match self {
+            Settled::Continue => Step::Next(Vec::new()),
+            Settled::Respond(r) => Step::Stop(Verdict::Respond(r)),
+            Settled::Fail(e) => Step::Stop(Verdict::Fail(e)),
+        }
+    }
+}
+
+/// What one filter's headers callback means for its phase.
+enum Step {
+    /// On to the next filter; the callouts the callback made without pausing are sent in the background.
+    Next(Vec<Callout>),
+    /// The phase stops here with this verdict.
+    Stop(Verdict),
+}
+
 /// Waits on a filter that paused in a headers callback: sends its callouts one after another and delivers each
 /// answer (`proxy_on_http_call_response`), until it resumes the stream, answers locally, closes the stream or fails.
 /// A pause with no callout outstanding can never be resumed: the request fails with 500 rather than hang.
@@ -133,20 +159,20 @@ async fn settle(a: &mut Active, calls: Vec<Callout>) -> Settled {
             i.on_http_call_response(stream, &call, response)?;
             Ok((i.take_calls(), i.closed()))
         });
-        match result {
-            Ok(Some(((more, closed), _))) => {
+        match outcome(result) {
+            Ok(((more, closed), _)) => {
                 if closed {
                     return Settled::Fail(FilterError::Closed(a.plugin.meta.name.clone()));
                 }
                 pending.extend(more);
             }
-            // The instance was replaced meanwhile: nothing can resume this stream on it.
-            Ok(None) => return Settled::Continue,
-            Err(e) if a.plugin.meta.fail_open => {
-                tracing::debug!(plugin = %a.plugin.meta.name, error = %e, "failing open");
-                return Settled::Continue;
+            // Failed, or the instance was replaced while the stream waited: nothing can resume it there.
+            Err(fault) => {
+                return match fail_closed(&a.plugin, fault) {
+                    None => Settled::Continue,
+                    Some(fault) => Settled::Fail(failed(&a.plugin, fault)),
+                }
             }
-            Err(e) => return Settled::Fail(failed(&a.plugin, e)),
         }
     }
 }
@@ -172,12 +198,13 @@ pub struct BodyTooLarge {
     pub limit: usize,
 }
 
-/// A Wasm filter failed in a body callback (and its fail strategy is FAIL_CLOSE).
+/// A Wasm filter failed in a body or trailers callback, or lost the stream before it (and its fail strategy is
+/// FAIL_CLOSE).
 #[derive(Debug, thiserror::Error)]
 #[error("wasm plugin {plugin} failed on the body: {error}")]
 pub struct BodyFilterFailed {
     pub plugin: String,
-    pub error: WasmError,
+    pub error: Fault,
 }
 
 pub enum BodyStep {
@@ -233,13 +260,11 @@ impl BodyFilter {
                     let action = i.on_body(&mut a.stream, response, end_of_stream)?;
                     Ok((action, i.take_calls()))
                 });
-                let r = r.map(|ok| {
-                    ok.map(|((action, calls), id)| {
-                        if !calls.is_empty() {
-                            background.push((index, calls));
-                        }
-                        (action, id)
-                    })
+                let r = outcome(r).map(|((action, calls), _)| {
+                    if !calls.is_empty() {
+                        background.push((index, calls));
+                    }
+                    action
                 });
                 let back = if response {
                     a.stream.response_body.take()
@@ -256,18 +281,17 @@ impl BodyFilter {
                     tracing::warn!(plugin = %a.plugin.meta.name, "a local reply from a response-body callback comes after the response headers were sent; ignored");
                 }
                 match r {
-                    Ok(Some((action, _))) if action != ACTION_CONTINUE && !end_of_stream => {
+                    Ok(action) if action != ACTION_CONTINUE && !end_of_stream => {
                         return Ok(BodyStep::Hold)
                     }
                     Ok(_) => {}
-                    Err(e) if a.plugin.meta.fail_open => {
-                        tracing::debug!(plugin = %a.plugin.meta.name, error = %e, "failing open")
-                    }
-                    Err(error) => {
-                        return Err(BodyFilterFailed {
-                            plugin: a.plugin.meta.name.clone(),
-                            error,
-                        })
+                    Err(fault) => {
+                        if let Some(error) = fail_closed(&a.plugin, fault) {
+                            return Err(BodyFilterFailed {
+                                plugin: a.plugin.meta.name.clone(),
+                                error,
+                            });
+                        }
                     }
                 }
             }
@@ -314,19 +338,17 @@ impl BodyFilter {
             };
             pairs = slot.take().unwrap_or_default();
             dirty |= a.stream.trailers_dirty;
-            match r {
-                Ok(Some((calls, _))) if !calls.is_empty() => background.push((index, calls)),
-                Ok(Some(_)) => {}
-                Ok(None) => {}
-                Err(e) if a.plugin.meta.fail_open => {
-                    tracing::debug!(plugin = %a.plugin.meta.name, error = %e, "failing open")
-                }
-                Err(error) => {
-                    failed = Some(BodyFilterFailed {
-                        plugin: a.plugin.meta.name.clone(),
-                        error,
-                    });
-                    break;
+            match outcome(r) {
+                Ok((calls, _)) if !calls.is_empty() => background.push((index, calls)),
+                Ok(_) => {}
+                Err(fault) => {
+                    if let Some(error) = fail_closed(&a.plugin, fault) {
+                        failed = Some(BodyFilterFailed {
+                            plugin: a.plugin.meta.name.clone(),
+                            error,
+                        });
+                        break;
+                    }
                 }
             }
         }
@@ -365,18 +387,50 @@ pub enum Verdict {
     Fail(FilterError),
 }
 
+/// Why a filter's callback on a stream did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum Fault {
+    /// The callback trapped or hit its CPU or memory limit (its instance was discarded).
+    #[error(transparent)]
+    Wasm(#[from] WasmError),
+    /// The stream's instance was discarded since the stream began (another stream's callback failed on it), and
+    /// the stream's context with it.
+    #[error("its instance failed while this stream waited")]
+    Lost,
+}
+
+/// A callback's result on the stream's own instance: `PluginHandle::run` answers `Ok(None)` when that instance
+/// has been replaced, which for the stream is a fault like any other.
+fn outcome<T>(r: Result<Option<(T, u64)>, WasmError>) -> Result<(T, u64), Fault> {
+    match r {
+        Ok(Some(done)) => Ok(done),
+        Ok(None) => Err(Fault::Lost),
+        Err(e) => Err(Fault::Wasm(e)),
+    }
+}
+
+/// A fault under the plugin's fail strategy: FAIL_OPEN skips the filter (None); FAIL_CLOSE keeps the fault, which
+/// stops the stream.
+fn fail_closed(plugin: &PluginHandle, fault: Fault) -> Option<Fault> {
+    if plugin.meta.fail_open {
+        tracing::debug!(plugin = %plugin.meta.name, error = %fault, "failing open");
+        return None;
+    }
+    Some(fault)
+}
+
 /// Why a filter stopped a stream without a reply of its own.
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
     #[error("wasm plugin {plugin} failed: {error}")]
-    Failed { plugin: String, error: WasmError },
+    Failed { plugin: String, error: Fault },
     #[error("wasm plugin {0} closed the stream")]
     Closed(String),
     #[error("wasm plugin {0} paused the stream with no callout outstanding that could resume it")]
     Stuck(String),
 }
 
-fn failed(plugin: &PluginHandle, error: WasmError) -> FilterError {
+fn failed(plugin: &PluginHandle, error: Fault) -> FilterError {
     FilterError::Failed {
         plugin: plugin.meta.name.clone(),
         error,
@@ -458,52 +512,33 @@ impl Chain {
                     response_body: inst.has_body_callback(true),
                     request_trailers: inst.has_trailers_callback(false),
                     response_trailers: inst.has_trailers_callback(true),
+                    response_headers: inst.has_headers_callback(true),
                 })
             });
-            match result {
-                Ok(Some((cb, instance))) => {
-                    let mut a = Active {
-                        plugin: plugin.clone(),
-                        slot,
-                        instance,
-                        stream,
-                        request_body: cb.request_body,
-                        response_body: cb.response_body,
-                        request_trailers: cb.request_trailers,
-                        response_trailers: cb.response_trailers,
-                    };
-                    let stop = if cb.closed {
-                        Some(Verdict::Fail(FilterError::Closed(plugin.meta.name.clone())))
-                    } else if let Some(r) = local_response(&mut a.stream) {
-                        Some(Verdict::Respond(r))
-                    } else if cb.action != ACTION_CONTINUE && !a.stream.resumed {
-                        match settle(&mut a, cb.calls).await {
-                            Settled::Continue => None,
-                            Settled::Respond(r) => Some(Verdict::Respond(r)),
-                            Settled::Fail(e) => Some(Verdict::Fail(e)),
+            let (cb, instance) = match outcome(result) {
+                Ok(done) => done,
+                Err(fault) => {
+                    headers = std::mem::take(&mut stream.request_headers);
+                    pool::give(stream);
+                    match fail_closed(plugin, fault) {
+                        None => continue,
+                        Some(fault) => {
+                            verdict = Verdict::Fail(failed(plugin, fault));
+                            break;
                         }
-                    } else {
-                        a.stream.resumed = false;
-                        if !cb.calls.is_empty() {
-                            background.push((active.0.len(), cb.calls));
-                        }
-                        None
-                    };
-                    headers = std::mem::take(&mut a.stream.request_headers);
-                    dirty |= a.stream.request_dirty;
-                    active.0.push(a);
-                    if let Some(v) = stop {
-                        verdict = v;
-                        break;
                     }
                 }
-                Ok(None) => headers = std::mem::take(&mut stream.request_headers),
-                Err(e) if plugin.meta.fail_open => {
-                    headers = std::mem::take(&mut stream.request_headers);
-                    tracing::debug!(plugin = %plugin.meta.name, error = %e, "failing open")
-                }
-                Err(e) => {
-                    verdict = Verdict::Fail(failed(plugin, e));
+            };
+            let mut a = cb.active(plugin, slot, instance, stream);
+            let step = after_request_headers(&mut a, cb).await;
+            headers = std::mem::take(&mut a.stream.request_headers);
+            dirty |= a.stream.request_dirty;
+            active.0.push(a);
+            match step {
+                Step::Next(calls) if calls.is_empty() => {}
+                Step::Next(calls) => background.push((active.0.len() - 1, calls)),
+                Step::Stop(stop) => {
+                    verdict = stop;
                     break;
                 }
             }
@@ -591,40 +626,16 @@ impl Chain {
         for (index, a) in active.0.iter_mut().enumerate().rev() {
             a.stream.response_code = Some(parts.status.as_u16());
             a.stream.response_headers = std::mem::take(&mut pairs);
-            let result = a.plugin.run(a.slot, Some(a.instance), |inst| {
-                let action = inst.on_headers(&mut a.stream, true, end_of_stream)?;
-                Ok((action, inst.take_calls()))
-            });
-            let step = match result {
-                Ok(Some(((action, calls), _))) => {
-                    if let Some(r) = local_response(&mut a.stream) {
-                        Some(Verdict::Respond(r))
-                    } else if action != ACTION_CONTINUE && !a.stream.resumed {
-                        match settle(a, calls).await {
-                            Settled::Continue => None,
-                            Settled::Respond(r) => Some(Verdict::Respond(r)),
-                            Settled::Fail(e) => Some(Verdict::Fail(e)),
-                        }
-                    } else {
-                        a.stream.resumed = false;
-                        if !calls.is_empty() {
-                            background.push((index, calls));
-                        }
-                        None
-                    }
-                }
-                Ok(None) => None,
-                Err(e) if a.plugin.meta.fail_open => {
-                    tracing::debug!(plugin = %a.plugin.meta.name, error = %e, "failing open");
-                    None
-                }
-                Err(e) => Some(Verdict::Fail(failed(&a.plugin, e))),
-            };
+            let step = on_response_headers(a, end_of_stream).await;
             pairs = std::mem::take(&mut a.stream.response_headers);
             dirty |= a.stream.response_dirty;
-            if step.is_some() {
-                replaced = step;
-                break;
+            match step {
+                Step::Next(calls) if calls.is_empty() => {}
+                Step::Next(calls) => background.push((index, calls)),
+                Step::Stop(stop) => {
+                    replaced = Some(stop);
+                    break;
+                }
             }
         }
         *lock(&shared) = std::mem::take(&mut active.0);
@@ -654,6 +665,77 @@ struct Callback {
     response_body: bool,
     request_trailers: bool,
     response_trailers: bool,
+    response_headers: bool,
+}
+
+impl Callback {
+    /// The stream's filter state, kept for the later callbacks.
+    fn active(
+        &self,
+        plugin: &Arc<PluginHandle>,
+        slot: usize,
+        instance: u64,
+        stream: Box<StreamData>,
+    ) -> Active {
+        Active {
+            plugin: plugin.clone(),
+            slot,
+            instance,
+            stream,
+            request_body: self.request_body,
+            response_body: self.response_body,
+            request_trailers: self.request_trailers,
+            response_trailers: self.response_trailers,
+            response_headers: self.response_headers,
+        }
+    }
+}
+
+/// After a filter's request-headers callback: the verdict that stops the request here (the filter closed the
+/// stream, answered, or paused and then answered or failed), else the callouts to send in the background.
+async fn after_request_headers(a: &mut Active, cb: Callback) -> Step {
+    if cb.closed {
+        return Step::Stop(Verdict::Fail(FilterError::Closed(
+            a.plugin.meta.name.clone(),
+        )));
+    }
+    if let Some(r) = local_response(&mut a.stream) {
+        return Step::Stop(Verdict::Respond(r));
+    }
+    if cb.action != ACTION_CONTINUE && !a.stream.resumed {
+        return settle(a, cb.calls).await.into_step();
+    }
+    a.stream.resumed = false;
+    Step::Next(cb.calls)
+}
+
+/// One filter's response-headers callback (the headers are on its stream), like `after_request_headers`. A filter
+/// without the callback has no say on the response, even if its instance is gone.
+async fn on_response_headers(a: &mut Active, end_of_stream: bool) -> Step {
+    if !a.response_headers {
+        return Step::Next(Vec::new());
+    }
+    let result = a.plugin.run(a.slot, Some(a.instance), |inst| {
+        let action = inst.on_headers(&mut a.stream, true, end_of_stream)?;
+        Ok((action, inst.take_calls()))
+    });
+    let (action, calls) = match outcome(result) {
+        Ok((done, _)) => done,
+        Err(fault) => {
+            return match fail_closed(&a.plugin, fault) {
+                None => Step::Next(Vec::new()),
+                Some(fault) => Step::Stop(Verdict::Fail(failed(&a.plugin, fault))),
+            }
+        }
+    };
+    if let Some(r) = local_response(&mut a.stream) {
+        return Step::Stop(Verdict::Respond(r));
+    }
+    if action != ACTION_CONTINUE && !a.stream.resumed {
+        return settle(a, calls).await.into_step();
+    }
+    a.stream.resumed = false;
+    Step::Next(calls)
 }
 
 /// Ends filters' stream contexts: `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`.

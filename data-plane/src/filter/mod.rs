@@ -3,6 +3,8 @@
 
 pub mod body;
 pub mod chain;
+#[cfg(test)]
+mod chain_tests;
 pub mod dispatch;
 pub mod headers;
 pub mod wasm;

@@ -4,8 +4,14 @@
 //! every `secret` with `[hidden]`, and in the response body every `classified` with `[redacted: classified]`;
 //! it removes content-length in its headers callbacks first, as an Envoy filter that changes a body's length
 //! must), `grow` (appends to the response body but leaves content-length, which the host must refuse to send),
-//! or `deny-body` (reads the whole request body and answers 403 itself when it contains `forbidden`).
+//! or `deny-body` (reads the whole request body and answers 403 itself when it contains `forbidden`), or
+//! `ask-then-deny` (lets nothing through: pauses the request on a callout to the `gate` service and answers 403
+//! when the answer comes; on paths with `/late` it does so in the response headers instead, and on paths with
+//! `/body` it holds the request body to its end and answers 403 then; it panics on `/boom`, so tests can make its
+//! shared instance trap while other streams wait on it).
 //! The misbehaviours fire on requests whose path contains `/boom`.
+
+use std::time::Duration;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -33,6 +39,7 @@ impl RootContext for Root {
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Filter {
             mode: self.mode.clone(),
+            late: false,
         }))
     }
 
@@ -43,18 +50,56 @@ impl RootContext for Root {
 
 struct Filter {
     mode: String,
+    /// `ask-then-deny` asks in the response headers rather than the request headers.
+    late: bool,
 }
 
-impl Context for Filter {}
+impl Filter {
+    /// `ask-then-deny`: asks the `gate` service and pauses; its answer, whatever it is, denies the stream.
+    fn ask(&self) -> Action {
+        let headers = vec![
+            (":method", "GET"),
+            (":path", "/ask"),
+            (":authority", "gate"),
+        ];
+        if self
+            .dispatch_http_call("gate", headers, None, vec![], Duration::from_secs(30))
+            .is_err()
+        {
+            self.send_http_response(500, vec![], Some(b"misbehave: cannot call gate\n"));
+        }
+        Action::Pause
+    }
+
+    fn deny(&self) {
+        self.send_http_response(
+            403,
+            vec![("x-denied-by", "misbehave")],
+            Some(b"denied after asking\n"),
+        );
+    }
+}
+
+impl Context for Filter {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
+        if self.mode == "ask-then-deny" {
+            self.deny();
+        }
+    }
+}
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
-        let boom = self
-            .get_http_request_header(":path")
-            .is_some_and(|p| p.contains("/boom"));
-        if boom {
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        if path.contains("/boom") {
             match self.mode.as_str() {
-                "panic" => panic!("misbehave: panic on purpose"),
+                "panic" | "ask-then-deny" => panic!("misbehave: panic on purpose"),
                 "loop" => {
                     let mut x: u64 = 0;
                     loop {
@@ -71,6 +116,12 @@ impl HttpContext for Filter {
                 _ => {}
             }
         }
+        if self.mode == "ask-then-deny" {
+            self.late = path.contains("/late");
+            if !self.late && !path.contains("/body") {
+                return self.ask();
+            }
+        }
         self.set_http_request_header("x-misbehave", Some("ok"));
         if self.mode == "redact" {
             self.set_http_request_header("content-length", None);
@@ -79,6 +130,9 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
+        if self.late {
+            return self.ask();
+        }
         if self.mode == "redact" {
             self.set_http_response_header("content-length", None);
         }
@@ -86,13 +140,23 @@ impl HttpContext for Filter {
     }
 
     fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if self.mode == "ask-then-deny" {
+            if end_of_stream {
+                self.deny();
+            }
+            return Action::Pause;
+        }
         if self.mode == "deny-body" {
             if !end_of_stream {
                 return Action::Pause;
             }
             let body = self.get_http_request_body(0, size).unwrap_or_default();
             if String::from_utf8_lossy(&body).contains("forbidden") {
-                self.send_http_response(403, vec![("x-denied-by", "misbehave")], Some(b"blocked by body\n"));
+                self.send_http_response(
+                    403,
+                    vec![("x-denied-by", "misbehave")],
+                    Some(b"blocked by body\n"),
+                );
                 return Action::Pause;
             }
             return Action::Continue;
@@ -121,7 +185,8 @@ impl HttpContext for Filter {
             return Action::Pause;
         }
         if let Some(body) = self.get_http_response_body(0, size) {
-            let redacted = String::from_utf8_lossy(&body).replace("classified", "[redacted: classified]");
+            let redacted =
+                String::from_utf8_lossy(&body).replace("classified", "[redacted: classified]");
             self.set_http_response_body(0, size, redacted.as_bytes());
         }
         Action::Continue

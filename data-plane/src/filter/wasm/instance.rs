@@ -282,6 +282,14 @@ impl PluginInstance {
         })
     }
 
+    pub fn has_headers_callback(&self, response: bool) -> bool {
+        if response {
+            self.exports.response_headers.is_some()
+        } else {
+            self.exports.request_headers.is_some()
+        }
+    }
+
     pub fn has_body_callback(&self, response: bool) -> bool {
         if response {
             self.exports.response_body.is_some()
