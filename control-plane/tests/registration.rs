@@ -118,3 +118,98 @@ async fn an_unspecified_endpoint_ip_becomes_the_peers() {
         .unwrap();
     assert_eq!(endpoints_of(&cp, "origin-1"), ["127.0.0.1:7001"]);
 }
+
+/// A manifest directory where a WasmPlugin (module `bytes`) filters the inbound side of service `origin`.
+fn plugin_set(dir: &std::path::Path, bytes: &[u8], route_prefix: &str) -> ManifestSet {
+    std::fs::write(dir.join("f.wasm"), bytes).unwrap();
+    std::fs::write(
+        dir.join("m.yaml"),
+        format!(
+            "apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {{name: origin}}
+spec: {{service: origin, endpoints: ['127.0.0.1:7001']}}
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: WasmPlugin
+metadata: {{name: f}}
+spec:
+  url: f.wasm
+  targetRefs: [{{kind: Service, name: origin}}]
+  pluginConfig: {{prefix: {route_prefix}}}
+"
+        ),
+    )
+    .unwrap();
+    meshwork_manifest::source::files::load_dir(dir).unwrap().set
+}
+
+async fn next_push(pushes: &mut tonic::Streaming<pb::Push>) -> pb::Push {
+    let next = tokio::time::timeout(Duration::from_secs(10), pushes.message());
+    next.await
+        .expect("a push within 10 s")
+        .unwrap()
+        .expect("a push")
+}
+
+/// Module bytes count as delivered only once a push that carried them is ACKed: after a NACK they go again.
+#[tokio::test]
+async fn modules_of_a_rejected_push_are_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = b"\0asm\x01\0\0\0";
+    let (url, cp) = control_plane().await;
+    cp.apply(plugin_set(dir.path(), module, "/a"));
+    let mut client = pb::discovery_client::DiscoveryClient::connect(url)
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    let say = |m| pb::ProxyMessage { msg: Some(m) };
+    tx.send(say(pb::proxy_message::Msg::Hello(hello(
+        "origin-1",
+        "127.0.0.1:7001",
+    ))))
+    .await
+    .unwrap();
+    let mut pushes = client
+        .stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next_push(&mut pushes).await;
+    assert_eq!(first.modules.len(), 1, "the first push carries the module");
+    tx.send(say(pb::proxy_message::Msg::Nack(pb::Nack {
+        version: first.version,
+        nonce: first.nonce.clone(),
+        reason: "cannot take it".into(),
+    })))
+    .await
+    .unwrap();
+    cp.apply(plugin_set(dir.path(), module, "/b"));
+    let second = next_push(&mut pushes).await;
+    assert_eq!(
+        second.modules.len(),
+        1,
+        "sent again: the rejected push proved nothing"
+    );
+    tx.send(say(pb::proxy_message::Msg::Ack(pb::Ack {
+        version: second.version,
+        nonce: second.nonce.clone(),
+    })))
+    .await
+    .unwrap();
+    // Bounded wait for the control plane to record the ACK.
+    for _ in 0..200 {
+        if cp
+            .registry
+            .list()
+            .iter()
+            .any(|r| r.acked_version == second.version)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cp.apply(plugin_set(dir.path(), module, "/c"));
+    let third = next_push(&mut pushes).await;
+    assert!(third.modules.is_empty(), "delivered once ACKed");
+}

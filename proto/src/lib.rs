@@ -13,3 +13,7 @@ pub mod demo {
 }
 
 pub use v1::*;
+
+/// The largest push a proxy takes (snapshot and the module bytes it carries): Wasm modules are at most 16 MiB each
+/// (WasmPlugin validation), so this fits a snapshot with a dozen new modules; a larger one fails the stream.
+pub const MAX_PUSH_BYTES: usize = 256 << 20;

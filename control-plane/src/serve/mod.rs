@@ -302,6 +302,7 @@ async fn session(
     let mut version = applied_version;
     let mut last_sent: Option<pb::Snapshot> = None;
     let mut pending_nonce = String::new();
+    let mut pending_modules: Vec<String> = Vec::new();
     let mut closing = cp.closing.subscribe();
     if applied_version > 0 {
         // Keep answering the stream (so the proxy sees a live control plane) while the registry refills.
@@ -329,12 +330,13 @@ async fn session(
         if last_sent.as_ref() != Some(&snapshot) {
             version += 1;
             pending_nonce = format!("{conn_id:x}-{version}");
-            // Module bytes go once per digest per proxy; a proxy that reconnects says which it has.
+            // Module bytes go until the proxy has ACKed a push that carried them (a reconnecting proxy says which
+            // it has); a push it rejected, or never answered, proves nothing, so they go again with the next.
             let modules: Vec<pb::WasmModule> = modules_for(&set.set, &snapshot)
                 .into_iter()
                 .filter(|m| !has_modules.contains(&m.digest))
                 .collect();
-            has_modules.extend(modules.iter().map(|m| m.digest.clone()));
+            pending_modules = modules.iter().map(|m| m.digest.clone()).collect();
             let push = pb::Push {
                 version,
                 nonce: pending_nonce.clone(),
@@ -357,7 +359,11 @@ async fn session(
             r = desired_rx.changed() => if r.is_err() { break },
             r = endpoints_rx.changed() => if r.is_err() { break },
             msg = inbound.message() => match msg {
-                Ok(Some(pb::ProxyMessage { msg: Some(m) })) => handle_reply(&cp, &node, conn_id, &pending_nonce, m),
+                Ok(Some(pb::ProxyMessage { msg: Some(m) })) => {
+                    if handle_reply(&cp, &node, conn_id, &pending_nonce, m) {
+                        has_modules.extend(pending_modules.drain(..));
+                    }
+                }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => break,
             },
@@ -366,19 +372,21 @@ async fn session(
     tracing::info!(%node, "proxy disconnected");
 }
 
+/// Records an ACK or NACK of the pending push; true when it is that push's ACK.
 fn handle_reply(
     cp: &ControlPlane,
     node: &str,
     conn_id: u64,
     pending_nonce: &str,
     msg: pb::proxy_message::Msg,
-) {
+) -> bool {
     use pb::proxy_message::Msg;
     match msg {
         // A reply to an older push (its nonce is stale) says nothing about the current one.
         Msg::Ack(ack) if ack.nonce == pending_nonce => {
             cp.registry
                 .update(node, conn_id, |r| r.acked_version = ack.version);
+            return true;
         }
         Msg::Nack(nack) if nack.nonce == pending_nonce => {
             tracing::warn!(%node, version = nack.version, reason = %nack.reason, "proxy rejected snapshot (NACK)");
@@ -389,4 +397,5 @@ fn handle_reply(
         Msg::Ack(_) | Msg::Nack(_) => {}
         Msg::Hello(_) => tracing::warn!(%node, "ignoring a second Hello on the same stream"),
     }
+    false
 }

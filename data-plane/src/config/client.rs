@@ -86,7 +86,8 @@ async fn session(
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5));
     let channel = endpoint.connect().await?;
-    let mut client = pb::discovery_client::DiscoveryClient::new(channel);
+    let mut client = pb::discovery_client::DiscoveryClient::new(channel)
+        .max_decoding_message_size(pb::MAX_PUSH_BYTES);
     let (tx, rx) = mpsc::channel(4);
     let mut hello = hello.clone();
     hello.applied_version = applier.applied_version();

@@ -83,6 +83,10 @@ fn to_json(node: &Node) -> serde_json::Value {
     }
 }
 
+/// The largest Wasm module a WasmPlugin may use: every push must fit the proxies' message limit
+/// (`meshwork_proto::MAX_PUSH_BYTES`) with the modules it carries.
+pub const MAX_MODULE_BYTES: u64 = 16 << 20;
+
 pub(super) fn parse(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<WasmPlugin> {
     let s = r.obj(
         spec,
@@ -117,6 +121,22 @@ pub(super) fn parse(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<WasmP
         return None;
     }
     let path = module_path(&r.sink.file, &url);
+    if let Some(len) = std::fs::metadata(&path)
+        .ok()
+        .map(|m| m.len())
+        .filter(|l| *l > MAX_MODULE_BYTES)
+    {
+        r.error(
+            url_line,
+            "spec.url",
+            format!(
+                "the module {} is {len} bytes: expected at most {} MiB",
+                path.display(),
+                MAX_MODULE_BYTES >> 20
+            ),
+        );
+        return None;
+    }
     let code = match std::fs::read(&path) {
         Ok(c) => c,
         Err(e) => {

@@ -350,3 +350,27 @@ fn declared_builds_are_found_before_loading() {
         }]
     );
 }
+
+/// A module over the push-size budget is refused by name at validation, not discovered by a proxy that cannot
+/// take the push (issue 11, item 10); one at the limit is fine.
+#[test]
+fn a_wasm_module_over_16_mib_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("plugins.yaml");
+    let path = manifest.to_string_lossy().to_string();
+    let text = "apiVersion: meshwork.dev/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: f\nspec:\n  url: big.wasm\n  targetRefs: [{kind: Gateway, name: edge}]\n";
+    let module = dir.path().join("big.wasm");
+    let file = std::fs::File::create(&module).unwrap();
+    file.set_len(crate::model::wasm::MAX_MODULE_BYTES + 1)
+        .unwrap();
+    let errs = errors(&[(&path, text)]);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("plugins.yaml:6: spec.url: the module")
+                && e.contains("is 16777217 bytes: expected at most 16 MiB")),
+        "{errs:?}"
+    );
+    file.set_len(crate::model::wasm::MAX_MODULE_BYTES).unwrap();
+    let errs = errors(&[(&path, text)]);
+    assert!(!errs.iter().any(|e| e.contains("spec.url")), "{errs:?}");
+}
