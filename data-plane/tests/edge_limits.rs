@@ -304,3 +304,61 @@ async fn a_mirror_to_a_stalled_service_is_given_up_at_the_timeout() {
     assert!(String::from_utf8_lossy(&seen).starts_with("GET /mirrored"));
     assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
 }
+
+/// A change the gateway cannot apply (a new listener on a port another process holds) leaves no trace: the
+/// circuit breaker that was open stays open and its counters stay as they were (issue 11, item 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_cannot_be_applied_leaves_breaker_state_alone() {
+    let edge = start("", &[]).await;
+    let c = client();
+    let base = format!("http://127.0.0.1:{}", edge.gw);
+    let admin = format!("127.0.0.1:{}", edge.admin);
+    let cluster = "service/default/origin";
+    assert_eq!(
+        get(&c, &format!("{base}/status/503"), &[]).await.status,
+        503
+    );
+    let open = get(&c, &format!("{base}/after"), &[]).await;
+    assert!(open.text().contains("circuit open"), "{}", open.text());
+    let before = metrics(&c, &admin).await;
+    assert_eq!(
+        metric_value(&before, "meshwork_circuit_breaker_state", cluster),
+        1
+    );
+    // A second listener on a port that is taken: the whole change is refused.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = edge._dir.path();
+    let text = std::fs::read_to_string(dir.join("m.yaml"))
+        .unwrap()
+        .replace(
+            &format!("{{name: http, port: {}}}", edge.gw),
+            &format!(
+                "{{name: http, port: {}}}, {{name: extra, port: {port}}}",
+                edge.gw
+            ),
+        );
+    write(dir, "m.yaml", &text);
+    eventually(
+        std::time::Duration::from_secs(15),
+        "the refusal in the log",
+        || {
+            let log = std::fs::read_to_string(dir.join("proxy.log")).unwrap_or_default();
+            async move { log.contains("cannot be applied").then_some(()) }
+        },
+    )
+    .await;
+    let after = metrics(&c, &admin).await;
+    for name in [
+        "meshwork_circuit_breaker_state",
+        "meshwork_circuit_breaker_opened_total",
+    ] {
+        assert_eq!(
+            metric_value(&after, name, cluster),
+            metric_value(&before, name, cluster),
+            "{name}"
+        );
+    }
+    let still = get(&c, &format!("{base}/after"), &[]).await;
+    assert!(still.text().contains("circuit open"), "{}", still.text());
+}

@@ -140,7 +140,9 @@ pub struct Filters {
 
 #[derive(Debug)]
 pub struct WeightedCluster {
-    pub cluster: Arc<Cluster>,
+    /// None: a backendRef the route may not use (another namespace's Service that no ReferenceGrant opens to
+    /// it): requests picked for it are answered 500, as the Gateway API says; the route's other backends work.
+    pub cluster: Option<Arc<Cluster>>,
     /// Running total of weights up to and including this one.
     pub cumulative: u32,
 }
@@ -165,11 +167,13 @@ impl Route {
     pub fn pick_backend(&self) -> Option<&Arc<Cluster>> {
         match self.backends.as_slice() {
             [] => None,
-            [only] if self.total_weight > 0 => Some(&only.cluster),
+            [only] if self.total_weight > 0 => only.cluster.as_ref(),
             _ if self.total_weight == 0 => None,
             many => {
                 let x = fastrand::u32(0..self.total_weight);
-                many.iter().find(|b| x < b.cumulative).map(|b| &b.cluster)
+                many.iter()
+                    .find(|b| x < b.cumulative)
+                    .and_then(|b| b.cluster.as_ref())
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Typed manifests, parsed from YAML nodes with source locations. Field-level checks happen here; checks that
 //! span objects (references, port clashes) are in `validate`.
 
+pub mod grant;
 pub mod policy;
 pub mod read;
 mod route;
@@ -10,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use grant::ReferenceGrant;
 pub use policy::{PolicyTargetKind, TrafficPolicy};
 pub use route::*;
 pub use wasm::{WasmPlugin, WasmTarget, WasmTargetKind};
@@ -20,6 +22,8 @@ use read::{index, valid_name, Obj, Reader};
 
 pub const MESHWORK_API: &str = "meshwork.dev/v1alpha1";
 pub const GATEWAY_API: &str = "gateway.networking.k8s.io/v1";
+/// ReferenceGrant is served as v1beta1 in the Gateway API's standard channel (v1 is accepted too).
+pub const GATEWAY_API_BETA: &str = "gateway.networking.k8s.io/v1beta1";
 
 /// Where an object came from, and its identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +79,8 @@ pub struct Workload {
 pub struct GatewayListener {
     pub name: String,
     pub port: u16,
+    /// `allowedRoutes.namespaces.from: All`; the default (`Same`) admits routes of the Gateway's namespace only.
+    pub routes_from_all_namespaces: bool,
     pub line: usize,
 }
 
@@ -99,6 +105,7 @@ pub struct ManifestSet {
     pub meshes: Vec<Mesh>,
     pub wasm_plugins: Vec<WasmPlugin>,
     pub policies: Vec<TrafficPolicy>,
+    pub reference_grants: Vec<ReferenceGrant>,
 }
 
 impl ManifestSet {
@@ -111,6 +118,7 @@ impl ManifestSet {
             meshes,
             wasm_plugins,
             policies,
+            reference_grants,
         } = self;
         workloads.is_empty()
             && gateways.is_empty()
@@ -118,11 +126,12 @@ impl ManifestSet {
             && meshes.is_empty()
             && wasm_plugins.is_empty()
             && policies.is_empty()
+            && reference_grants.is_empty()
     }
 }
 
 const KINDS: &str =
-    "meshwork.dev/v1alpha1 Workload/Mesh/WasmPlugin/TrafficPolicy, gateway.networking.k8s.io/v1 Gateway/HTTPRoute/GRPCRoute";
+    "meshwork.dev/v1alpha1 Workload/Mesh/WasmPlugin/TrafficPolicy, gateway.networking.k8s.io/v1 Gateway/HTTPRoute/GRPCRoute, gateway.networking.k8s.io/v1beta1 ReferenceGrant";
 
 /// Parses one YAML document into `set`, reporting problems to `sink`.
 pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
@@ -146,6 +155,7 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
             MESHWORK_API,
             "Workload" | "Mesh" | "WasmPlugin" | "TrafficPolicy"
         ) | (GATEWAY_API, "Gateway" | "HTTPRoute" | "GRPCRoute")
+            | (GATEWAY_API | GATEWAY_API_BETA, "ReferenceGrant")
     );
     if !known {
         r.error(
@@ -188,6 +198,11 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
         "TrafficPolicy" => {
             if let Some(p) = policy::parse(&mut r, meta, spec) {
                 set.policies.push(p);
+            }
+        }
+        "ReferenceGrant" => {
+            if let Some(g) = grant::parse(&mut r, meta, spec) {
+                set.reference_grants.push(g);
             }
         }
         "Gateway" => {
@@ -362,6 +377,28 @@ fn parse_workload(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Workloa
     })
 }
 
+/// A listener's `allowedRoutes`: true for `namespaces.from: All`, false for `Same` (the default).
+fn allowed_from_all(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<bool> {
+    let a = r.obj(node, path, &["namespaces"])?;
+    let Some(ns) = a.get("namespaces") else {
+        return Some(false);
+    };
+    let ns = r.obj(ns, &format!("{path}.namespaces"), &["from"])?;
+    let from = match ns.get("from") {
+        Some(f) => r.choice(f, &ns.field("from"), &["Same", "All", "Selector"])?,
+        None => return Some(false),
+    };
+    if from == "Selector" {
+        r.error(
+            ns.line,
+            ns.field("from"),
+            "Selector needs Namespace objects with labels, which Meshwork does not read: expected Same or All",
+        );
+        return None;
+    }
+    Some(from == "All")
+}
+
 fn parse_gateway(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Gateway> {
     let s = r.obj(spec, "spec", &["gatewayClassName", "listeners"])?;
     if let Some(n) = s.get("gatewayClassName") {
@@ -383,7 +420,7 @@ fn parse_gateway(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Gateway>
     let mut listeners = Vec::new();
     for (i, n) in items.iter().enumerate() {
         let path = index("spec.listeners", i);
-        let Some(l) = r.obj(n, &path, &["name", "port", "protocol"]) else {
+        let Some(l) = r.obj(n, &path, &["name", "port", "protocol", "allowedRoutes"]) else {
             continue;
         };
         let name = r.req_string(
@@ -397,10 +434,15 @@ fn parse_gateway(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Gateway>
         if let Some(p) = l.get("protocol") {
             r.choice(p, &l.field("protocol"), &["HTTP"]);
         }
+        let all = match l.get("allowedRoutes") {
+            Some(a) => allowed_from_all(r, a, &l.field("allowedRoutes"))?,
+            None => false,
+        };
         if let (Some(name), Some(port)) = (name, port) {
             listeners.push(GatewayListener {
                 name,
                 port: port as u16,
+                routes_from_all_namespaces: all,
                 line: n.line,
             });
         }

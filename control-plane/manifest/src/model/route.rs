@@ -35,6 +35,8 @@ pub struct ParentRef {
     pub name: String,
     pub namespace: String,
     pub section_name: Option<String>,
+    /// A Gateway parent: the listener port it attaches to (None: any).
+    pub port: Option<u16>,
     pub line: usize,
     pub field: String,
 }
@@ -246,10 +248,12 @@ fn parse_parent(r: &mut Reader<'_>, node: &Node, path: &str, ns: &str) -> Option
     if !group_ok {
         r.error(p.line, p.field("group"), format!("expected the API group of a {kind_name} (\"gateway.networking.k8s.io\" for Gateway, \"\" for Service)"));
     }
-    if let Some(n) = p.get("port") {
-        // Mesh services expose one port; a port here only selects it.
-        r.int(n, &p.field("port"), 1, 65535);
-    }
+    // A Gateway parent: the listener port; a Service parent: mesh services expose one port, so it only selects it.
+    let port = p
+        .get("port")
+        .and_then(|n| r.int(n, &p.field("port"), 1, 65535))
+        .map(|v| v as u16)
+        .filter(|_| kind == ParentKind::Gateway);
     let name = r.req_string(&p, "name", "the name of the Gateway or mesh Service")?;
     let namespace = r
         .opt_string(&p, "namespace")
@@ -267,6 +271,7 @@ fn parse_parent(r: &mut Reader<'_>, node: &Node, path: &str, ns: &str) -> Option
         name,
         namespace,
         section_name,
+        port,
         line: p.line,
         field: path.to_string(),
     })

@@ -6,9 +6,10 @@ use std::collections::BTreeSet;
 use meshwork_proto as pb;
 
 use super::{cluster_name, OUTBOUND_LISTENER};
+use crate::model::grant::{attaches, backend_permitted};
 use crate::model::{
     BackendKind, BackendRef, Filter, HeaderMod, ManifestSet, Match, ParentKind, PathMatch,
-    PathModifier, Route, Rule,
+    PathModifier, ReferenceGrant, Route, Rule,
 };
 use crate::validate::services;
 
@@ -78,7 +79,8 @@ fn header_mod(h: &HeaderMod) -> pb::HeaderModifier {
     }
 }
 
-fn filter(f: &Filter) -> pb::Filter {
+/// A route filter as the proxy takes it; a mirror to a backend the route may not use is left out.
+fn filter(grants: &[ReferenceGrant], route: &Route, f: &Filter) -> Option<pb::Filter> {
     use pb::filter::Kind;
     let kind = match f {
         Filter::RequestHeaders(h) => Kind::RequestHeaderModifier(header_mod(h)),
@@ -108,12 +110,17 @@ fn filter(f: &Filter) -> pb::Filter {
             port: port.map_or(0, u32::from),
             status_code: u32::from(*status),
         }),
-        Filter::Mirror { backend, percent } => Kind::RequestMirror(pb::RequestMirror {
-            cluster: cluster_name(backend),
-            percent: *percent,
-        }),
+        Filter::Mirror { backend, percent } => {
+            if !backend_permitted(grants, route, backend) {
+                return None;
+            }
+            Kind::RequestMirror(pb::RequestMirror {
+                cluster: cluster_name(backend),
+                percent: *percent,
+            })
+        }
     };
-    pb::Filter { kind: Some(kind) }
+    Some(pb::Filter { kind: Some(kind) })
 }
 
 fn value_matches(v: &[crate::model::ValueMatch]) -> Vec<(String, i32, String)> {
@@ -132,7 +139,7 @@ fn value_matches(v: &[crate::model::ValueMatch]) -> Vec<(String, i32, String)> {
         .collect()
 }
 
-fn route_proto(e: &Entry<'_>) -> pb::Route {
+fn route_proto(grants: &[ReferenceGrant], e: &Entry<'_>) -> pb::Route {
     let (ty, value) = match &e.m.path {
         PathMatch::Exact(v) => (pb::MatchType::MatchExact, v),
         PathMatch::Prefix(v) => (pb::MatchType::MatchPrefix, v),
@@ -171,13 +178,23 @@ fn route_proto(e: &Entry<'_>) -> pb::Route {
                 .collect(),
             method: e.m.method.clone().unwrap_or_default(),
         }),
-        filters: e.rule.filters.iter().map(filter).collect(),
+        filters: e
+            .rule
+            .filters
+            .iter()
+            .filter_map(|f| filter(grants, route, f))
+            .collect(),
         backends: e
             .rule
             .backends
             .iter()
             .map(|b| pb::WeightedBackend {
-                cluster: cluster_name(b),
+                // Not permitted (no ReferenceGrant): an empty cluster, which the proxy answers 500.
+                cluster: if backend_permitted(grants, route, b) {
+                    cluster_name(b)
+                } else {
+                    String::new()
+                },
                 weight: b.weight,
             })
             .collect(),
@@ -230,7 +247,11 @@ pub fn outbound_listener(set: &ManifestSet, own_ns: &str) -> pb::Listener {
             };
             vec![default_route(cluster_name(&b))]
         } else {
-            route_entries(&attached).iter().map(route_proto).collect()
+            let grants = &set.reference_grants;
+            route_entries(&attached)
+                .iter()
+                .map(|e| route_proto(grants, e))
+                .collect()
         };
         let mut domains = vec![
             format!("{svc}.{ns}"),
@@ -276,14 +297,7 @@ pub fn gateway_listeners(set: &ManifestSet, ns: &str, name: &str) -> Vec<pb::Lis
             let attached: Vec<&Route> = set
                 .routes
                 .iter()
-                .filter(|r| {
-                    r.parent_refs.iter().any(|p| {
-                        p.kind == ParentKind::Gateway
-                            && p.name == name
-                            && p.namespace == ns
-                            && p.section_name.as_ref().is_none_or(|s| s == &l.name)
-                    })
-                })
+                .filter(|r| r.parent_refs.iter().any(|p| attaches(r, p, gw, l)))
                 .collect();
             let mut hosts: BTreeSet<String> = attached
                 .iter()
@@ -306,7 +320,10 @@ pub fn gateway_listeners(set: &ManifestSet, ns: &str, name: &str) -> Vec<pb::Lis
                     pb::VirtualHost {
                         name: host.clone(),
                         domains: vec![host],
-                        routes: route_entries(&routes).iter().map(route_proto).collect(),
+                        routes: route_entries(&routes)
+                            .iter()
+                            .map(|e| route_proto(&set.reference_grants, e))
+                            .collect(),
                     }
                 })
                 .collect();

@@ -319,3 +319,148 @@ spec:
     assert!(rl.server_side && rl.requests_per_second == 50.0);
     assert!(sidecar("web").inbound_rate_limit.is_none());
 }
+
+/// The gateway's routes on listener `name`: (route name, backend clusters).
+fn routes_on(snap: &pb::Snapshot, listener: &str) -> Vec<(String, Vec<String>)> {
+    snap.listeners
+        .iter()
+        .filter(|l| l.name == listener)
+        .flat_map(|l| &l.virtual_hosts)
+        .flat_map(|v| &v.routes)
+        .map(|r| {
+            (
+                r.name.clone(),
+                r.backends.iter().map(|b| b.cluster.clone()).collect(),
+            )
+        })
+        .collect()
+}
+
+const OTHER_NS: &str = r#"
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {name: billing, namespace: finance}
+spec: {service: billing, endpoints: ["10.0.0.7:80"]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: pay}
+spec:
+  parentRefs: [{name: edge, sectionName: http}]
+  rules:
+    - matches: [{path: {value: /pay}}]
+      backendRefs: [{name: billing, namespace: finance}]
+    - backendRefs: [{name: web}]
+"#;
+
+const GRANT: &str = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: from-default, namespace: finance}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: default}]
+  to: [{group: "", kind: Service, name: billing}]
+"#;
+
+#[test]
+fn a_cross_namespace_backend_without_a_reference_grant_is_kept_as_an_unusable_backend() {
+    let routes = routes_on(&gateway(&set(&format!("{BASE}{OTHER_NS}"))), "http");
+    let pay = routes.iter().find(|(_, b)| b.len() == 1 && b[0].is_empty());
+    assert!(
+        pay.is_some(),
+        "the /pay rule stays, with no usable cluster: {routes:?}"
+    );
+    assert!(
+        routes.iter().any(|(_, b)| b == &["service/default/web"]),
+        "the rest of the route works: {routes:?}"
+    );
+}
+
+#[test]
+fn a_reference_grant_opens_the_backend_to_routes_of_the_namespace_it_names() {
+    let routes = routes_on(&gateway(&set(&format!("{BASE}{OTHER_NS}{GRANT}"))), "http");
+    assert!(
+        routes
+            .iter()
+            .any(|(_, b)| b == &["service/finance/billing"]),
+        "{routes:?}"
+    );
+    // A grant for another name, or from another namespace, opens nothing.
+    for grant in [
+        GRANT.replace("name: billing}", "name: ledger}"),
+        GRANT.replace("namespace: default}", "namespace: shop}"),
+    ] {
+        let routes = routes_on(&gateway(&set(&format!("{BASE}{OTHER_NS}{grant}"))), "http");
+        assert!(
+            !routes
+                .iter()
+                .any(|(_, b)| b == &["service/finance/billing"]),
+            "{routes:?}"
+        );
+    }
+}
+
+const FOREIGN_ROUTE: &str = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop, namespace: shop}
+spec:
+  parentRefs: [{name: edge, namespace: default}]
+  rules: [{backendRefs: [{name: web, namespace: default}]}]
+"#;
+
+#[test]
+fn a_route_from_another_namespace_attaches_only_where_the_listener_allows_all() {
+    let routes = routes_on(&gateway(&set(&format!("{BASE}{FOREIGN_ROUTE}"))), "http");
+    assert!(
+        routes.is_empty(),
+        "allowedRoutes defaults to Same: {routes:?}"
+    );
+    let base = BASE.replace(
+        "{name: http, port: 8080}",
+        "{name: http, port: 8080, allowedRoutes: {namespaces: {from: All}}}",
+    );
+    let snap = gateway(&set(&format!("{base}{FOREIGN_ROUTE}")));
+    assert_eq!(routes_on(&snap, "http").len(), 1, "All admits it");
+    assert!(
+        routes_on(&snap, "admin").is_empty(),
+        "the other listener is still Same"
+    );
+}
+
+#[test]
+fn a_parent_ref_port_attaches_to_that_listener_only() {
+    let route = |port: u16| {
+        format!(
+            "{BASE}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r}}
+spec:
+  parentRefs: [{{name: edge, port: {port}}}]
+  rules: [{{backendRefs: [{{name: web}}]}}]
+"
+        )
+    };
+    let snap = gateway(&set(&route(8081)));
+    assert!(routes_on(&snap, "http").is_empty());
+    assert_eq!(routes_on(&snap, "admin").len(), 1);
+    let snap = gateway(&set(&route(9999)));
+    assert!(routes_on(&snap, "http").is_empty() && routes_on(&snap, "admin").is_empty());
+}
+
+#[test]
+fn allowed_routes_selector_is_refused_with_a_reason() {
+    let base = BASE.replace(
+        "{name: http, port: 8080}",
+        "{name: http, port: 8080, allowedRoutes: {namespaces: {from: Selector}}}",
+    );
+    let err = load_texts(&[(PathBuf::from("t.yaml"), base)]).expect_err("refused");
+    assert!(
+        err.to_string().contains("Selector needs Namespace objects"),
+        "{err}"
+    );
+}

@@ -229,8 +229,13 @@ fn route(
         total = total
             .checked_add(b.weight)
             .ok_or_else(|| invalid(&path, "weights overflow"))?;
+        // An empty cluster is a backendRef the control plane refused (a cross-namespace reference without a grant).
+        let cluster = match b.cluster.as_str() {
+            "" => None,
+            name => Some(lookup(name)?),
+        };
         backends.push(WeightedCluster {
-            cluster: lookup(&b.cluster)?,
+            cluster,
             cumulative: total,
         });
     }
