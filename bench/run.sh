@@ -8,6 +8,8 @@
 #   bench/run.sh --wasm          # meshwork-proxy with 0, 1 and 5 header-only Wasm filters (meshwork-plugin-sdk), 1 such
 #                                # filter written with the official proxy-wasm crate, and nginx, in one run
 #   bench/run.sh --resilience    # meshwork-proxy with no policy and with a TrafficPolicy using every feature (and nginx)
+#   bench/run.sh --against BIN   # meshwork-proxy next to another meshwork-proxy binary BIN (e.g. built from an older
+#                                # commit: what a change costs) and nginx, in one run
 #   (bench/retry-storm.sh: upstream load under a 50% failing upstream, retry budget on and off)
 # Any option is passed on to ../shared/bench/run.sh. Results land in ../shared/bench/results/<timestamp>/.
 set -euo pipefail
@@ -32,6 +34,15 @@ if [[ "${1:-}" == "--resilience" ]]; then
   exec "$SHARED_BENCH/run.sh" --only nginx,meshwork,meshwork-policy \
     --extra "name=meshwork port=18110 cmd=$PROXY --manifests $ROOT/bench/manifests --admin 127.0.0.1:18119" \
     --extra "name=meshwork-policy port=18112 cmd=$PROXY --manifests $ROOT/bench/manifests-policy --admin 127.0.0.1:18122" \
+    "$@"
+fi
+if [[ "${1:-}" == "--against" ]]; then
+  OTHER="$2"; shift 2
+  OTHER_DIR="$(mktemp -d)"
+  sed 's/port: 18110/port: 18111/' "$ROOT/bench/manifests/bench.yaml" > "$OTHER_DIR/bench.yaml"
+  exec "$SHARED_BENCH/run.sh" --only nginx,meshwork,meshwork-before \
+    --extra "name=meshwork port=18110 cmd=$PROXY --manifests $ROOT/bench/manifests --admin 127.0.0.1:18119" \
+    --extra "name=meshwork-before port=18111 cmd=env MESHWORK_LOG=off $OTHER --workers 1 --manifests $OTHER_DIR --admin 127.0.0.1:18120" \
     "$@"
 fi
 exec "$SHARED_BENCH/run.sh" \

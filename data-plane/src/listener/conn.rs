@@ -13,8 +13,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
 use super::Limits;
@@ -65,7 +65,7 @@ pub(super) async fn serve<H, F, B>(
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) where
-    H: Fn(Request<ClientBody>, SocketAddr) -> F + Send + Sync + 'static,
+    H: Fn(Request<ClientBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -80,9 +80,13 @@ pub(super) async fn serve<H, F, B>(
         let (activity, body_limits) = (activity.clone(), limits.body);
         service_fn(move |req: Request<Incoming>| {
             let guard = activity.begin(req.version() == Version::HTTP_2);
-            let fut = handler(req.map(|b| ClientBody::new(b, body_limits)), peer);
+            let handler = handler.clone();
+            // The request path's future is made inside, on first poll: made out here, the (large) future would
+            // be copied into this one and again wherever hyper moves it.
             async move {
-                Ok::<_, Infallible>(fut.await.map(|body| Tracked {
+                let req = req.map(|b| ClientBody::new(b, body_limits));
+                let resp = handler(req, peer).await;
+                Ok::<_, Infallible>(resp.map(|body| Tracked {
                     body,
                     guard: Some(guard),
                 }))
@@ -94,11 +98,12 @@ pub(super) async fn serve<H, F, B>(
     let mut closing_until: Option<Instant> = None;
     let mut draining = false;
     loop {
+        let now = Instant::now();
         let next = match closing_until {
             Some(t) => Next::Drop(t),
-            None => activity.next(accepted, limits),
+            None => activity.next(limits),
         };
-        if let Some(at) = next.at().filter(|at| *at <= Instant::now()) {
+        if let Some(at) = next.at().filter(|at| *at <= now) {
             if let Next::Close(_) = next {
                 conn.as_mut().graceful_shutdown();
                 closing_until = Some(at + CLOSE_GRACE);
@@ -114,8 +119,7 @@ pub(super) async fn serve<H, F, B>(
                 }
                 return;
             }
-            _ = activity.wake.notified() => {}
-            _ = sleep_until(next.at()) => {}
+            _ = tokio::time::sleep_until(next.check_at(now, limits)) => {}
             _ = stop.wait_for(|s| *s), if !draining => {
                 draining = true;
                 if closing_until.is_none() {
@@ -125,13 +129,6 @@ pub(super) async fn serve<H, F, B>(
                 closing_until = Some(closing_until.map_or(until, |t| t.min(until)));
             }
         }
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -153,88 +150,96 @@ impl Next {
             Next::Busy => None,
         }
     }
+
+    /// When the driver looks again. Requests and bytes never wake it (that would cost a wake-up per request):
+    /// it looks at each deadline, and in between at least once per header timeout, so that a request head
+    /// begun while idle (which brings its deadline forward) or a request that ended (which sets one) is seen in
+    /// time to act at the exact deadline.
+    fn check_at(self, now: Instant, limits: &Limits) -> Instant {
+        let soon = now + limits.header_timeout;
+        self.at().map_or(soon, |t| t.min(soon))
+    }
 }
 
-/// What a connection's driver needs to know of its requests and bytes.
+/// What a connection's driver needs to know of its requests and bytes: atomics only, touched a few times per
+/// request, read by the driver when it looks (times are nanoseconds since `origin`, the accept).
 struct Activity {
-    state: Mutex<State>,
-    /// True while no request is in flight and no byte of the next one has come: the first byte read clears it
-    /// (one atomic load per read otherwise) and wakes the driver.
+    origin: Instant,
+    in_flight: AtomicUsize,
+    served: AtomicU64,
+    idle_since: AtomicU64,
+    /// 1 + when the first byte of the next HTTP/1.1 request came while idle; 0: none yet.
+    head_started: AtomicU64,
+    /// True while no request is in flight and no byte of the next one has come (one load per read otherwise).
     awaiting_head: AtomicBool,
-    wake: Notify,
-}
-
-struct State {
-    in_flight: usize,
-    served: u64,
-    idle_since: Instant,
-    head_started: Option<Instant>,
-    h2: bool,
+    h2: AtomicBool,
 }
 
 impl Activity {
-    fn new(now: Instant) -> Self {
+    fn new(origin: Instant) -> Self {
         Activity {
-            state: Mutex::new(State {
-                in_flight: 0,
-                served: 0,
-                idle_since: now,
-                head_started: None,
-                h2: false,
-            }),
+            origin,
+            in_flight: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            head_started: AtomicU64::new(0),
             awaiting_head: AtomicBool::new(false),
-            wake: Notify::new(),
+            h2: AtomicBool::new(false),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn since_origin(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn at(&self, nanos: u64) -> Instant {
+        self.origin + Duration::from_nanos(nanos)
     }
 
     fn begin(self: &Arc<Self>, h2: bool) -> InFlight {
         self.awaiting_head.store(false, Ordering::Relaxed);
-        let mut s = self.lock();
-        s.in_flight += 1;
-        s.served += 1;
-        s.head_started = None;
-        s.h2 |= h2;
+        if h2 {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+        self.head_started.store(0, Ordering::Relaxed);
+        self.served.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
     }
 
     fn end(&self) {
-        let mut s = self.lock();
-        s.in_flight = s.in_flight.saturating_sub(1);
-        if s.in_flight == 0 {
-            s.idle_since = Instant::now();
-            s.head_started = None;
-            self.awaiting_head.store(!s.h2, Ordering::Relaxed);
-            self.wake.notify_one();
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle_since
+                .store(self.since_origin(), Ordering::Relaxed);
+            self.head_started.store(0, Ordering::Relaxed);
+            let h1 = !self.h2.load(Ordering::Relaxed);
+            self.awaiting_head.store(h1, Ordering::Release);
         }
     }
 
     /// Bytes were read: if they begin the next HTTP/1.1 request, its header deadline starts now.
     fn on_read(&self) {
         if self.awaiting_head.load(Ordering::Relaxed)
-            && self.awaiting_head.swap(false, Ordering::Relaxed)
+            && self.awaiting_head.swap(false, Ordering::AcqRel)
+            && self.in_flight.load(Ordering::Acquire) == 0
         {
-            let mut s = self.lock();
-            if s.in_flight == 0 {
-                s.head_started = Some(Instant::now());
-                self.wake.notify_one();
-            }
+            self.head_started
+                .store(self.since_origin().saturating_add(1), Ordering::Relaxed);
         }
     }
 
-    fn next(&self, accepted: Instant, limits: &Limits) -> Next {
-        let s = self.lock();
-        if s.in_flight > 0 {
-            Next::Busy
-        } else if s.served == 0 {
-            Next::Drop(accepted + limits.header_timeout)
-        } else if let Some(t) = s.head_started {
-            Next::Drop(t + limits.header_timeout)
-        } else {
-            Next::Close(s.idle_since + limits.idle_timeout)
+    fn next(&self, limits: &Limits) -> Next {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Next::Busy;
+        }
+        if self.served.load(Ordering::Relaxed) == 0 {
+            return Next::Drop(self.origin + limits.header_timeout);
+        }
+        match self.head_started.load(Ordering::Relaxed) {
+            0 => {
+                Next::Close(self.at(self.idle_since.load(Ordering::Relaxed)) + limits.idle_timeout)
+            }
+            t => Next::Drop(self.at(t - 1) + limits.header_timeout),
         }
     }
 }

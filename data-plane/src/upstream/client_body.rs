@@ -37,18 +37,24 @@ impl Default for BodyLimits {
     }
 }
 
-/// A client's request body under `BodyLimits`.
+/// A client's request body under `BodyLimits`. Kept small (it travels by value through the request path): the
+/// rate watch is boxed, and made only when the body first has to wait for the client.
 pub struct ClientBody {
     inner: Incoming,
     limits: BodyLimits,
     received: u64,
+    watch: Option<Box<RateWatch>>,
+    failed: bool,
+}
+
+/// The waiting a body has done, against its minimum rate.
+struct RateWatch {
     /// Time spent waiting for the client, not counting the current wait.
     waited: Duration,
     /// When the current wait (a poll that found no data) began.
     waiting_since: Option<Instant>,
-    /// Wakes the body when the current wait reaches the rate's deadline (made on the first wait).
-    timer: Option<Pin<Box<Sleep>>>,
-    failed: bool,
+    /// Wakes the body when the current wait reaches the rate's deadline.
+    timer: Pin<Box<Sleep>>,
 }
 
 impl ClientBody {
@@ -57,9 +63,7 @@ impl ClientBody {
             inner,
             limits,
             received: 0,
-            waited: Duration::ZERO,
-            waiting_since: None,
-            timer: None,
+            watch: None,
             failed: false,
         }
     }
@@ -78,8 +82,10 @@ impl ClientBody {
 
     /// Ends the current wait, if any, adding it to the time waited.
     fn stop_waiting(&mut self) {
-        if let Some(since) = self.waiting_since.take() {
-            self.waited += since.elapsed();
+        if let Some(w) = self.watch.as_deref_mut() {
+            if let Some(since) = w.waiting_since.take() {
+                w.waited += since.elapsed();
+            }
         }
     }
 
@@ -88,20 +94,24 @@ impl ClientBody {
     fn too_slow(&mut self, cx: &mut Context<'_>) -> Option<u32> {
         let rate = self.limits.min_rate.filter(|r| *r > 0)?;
         let now = Instant::now();
-        let since = *self.waiting_since.get_or_insert(now);
+        let w = self.watch.get_or_insert_with(|| {
+            Box::new(RateWatch {
+                waited: Duration::ZERO,
+                waiting_since: None,
+                timer: Box::pin(tokio::time::sleep_until(now)),
+            })
+        });
+        let since = *w.waiting_since.get_or_insert(now);
         let earned = Duration::from_secs_f64(self.received as f64 / f64::from(rate));
         let allowed = earned.max(self.limits.grace);
-        let deadline = since + allowed.saturating_sub(self.waited);
+        let deadline = since + allowed.saturating_sub(w.waited);
         if now >= deadline {
             return Some(rate);
         }
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if timer.deadline() != deadline {
-            timer.as_mut().reset(deadline);
+        if w.timer.deadline() != deadline {
+            w.timer.as_mut().reset(deadline);
         }
-        timer.as_mut().poll(cx).is_ready().then_some(rate)
+        w.timer.as_mut().poll(cx).is_ready().then_some(rate)
     }
 }
 
