@@ -1,6 +1,7 @@
 //! `meshwork.dev/v1alpha1` WasmPlugin, with Istio's field names where they exist. The module file is read and
 //! verified here, so a missing file or a wrong sha256 is a manifest error with its line.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,40 +122,7 @@ pub(super) fn parse(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<WasmP
         return None;
     }
     let path = module_path(&r.sink.file, &url);
-    if let Some(len) = std::fs::metadata(&path)
-        .ok()
-        .map(|m| m.len())
-        .filter(|l| *l > MAX_MODULE_BYTES)
-    {
-        r.error(
-            url_line,
-            "spec.url",
-            format!(
-                "the module {} is {len} bytes: expected at most {} MiB",
-                path.display(),
-                MAX_MODULE_BYTES >> 20
-            ),
-        );
-        return None;
-    }
-    let code = match std::fs::read(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            let hint = match &build {
-                Some(b) => format!(
-                    " (build it: `meshwork plugin build {}`; `meshwork up` does it itself)",
-                    b.display()
-                ),
-                None => String::new(),
-            };
-            r.error(
-                url_line,
-                "spec.url",
-                format!("cannot read the module {}: {e}{hint}", path.display()),
-            );
-            return None;
-        }
-    };
+    let code = module_code(r, &path, url_line, build.as_deref())?;
     let digest: String = Sha256::digest(&code)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -297,6 +265,66 @@ pub(super) fn parse(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<WasmP
         body_buffer,
         build,
     })
+}
+
+/// Why a module file could not be read.
+enum ReadError {
+    TooLarge(u64),
+    NotAFile,
+    Io(std::io::Error),
+}
+
+/// Reads a module file: only a regular file (a device such as /dev/zero never ends, a FIFO blocks whoever opens
+/// it), and at most [`MAX_MODULE_BYTES`] of it, even if it grows while it is read.
+fn read_module(path: &Path) -> Result<Vec<u8>, ReadError> {
+    let meta = std::fs::metadata(path).map_err(ReadError::Io)?;
+    if !meta.is_file() {
+        return Err(ReadError::NotAFile);
+    }
+    if meta.len() > MAX_MODULE_BYTES {
+        return Err(ReadError::TooLarge(meta.len()));
+    }
+    let mut code = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_MODULE_BYTES + 1).read_to_end(&mut code))
+        .map_err(ReadError::Io)?;
+    match code.len() as u64 {
+        len if len > MAX_MODULE_BYTES => Err(ReadError::TooLarge(len)),
+        _ => Ok(code),
+    }
+}
+
+/// The module `spec.url` names, or an error on its line.
+fn module_code(
+    r: &mut Reader<'_>,
+    path: &Path,
+    url_line: usize,
+    build: Option<&Path>,
+) -> Option<Vec<u8>> {
+    let message = match read_module(path) {
+        Ok(code) => return Some(code),
+        Err(ReadError::TooLarge(len)) => format!(
+            "the module {} is {len} bytes: expected at most {} MiB",
+            path.display(),
+            MAX_MODULE_BYTES >> 20
+        ),
+        Err(ReadError::NotAFile) => format!(
+            "{} is not a regular file: expected a .wasm module file",
+            path.display()
+        ),
+        Err(ReadError::Io(e)) => {
+            let hint = match build {
+                Some(b) => format!(
+                    " (build it: `meshwork plugin build {}`; `meshwork up` does it itself)",
+                    b.display()
+                ),
+                None => String::new(),
+            };
+            format!("cannot read the module {}: {e}{hint}", path.display())
+        }
+    };
+    r.error(url_line, "spec.url", message);
+    None
 }
 
 /// A module path as `spec.url` gives it (relative to the manifest file, or `file://`), made absolute.

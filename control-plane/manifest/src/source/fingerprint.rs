@@ -7,12 +7,13 @@
 //! [`SETTLE`] is hashed on every poll (the rule git uses for its index).
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-use crate::model::wasm::module_files;
+use crate::model::wasm::{module_files, MAX_MODULE_BYTES};
 
 /// How old a module's modification time must be before its digest is reused on an unchanged size and time.
 pub const SETTLE: Duration = Duration::from_secs(2);
@@ -56,8 +57,11 @@ impl Fingerprint {
     /// The digest of one module's content, or of the reason it cannot be read (so that it appearing, or the
     /// error changing, counts as a change).
     fn module(&mut self, path: &Path) -> [u8; 32] {
-        let meta = match std::fs::metadata(path).and_then(|m| Ok((m.len(), m.modified()?))) {
-            Ok(m) => m,
+        let meta = std::fs::metadata(path).and_then(|m| Ok((m.is_file(), m.len(), m.modified()?)));
+        let meta = match meta {
+            // Never opened: a device may never end, a FIFO blocks whoever opens it (loading refuses both).
+            Ok((false, ..)) => return Sha256::digest("error: not a regular file").into(),
+            Ok((true, len, modified)) => (len, modified),
             Err(e) => return Sha256::digest(format!("error: {}", e.kind())).into(),
         };
         if let Some(s) = self.modules.get(path) {
@@ -98,9 +102,11 @@ fn texts_digest(files: &[(PathBuf, String)]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Hashes a file as it streams (modules can be large; nothing is kept).
+/// Hashes a file as it streams (modules can be large; nothing is kept), up to one byte more than a module may
+/// have: a file growing without end cannot hold the watcher (loading refuses a module that large).
 fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
     let mut h = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path)?, &mut h)?;
+    let file = std::fs::File::open(path)?;
+    std::io::copy(&mut file.take(MAX_MODULE_BYTES + 1), &mut h)?;
     Ok(h.finalize().into())
 }

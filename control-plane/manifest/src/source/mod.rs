@@ -10,4 +10,6 @@ pub mod yaml;
 pub use files::{load_dir, watch_dir, Follow, LoadedSet};
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;

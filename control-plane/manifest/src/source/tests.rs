@@ -255,3 +255,26 @@ fn a_missing_module_that_appears_is_picked_up() {
         .unwrap();
     assert_eq!(next.set.wasm_plugins.len(), 1);
 }
+
+/// A followed directory whose WasmPlugin names a FIFO: the poll reports the manifest error instead of blocking the
+/// watcher for good on opening the FIFO to hash it.
+#[test]
+fn following_never_opens_a_module_that_is_not_a_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "m.yaml", GATEWAY);
+    let made = std::process::Command::new("mkfifo")
+        .arg(dir.path().join("filter.wasm"))
+        .status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+    write(dir.path(), "p.yaml", PLUGIN);
+    let mut follow = Follow::new(dir.path().to_path_buf(), None);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(follow.poll().map(err_text)));
+    let err = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the poll returns");
+    assert!(
+        err.is_some_and(|e| e.contains("spec.url:") && e.contains("is not a regular file")),
+        "expected the manifest error"
+    );
+}

@@ -374,3 +374,24 @@ fn a_wasm_module_over_16_mib_is_refused() {
     let errs = errors(&[(&path, text)]);
     assert!(!errs.iter().any(|e| e.contains("spec.url")), "{errs:?}");
 }
+
+/// A module path naming something other than a regular file is refused unopened: a FIFO blocked the loader for
+/// good, and /dev/zero was read until memory ran out (the FIFO goes first, so without the fix this test fails on
+/// its timeout rather than by exhausting memory).
+#[test]
+fn a_wasm_module_that_is_not_a_regular_file_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.wasm");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+    for url in [fifo.to_string_lossy().into_owned(), "/dev/zero".into()] {
+        let text = format!("apiVersion: meshwork.dev/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: f\nspec:\n  url: {url}\n  targetRefs: [{{kind: Gateway, name: edge}}]\n");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(errors(&[("plugins.yaml", &text)])));
+        let errs = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("loading a manifest naming {url} did not return"));
+        let expected = format!("plugins.yaml:6: spec.url: {url} is not a regular file");
+        assert!(errs.iter().any(|e| e.starts_with(&expected)), "{errs:?}");
+    }
+}

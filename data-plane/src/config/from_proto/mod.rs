@@ -13,6 +13,8 @@ use regex::Regex;
 
 pub mod plugins;
 pub mod policy;
+#[cfg(test)]
+mod tests;
 
 use super::snapshot::*;
 use crate::filter::wasm::PluginHandle;

@@ -52,6 +52,8 @@ pub const ACTION_CONTINUE: i32 = 0;
 pub const MAX_HEADER_PAIRS: usize = 1024;
 pub const MAX_MAP_BYTES: usize = 1 << 20;
 pub const MAX_RANDOM_BYTES: usize = 64 * 1024;
+/// Most bytes one WASI `fd_write` takes; it reports a short write beyond (as WASI allows: callers write the rest).
+pub const MAX_WRITE_BYTES: usize = 64 * 1024;
 
 /// `u32 count`, `count x (u32 key_len, u32 value_len)`, then each `key \0 value \0` (little-endian).
 pub fn serialize_map(pairs: &[(String, String)]) -> Vec<u8> {

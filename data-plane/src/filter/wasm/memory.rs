@@ -43,9 +43,14 @@ pub fn guest_and_state<'a>(
     Ok((&*data, state))
 }
 
+/// Bytes in guest memory, borrowed (`INVALID_MEMORY_ACCESS` out of bounds).
+pub fn bytes_at(data: &[u8], ptr: i32, len: i32) -> Result<&[u8], Status> {
+    Ok(&data[range(ptr, len, data.len())?])
+}
+
 /// A UTF-8 string in guest memory, borrowed (`INVALID_MEMORY_ACCESS` out of bounds, `BAD_ARGUMENT` not UTF-8).
 pub fn str_at(data: &[u8], ptr: i32, len: i32) -> Result<&str, Status> {
-    std::str::from_utf8(&data[range(ptr, len, data.len())?]).map_err(|_| status::BAD_ARGUMENT)
+    std::str::from_utf8(bytes_at(data, ptr, len)?).map_err(|_| status::BAD_ARGUMENT)
 }
 
 pub fn read_string(c: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<String, Status> {

@@ -57,9 +57,10 @@ pub fn header_pairs(headers: &HeaderMap, pseudo: &[(&str, &str)]) -> Vec<(String
     out
 }
 
-/// Regular headers back into a map (pseudo-headers skipped; invalid names or values dropped with a log line).
+/// Regular headers back into a map (pseudo-headers skipped; invalid names or values, and names past what a map
+/// holds, dropped with a log line).
 pub fn to_header_map(pairs: &[(String, String)]) -> HeaderMap {
-    let mut map = HeaderMap::with_capacity(pairs.len());
+    let mut map = HeaderMap::with_capacity(pairs.len().min(super::abi::MAX_HEADER_PAIRS));
     for (k, v) in pairs {
         if k.starts_with(':') {
             continue;
@@ -69,12 +70,20 @@ pub fn to_header_map(pairs: &[(String, String)]) -> HeaderMap {
             HeaderValue::from_str(v),
         ) {
             (Ok(name), Ok(value)) => {
-                map.append(name, value);
+                if map.try_append(name, value).is_err() {
+                    full(k);
+                }
             }
             _ => tracing::warn!(header = %k, "wasm filter set an invalid header; dropped"),
         }
     }
     map
+}
+
+/// `http`'s maps hold at most 24,576 names (their `insert`, `append` and `with_capacity` panic past that): a name a
+/// filter sets beyond it is dropped, as an invalid one is.
+fn full(key: &str) {
+    tracing::warn!(header = %key, "wasm filter set more header names than a header map holds; dropped");
 }
 
 pub fn get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
@@ -451,7 +460,9 @@ impl HeaderAccess for Headers {
             self.pseudo_changed = true;
             self.pseudo.add(key.to_ascii_lowercase(), value.to_string());
         } else if let Some((n, v)) = parse_header(key, value) {
-            self.map.append(n, v);
+            if self.map.try_append(n, v).is_err() {
+                full(key);
+            }
         }
     }
 
@@ -461,7 +472,9 @@ impl HeaderAccess for Headers {
             self.pseudo
                 .replace(key.to_ascii_lowercase(), value.to_string());
         } else if let Some((n, v)) = parse_header(key, value) {
-            self.map.insert(n, v);
+            if self.map.try_insert(n, v).is_err() {
+                full(key);
+            }
         }
     }
 
@@ -500,6 +513,23 @@ mod tests {
             assert_eq!(names::get(&n).unwrap(), n.as_str());
         }
         assert_eq!(names::get("X-CUSTOM-NAME").unwrap(), "x-custom-name");
+    }
+
+    /// Regression: a filter may add any number of trailers (they are plain pairs), and turning more than
+    /// `http` allows into a map panicked (`HeaderMap::with_capacity` past 24,576). The map keeps what it can hold.
+    #[test]
+    fn more_pairs_than_a_header_map_holds_are_dropped_not_a_panic() {
+        let same: Vec<(String, String)> = vec![("x-a".into(), "1".into()); 40_000];
+        assert_eq!(
+            to_header_map(&same).len(),
+            40_000,
+            "values of one name are not limited"
+        );
+        let distinct: Vec<(String, String)> = (0..40_000)
+            .map(|i| (format!("x-{i}"), "1".into()))
+            .collect();
+        let held = to_header_map(&distinct).keys_len();
+        assert!(held > 20_000 && held < 40_000, "{held} names held");
     }
 
     #[test]

@@ -4,9 +4,9 @@
 
 use wasmtime::{Caller, Linker};
 
-use super::abi::{wasi, MAX_RANDOM_BYTES};
+use super::abi::{wasi, MAX_RANDOM_BYTES, MAX_WRITE_BYTES};
 use super::host::HostState;
-use super::memory::{read, write, write_u32, write_u64};
+use super::memory::{bytes_at, guest_and_state, read, write, write_u32, write_u64};
 
 type C<'a> = Caller<'a, HostState>;
 type R = wasmtime::Result<i32>;
@@ -27,37 +27,46 @@ fn environ(c: &C<'_>) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// stdout to the proxy's log at INFO, stderr at ERROR. At most `MAX_WRITE_BYTES` are taken per call, and the
+/// count taken is what the guest is told (a short write, which WASI callers complete): every iovec may name the
+/// whole guest memory, so gathering them all would cost the host their count times that memory, in one call
+/// that no CPU deadline interrupts.
+fn fd_write(mut c: C<'_>, fd: i32, iovs: i32, n: i32, written_out: i32) -> R {
+    if fd != 1 && fd != 2 {
+        return Ok(wasi::BADF);
+    }
+    let Ok(list) = read(&mut c, iovs, n.saturating_mul(8)) else {
+        return Ok(wasi::FAULT);
+    };
+    let plugin = c.data().meta.name.clone();
+    let Ok((memory, _)) = guest_and_state(&mut c) else {
+        return Ok(wasi::FAULT);
+    };
+    let mut text = Vec::new();
+    for iov in list.chunks_exact(8) {
+        let room = MAX_WRITE_BYTES - text.len();
+        if room == 0 {
+            break;
+        }
+        let ptr = i32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
+        let len = i32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
+        match bytes_at(memory, ptr, len) {
+            Ok(b) => text.extend_from_slice(&b[..b.len().min(room)]),
+            Err(_) => return Ok(wasi::FAULT),
+        }
+    }
+    let msg = String::from_utf8_lossy(&text);
+    if fd == 1 {
+        tracing::info!(plugin = %plugin, "{}", msg.trim_end());
+    } else {
+        tracing::error!(plugin = %plugin, "{}", msg.trim_end());
+    }
+    Ok(errno(write_u32(&mut c, written_out, text.len() as u32)))
+}
+
 pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     for m in ["wasi_snapshot_preview1", "wasi_unstable"] {
-        l.func_wrap(
-            m,
-            "fd_write",
-            |mut c: C<'_>, fd: i32, iovs: i32, n: i32, written_out: i32| -> R {
-                if fd != 1 && fd != 2 {
-                    return Ok(wasi::BADF);
-                }
-                let Ok(list) = read(&mut c, iovs, n.saturating_mul(8)) else {
-                    return Ok(wasi::FAULT);
-                };
-                let mut text = Vec::new();
-                for iov in list.chunks_exact(8) {
-                    let ptr = i32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
-                    let len = i32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
-                    match read(&mut c, ptr, len) {
-                        Ok(b) => text.extend_from_slice(&b),
-                        Err(_) => return Ok(wasi::FAULT),
-                    }
-                }
-                let plugin = c.data().meta.name.clone();
-                let msg = String::from_utf8_lossy(&text);
-                if fd == 1 {
-                    tracing::info!(plugin = %plugin, "{}", msg.trim_end());
-                } else {
-                    tracing::error!(plugin = %plugin, "{}", msg.trim_end());
-                }
-                Ok(errno(write_u32(&mut c, written_out, text.len() as u32)))
-            },
-        )?;
+        l.func_wrap(m, "fd_write", fd_write)?;
         l.func_wrap(
             m,
             "clock_time_get",

@@ -38,6 +38,9 @@ mod queues;
 mod shared_data;
 mod time;
 
+#[cfg(test)]
+mod props;
+
 /// Links every `env` function of ABI 0.2.1 (plus the 0.1.0 names, harmless for newer modules).
 pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     logging::link(l)?;
