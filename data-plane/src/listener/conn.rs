@@ -112,7 +112,9 @@ pub(super) async fn serve<H, F, B>(
             tracing::debug!(%peer, "connection deadline passed; closing it");
             return;
         }
+        // Biased: the connection first, and no random start (select!'s fairness costs a draw per wake-up).
         tokio::select! {
+            biased;
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::trace!(error = %e, "connection ended with an error");
