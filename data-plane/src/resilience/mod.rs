@@ -188,7 +188,7 @@ impl ClusterRuntime {
             ep.consecutive_gateway.store(0, Ordering::Relaxed);
             // A long healthy stretch after the last ejection resets the growing ejection time.
             let until = ep.ejected_until.load(Ordering::Relaxed);
-            if until != 0 && now > until + cfg.base_ejection.as_nanos() as u64 {
+            if until != 0 && now > until.saturating_add(nanos(cfg.base_ejection)) {
                 ep.ejections.store(0, Ordering::Relaxed);
                 ep.ejected_until.store(0, Ordering::Relaxed);
             }
@@ -217,11 +217,17 @@ impl ClusterRuntime {
         let times = ep.ejections.fetch_add(1, Ordering::Relaxed) + 1;
         let duration = cfg.base_ejection.saturating_mul(times.min(10));
         ep.ejected_until
-            .store(now + duration.as_nanos() as u64, Ordering::Relaxed);
+            .store(now.saturating_add(nanos(duration)), Ordering::Relaxed);
         ep.consecutive_5xx.store(0, Ordering::Relaxed);
         ep.consecutive_gateway.store(0, Ordering::Relaxed);
         inc(&self.counters.ejections);
-        tracing::info!(cluster = %self.name, endpoint = i, for_ms = duration.as_millis() as u64, "outlier ejected");
+        tracing::info!(cluster = %self.name, endpoint = i, for_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX), "outlier ejected");
         true
     }
+}
+
+/// A duration on the outlier clock (nanoseconds), saturating: a snapshot may carry any duration, even `u64::MAX`
+/// seconds, and the sum with "now" must not overflow.
+fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -372,6 +372,28 @@ fn runtime_with(policy: Policy, n: usize) -> (ClusterRuntime, Vec<Arc<EndpointSt
     (rt, s)
 }
 
+/// A snapshot may carry any duration (the fuzz suite made `u64::MAX` seconds): ejecting for it saturates
+/// instead of overflowing (a panic in debug builds, a wrap to "not ejected" in release).
+#[tokio::test(start_paused = true)]
+async fn an_endless_ejection_time_saturates() {
+    let cfg = policy::OutlierConfig {
+        consecutive_5xx: 1,
+        consecutive_gateway: 0,
+        base_ejection: Duration::MAX,
+        max_percent: 50,
+    };
+    let (rt, s) = runtime_with(
+        Policy {
+            outlier: Some(cfg),
+            ..Policy::default()
+        },
+        2,
+    );
+    assert!(rt.observe_outlier(&s, 0, Some(500)), "ejected");
+    assert!(!s[0].available(clock::now_nanos()), "and stays out");
+    assert!(!rt.observe_outlier(&s, 0, Some(200)));
+}
+
 #[tokio::test(start_paused = true)]
 async fn outlier_detection_ejects_within_the_percent_and_readmits() {
     let cfg = policy::OutlierConfig {
