@@ -1,5 +1,5 @@
 //! Property tests of the host calls, where a guest's arguments enter the proxy: a real module (WAT) exports one
-//! trampoline per host function (every `env` function, the WASI ones, and imports the host stubs), and each case
+//! trampoline per host function (every `env` function, the WASI ones, and the unknown imports the host answers UNIMPLEMENTED / ENOSYS, as `filter/wasm/mod.rs` documents), and each case
 //! calls a few of them, with pointers and lengths inside, across and outside its memory (negative, huge,
 //! overlapping), out-parameters anywhere, malformed header-map serializations, iovec lists, unknown enum values,
 //! and a guest allocator that answers garbage or traps; on a stream or none, with a callout answer or none.
@@ -165,7 +165,7 @@ fn wat() -> String {
     )
 }
 
-/// The runtime (its engine and linker, stubs included) and the module, compiled once per test binary.
+/// The runtime (its engine and linker, with the UNIMPLEMENTED answers for unknown imports) and the module, compiled once per test binary.
 struct Harness {
     rt: WasmRuntime,
     pre: InstancePre<HostState>,
