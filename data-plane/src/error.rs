@@ -152,6 +152,10 @@ fn body_reply(err: &(dyn std::error::Error + 'static)) -> Option<Response<Respon
         );
         return Some(text(StatusCode::SERVICE_UNAVAILABLE, &msg));
     }
+    if let Some(e) = find::<FilterError>(err) {
+        // A filter that paused at the end of the body failed, closed the stream or could never resume it.
+        return Some(filter_reply(e));
+    }
     if let Some(e) = find::<BodyReplied>(err) {
         return Some(text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()));
     }
@@ -176,6 +180,7 @@ fn filter_reply(err: &FilterError) -> Response<ResponseBody> {
         }
         FilterError::Closed(_) => text(StatusCode::BAD_GATEWAY, &err.to_string()),
         FilterError::Stuck(_) => text(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
+        FilterError::Ended => text(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
     }
 }
 

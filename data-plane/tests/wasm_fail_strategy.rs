@@ -1,7 +1,7 @@
 //! A filter's fail strategy when its shared instance fails under a waiting stream (issue 11, item 3). The filter
 //! (misbehave's `ask-then-deny`) lets nothing through: it pauses on a callout to `gate`, a server in this test
 //! that answers only when told, and denies when the answer comes; in its response headers for paths with `/late`,
-//! and at the end of the request body for paths with `/body`. While a stream waits on it, requests to `/boom`
+//! and at the end of the request body for paths with `/body` (asking there first for `/body/ask`). While a stream waits on it, requests to `/boom`
 //! make the plugin's instances trap, which discards that stream's context. FAIL_CLOSE must then answer with the
 //! proxy's own 503 (the upstream seeing nothing the filter had not passed, and its answer never reaching the
 //! client); FAIL_OPEN skips the filter, as before.
@@ -312,6 +312,7 @@ async fn a_fail_close_filter_passes_nothing_it_lost() {
         lost_in_the_request_headers(&mut f, s).await;
         lost_in_the_response_headers(&mut f, s).await;
         lost_in_the_request_body(&mut f, s).await;
+        lost_at_the_end_of_the_request_body(&mut f, s).await;
     }
 }
 
@@ -327,6 +328,22 @@ async fn nothing_fails_so_everything_is_denied(f: &mut Fixture) {
             (r.status, r.text().as_str()),
             (403, "denied after asking\n"),
             "{path}"
+        );
+    }
+    for path in ["/closed/body/ask", "/open/body/ask"] {
+        // The filter asks at the end of the body and denies when the answer comes: the body's end waits for it.
+        let (gate, sink) = (&mut f.gate, &mut f.sink);
+        let answer_gate = async {
+            gate.head().await;
+            gate.answer_one();
+        };
+        let (answer, ()) =
+            tokio::join!(post_in_two_parts(f.mesh.gw, path, sink.head()), answer_gate);
+        assert!(answer.starts_with("HTTP/1.1 403"), "{path}: {answer}");
+        assert_ne!(
+            f.sink.body().await,
+            b"first part.",
+            "a body denied at its end never reaches the upstream whole"
         );
     }
     for path in ["/closed/body", "/open/body"] {
@@ -391,6 +408,34 @@ async fn lost_in_the_request_body(f: &mut Fixture, s: &Strategy) {
     } else {
         // The proxy's 503 for the failed body (which goes through the response filters too, where this filter
         // has lost the stream as well).
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.ends_with(LOST), "{answer}");
+        assert_ne!(
+            got, b"first part.",
+            "the upstream got the body the filter held"
+        );
+    }
+}
+
+/// Waiting on the filter's callout at the end of the request body: FAIL_CLOSE fails the body (503, the upstream
+/// never gets it whole); FAIL_OPEN skips the filter and the body goes on.
+async fn lost_at_the_end_of_the_request_body(f: &mut Fixture, s: &Strategy) {
+    let path = format!("{}/body/ask", s.prefix);
+    let (base, sink, gate, c) = (f.mesh.base(), &mut f.sink, &mut f.gate, &f.c);
+    let lose = async {
+        gate.head().await;
+        trap_every_instance(c, &base, s).await;
+        gate.answer_one();
+    };
+    let (answer, ()) = tokio::join!(post_in_two_parts(f.mesh.gw, &path, sink.head()), lose);
+    let got = f.sink.body().await;
+    if s.fail_open {
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "FAIL_OPEN skips: {answer}"
+        );
+        assert_eq!(got, b"first part.");
+    } else {
         assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
         assert!(answer.ends_with(LOST), "{answer}");
         assert_ne!(

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use super::chain::{BodyFilter, BodyReplied, BodyStep, Chain};
+use super::chain::{BodyFilter, BodyReplied, BodyStep, Chain, Resume};
 use crate::upstream::body::{BoxError, StoppedByProxy};
 
 /// Streams a body through Wasm filters' body (and trailers) callbacks. Chunks flow on as soon as every body filter
@@ -27,6 +27,8 @@ pub struct FilteredBody<B> {
     /// The Content-Length the message is sent with, if any, and the bytes sent so far.
     declared: Option<u64>,
     sent: u64,
+    /// A filter paused at the end of the body: the wait for it, after which the rest of the filters run.
+    waiting: Option<Resume>,
     _chain: Option<Chain>,
 }
 
@@ -52,6 +54,7 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> FilteredBody<B> {
             done: false,
             declared,
             sent: 0,
+            waiting: None,
             _chain: chain,
         }
     }
@@ -70,9 +73,19 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> FilteredBody<B> {
         self.held = buf.freeze();
     }
 
-    fn offer(&mut self, end_of_stream: bool) -> Result<Option<Frame<Bytes>>, BoxError> {
-        match self.filter.run(&mut self.held, end_of_stream)? {
+    /// Offers the held bytes to the filters from the `from`th on: a frame to send, nothing yet (held, or waiting on
+    /// a filter that paused at the end), or why the body stops.
+    fn offer(
+        &mut self,
+        end_of_stream: bool,
+        from: usize,
+    ) -> Result<Option<Frame<Bytes>>, BoxError> {
+        match self.filter.run_from(&mut self.held, end_of_stream, from)? {
             BodyStep::Hold => Ok(None),
+            BodyStep::Wait(wait) => {
+                self.waiting = Some(self.filter.wait(wait));
+                Ok(None)
+            }
             BodyStep::Replied(plugin) => Err(Box::new(BodyReplied { plugin })),
             BodyStep::Release => {
                 let out = std::mem::take(&mut self.held);
@@ -92,10 +105,30 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> FilteredBody<B> {
         }
     }
 
+    /// Polls the wait on a filter that paused at the end of the body; once it resumes, the filters after it run.
+    fn poll_waiting(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Frame<Bytes>>, BoxError>> {
+        let Some(waiting) = self.waiting.as_mut() else {
+            return Poll::Ready(Ok(None));
+        };
+        let from = std::task::ready!(waiting.as_mut().poll(cx));
+        self.waiting = None;
+        Poll::Ready(from.and_then(|from| self.offer(true, from)))
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         // Errors of the proxy's own making are marked so (the inner body's own errors pass as they are).
         let stopped = |e: BoxError| -> BoxError { Box::new(StoppedByProxy(e)) };
         loop {
+            if self.waiting.is_some() {
+                match std::task::ready!(self.poll_waiting(cx)) {
+                    Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                    Ok(None) => continue,
+                    Err(e) => return Poll::Ready(Some(Err(stopped(e)))),
+                }
+            }
             if self.done {
                 return Poll::Ready(self.trailers.take().map(Ok));
             }
@@ -126,7 +159,7 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> FilteredBody<B> {
                 None => true,
             };
             self.done = end_of_stream;
-            match self.offer(end_of_stream) {
+            match self.offer(end_of_stream, 0) {
                 Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
                 Ok(None) => continue,
                 Err(e) => return Poll::Ready(Some(Err(stopped(e)))),

@@ -12,10 +12,13 @@
 //!
 //! A filter that pauses in a headers callback stops the stream (as in Envoy: nothing further runs) until it calls
 //! `proxy_continue_stream` or answers locally, typically from `proxy_on_http_call_response`: its callouts are sent
-//! and answered while the request waits. Callouts from callbacks that do not pause are sent in the background and
-//! answered to the stream context while it lives.
+//! and answered while the request waits. A body callback that pauses holds the bytes seen so far; one that pauses at
+//! the body's end holds that end the same way (`BodyStep::Wait`), so a filter that decides on the whole body after a
+//! callout is never bypassed. Other callouts are sent in the background and answered to the stream context while it
+//! lives; a paused stream with none of its own left waits for those.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -28,7 +31,7 @@ use super::wasm::stream::{
     header_pairs, method_text, status_text, to_header_map, Headers, Pseudo, StreamData, Text,
 };
 use super::wasm::{PluginHandle, WasmError};
-use crate::upstream::body::ResponseBody;
+use crate::upstream::body::{BoxError, ResponseBody};
 
 struct Active {
     plugin: Arc<PluginHandle>,
@@ -44,6 +47,33 @@ struct Active {
     response_trailers: bool,
     /// ... and `proxy_on_response_headers` (without it, the filter has no say on the response).
     response_headers: bool,
+    /// Callouts of this stream's being answered in the background (made only when one is).
+    background: Option<Arc<Background>>,
+}
+
+/// A stream's callouts in flight in the background: a stream waiting on its filter with no callout of its own to
+/// send waits for these instead (their answers may resume it).
+#[derive(Default)]
+struct Background {
+    in_flight: std::sync::atomic::AtomicUsize,
+    answered: tokio::sync::Notify,
+}
+
+/// Counts one background callout from when it is sent until its answer has been delivered (or dropped).
+struct InFlight(Arc<Background>);
+
+impl InFlight {
+    fn new(b: Arc<Background>) -> Self {
+        b.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(b)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.answered.notify_one();
+    }
 }
 
 impl Active {
@@ -77,9 +107,17 @@ fn send_in_background(active: &Shared, index: usize, calls: Vec<Callout>) {
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;
     };
+    let Some(background) = lock(active)
+        .get_mut(index)
+        .map(|a| a.background.get_or_insert_with(Default::default).clone())
+    else {
+        return;
+    };
     for call in calls {
         let weak = Arc::downgrade(active);
+        let counted = InFlight::new(background.clone());
         rt.spawn(async move {
+            let _counted = counted;
             let Some(plugin) = weak
                 .upgrade()
                 .and_then(|a| lock(&a).get(index).map(|a| a.plugin.clone()))
@@ -111,16 +149,20 @@ fn send_in_background(active: &Shared, index: usize, calls: Vec<Callout>) {
 /// How a paused filter's stream ended its wait.
 enum Settled {
     Continue,
-    Respond(Response<ResponseBody>),
+    /// The filter answered locally: the reply is on its stream (`local_response`).
+    Replied,
     Fail(FilterError),
 }
 
 impl Settled {
     /// As a headers phase's step (no callouts are left to send once a pause has settled).
-    fn into_step(self) -> Step {
+    fn into_step(self, a: &mut Active) -> Step {
         match self {
             Settled::Continue => Step::Next(Vec::new()),
-            Settled::Respond(r) => Step::Stop(Verdict::Respond(r)),
+            Settled::Replied => match local_response(&mut a.stream) {
+                Some(r) => Step::Stop(Verdict::Respond(r)),
+                None => Step::Next(Vec::new()),
+            },
             Settled::Fail(e) => Step::Stop(Verdict::Fail(e)),
         }
     }
@@ -134,47 +176,128 @@ enum Step {
     Stop(Verdict),
 }
 
-/// Waits on a filter that paused in a headers callback: sends its callouts one after another and delivers each
-/// answer (`proxy_on_http_call_response`), until it resumes the stream, answers locally, closes the stream or fails.
-/// A pause with no callout outstanding can never be resumed: the request fails with 500 rather than hang.
-async fn settle(a: &mut Active, calls: Vec<Callout>) -> Settled {
+/// Where a waiting stream's filter state is: held by the headers phase that waits, or in the chain it shares with
+/// a body (a body callback that paused at the end of the stream). `None`: the chain has ended meanwhile.
+trait Holder {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Active) -> R) -> Option<R>;
+}
+
+impl Holder for &mut Active {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Active) -> R) -> Option<R> {
+        Some(f(self))
+    }
+}
+
+/// The filter at `index` of a chain shared with a body; locked only while a callback runs, never across a wait.
+struct InChain {
+    shared: Shared,
+    index: usize,
+}
+
+impl Holder for InChain {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Active) -> R) -> Option<R> {
+        lock(&self.shared).get_mut(self.index).map(f)
+    }
+}
+
+/// What a waiting stream's state says: it is settled, or it still waits.
+enum Waiting {
+    Settled(Settled),
+    /// No callout of its own is left to send, but some sent in the background are still to be answered.
+    OnBackground(Arc<Background>),
+    Callout(Callout, Arc<PluginHandle>),
+}
+
+/// Waits on a filter that paused: sends its callouts one after another and delivers each answer
+/// (`proxy_on_http_call_response`), until it resumes the stream, answers locally, closes the stream or fails. With
+/// no callout of its own left, it waits for those the stream sent in the background. A pause that nothing can
+/// resume any more fails the request with 500 rather than hang; a stream whose instance was lost meanwhile fails as
+/// its fail strategy says.
+async fn settle(mut h: impl Holder, calls: Vec<Callout>) -> Settled {
     let mut pending: std::collections::VecDeque<Callout> = calls.into();
     loop {
-        if let Some(r) = local_response(&mut a.stream) {
-            return Settled::Respond(r);
-        }
-        if a.stream.resumed {
-            a.stream.resumed = false;
-            if !pending.is_empty() {
-                tracing::debug!(plugin = %a.plugin.meta.name, "callouts outstanding after resume; their answers are dropped");
+        let next = h.with(|a| next_wait(a, &mut pending));
+        let (call, plugin) = match next {
+            None => return lost_chain(),
+            Some(Waiting::Settled(s)) => return s,
+            Some(Waiting::OnBackground(b)) => {
+                let answered = b.answered.notified();
+                if b.in_flight.load(Ordering::Acquire) > 0 {
+                    answered.await;
+                }
+                continue;
             }
-            return Settled::Continue;
-        }
-        let Some(call) = pending.pop_front() else {
-            return Settled::Fail(FilterError::Stuck(a.plugin.meta.name.clone()));
+            Some(Waiting::Callout(call, plugin)) => (call, plugin),
         };
-        let response = callout::answer(a.plugin.shared_callouts(), call.clone()).await;
-        let result = a.plugin.run(a.slot, Some(a.instance), |i| {
-            let stream = (call.context_id == a.stream.context_id).then_some(&mut a.stream);
-            i.on_http_call_response(stream, &call, response)?;
-            Ok((i.take_calls(), i.closed()))
+        let response = callout::answer(plugin.shared_callouts(), call.clone()).await;
+        let delivered = h.with(|a| {
+            let result = a.plugin.run(a.slot, Some(a.instance), |i| {
+                let stream = (call.context_id == a.stream.context_id).then_some(&mut a.stream);
+                i.on_http_call_response(stream, &call, response)?;
+                Ok((i.take_calls(), i.closed()))
+            });
+            match outcome(result) {
+                Ok(((_, true), _)) => Err(Settled::Fail(FilterError::Closed(
+                    a.plugin.meta.name.clone(),
+                ))),
+                Ok(((more, false), _)) => Ok(more),
+                // Failed, or the instance was replaced while the stream waited: nothing can resume it there.
+                Err(fault) => Err(fault_settles(&a.plugin, fault)),
+            }
         });
-        match outcome(result) {
-            Ok(((more, closed), _)) => {
-                if closed {
-                    return Settled::Fail(FilterError::Closed(a.plugin.meta.name.clone()));
-                }
-                pending.extend(more);
-            }
-            // Failed, or the instance was replaced while the stream waited: nothing can resume it there.
-            Err(fault) => {
-                return match fail_closed(&a.plugin, fault) {
-                    None => Settled::Continue,
-                    Some(fault) => Settled::Fail(failed(&a.plugin, fault)),
-                }
-            }
+        match delivered {
+            None => return lost_chain(),
+            Some(Ok(more)) => pending.extend(more),
+            Some(Err(settled)) => return settled,
         }
     }
+}
+
+/// One look at a waiting stream: settled (a reply, a resume, a lost instance, nothing left that could resume it),
+/// or what to wait on next.
+fn next_wait(a: &mut Active, pending: &mut std::collections::VecDeque<Callout>) -> Waiting {
+    if a.stream.local_response.is_some() {
+        return Waiting::Settled(Settled::Replied);
+    }
+    if a.stream.resumed {
+        a.stream.resumed = false;
+        if !pending.is_empty() {
+            tracing::debug!(plugin = %a.plugin.meta.name, "callouts outstanding after resume; their answers are dropped");
+        }
+        return Waiting::Settled(Settled::Continue);
+    }
+    if let Some(call) = pending.pop_front() {
+        return Waiting::Callout(call, a.plugin.clone());
+    }
+    if let Some(b) = a
+        .background
+        .as_ref()
+        .filter(|b| b.in_flight.load(Ordering::Acquire) > 0)
+    {
+        return Waiting::OnBackground(b.clone());
+    }
+    // A background answer may have come after the instance was lost (it is dropped then): a lost stream is a
+    // fault, not a stuck one.
+    if matches!(a.plugin.run(a.slot, Some(a.instance), |_| Ok(())), Ok(None)) {
+        return Waiting::Settled(fault_settles(&a.plugin, Fault::Lost));
+    }
+    Waiting::Settled(Settled::Fail(FilterError::Stuck(
+        a.plugin.meta.name.clone(),
+    )))
+}
+
+/// A fault while a stream waits, under the plugin's fail strategy.
+fn fault_settles(plugin: &PluginHandle, fault: Fault) -> Settled {
+    match fail_closed(plugin, fault) {
+        None => Settled::Continue,
+        Some(fault) => Settled::Fail(failed(plugin, fault)),
+    }
+}
+
+/// The chain ended while a body waited on one of its filters (the response went its way without the request's
+/// end): the filter can no longer pass the body.
+fn lost_chain() -> Settled {
+    Settled::Fail(FilterError::Ended)
 }
 
 fn lock(active: &Shared) -> MutexGuard<'_, Actives> {
@@ -215,6 +338,17 @@ pub enum BodyStep {
     /// A filter answered the request locally from its request-body callback (`proxy_send_local_response`): the
     /// request body ends here and the reply (`Chain::body_reply`) replaces whatever the upstream would answer.
     Replied(String),
+    /// A filter paused at the end of the stream: the body waits on it (`BodyFilter::wait`) and then goes on
+    /// through the filters after it (`BodyFilter::run_from`). Until then nothing of the body's end goes on.
+    Wait(BodyWait),
+}
+
+/// A body filter that paused at the end of the stream, with the callouts its callback made.
+pub struct BodyWait {
+    /// Its place in this body's order, and in the chain.
+    step: usize,
+    index: usize,
+    calls: Vec<Callout>,
 }
 
 /// The request body was cut short because a Wasm filter answered the request from its body callback.
@@ -231,6 +365,10 @@ pub struct BodyFilter {
     pub limit: usize,
 }
 
+/// A future that waits on a paused body filter: the step to go on from, or why the body stops.
+pub type Resume =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<usize, BoxError>> + Send>>;
+
 impl BodyFilter {
     /// Offers `buffer` (everything held so far) to each body filter in turn; a filter may rewrite it.
     pub fn run(
@@ -238,40 +376,29 @@ impl BodyFilter {
         buffer: &mut Bytes,
         end_of_stream: bool,
     ) -> Result<BodyStep, BodyFilterFailed> {
+        self.run_from(buffer, end_of_stream, 0)
+    }
+
+    /// Like `run`, from the `from`th body filter in this body's order (after a wait on the one before it).
+    pub fn run_from(
+        &self,
+        buffer: &mut Bytes,
+        end_of_stream: bool,
+        from: usize,
+    ) -> Result<BodyStep, BodyFilterFailed> {
         let response = self.response;
         let mut active = lock(&self.active);
         let count = active.len();
         let mut background = Vec::new();
         let step = (|| {
-            for step in 0..count {
+            for step in from..count {
                 // Request bodies go through the filters in order, response bodies in reverse.
                 let index = if response { count - 1 - step } else { step };
                 let a = &mut active[index];
                 if !a.reads_body(response) {
                     continue;
                 }
-                let held = Some(std::mem::take(buffer));
-                if response {
-                    a.stream.response_body = held;
-                } else {
-                    a.stream.request_body = held;
-                }
-                let r = a.plugin.run(a.slot, Some(a.instance), |i| {
-                    let action = i.on_body(&mut a.stream, response, end_of_stream)?;
-                    Ok((action, i.take_calls()))
-                });
-                let r = outcome(r).map(|((action, calls), _)| {
-                    if !calls.is_empty() {
-                        background.push((index, calls));
-                    }
-                    action
-                });
-                let back = if response {
-                    a.stream.response_body.take()
-                } else {
-                    a.stream.request_body.take()
-                };
-                *buffer = back.unwrap_or_default();
+                let (r, calls) = offer_body(a, buffer, response, end_of_stream);
                 if a.stream.local_response.is_some() {
                     if !response {
                         // Kept on the stream for `Chain::body_reply`; the body stops here.
@@ -281,10 +408,17 @@ impl BodyFilter {
                     tracing::warn!(plugin = %a.plugin.meta.name, "a local reply from a response-body callback comes after the response headers were sent; ignored");
                 }
                 match r {
-                    Ok(action) if action != ACTION_CONTINUE && !end_of_stream => {
-                        return Ok(BodyStep::Hold)
+                    Ok(action) if action != ACTION_CONTINUE && !a.stream.resumed => {
+                        if end_of_stream {
+                            return Ok(BodyStep::Wait(BodyWait { step, index, calls }));
+                        }
+                        background.push((index, calls));
+                        return Ok(BodyStep::Hold);
                     }
-                    Ok(_) => {}
+                    Ok(_) => {
+                        a.stream.resumed = false;
+                        background.push((index, calls));
+                    }
                     Err(fault) => {
                         if let Some(error) = fail_closed(&a.plugin, fault) {
                             return Err(BodyFilterFailed {
@@ -302,6 +436,39 @@ impl BodyFilter {
             send_in_background(&self.active, index, calls);
         }
         step
+    }
+
+    /// Waits on the filter that paused at the end of the body (sending its callouts), as a headers pause waits:
+    /// the step to go on from once it resumes; a local reply (request side) or a failure stops the body. A reply
+    /// from a response-body wait comes after the response headers, so it is ignored like one from the callback.
+    pub fn wait(&self, wait: BodyWait) -> Resume {
+        let index = wait.index;
+        let holder = InChain {
+            shared: self.active.clone(),
+            index,
+        };
+        let response = self.response;
+        let shared = self.active.clone();
+        Box::pin(async move {
+            match settle(holder, wait.calls).await {
+                Settled::Continue => Ok(wait.step + 1),
+                Settled::Replied if response => {
+                    if let Some(a) = lock(&shared).get_mut(index) {
+                        a.stream.local_response = None;
+                        tracing::warn!(plugin = %a.plugin.meta.name, "a local reply after the response headers were sent; ignored");
+                    }
+                    Ok(wait.step + 1)
+                }
+                Settled::Replied => {
+                    let plugin = lock(&shared)
+                        .get(index)
+                        .map(|a| a.plugin.meta.name.clone())
+                        .unwrap_or_default();
+                    Err(Box::new(BodyReplied { plugin }) as BoxError)
+                }
+                Settled::Fail(e) => Err(Box::new(e) as BoxError),
+            }
+        })
     }
 
     /// Runs the trailers callbacks (request: in order, response: reverse) over `trailers`, writing edits back.
@@ -378,6 +545,36 @@ impl BodyFilter {
     }
 }
 
+/// Lends `buffer` to one filter's body callback (it may rewrite it) and takes it back: the callback's action (or
+/// fault) and the callouts it made.
+fn offer_body(
+    a: &mut Active,
+    buffer: &mut Bytes,
+    response: bool,
+    end_of_stream: bool,
+) -> (Result<i32, Fault>, Vec<Callout>) {
+    let held = Some(std::mem::take(buffer));
+    if response {
+        a.stream.response_body = held;
+    } else {
+        a.stream.request_body = held;
+    }
+    let r = a.plugin.run(a.slot, Some(a.instance), |i| {
+        let action = i.on_body(&mut a.stream, response, end_of_stream)?;
+        Ok((action, i.take_calls()))
+    });
+    let back = if response {
+        a.stream.response_body.take()
+    } else {
+        a.stream.request_body.take()
+    };
+    *buffer = back.unwrap_or_default();
+    match outcome(r) {
+        Ok(((action, calls), _)) => (Ok(action), calls),
+        Err(fault) => (Err(fault), Vec::new()),
+    }
+}
+
 /// What the request (or response) headers' filters decided.
 pub enum Verdict {
     Continue,
@@ -428,6 +625,8 @@ pub enum FilterError {
     Closed(String),
     #[error("wasm plugin {0} paused the stream with no callout outstanding that could resume it")]
     Stuck(String),
+    #[error("the request's filters ended while its body waited on one of them")]
+    Ended,
 }
 
 fn failed(plugin: &PluginHandle, error: Fault) -> FilterError {
@@ -687,6 +886,7 @@ impl Callback {
             request_trailers: self.request_trailers,
             response_trailers: self.response_trailers,
             response_headers: self.response_headers,
+            background: None,
         }
     }
 }
@@ -703,7 +903,7 @@ async fn after_request_headers(a: &mut Active, cb: Callback) -> Step {
         return Step::Stop(Verdict::Respond(r));
     }
     if cb.action != ACTION_CONTINUE && !a.stream.resumed {
-        return settle(a, cb.calls).await.into_step();
+        return settle(&mut *a, cb.calls).await.into_step(a);
     }
     a.stream.resumed = false;
     Step::Next(cb.calls)
@@ -732,7 +932,7 @@ async fn on_response_headers(a: &mut Active, end_of_stream: bool) -> Step {
         return Step::Stop(Verdict::Respond(r));
     }
     if action != ACTION_CONTINUE && !a.stream.resumed {
-        return settle(a, calls).await.into_step();
+        return settle(&mut *a, calls).await.into_step(a);
     }
     a.stream.resumed = false;
     Step::Next(calls)

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, Semaphore};
 
-use super::chain::{BodyStep, Chain, Fault, FilterError, Verdict};
+use super::chain::{BodyReplied, BodyStep, BodyWait, Chain, Fault, FilterError, Verdict};
 use super::wasm::callout::{CallFuture, CallResponse, Callout, Callouts};
 use super::wasm::{hex, CrossPluginState, PluginHandle, PluginMeta, WasmRuntime};
 
@@ -244,4 +244,107 @@ async fn trailers_whose_instance_failed_are_failed_closed_or_skipped() {
             Err(e) => assert!(!fail_open && matches!(e.error, Fault::Lost), "{e}"),
         }
     }
+}
+
+/// The filter with `body` as its request-body callback (`$ask` makes a callout and answers 1, pause).
+fn with_body_callback(body: &str) -> String {
+    FILTER.replace(
+        "(func (export \"proxy_on_request_body\") (param i32 i32 i32) (result i32) (i32.eqz (local.get 2)))",
+        &format!("(func (export \"proxy_on_request_body\") (param i32 i32 i32) (result i32) {body})"),
+    )
+}
+
+/// Pauses at the end of the body on a callout (and, before its end, holds it).
+fn asks_at_the_end() -> String {
+    with_body_callback("(if (local.get 2) (then (drop (call $ask)))) (i32.const 1)")
+}
+
+/// A request whose headers the filter passed, and its whole body offered at once: the filter must pause on it.
+async fn body_paused_at_its_end(
+    plugin: &Arc<PluginHandle>,
+) -> (Chain, super::chain::BodyFilter, BodyWait) {
+    let (chain, verdict) = request(plugin, "/c", false).await;
+    assert!(matches!(verdict, Verdict::Continue));
+    let body = chain.request_body_filter().unwrap();
+    let mut held = Bytes::from_static(b"the whole body");
+    let wait = match body.run(&mut held, true) {
+        Ok(BodyStep::Wait(wait)) => wait,
+        Ok(BodyStep::Release) => panic!("the body's end went on while its filter paused"),
+        _ => panic!("neither waited nor released"),
+    };
+    (chain, body, wait)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_paused_at_its_end_waits_for_the_filter_to_answer() {
+    let (plugin, gate) = plugin(&asks_at_the_end(), false);
+    let (chain, body, wait) = body_paused_at_its_end(&plugin).await;
+    let answer = async {
+        gate.sent.notified().await;
+        gate.answers.add_permits(1);
+    };
+    let (r, ()) = bounded(async { tokio::join!(body.wait(wait), answer) }).await;
+    let e = r.expect_err("the filter denied the body, yet it went on");
+    assert!(e.is::<BodyReplied>(), "{e}");
+    assert_eq!(chain.body_reply().unwrap().status(), 403);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_paused_at_its_end_whose_instance_fails_is_failed_closed_or_skipped() {
+    for fail_open in [false, true] {
+        let (plugin, gate) = plugin(&asks_at_the_end(), fail_open);
+        let (_chain, body, wait) = body_paused_at_its_end(&plugin).await;
+        let trap = trap_while_paused(&plugin, &gate);
+        let (r, ()) = bounded(async { tokio::join!(body.wait(wait), trap) }).await;
+        match r {
+            Ok(next) => assert!(fail_open && next == 1, "FAIL_CLOSE let the body's end go"),
+            Err(e) => {
+                let lost = matches!(
+                    e.downcast_ref::<FilterError>(),
+                    Some(FilterError::Failed {
+                        error: Fault::Lost,
+                        ..
+                    })
+                );
+                assert!(!fail_open && lost, "{e}");
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_paused_at_its_end_with_nothing_to_resume_it_fails() {
+    let (plugin, _gate) = plugin(&with_body_callback("(i32.const 1)"), false);
+    let (_chain, body, wait) = body_paused_at_its_end(&plugin).await;
+    let e = bounded(body.wait(wait))
+        .await
+        .expect_err("a stuck body went on");
+    assert!(
+        matches!(e.downcast_ref::<FilterError>(), Some(FilterError::Stuck(_))),
+        "{e}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_paused_at_its_end_waits_for_a_callout_made_earlier() {
+    // Asks on the body's first part (the callout goes out in the background), then pauses at its end.
+    let module =
+        with_body_callback("(if (i32.eqz (local.get 2)) (then (drop (call $ask)))) (i32.const 1)");
+    let (plugin, gate) = plugin(&module, false);
+    let (chain, verdict) = request(&plugin, "/c", false).await;
+    assert!(matches!(verdict, Verdict::Continue));
+    let body = chain.request_body_filter().unwrap();
+    let mut held = Bytes::from_static(b"first ");
+    assert!(matches!(body.run(&mut held, false), Ok(BodyStep::Hold)));
+    let mut held = Bytes::from_static(b"first and last");
+    let Ok(BodyStep::Wait(wait)) = body.run(&mut held, true) else {
+        panic!("the body's end went on while its filter paused");
+    };
+    let answer = async {
+        gate.sent.notified().await;
+        gate.answers.add_permits(1);
+    };
+    let (r, ()) = bounded(async { tokio::join!(body.wait(wait), answer) }).await;
+    assert!(r.err().is_some_and(|e| e.is::<BodyReplied>()));
+    assert_eq!(chain.body_reply().unwrap().status(), 403);
 }

@@ -7,7 +7,8 @@
 //! or `deny-body` (reads the whole request body and answers 403 itself when it contains `forbidden`), or
 //! `ask-then-deny` (lets nothing through: pauses the request on a callout to the `gate` service and answers 403
 //! when the answer comes; on paths with `/late` it does so in the response headers instead, and on paths with
-//! `/body` it holds the request body to its end and answers 403 then; it panics on `/boom`, so tests can make its
+//! `/body` it holds the request body to its end and answers 403 then, or on `/body/ask` asks at the body's end and
+//! answers 403 when the answer comes; it panics on `/boom`, so tests can make its
 //! shared instance trap while other streams wait on it).
 //! The misbehaviours fire on requests whose path contains `/boom`.
 
@@ -40,6 +41,7 @@ impl RootContext for Root {
         Some(Box::new(Filter {
             mode: self.mode.clone(),
             late: false,
+            ask_at_end: false,
         }))
     }
 
@@ -52,6 +54,8 @@ struct Filter {
     mode: String,
     /// `ask-then-deny` asks in the response headers rather than the request headers.
     late: bool,
+    /// ... or at the end of the request body (paths with `/body/ask`).
+    ask_at_end: bool,
 }
 
 impl Filter {
@@ -118,6 +122,7 @@ impl HttpContext for Filter {
         }
         if self.mode == "ask-then-deny" {
             self.late = path.contains("/late");
+            self.ask_at_end = path.contains("/body/ask");
             if !self.late && !path.contains("/body") {
                 return self.ask();
             }
@@ -142,6 +147,9 @@ impl HttpContext for Filter {
     fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
         if self.mode == "ask-then-deny" {
             if end_of_stream {
+                if self.ask_at_end {
+                    return self.ask();
+                }
                 self.deny();
             }
             return Action::Pause;
