@@ -52,10 +52,7 @@ impl SvidError {
 ///
 /// This does not verify the chain or validity period: the TLS verifiers do that first.
 pub fn check_svid(leaf_der: &[u8], trust_domain: &TrustDomain) -> Result<SpiffeId, SvidError> {
-    let unparsable = |e: &dyn std::fmt::Display| SvidError::Unparsable(e.to_string());
-    let (_, cert) = X509Certificate::from_der(leaf_der).map_err(|e| unparsable(&e))?;
-    check_not_ca(&cert)?;
-    let id = single_spiffe_id(&cert)?;
+    let id = leaf_spiffe_id(leaf_der)?;
     if id.trust_domain() != trust_domain {
         return Err(SvidError::WrongTrustDomain {
             got: id.trust_domain().clone(),
@@ -63,6 +60,14 @@ pub fn check_svid(leaf_der: &[u8], trust_domain: &TrustDomain) -> Result<SpiffeI
         });
     }
     Ok(id)
+}
+
+/// The SVID rules but the trust domain's: a leaf (not a CA) with exactly one workload SPIFFE ID.
+pub(crate) fn leaf_spiffe_id(leaf_der: &[u8]) -> Result<SpiffeId, SvidError> {
+    let (_, cert) =
+        X509Certificate::from_der(leaf_der).map_err(|e| SvidError::Unparsable(e.to_string()))?;
+    check_not_ca(&cert)?;
+    single_spiffe_id(&cert)
 }
 
 fn check_not_ca(cert: &X509Certificate<'_>) -> Result<(), SvidError> {

@@ -11,8 +11,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::SignatureScheme;
 
-use crate::spiffe::TrustDomain;
-use crate::tls::peer_identity_from_certs;
+use crate::svid::leaf_spiffe_id;
 
 /// The current certificate and key of this workload; [`RotatingIdentity::rotate`] swaps them.
 pub struct RotatingIdentity {
@@ -62,8 +61,10 @@ impl ResolvesClientCert for RotatingIdentity {
 impl fmt::Debug for RotatingIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let current = self.current.load();
-        // Any trust domain does here: only the ID's text is shown, never the key.
-        let id = peer_identity_from_certs(&current.cert, &TrustDomain::default());
+        let id = current
+            .cert
+            .first()
+            .and_then(|leaf| leaf_spiffe_id(leaf).ok());
         f.debug_struct("RotatingIdentity")
             .field("chain_len", &current.cert.len())
             .field("id", &id)
