@@ -1,6 +1,7 @@
 //! The workload's own certificate as both rustls configs see it: one swappable slot that the
 //! server side (`ResolvesServerCert`) and the client side (`ResolvesClientCert`) read on every new
-//! handshake, so a rotated certificate is used at once while open connections carry on.
+//! handshake, so a rotated certificate is used at once while open connections carry on. A resumed
+//! session presents no certificate: it keeps the identity verified on its full handshake.
 
 use std::fmt;
 use std::sync::Arc;
