@@ -15,10 +15,11 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -95,6 +96,12 @@ pub(super) async fn serve<H, F, B>(
     };
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
+    let stopped = stop.wait_for(|s| *s);
+    tokio::pin!(stopped);
+    let timer = tokio::time::sleep_until(accepted + limits.header_timeout);
+    tokio::pin!(timer);
+    let side = Arc::new(SideWake::default());
+    let side_waker = Waker::from(side.clone());
     let mut closing_until: Option<Instant> = None;
     let mut draining = false;
     loop {
@@ -112,17 +119,37 @@ pub(super) async fn serve<H, F, B>(
             tracing::debug!(%peer, "connection deadline passed; closing it");
             return;
         }
-        // Biased: the connection first, and no random start (select!'s fairness costs a draw per wake-up).
-        tokio::select! {
-            biased;
-            r = conn.as_mut() => {
+        timer.as_mut().reset(next.check_at(now, limits));
+        // The reset timer must be polled (registered) before the task sleeps.
+        side.woken.store(true, Ordering::Release);
+        let woke = std::future::poll_fn(|cx| {
+            // The connection first, on every wake-up; the driver's own timer and drain signal only when one of
+            // them woke the task (polling them on each of a request's wake-ups cost ~0.4% of a proxy core).
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Woke::Ended(r));
+            }
+            side.task.register(cx.waker());
+            if side.woken.swap(false, Ordering::AcqRel) {
+                let mut own = Context::from_waker(&side_waker);
+                if timer.as_mut().poll(&mut own).is_ready() {
+                    return Poll::Ready(Woke::Timer);
+                }
+                if !draining && stopped.as_mut().poll(&mut own).is_ready() {
+                    return Poll::Ready(Woke::Stop);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match woke {
+            Woke::Ended(r) => {
                 if let Err(e) = r {
                     tracing::trace!(error = %e, "connection ended with an error");
                 }
                 return;
             }
-            _ = tokio::time::sleep_until(next.check_at(now, limits)) => {}
-            _ = stop.wait_for(|s| *s), if !draining => {
+            Woke::Timer => {}
+            Woke::Stop => {
                 draining = true;
                 if closing_until.is_none() {
                     conn.as_mut().graceful_shutdown();
@@ -131,6 +158,35 @@ pub(super) async fn serve<H, F, B>(
                 closing_until = Some(closing_until.map_or(until, |t| t.min(until)));
             }
         }
+    }
+}
+
+/// What woke a connection's driver.
+enum Woke<E> {
+    /// The connection ended (or failed).
+    Ended(Result<(), E>),
+    /// Time to look at the deadlines.
+    Timer,
+    /// The listener drains.
+    Stop,
+}
+
+/// The waker the driver's own futures (its timer, the drain signal) are polled with: it notes that one of them
+/// woke, then wakes the connection's task.
+#[derive(Default)]
+struct SideWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 
