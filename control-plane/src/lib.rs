@@ -4,8 +4,10 @@
 //! proxy); this crate adds what only a control plane has:
 //! 1. [`registry`]: live proxy registrations; the sidecars' inbound addresses are the instances translated.
 //! 2. [`serve`]: the gRPC discovery stream (versions, nonces, ACK/NACK) and status.
-//! 3. [`cli`]: `meshwork up | control | validate | status | plugin`.
+//! 3. [`identity`]: the mesh CA, bootstrap tokens and who each proxy is.
+//! 4. [`cli`]: `meshwork up | control | validate | status | plugin`.
 
 pub mod cli;
+pub mod identity;
 pub mod registry;
 pub mod serve;

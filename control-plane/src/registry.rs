@@ -26,6 +26,11 @@ pub struct Registration {
     pub last_nack: Option<(u64, String)>,
     /// Latest manifest generation this proxy's session has translated (and pushed, if it changed).
     pub synced_generation: u64,
+    /// The identity it proved (a bootstrap token or its client certificate), and its certificate's expiry and
+    /// issue time (0: none issued on this connection yet).
+    pub spiffe_id: String,
+    pub cert_not_after_unix_ms: u64,
+    pub cert_issued_unix_ms: u64,
 }
 
 #[derive(Debug)]
@@ -50,6 +55,7 @@ pub struct Takeover {
 /// The same proxy reconnecting (its old stream not yet seen closed), not another one with the same node id.
 fn same_proxy(live: &Registration, new: &Registration) -> bool {
     live.role == new.role
+        && live.spiffe_id == new.spiffe_id
         && live.service == new.service
         && live.namespace == new.namespace
         && live.inbound_addr == new.inbound_addr

@@ -81,7 +81,11 @@ fn status_without_a_control_plane_is_a_clear_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the control plane"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no control plane of this user is recorded at"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -1,59 +1,31 @@
 //! Who may register what (issue 11, item 9), over real gRPC discovery streams to a control plane on 127.0.0.1:
 //! a node id held by a live proxy cannot be taken over by another one (the same proxy reconnecting may), and a
-//! sidecar can only register an endpoint on the host it connects from. Authentication proper comes with mTLS.
+//! sidecar can only register an endpoint on the host it connects from. Who a proxy is (tokens, certificates) is
+//! tests/bootstrap.rs.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod support;
 
 use std::time::Duration;
 
 use meshwork_control::serve::ControlPlane;
 use meshwork_manifest::model::ManifestSet;
 use meshwork_proto as pb;
+use support::{bootstrap, control_plane, hello, Served};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-async fn control_plane() -> (String, ControlPlane) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let cp = ControlPlane::new(ManifestSet::default());
-    let served = cp.clone();
-    tokio::spawn(served.serve(listener, std::future::pending()));
-    (url, cp)
-}
-
-fn hello(node: &str, inbound: &str) -> pb::Hello {
-    pb::Hello {
-        node_id: node.into(),
-        service: "origin".into(),
-        namespace: "default".into(),
-        role: pb::Role::Sidecar as i32,
-        inbound_addr: inbound.into(),
-        ..Default::default()
-    }
-}
-
-/// Opens a discovery stream with `hello`; Ok holds the sender that keeps it open and the first push.
+/// Bootstraps a proxy saying `hello` (with a token of its own); Ok holds the sender that keeps its stream open
+/// and the first push.
 async fn connect(
-    url: &str,
+    s: &Served,
     hello: pb::Hello,
 ) -> Result<(mpsc::Sender<pb::ProxyMessage>, pb::Push), tonic::Status> {
-    let mut client = pb::discovery_client::DiscoveryClient::connect(url.to_string())
-        .await
-        .unwrap();
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(pb::ProxyMessage {
-        msg: Some(pb::proxy_message::Msg::Hello(hello)),
-    })
-    .await
-    .unwrap();
-    let mut pushes = client.stream(ReceiverStream::new(rx)).await?.into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(10), pushes.message())
-        .await
-        .expect("a push within 10 s")?
-        .expect("a push");
+    let (stream, first) = bootstrap(s, hello).await?;
+    let mut pushes = stream.pushes;
     tokio::spawn(async move { while let Ok(Some(_)) = pushes.message().await {} });
-    Ok((tx, first))
+    Ok((stream.tx, first))
 }
 
 fn endpoints_of(cp: &ControlPlane, node: &str) -> Vec<String> {
@@ -67,11 +39,12 @@ fn endpoints_of(cp: &ControlPlane, node: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_live_node_id_cannot_be_taken_over_by_another_proxy() {
-    let (url, cp) = control_plane().await;
-    let _first = connect(&url, hello("origin-1", "127.0.0.1:7001"))
+    let s = control_plane().await;
+    let cp = &s.cp;
+    let _first = connect(&s, hello("origin-1", "127.0.0.1:7001"))
         .await
         .unwrap();
-    let err = connect(&url, hello("origin-1", "127.0.0.1:6666"))
+    let err = connect(&s, hello("origin-1", "127.0.0.1:6666"))
         .await
         .expect_err("the second proxy is refused");
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
@@ -80,25 +53,27 @@ async fn a_live_node_id_cannot_be_taken_over_by_another_proxy() {
         "{}",
         err.message()
     );
-    assert_eq!(endpoints_of(&cp, "origin-1"), ["127.0.0.1:7001"]);
+    assert_eq!(endpoints_of(cp, "origin-1"), ["127.0.0.1:7001"]);
 }
 
 #[tokio::test]
 async fn the_same_proxy_reconnecting_keeps_its_node_id() {
-    let (url, cp) = control_plane().await;
-    let first = connect(&url, hello("origin-1", "127.0.0.1:7001"))
+    let s = control_plane().await;
+    let cp = &s.cp;
+    let first = connect(&s, hello("origin-1", "127.0.0.1:7001"))
         .await
         .unwrap();
-    let again = connect(&url, hello("origin-1", "127.0.0.1:7001")).await;
+    let again = connect(&s, hello("origin-1", "127.0.0.1:7001")).await;
     assert!(again.is_ok(), "{:?}", again.err());
     drop(first);
-    assert_eq!(endpoints_of(&cp, "origin-1"), ["127.0.0.1:7001"]);
+    assert_eq!(endpoints_of(cp, "origin-1"), ["127.0.0.1:7001"]);
 }
 
 #[tokio::test]
 async fn an_endpoint_on_another_host_is_refused() {
-    let (url, cp) = control_plane().await;
-    let err = connect(&url, hello("origin-1", "10.1.2.3:8080"))
+    let s = control_plane().await;
+    let cp = &s.cp;
+    let err = connect(&s, hello("origin-1", "10.1.2.3:8080"))
         .await
         .expect_err("refused");
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
@@ -107,16 +82,17 @@ async fn an_endpoint_on_another_host_is_refused() {
         "{}",
         err.message()
     );
-    assert!(endpoints_of(&cp, "origin-1").is_empty());
+    assert!(endpoints_of(cp, "origin-1").is_empty());
 }
 
 #[tokio::test]
 async fn an_unspecified_endpoint_ip_becomes_the_peers() {
-    let (url, cp) = control_plane().await;
-    let _p = connect(&url, hello("origin-1", "0.0.0.0:7001"))
+    let s = control_plane().await;
+    let cp = &s.cp;
+    let _p = connect(&s, hello("origin-1", "0.0.0.0:7001"))
         .await
         .unwrap();
-    assert_eq!(endpoints_of(&cp, "origin-1"), ["127.0.0.1:7001"]);
+    assert_eq!(endpoints_of(cp, "origin-1"), ["127.0.0.1:7001"]);
 }
 
 /// A manifest directory where a WasmPlugin (module `bytes`) filters the inbound side of service `origin`.
@@ -145,11 +121,7 @@ spec:
 }
 
 async fn next_push(pushes: &mut tonic::Streaming<pb::Push>) -> pb::Push {
-    let next = tokio::time::timeout(Duration::from_secs(10), pushes.message());
-    next.await
-        .expect("a push within 10 s")
-        .unwrap()
-        .expect("a push")
+    support::next_push(pushes).await.unwrap()
 }
 
 /// Module bytes count as delivered only once a push that carried them is ACKed: after a NACK they go again.
@@ -157,25 +129,14 @@ async fn next_push(pushes: &mut tonic::Streaming<pb::Push>) -> pb::Push {
 async fn modules_of_a_rejected_push_are_sent_again() {
     let dir = tempfile::tempdir().unwrap();
     let module = b"\0asm\x01\0\0\0";
-    let (url, cp) = control_plane().await;
+    let s = control_plane().await;
+    let cp = &s.cp;
     cp.apply(plugin_set(dir.path(), module, "/a"));
-    let mut client = pb::discovery_client::DiscoveryClient::connect(url)
+    let (stream, first) = bootstrap(&s, hello("origin-1", "127.0.0.1:7001"))
         .await
         .unwrap();
-    let (tx, rx) = mpsc::channel(4);
+    let (tx, mut pushes) = (stream.tx, stream.pushes);
     let say = |m| pb::ProxyMessage { msg: Some(m) };
-    tx.send(say(pb::proxy_message::Msg::Hello(hello(
-        "origin-1",
-        "127.0.0.1:7001",
-    ))))
-    .await
-    .unwrap();
-    let mut pushes = client
-        .stream(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let first = next_push(&mut pushes).await;
     assert_eq!(first.modules.len(), 1, "the first push carries the module");
     tx.send(say(pb::proxy_message::Msg::Nack(pb::Nack {
         version: first.version,

@@ -279,6 +279,7 @@ fn start_proxy(dir: std::path::PathBuf, admin: u16) {
         wasm_cache_dir: None,
         limits: meshwork_proxy::listener::Limits::default(),
         default_timeout: None,
+        bootstrap_token: None,
     };
     std::thread::Builder::new()
         .name("meshwork-data".into())

@@ -15,10 +15,11 @@ use anyhow::Context;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
-use crate::config::client::Identity;
+use crate::config::client::Introduction;
 use crate::config::snapshot::{Cluster, Endpoint, Protocol};
 use crate::config::{Apply, ConfigStore, Received};
 use crate::filter::wasm::LazyWasm;
+use crate::identity::MeshIdentity;
 use crate::listener;
 use crate::resilience::Registry;
 use crate::stack::{ListenerCtx, Mode};
@@ -64,6 +65,18 @@ pub struct Options {
     pub limits: listener::Limits,
     /// Routed requests without a policy or route timeout wait this long for an answer (None: unbounded).
     pub default_timeout: Option<Duration>,
+    /// The single-use token this proxy bootstraps its identity with (control-plane mode).
+    pub bootstrap_token: Option<Secret>,
+}
+
+/// A secret that never shows in logs or dumps (`Debug` prints `[redacted]`).
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
 }
 
 /// How many connections the admin listener takes at once.
@@ -254,6 +267,7 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
         limits: Arc::new(opts.limits.clone()),
         budget: listener::FdBudget::from_process_limit(),
         draining: Arc::new(AtomicBool::new(false)),
+        identity: Arc::new(MeshIdentity::default()),
     };
     let static_listeners = match opts.role {
         Role::Sidecar => sidecar_listeners(&opts, &shared, &stop_rx)?,
@@ -278,6 +292,8 @@ struct Shared {
     budget: listener::FdBudget,
     /// Set on shutdown: `/ready` answers 503 from then on.
     draining: Arc<AtomicBool>,
+    /// This proxy's key, certificate and trust bundle (control-plane mode).
+    identity: Arc<MeshIdentity>,
 }
 
 /// A sidecar's two fixed listeners: inbound (to the local app) and outbound (routed by the snapshot).
@@ -368,6 +384,7 @@ async fn start_control_thread(
     let (leaving_tx, leaving_rx) = watch::channel(false);
     let opts = opts.clone();
     let admin_state = admin_state(&opts, &applier, shared);
+    let identity = shared.identity.clone();
     let admin_limits = Arc::new(listener::Limits {
         max_connections: ADMIN_CONNECTIONS,
         ..opts.limits.clone()
@@ -392,7 +409,7 @@ async fn start_control_thread(
                         return;
                     }
                 };
-                run_source(opts, applier, started_tx, leaving_rx).await;
+                run_source(opts, applier, identity, started_tx, leaving_rx).await;
             });
         })?;
     started_rx.await.context("control thread stopped")??;
@@ -410,6 +427,7 @@ fn admin_state(
         resilience: applier.resilience.clone(),
         store: applier.store.clone(),
         node_id: opts.node_id.clone(),
+        identity: shared.identity.clone(),
         role: match opts.role {
             Role::Gateway => "gateway",
             Role::Sidecar => "sidecar",
@@ -421,6 +439,7 @@ fn admin_state(
 async fn run_source(
     opts: Options,
     applier: Arc<Applier>,
+    identity: Arc<MeshIdentity>,
     started: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
     leaving: watch::Receiver<bool>,
 ) {
@@ -436,15 +455,17 @@ async fn run_source(
         }
         Source::ControlPlane(url) => {
             let _ = started.send(Ok(()));
-            crate::config::client::run(url, identity(&opts), applier, leaving).await;
+            let token = opts.bootstrap_token.as_ref().map(|t| t.0.clone());
+            crate::config::client::run(url, introduction(&opts), token, identity, applier, leaving)
+                .await;
             std::future::pending::<()>().await;
         }
     }
 }
 
 /// How this proxy introduces itself to the control plane.
-fn identity(opts: &Options) -> Identity {
-    Identity {
+fn introduction(opts: &Options) -> Introduction {
+    Introduction {
         node_id: opts.node_id.clone(),
         service: opts.service.clone(),
         namespace: opts.namespace.clone(),

@@ -13,7 +13,7 @@
 //! [`stack`] puts these together, in that order, and is the place to start reading; [`error`] answers for every
 //! failure on the way. Each stage uses only the ones after it and [`config`], the snapshot the request path reads
 //! (plain data), with how it arrives (control-plane stream or manifest directory). [`app`] composes the process;
-//! [`admin`] serves readiness, the config dump and metrics.
+//! [`admin`] serves readiness, the config dump and metrics; [`identity`] holds the proxy's key and certificate.
 
 pub mod admin;
 pub mod app;
@@ -21,6 +21,7 @@ pub mod caller;
 pub mod config;
 pub mod error;
 pub mod filter;
+pub mod identity;
 pub mod listener;
 pub mod resilience;
 pub mod router;

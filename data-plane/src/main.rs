@@ -44,6 +44,10 @@ struct Args {
     /// different live proxy holds.
     #[arg(long)]
     node_id: Option<String>,
+    /// A file holding this proxy's single-use bootstrap token (`meshwork token create`), read once at start. The
+    /// token can also come in the MESHWORK_BOOTSTRAP_TOKEN environment variable; never put it on the command line.
+    #[arg(long)]
+    bootstrap_token_file: Option<PathBuf>,
     /// Mesh service (sidecar) or Gateway name (gateway).
     #[arg(long, default_value = "")]
     service: String,
@@ -156,6 +160,26 @@ fn default_node_id(service: &str) -> String {
     format!("{service}-{}-{hex}", std::process::id())
 }
 
+/// The bootstrap token: from `file`, else from MESHWORK_BOOTSTRAP_TOKEN. Without one a proxy cannot join a mesh.
+fn bootstrap_token(file: Option<&std::path::Path>) -> anyhow::Result<app::Secret> {
+    let token = match file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("--bootstrap-token-file {}", f.display()))?,
+        None => std::env::var(BOOTSTRAP_TOKEN_ENV).map_err(|_| {
+            anyhow::anyhow!(
+                "no bootstrap token: a proxy joins the mesh with a single-use token from `meshwork token create --service <name>` in {BOOTSTRAP_TOKEN_ENV} or --bootstrap-token-file (`meshwork up` gives one to each proxy it starts)"
+            )
+        })?,
+    };
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        anyhow::bail!("the bootstrap token is empty");
+    }
+    Ok(app::Secret(token))
+}
+
+const BOOTSTRAP_TOKEN_ENV: &str = "MESHWORK_BOOTSTRAP_TOKEN";
+
 fn main() -> anyhow::Result<()> {
     meshwork_manifest::process::init_tracing("info");
     let args = Args::parse();
@@ -184,6 +208,11 @@ fn main() -> anyhow::Result<()> {
             "--service is required with --control-plane (the mesh service, or the Gateway name)"
         );
     }
+    let bootstrap_token = if matches!(source, Source::ControlPlane(_)) {
+        Some(bootstrap_token(args.bootstrap_token_file.as_deref())?)
+    } else {
+        None
+    };
     let node_id = args
         .node_id
         .clone()
@@ -212,6 +241,7 @@ fn main() -> anyhow::Result<()> {
         shutdown_delay: args.shutdown_delay,
         limits,
         default_timeout: Some(args.default_request_timeout).filter(|d| !d.is_zero()),
+        bootstrap_token,
         wasm_cache_dir: match args.wasm_cache_dir {
             Some(d) if d.as_os_str().is_empty() => None,
             Some(d) => Some(d),

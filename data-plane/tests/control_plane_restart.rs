@@ -33,12 +33,16 @@ fn control_plane(dir: &std::path::Path, port: u16) -> Proc {
     )
 }
 
-fn proxy(dir: &std::path::Path, name: &str, args: &[String]) -> Proc {
+/// A proxy of `service` with node id `node`, bootstrapping with a token of its own.
+fn proxy(dir: &std::path::Path, name: &str, service: &str, node: &str, args: &[String]) -> Proc {
     let log = dir.join(format!("{name}.log"));
+    let token = bootstrap_token(&dir.join("manifests"), service, node);
     Proc::spawn(
         name,
         proxy_command(Some(&log))
             .args(args)
+            .args(["--service", service, "--node-id", node])
+            .env("MESHWORK_BOOTSTRAP_TOKEN", token)
             .env("MESHWORK_LOG", "info"),
     )
 }
@@ -65,13 +69,11 @@ async fn control_plane_restart_under_load() {
     let mut sidecar = proxy(
         dir.path(),
         "sidecar",
+        "backend",
+        "backend-0",
         &[
             "--control-plane",
             &cp_url,
-            "--node-id",
-            "backend-0",
-            "--service",
-            "backend",
             "--role",
             "sidecar",
             "--inbound",
@@ -89,13 +91,11 @@ async fn control_plane_restart_under_load() {
     let _gateway = proxy(
         dir.path(),
         "gateway",
+        "edge",
+        "gw",
         &[
             "--control-plane",
             &cp_url,
-            "--node-id",
-            "gw",
-            "--service",
-            "edge",
             "--role",
             "gateway",
             "--admin",

@@ -88,6 +88,10 @@ fn sidecar(dir: &Path, cp: &str, i: usize, r: &Replica) -> Proc {
             ])
             .args(["--app", &addr(r.app), "--admin", &addr(r.admin)])
             .args(["--shutdown-delay", "0s"])
+            .env(
+                "MESHWORK_BOOTSTRAP_TOKEN",
+                bootstrap_token(&dir.join("manifests"), "backend", &format!("backend-{i}")),
+            )
             .stderr(Stdio::from(log)),
     )
 }
@@ -152,7 +156,11 @@ async fn no_request_with_a_healthy_endpoint_is_lost_while_parts_die_and_return()
                 "gw",
                 "--admin",
                 &format!("127.0.0.1:{}", free_port()),
-            ]),
+            ])
+            .env(
+                "MESHWORK_BOOTSTRAP_TOKEN",
+                bootstrap_token(&dir.path().join("manifests"), "edge", "gw"),
+            ),
     );
     let c = client();
     let url = format!("http://127.0.0.1:{gw}/soak");

@@ -11,7 +11,9 @@
 
 pub mod bundle;
 pub mod ca;
+pub mod channel;
 pub mod csr;
+pub mod operator;
 pub mod spiffe;
 pub mod svid;
 pub mod tls;

@@ -113,3 +113,20 @@ fn single_spiffe_id(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> {
     }
     Ok(id)
 }
+
+/// Every URI SAN of a certificate (DER), in order: e.g. a mesh root's `spiffe://<trust-domain>`.
+pub fn uri_sans(der: &[u8]) -> Result<Vec<String>, SvidError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| SvidError::Unparsable(e.to_string()))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| SvidError::Unparsable(e.to_string()))?;
+    Ok(san
+        .iter()
+        .flat_map(|ext| ext.value.general_names.iter())
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => Some((*uri).to_string()),
+            _ => None,
+        })
+        .collect())
+}

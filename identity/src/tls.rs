@@ -3,6 +3,7 @@
 //! trust bundle and then its SVID (`verify.rs`). Session resumption keeps rustls' defaults; a
 //! rebuilt config (new bundle or allowed set) starts with an empty session cache.
 
+mod control;
 mod resolver;
 mod verify;
 
@@ -13,6 +14,7 @@ use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use rustls::{ClientConfig, CommonState, ServerConfig};
 use rustls_pki_types::CertificateDer;
 
+pub use control::{control_client_config, control_server_config, ControlTrust};
 pub use resolver::RotatingIdentity;
 pub use verify::{PeerRejected, SvidClientVerifier, SvidServerVerifier};
 

@@ -24,6 +24,8 @@ pub struct ControlArgs {
     /// before they are pushed anything (longer than the proxies' 5 s maximum reconnect backoff).
     #[arg(long, default_value = "6s", value_parser = |s: &str| parse_duration(s).map_err(str::to_string))]
     pub warmup: Duration,
+    #[command(flatten)]
+    pub identity: super::IdentityArgs,
 }
 
 /// Applies every valid change of `dir` to `cp`; an invalid change is logged and recorded, and the last good set
@@ -52,11 +54,16 @@ pub async fn follow(cp: ControlPlane, dir: PathBuf, served: [u8; 32]) {
 pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     let loaded =
         load_dir(&args.manifests).map_err(|d| anyhow::anyhow!("invalid manifests:\n{d}"))?;
-    let cp = ControlPlane::with_warmup(loaded.set, args.warmup);
+    let identities = std::sync::Arc::new(args.identity.open(&args.manifests, &loaded.set)?);
+    let td = identities.trust_domain().clone();
+    let cp = ControlPlane::with_warmup(loaded.set, args.warmup, identities);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("bind {}", args.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "control plane serving");
+    let addr = listener.local_addr()?;
+    let state_dir = args.identity.state_dir(&args.manifests);
+    let _pointer = super::Pointer::write(addr, &state_dir, &td)?;
+    tracing::info!(%addr, trust_domain = %td, state_dir = %state_dir.display(), "control plane serving");
     tokio::spawn(follow(cp.clone(), args.manifests.clone(), loaded.digest));
     cp.serve(listener, shutdown_signal()).await?;
     Ok(())

@@ -1,9 +1,13 @@
 //! The `meshwork` command line.
 
 mod control;
+mod identity;
 pub mod plugin;
 mod status;
 pub mod up;
+
+pub use identity::IdentityArgs;
+pub use meshwork_identity::operator::Pointer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +42,9 @@ pub enum Command {
     /// Wasm filter tools.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Bootstrap tokens for proxies started outside `meshwork up`.
+    #[command(subcommand)]
+    Token(identity::TokenCommand),
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -51,6 +58,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Validate { dir } => return validate(&dir),
         Command::Plugin(cmd) => plugin::run(cmd),
+        Command::Token(cmd) => identity::run_token(cmd),
         Command::Up(args) => {
             init_tracing("meshwork=info,meshwork_control=info,warn");
             runtime()

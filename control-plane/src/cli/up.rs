@@ -12,6 +12,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -23,7 +24,13 @@ use meshwork_manifest::translate::WORKLOAD_LABEL;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::identity::Identities;
 use crate::serve::ControlPlane;
+
+/// Where a proxy finds its bootstrap token (the environment: argv is readable by every local user).
+pub const BOOTSTRAP_TOKEN_ENV: &str = "MESHWORK_BOOTSTRAP_TOKEN";
+/// A started proxy redeems its token within seconds; a restarted one gets a new token.
+const PROXY_TOKEN_TTL: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -41,6 +48,8 @@ pub struct UpArgs {
     /// How long to wait for every proxy to ACK its first snapshot.
     #[arg(long, default_value = "60")]
     pub ready_timeout_secs: u64,
+    #[command(flatten)]
+    pub identity: super::IdentityArgs,
 }
 
 /// Something `up` runs: a Workload replica (app + sidecar) or a Gateway proxy. Equal specs need no restart.
@@ -142,6 +151,8 @@ struct Running {
 
 struct Supervisor {
     cp_url: String,
+    /// Mints each proxy's bootstrap token.
+    identities: Arc<Identities>,
     dir: PathBuf,
     proxy_bin: PathBuf,
     proxy_log: String,
@@ -213,8 +224,21 @@ async fn wait_for_port(addr: SocketAddr, child: &mut Child, limit: Duration) -> 
 }
 
 impl Supervisor {
-    fn proxy_command(&self, node: &str, admin: u16) -> Command {
+    /// The proxy for `node` of `namespace/service`, with a bootstrap token for it in its environment (never in
+    /// its argv, which every local user can read).
+    fn proxy_command(
+        &self,
+        node: &str,
+        admin: u16,
+        namespace: &str,
+        service: &str,
+    ) -> anyhow::Result<Command> {
+        let token = self
+            .identities
+            .mint(namespace, service, Some(node), PROXY_TOKEN_TTL)
+            .with_context(|| format!("bootstrap token for {node}"))?;
         let mut cmd = Command::new(&self.proxy_bin);
+        cmd.env(BOOTSTRAP_TOKEN_ENV, token);
         cmd.arg("--control-plane")
             .arg(&self.cp_url)
             .arg("--node-id")
@@ -226,14 +250,14 @@ impl Supervisor {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        cmd
+        Ok(cmd)
     }
 
     async fn start(&self, node: &str, spec: &ProcSpec) -> anyhow::Result<Running> {
         let admin = free_port()?;
         match spec {
             ProcSpec::Gateway { name, namespace } => {
-                let mut cmd = self.proxy_command(node, admin);
+                let mut cmd = self.proxy_command(node, admin, namespace, name)?;
                 cmd.args([
                     "--role",
                     "gateway",
@@ -303,7 +327,8 @@ impl Supervisor {
                     .await
                     .with_context(|| format!("app {node}"))?;
 
-                let mut cmd = self.proxy_command(node, admin);
+                let mut cmd =
+                    self.proxy_command(node, admin, &workload.meta.namespace, &workload.service)?;
                 let protocol = match workload.protocol {
                     AppProtocol::Http => "http",
                     AppProtocol::Http2 => "http2",
@@ -506,7 +531,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // Filters the manifests build from source come first: loading reads their modules.
     super::plugin::build_declared(&dir)?;
     let loaded = load_dir(&dir).map_err(|d| anyhow::anyhow!("invalid manifests:\n{d}"))?;
-    let cp = ControlPlane::new(loaded.set.clone());
+    let identities = Arc::new(args.identity.open(&dir, &loaded.set)?);
+    let cp = ControlPlane::new(loaded.set.clone(), identities.clone());
     let listener = tokio::net::TcpListener::bind(args.control_plane)
         .await
         .with_context(|| {
@@ -520,10 +546,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(cp.clone().serve(listener, async {
         let _ = stop_rx.await;
     }));
+    let _pointer = super::Pointer::write(
+        cp_addr,
+        &args.identity.state_dir(&dir),
+        identities.trust_domain(),
+    )?;
     say(format!("control plane: {cp_addr}"));
 
     let mut sup = Supervisor {
         cp_url: format!("http://{cp_addr}"),
+        identities,
         dir: dir.clone(),
         proxy_bin: args.proxy_bin.clone().unwrap_or_else(default_proxy_bin),
         proxy_log: args.proxy_log.clone(),

@@ -1,5 +1,8 @@
-//! The `meshwork.v1.Discovery` gRPC service: one session per proxy stream (versions, nonces, ACK/NACK, push only
-//! when that proxy's snapshot changed), and the Status RPC.
+//! The `meshwork.v1.Discovery` gRPC service, over TLS (`tls.rs`): one session per proxy stream (who the proxy is,
+//! its certificate, versions, nonces, ACK/NACK, push only when that proxy's snapshot changed), and the Status RPC
+//! (for the operator's identity only).
+
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -14,7 +17,13 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use meshwork_identity::csr::WorkloadKey;
+use meshwork_identity::spiffe::SpiffeId;
+use meshwork_identity::tls::RotatingIdentity;
+
+use crate::identity::Identities;
 use crate::registry::{Registration, Registry};
+use tls::PeerInfo;
 
 /// The manifest set being served.
 #[derive(Debug, Clone, Default)]
@@ -38,16 +47,18 @@ pub struct ControlPlane {
     closing: watch::Sender<bool>,
     /// Pushed to sidecars: proves `x-meshwork-source` between them (proto `Snapshot.mesh_key`). New per process.
     mesh_key: Vec<u8>,
+    /// The mesh CA and the bootstrap tokens.
+    pub identities: Arc<Identities>,
 }
 
 impl ControlPlane {
-    pub fn new(set: ManifestSet) -> Self {
-        Self::with_warmup(set, Duration::ZERO)
+    pub fn new(set: ManifestSet, identities: Arc<Identities>) -> Self {
+        Self::with_warmup(set, Duration::ZERO, identities)
     }
 
     /// `warmup` should exceed the proxies' longest reconnect backoff (5 s), so every proxy that was connected to a
     /// previous instance is back before anyone's endpoints are recomputed.
-    pub fn with_warmup(set: ManifestSet, warmup: Duration) -> Self {
+    pub fn with_warmup(set: ManifestSet, warmup: Duration, identities: Arc<Identities>) -> Self {
         let desired = Desired {
             set,
             generation: 1,
@@ -59,6 +70,7 @@ impl ControlPlane {
             warm_until: tokio::time::Instant::now() + warmup,
             closing: watch::channel(false).0,
             mesh_key: mesh_key(),
+            identities,
         }
     }
 
@@ -86,23 +98,117 @@ impl ControlPlane {
         pb::discovery_server::DiscoveryServer::new(self.clone())
     }
 
-    /// Serves the gRPC API on an already-bound listener until `shutdown` resolves.
+    /// Serves the gRPC API over TLS on an already-bound listener until `shutdown` resolves. The control plane
+    /// presents its own certificate (renewed at half its lifetime).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> Result<(), tonic::transport::Error> {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    ) -> anyhow::Result<()> {
+        let ids = self.identities.clone();
+        let own = RotatingIdentity::new(serving_key(&ids)?);
+        let config = meshwork_identity::tls::control_server_config(
+            own.clone(),
+            ids.authority().trust_bundle(),
+            ids.trust_domain(),
+        )?;
+        let renewal = tokio::spawn(renew_serving_key(ids.clone(), own));
+        let incoming = ReceiverStream::new(tls::incoming(
+            listener,
+            Arc::new(config),
+            ids.trust_domain().clone(),
+        ));
         let closing = self.closing.clone();
         let shutdown = async move {
             shutdown.await;
             closing.send_replace(true);
         };
-        tonic::transport::Server::builder()
+        let served = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
             .add_service(self.service())
             .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
+            .await;
+        renewal.abort();
+        Ok(served?)
+    }
+
+    /// Who the proxy saying `hello` on a connection that proved `peer` is: its client certificate's identity, or
+    /// (without one) the identity its bootstrap token grants, which the token is spent for. Anything else is
+    /// refused before the proxy is registered or sent anything.
+    fn authenticate(
+        &self,
+        hello: &pb::Hello,
+        reg: &Registration,
+        peer: Option<&SpiffeId>,
+    ) -> Result<SpiffeId, Status> {
+        let claimed = self
+            .identities
+            .identity_of(reg.role, &reg.namespace, &reg.service)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Some(proved) = peer {
+            if *proved != claimed {
+                return Err(Status::permission_denied(format!(
+                    "the client certificate proves {proved}, but this Hello claims {claimed}"
+                )));
+            }
+            return Ok(claimed);
+        }
+        self.identities
+            .redeem(
+                &hello.bootstrap_token,
+                &reg.namespace,
+                &reg.service,
+                &reg.node_id,
+            )
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        if hello.csr.is_empty() {
+            return Err(Status::invalid_argument(
+                "hello.csr: expected a certificate signing request with the bootstrap token",
+            ));
+        }
+        Ok(claimed)
+    }
+
+    /// A certificate for `id` from the proxy's CSR, as pushed, or `None` without a CSR.
+    fn certify(&self, id: &SpiffeId, csr: &[u8]) -> Result<Option<pb::Identity>, Status> {
+        if csr.is_empty() {
+            return Ok(None);
+        }
+        let issued = self
+            .identities
+            .issue(id, csr)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Some(self.identities.message(&issued)))
+    }
+}
+
+/// The operator's identity: the only one the Status RPC answers (`meshwork status` mints it from the state
+/// directory, which only the operator can read).
+pub fn operator_id(ids: &Identities) -> Result<SpiffeId, meshwork_identity::SpiffeIdError> {
+    meshwork_identity::operator::operator_id(ids.trust_domain())
+}
+
+/// A fresh key and certificate for the control plane itself, with the root after it (a proxy bootstrapping with
+/// a pinned root finds it there).
+fn serving_key(ids: &Identities) -> anyhow::Result<Arc<rustls::sign::CertifiedKey>> {
+    let key = WorkloadKey::generate()?;
+    let id = ids.control_plane_id()?;
+    let issued = ids.issue(&id, key.csr_der(&id)?.as_ref())?;
+    let mut chain = issued.chain;
+    chain.extend(ids.authority().trust_bundle().roots().first().cloned());
+    Ok(key.certified_key(chain)?)
+}
+
+/// Renews the control plane's own certificate at half its lifetime (new connections get the new one).
+async fn renew_serving_key(ids: Arc<Identities>, own: Arc<RotatingIdentity>) {
+    loop {
+        tokio::time::sleep(ids.lifetime() / 2).await;
+        match serving_key(&ids) {
+            Ok(key) => own.rotate(key),
+            Err(e) => {
+                tracing::error!(error = %e, "could not renew the control plane's certificate")
+            }
+        }
     }
 }
 
@@ -179,6 +285,9 @@ fn registration(hello: &pb::Hello, remote: Option<SocketAddr>) -> Result<Registr
         acked_version: 0,
         last_nack: None,
         synced_generation: 0,
+        spiffe_id: String::new(),
+        cert_not_after_unix_ms: 0,
+        cert_issued_unix_ms: 0,
     })
 }
 
@@ -201,7 +310,8 @@ impl pb::discovery_server::Discovery for ControlPlane {
         &self,
         req: Request<Streaming<pb::ProxyMessage>>,
     ) -> Result<Response<PushStream>, Status> {
-        let remote = req.remote_addr();
+        let peer = req.extensions().get::<PeerInfo>().cloned();
+        let remote = peer.as_ref().map(|p| p.remote);
         let mut inbound = req.into_inner();
         let hello = match inbound.message().await? {
             Some(pb::ProxyMessage {
@@ -213,7 +323,16 @@ impl pb::discovery_server::Discovery for ControlPlane {
                 ))
             }
         };
-        let reg = registration(&hello, remote)?;
+        let mut reg = registration(&hello, remote)?;
+        let id = self
+            .authenticate(&hello, &reg, peer.as_ref().and_then(|p| p.identity.as_ref()))
+            .inspect_err(|e| tracing::warn!(node = %reg.node_id, ?remote, error = %e.message(), "proxy refused"))?;
+        let identity = self.certify(&id, &hello.csr)?;
+        reg.spiffe_id = id.to_string();
+        if let Some(i) = &identity {
+            reg.cert_not_after_unix_ms = i.not_after_unix_ms;
+            reg.cert_issued_unix_ms = now_ms();
+        }
         let node = reg.node_id.clone();
         let conn_id = self.registry.register(reg.clone()).map_err(|e| {
             tracing::warn!(error = %e, ?remote, "registration refused");
@@ -226,8 +345,12 @@ impl pb::discovery_server::Discovery for ControlPlane {
             self.clone(),
             reg,
             guard,
-            hello.applied_version,
-            cached,
+            Start {
+                applied_version: hello.applied_version,
+                cached,
+                identity,
+                id,
+            },
             inbound,
             tx,
         ));
@@ -236,8 +359,20 @@ impl pb::discovery_server::Discovery for ControlPlane {
 
     async fn status(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        let operator =
+            operator_id(&self.identities).map_err(|e| Status::internal(e.to_string()))?;
+        let caller = req
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.identity.clone());
+        if caller.as_ref() != Some(&operator) {
+            return Err(Status::permission_denied(format!(
+                "status is for the operator ({operator}; `meshwork status` on the control plane's host), not {}",
+                caller.map_or("a caller without a certificate".to_string(), |c| c.to_string())
+            )));
+        }
         let desired = self.desired.borrow().clone();
         let proxies = self
             .registry
@@ -260,6 +395,9 @@ impl pb::discovery_server::Discovery for ControlPlane {
                     .unwrap_or_default(),
                 last_nack_version: r.last_nack.as_ref().map_or(0, |n| n.0),
                 connected_unix_ms: r.connected_unix_ms,
+                spiffe_id: r.spiffe_id,
+                cert_not_after_unix_ms: r.cert_not_after_unix_ms,
+                cert_issued_unix_ms: r.cert_issued_unix_ms,
             })
             .collect();
         Ok(Response::new(pb::StatusResponse {
@@ -279,15 +417,32 @@ impl Drop for Deregister {
     }
 }
 
+/// What a session starts from.
+struct Start {
+    /// The version the proxy already serves (0: none).
+    applied_version: u64,
+    /// The Wasm modules it already has.
+    cached: std::collections::HashSet<String>,
+    /// Its new certificate, if its Hello asked for one (sent with the first push).
+    identity: Option<pb::Identity>,
+    /// Who it proved to be.
+    id: SpiffeId,
+}
+
 async fn session(
     cp: ControlPlane,
     reg: Registration,
     registered: Deregister,
-    applied_version: u64,
-    mut has_modules: std::collections::HashSet<String>,
+    start: Start,
     mut inbound: Streaming<pb::ProxyMessage>,
     tx: mpsc::Sender<Result<pb::Push, Status>>,
 ) {
+    let Start {
+        applied_version,
+        cached: mut has_modules,
+        identity: mut new_identity,
+        id,
+    } = start;
     let node = reg.node_id.clone();
     let key = ProxyKey {
         role: reg.role,
@@ -342,6 +497,7 @@ async fn session(
                 nonce: pending_nonce.clone(),
                 snapshot: Some(snapshot.clone()),
                 modules,
+                identity: new_identity.take(),
             };
             if tx.send(Ok(push)).await.is_err() {
                 break;
@@ -355,10 +511,16 @@ async fn session(
         cp.registry
             .update(&node, conn_id, |r| r.synced_generation = generation);
         tokio::select! {
-            _ = closing.wait_for(|c| *c) => break,
+            // Mapped to (): the guard `wait_for` returns is not Send, and the select's output lives across awaits.
+            _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => break,
             r = desired_rx.changed() => if r.is_err() { break },
             r = endpoints_rx.changed() => if r.is_err() { break },
             msg = inbound.message() => match msg {
+                Ok(Some(pb::ProxyMessage { msg: Some(pb::proxy_message::Msg::Renew(renew)) })) => {
+                    if !renew_identity(&cp, &node, conn_id, &id, &renew.csr, version, &tx).await {
+                        break;
+                    }
+                }
                 Ok(Some(pb::ProxyMessage { msg: Some(m) })) => {
                     if handle_reply(&cp, &node, conn_id, &pending_nonce, m) {
                         has_modules.extend(pending_modules.drain(..));
@@ -370,6 +532,48 @@ async fn session(
         }
     }
     tracing::info!(%node, "proxy disconnected");
+}
+
+/// Answers a proxy's Renew with a certificate for its new key (a push with only the identity, not ACKed). A CSR
+/// the CA refuses ends the stream with the reason; false when the stream is over.
+async fn renew_identity(
+    cp: &ControlPlane,
+    node: &str,
+    conn_id: u64,
+    id: &SpiffeId,
+    csr: &[u8],
+    version: u64,
+    tx: &mpsc::Sender<Result<pb::Push, Status>>,
+) -> bool {
+    let identity = match cp.certify(id, csr) {
+        Ok(Some(identity)) => Ok(identity),
+        Ok(None) => Err(Status::invalid_argument(
+            "renew.csr: expected a certificate signing request",
+        )),
+        Err(e) => Err(e),
+    }
+    .inspect_err(|e| tracing::warn!(%node, error = %e.message(), "certificate renewal refused"));
+    let identity = match identity {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+            return false;
+        }
+    };
+    let not_after = identity.not_after_unix_ms;
+    cp.registry.update(node, conn_id, |r| {
+        r.cert_not_after_unix_ms = not_after;
+        r.cert_issued_unix_ms = now_ms();
+    });
+    tracing::info!(%node, %id, "certificate renewed");
+    let push = pb::Push {
+        version,
+        nonce: String::new(),
+        snapshot: None,
+        modules: Vec::new(),
+        identity: Some(identity),
+    };
+    tx.send(Ok(push)).await.is_ok()
 }
 
 /// Records an ACK or NACK of the pending push; true when it is that push's ACK.
@@ -396,6 +600,7 @@ fn handle_reply(
         }
         Msg::Ack(_) | Msg::Nack(_) => {}
         Msg::Hello(_) => tracing::warn!(%node, "ignoring a second Hello on the same stream"),
+        Msg::Renew(_) => {}
     }
     false
 }

@@ -17,6 +17,8 @@ pub struct AdminState {
     pub wasm: Arc<crate::filter::wasm::LazyWasm>,
     pub resilience: Arc<crate::resilience::Registry>,
     pub node_id: String,
+    /// Who this proxy is (its certificate's identity and expiry; never the key).
+    pub identity: Arc<crate::identity::MeshIdentity>,
     pub role: &'static str,
     /// Set when the proxy is shutting down: `/ready` answers 503 so load balancers stop sending here.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
@@ -66,6 +68,7 @@ fn route(state: &AdminState, req: &Request<ClientBody>) -> Response<Full<Bytes>>
             let dump = serde_json::json!({
                 "node_id": state.node_id,
                 "role": state.role,
+                "identity": state.identity.dump(),
                 "version": snap.version,
                 "snapshot": crate::config::dump::redacted(&snap.source),
             });

@@ -160,6 +160,41 @@ pub fn proxy_command(log: Option<&Path>) -> Command {
     cmd
 }
 
+/// A single-use bootstrap token for proxy `node` of `service` (namespace `default`), from the control plane serving
+/// `manifests` (its state directory is `manifests/.meshwork`). Waits (up to 20 s) for that control plane to have
+/// made its CA and token key. Give it to the proxy as `MESHWORK_BOOTSTRAP_TOKEN`.
+pub fn bootstrap_token(manifests: &Path, service: &str, node: &str) -> String {
+    let state = manifests.join(".meshwork");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !(state.join("ca.pem").exists() && state.join("token.key").exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the control plane made no CA in {} within 20 s",
+            state.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new(bin("meshwork"))
+        .args([
+            "token",
+            "create",
+            "--service",
+            service,
+            "--node",
+            node,
+            "--state-dir",
+        ])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "meshwork token create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// A node started by `meshwork up`, from its `started ...` line.
 #[derive(Debug, Clone, Default)]
 pub struct Node {
@@ -553,12 +588,21 @@ impl Load {
     }
 }
 
-/// The control plane's view of the connected proxies (None while it does not answer).
+/// The control plane's view of the connected proxies (None while it does not answer), asked as its operator
+/// (the state directory it recorded on this host).
 pub async fn cp_status(addr: &str) -> Option<meshwork_proto::StatusResponse> {
-    let mut c =
-        meshwork_proto::discovery_client::DiscoveryClient::connect(format!("http://{addr}"))
-            .await
-            .ok()?;
+    use meshwork_identity::operator::{client_config, Pointer};
+    let (dir, td) = Pointer::read(addr.parse().ok()?)?;
+    let config = client_config(&dir, &td, Duration::from_secs(300)).ok()?;
+    let url = format!("http://{addr}");
+    let channel = meshwork_identity::channel::connect(
+        &url,
+        std::sync::Arc::new(config),
+        Duration::from_secs(5),
+    )
+    .await
+    .ok()?;
+    let mut c = meshwork_proto::discovery_client::DiscoveryClient::new(channel);
     c.status(meshwork_proto::StatusRequest {})
         .await
         .ok()

@@ -53,10 +53,12 @@ impl PeerRejected {
     }
 }
 
-/// Server side: webpki's client verifier (client certificate required), then the SVID rules.
+/// Server side: webpki's client verifier (client certificate required, unless built `optional`), then the SVID
+/// rules.
 pub struct SvidClientVerifier {
     webpki: Arc<dyn ClientCertVerifier>,
     trust_domain: TrustDomain,
+    optional: bool,
 }
 
 impl SvidClientVerifier {
@@ -65,13 +67,28 @@ impl SvidClientVerifier {
         Self {
             webpki,
             trust_domain,
+            optional: false,
+        }
+    }
+
+    /// Like `new`, but a client without a certificate may complete the handshake (it proves nothing then); one
+    /// that presents a certificate is held to every rule. `webpki` must allow unauthenticated clients too.
+    pub fn optional(webpki: Arc<dyn ClientCertVerifier>, trust_domain: TrustDomain) -> Self {
+        Self {
+            webpki,
+            trust_domain,
+            optional: true,
         }
     }
 }
 
 impl ClientCertVerifier for SvidClientVerifier {
-    fn client_auth_mandatory(&self) -> bool {
+    fn offer_client_auth(&self) -> bool {
         true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        !self.optional
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {

@@ -90,10 +90,12 @@ pub struct Gateway {
     pub listeners: Vec<GatewayListener>,
 }
 
-/// Mesh-wide settings. Later issues add fields (mTLS, telemetry); today it only exists once.
+/// Mesh-wide settings (at most one Mesh).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mesh {
     pub meta: Meta,
+    /// `spec.trustDomain`: the SPIFFE trust domain of every identity (default `cluster.local`).
+    pub trust_domain: Option<String>,
 }
 
 /// Everything read from a manifest directory.
@@ -171,7 +173,10 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
     let spec = match root.get("spec") {
         Some(s) => s,
         None if kind == "Mesh" => {
-            set.meshes.push(Mesh { meta });
+            set.meshes.push(Mesh {
+                meta,
+                trust_domain: None,
+            });
             return;
         }
         None => {
@@ -189,7 +194,11 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
                 set.workloads.push(w);
             }
         }
-        "Mesh" if r.obj(spec, "spec", &[]).is_some() => set.meshes.push(Mesh { meta }),
+        "Mesh" => {
+            if let Some(mesh) = parse_mesh(&mut r, meta, spec) {
+                set.meshes.push(mesh);
+            }
+        }
         "WasmPlugin" => {
             if let Some(p) = wasm::parse(&mut r, meta, spec) {
                 set.wasm_plugins.push(p);
@@ -222,6 +231,28 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
         }
         _ => {}
     }
+}
+
+fn parse_mesh(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Mesh> {
+    let obj = r.obj(spec, "spec", &["trustDomain"])?;
+    let trust_domain = r.opt_string(&obj, "trustDomain");
+    if let Some(td) = &trust_domain {
+        let valid = !td.is_empty()
+            && td.len() <= 255
+            && td
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+        if !valid {
+            let line = obj.get("trustDomain").map_or(obj.line, |n| n.line);
+            r.error(
+                line,
+                "spec.trustDomain",
+                format!("expected a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_'), such as cluster.local; got {td:?}"),
+            );
+            return None;
+        }
+    }
+    Some(Mesh { meta, trust_domain })
 }
 
 fn parse_meta(r: &mut Reader<'_>, root: &Obj<'_>) -> Option<Meta> {

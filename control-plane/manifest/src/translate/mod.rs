@@ -82,6 +82,8 @@ pub fn snapshot_for(set: &ManifestSet, instances: &[Instance], proxy: &ProxyKey)
         inbound_wasm: Vec::new(),
         inbound_rate_limit: None,
         mesh_key: Vec::new(), // added by the server, which holds the key
+        trust_domain: String::new(),
+        inbound_mtls: pb::MtlsMode::MtlsPermissive as i32,
     };
     attach_wasm(set, proxy, &mut snapshot);
     // Filters may call any mesh service (`proxy_http_call`), so a proxy that runs filters knows them all.
@@ -262,6 +264,7 @@ fn cluster(set: &ManifestSet, instances: &[Instance], name: &str) -> Option<pb::
                     address: a.clone(),
                     labels: w.labels.clone().into_iter().collect(),
                     node_id: String::new(),
+                    identity: String::new(),
                 });
             }
         }
@@ -270,6 +273,7 @@ fn cluster(set: &ManifestSet, instances: &[Instance], name: &str) -> Option<pb::
         address: i.addr.clone(),
         labels: i.labels.clone().into_iter().collect(),
         node_id: i.node_id.clone(),
+        identity: String::new(),
     };
     let protocol;
     match kind {

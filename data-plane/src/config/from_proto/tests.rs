@@ -508,6 +508,7 @@ fn cluster() -> BoxedStrategy<pb::Cluster> {
             address,
             labels,
             node_id,
+            identity: String::new(),
         });
     (
         name(),
@@ -542,6 +543,8 @@ fn snapshot() -> BoxedStrategy<pb::Snapshot> {
                 inbound_wasm,
                 inbound_rate_limit,
                 mesh_key,
+                trust_domain: String::new(),
+                inbound_mtls: 0,
             },
         )
         .boxed()

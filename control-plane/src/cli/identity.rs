@@ -1,0 +1,134 @@
+//! The identity flags `meshwork up` and `meshwork control` share (state directory, certificate lifetime),
+//! and `meshwork token create`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use meshwork_identity::spiffe::TrustDomain;
+use meshwork_identity::TrustBundle;
+use meshwork_manifest::model::read::parse_duration;
+use meshwork_manifest::model::ManifestSet;
+use sha2::{Digest, Sha256};
+
+use crate::identity::token::Tokens;
+use crate::identity::{state, Identities};
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(str::to_string)
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IdentityArgs {
+    /// Where the mesh CA and the token key are kept (default: `.meshwork` in the manifest directory; never read
+    /// as manifests). Keep it private: whoever reads it can mint identities.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Lifetime of the certificates issued to proxies (at least 1m; they renew at 50-70% of it).
+    #[arg(long, default_value = "24h", value_parser = duration)]
+    pub cert_lifetime: Duration,
+}
+
+impl IdentityArgs {
+    pub fn state_dir(&self, manifests: &Path) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| manifests.join(state::DEFAULT_DIR))
+    }
+
+    /// The CA and tokens for a mesh whose manifests are in `manifests` (trust domain from its Mesh, if any).
+    pub fn open(&self, manifests: &Path, set: &ManifestSet) -> anyhow::Result<Identities> {
+        let dir = state::resolve(self.state_dir.as_deref(), manifests)
+            .with_context(|| format!("state directory {}", self.state_dir(manifests).display()))?;
+        let td = trust_domain(set)?;
+        Identities::open(&dir, &td, self.cert_lifetime)
+            .with_context(|| format!("mesh CA in {}", dir.display()))
+    }
+}
+
+/// The Mesh's `spec.trustDomain`, or `cluster.local`.
+pub fn trust_domain(set: &ManifestSet) -> anyhow::Result<TrustDomain> {
+    let name = set
+        .meshes
+        .first()
+        .and_then(|m| m.trust_domain.clone())
+        .unwrap_or_else(|| meshwork_identity::DEFAULT_TRUST_DOMAIN.to_string());
+    TrustDomain::new(&name).map_err(|e| anyhow::anyhow!("Mesh spec.trustDomain {name:?}: {e}"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a single-use bootstrap token for one proxy of a service (give it to the proxy as
+    /// MESHWORK_BOOTSTRAP_TOKEN or in the file named by --bootstrap-token-file, never on its command line).
+    Create(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The service (or, for a gateway, the Gateway name) the proxy serves.
+    #[arg(long)]
+    pub service: String,
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// Only a proxy with this node id may use the token.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// How long the token stays valid (at most 24h).
+    #[arg(long, default_value = "10m", value_parser = duration)]
+    pub ttl: Duration,
+    /// The control plane's state directory.
+    #[arg(long, required_unless_present = "manifests")]
+    pub state_dir: Option<PathBuf>,
+    /// ... or its manifest directory (the state directory is its `.meshwork`).
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
+}
+
+pub fn run_token(cmd: TokenCommand) -> anyhow::Result<()> {
+    let TokenCommand::Create(args) = cmd;
+    let dir = match (&args.state_dir, &args.manifests) {
+        (Some(d), _) => d.clone(),
+        (None, Some(m)) => m.join(state::DEFAULT_DIR),
+        (None, None) => {
+            anyhow::bail!("--state-dir or --manifests: expected the control plane's state")
+        }
+    };
+    let ca = std::fs::read_to_string(dir.join("ca.pem")).with_context(|| {
+        format!(
+            "{}: no mesh CA there (start the control plane once, or pass its --state-dir)",
+            dir.join("ca.pem").display()
+        )
+    })?;
+    let bundle =
+        TrustBundle::from_pem(&ca).with_context(|| dir.join("ca.pem").display().to_string())?;
+    let root = bundle
+        .roots()
+        .first()
+        .context("ca.pem holds no certificate")?;
+    let pin = crate::identity::token::hex(&Sha256::digest(root.as_ref()));
+    // Only read: the control plane makes the key (two processes making it at once would disagree on it).
+    let tokens = Tokens::load(&dir)?;
+    let td = ca_trust_domain(root)
+        .unwrap_or_else(|| meshwork_identity::DEFAULT_TRUST_DOMAIN.to_string());
+    let token = tokens.mint(
+        &args.namespace,
+        &args.service,
+        args.node.as_deref(),
+        args.ttl,
+        &pin,
+        &td,
+    )?;
+    println!("{token}");
+    Ok(())
+}
+
+/// The trust domain of the mesh root (its `spiffe://<trust-domain>` URI SAN).
+fn ca_trust_domain(root: &[u8]) -> Option<String> {
+    let id = meshwork_identity::svid::uri_sans(root)
+        .ok()?
+        .into_iter()
+        .next()?;
+    id.strip_prefix("spiffe://")
+        .map(|td| td.trim_end_matches('/').to_string())
+}

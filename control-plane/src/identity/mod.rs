@@ -1,0 +1,176 @@
+//! The control plane as the mesh's certificate authority: who a proxy is (a bootstrap token on its first
+//! connection, the certificate issued then on later ones), and the X.509-SVIDs it issues for the keys proxies make
+//! themselves (no private key ever crosses the wire).
+//!
+//! Identities: a sidecar of service S in namespace N is `spiffe://<trust-domain>/ns/N/sa/S`; a gateway G is
+//! `spiffe://<trust-domain>/ns/N/gateway/G` (its own, so a Gateway never holds a service's identity); the control
+//! plane itself is `spiffe://<trust-domain>/ns/meshwork-system/sa/control-plane`.
+
+pub mod state;
+pub mod token;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use meshwork_identity::ca::{Authority, Issued};
+use meshwork_identity::spiffe::{SpiffeId, TrustDomain};
+use meshwork_manifest::translate::ProxyRole;
+use meshwork_proto as pb;
+use sha2::{Digest, Sha256};
+
+use token::{MintError, TokenError, Tokens};
+
+/// Default lifetime of a proxy's certificate (Linkerd's and Istio's: 24 h).
+pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// The mesh CA, the bootstrap tokens, and the lifetime of what is issued.
+pub struct Identities {
+    ca: Authority,
+    tokens: Tokens,
+    lifetime: Duration,
+    ca_sha256: String,
+}
+
+/// Why a proxy gets no certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("hello.csr: expected a PKCS#10 certificate signing request for the proxy's own key")]
+    NoCsr,
+    #[error("{0}")]
+    Issue(String),
+    #[error("{field}: {value:?} cannot be part of a SPIFFE ID ({error})")]
+    Name {
+        field: &'static str,
+        value: String,
+        error: String,
+    },
+}
+
+impl Identities {
+    /// The CA in `state_dir` (created on first start), its token key, and `lifetime` for leaf certificates.
+    pub fn open(
+        state_dir: &Path,
+        trust_domain: &TrustDomain,
+        lifetime: Duration,
+    ) -> anyhow::Result<Identities> {
+        let ca = Authority::load_or_create(state_dir, trust_domain)?;
+        let tokens = Tokens::load_or_create(state_dir)?;
+        Ok(Self::with(ca, tokens, lifetime))
+    }
+
+    pub fn with(ca: Authority, tokens: Tokens, lifetime: Duration) -> Identities {
+        let ca_sha256 = ca
+            .trust_bundle()
+            .roots()
+            .first()
+            .map(|root| token::hex(&Sha256::digest(root.as_ref())))
+            .unwrap_or_default();
+        Identities {
+            ca,
+            tokens,
+            lifetime,
+            ca_sha256,
+        }
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        self.ca.trust_domain()
+    }
+
+    /// Lower-case hex sha256 of the root certificate a token pins.
+    pub fn ca_sha256(&self) -> &str {
+        &self.ca_sha256
+    }
+
+    /// A bootstrap token for a proxy of `namespace/service` (bound to `node` if given).
+    pub fn mint(
+        &self,
+        namespace: &str,
+        service: &str,
+        node: Option<&str>,
+        ttl: Duration,
+    ) -> Result<String, MintError> {
+        let td = self.trust_domain().as_str();
+        self.tokens
+            .mint(namespace, service, node, ttl, &self.ca_sha256, td)
+    }
+
+    /// The identity a proxy of `role` named `name` in `namespace` holds.
+    pub fn identity_of(
+        &self,
+        role: ProxyRole,
+        namespace: &str,
+        name: &str,
+    ) -> Result<SpiffeId, IdentityError> {
+        let td = self.trust_domain().as_str();
+        let uri = match role {
+            ProxyRole::Sidecar => format!("spiffe://{td}/ns/{namespace}/sa/{name}"),
+            ProxyRole::Gateway => format!("spiffe://{td}/ns/{namespace}/gateway/{name}"),
+        };
+        SpiffeId::parse(&uri).map_err(|e| IdentityError::Name {
+            field: "hello.service",
+            value: name.to_string(),
+            error: e.to_string(),
+        })
+    }
+
+    /// The control plane's own identity (what proxies check when they connect).
+    pub fn control_plane_id(&self) -> Result<SpiffeId, meshwork_identity::SpiffeIdError> {
+        meshwork_identity::operator::control_plane_id(self.trust_domain())
+    }
+
+    /// Spends `token` for `node` of `id`'s namespace and service.
+    pub fn redeem(
+        &self,
+        token: &str,
+        namespace: &str,
+        service: &str,
+        node: &str,
+    ) -> Result<(), IdentityError> {
+        self.tokens.redeem(token, namespace, service, node)?;
+        Ok(())
+    }
+
+    /// A certificate for `id` with the public key of `csr` (DER).
+    pub fn issue(&self, id: &SpiffeId, csr: &[u8]) -> Result<Issued, IdentityError> {
+        if csr.is_empty() {
+            return Err(IdentityError::NoCsr);
+        }
+        self.ca
+            .issue(csr, id, self.lifetime)
+            .map_err(|e| IdentityError::Issue(format!("hello.csr: {e}")))
+    }
+
+    /// What a proxy is sent: its chain and every root the mesh trusts.
+    pub fn message(&self, issued: &Issued) -> pb::Identity {
+        let ms = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
+        pb::Identity {
+            spiffe_id: issued.id.to_string(),
+            chain: issued.chain.iter().map(|c| c.as_ref().to_vec()).collect(),
+            trust_bundle: self
+                .ca
+                .trust_bundle()
+                .roots()
+                .iter()
+                .map(|r| r.as_ref().to_vec())
+                .collect(),
+            not_after_unix_ms: ms(issued.not_after),
+            not_before_unix_ms: ms(SystemTime::now()),
+        }
+    }
+
+    /// How long issued certificates live.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// The authority itself (the control plane issues its own serving certificate with it).
+    pub fn authority(&self) -> &Authority {
+        &self.ca
+    }
+}

@@ -1,0 +1,223 @@
+//! Who a proxy is (issue 12): over real TLS discovery streams to a control plane on 127.0.0.1, a proxy joins only
+//! with a valid single-use bootstrap token for its own service, or with a certificate the control plane issued
+//! for that identity; it gets an X.509-SVID for the key it made (the CA takes only the CSR's public key), renews
+//! it on the stream, and a refused proxy is never registered nor sent anything. The Status RPC is the operator's.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod support;
+
+use meshwork_identity::spiffe::TrustDomain;
+use meshwork_identity::svid::check_svid;
+use meshwork_proto as pb;
+use support::{bootstrap, control_plane, hello, id, next_push, open, Served};
+use tonic::Code;
+
+fn registered(s: &Served, node: &str) -> bool {
+    s.cp.registry.list().iter().any(|r| r.node_id == node)
+}
+
+/// Opens a stream with `hello` as is (no token added) and expects it refused with `code`.
+async fn refused(s: &Served, hello: pb::Hello, code: Code) -> String {
+    let node = hello.node_id.clone();
+    let result = match open(s.channel(None).await, hello).await {
+        Ok(mut stream) => next_push(&mut stream.pushes).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    let err = result.expect_err("the proxy was let in");
+    assert_eq!(err.code(), code, "{err:?}");
+    assert!(!registered(s, &node), "a refused proxy is in the registry");
+    err.message().to_string()
+}
+
+#[tokio::test]
+async fn a_proxy_with_its_token_gets_a_certificate_for_its_service() {
+    let s = control_plane().await;
+    let (_stream, first) = bootstrap(&s, hello("origin-1", "127.0.0.1:7001"))
+        .await
+        .unwrap();
+    let identity = first
+        .identity
+        .expect("the first push carries the certificate");
+    assert_eq!(
+        identity.spiffe_id,
+        "spiffe://cluster.local/ns/default/sa/origin"
+    );
+    let leaf = identity.chain.first().unwrap();
+    let proved = check_svid(leaf, &TrustDomain::default()).unwrap();
+    assert_eq!(proved, id("origin"));
+    assert_eq!(identity.trust_bundle.len(), 1);
+    let reg =
+        s.cp.registry
+            .list()
+            .into_iter()
+            .find(|r| r.node_id == "origin-1")
+            .unwrap();
+    assert_eq!(reg.spiffe_id, identity.spiffe_id);
+    assert_eq!(reg.cert_not_after_unix_ms, identity.not_after_unix_ms);
+}
+
+#[tokio::test]
+async fn a_proxy_without_a_token_gets_nothing() {
+    let s = control_plane().await;
+    let msg = refused(
+        &s,
+        hello("attacker", "127.0.0.1:7001"),
+        Code::Unauthenticated,
+    )
+    .await;
+    assert!(msg.contains("no bootstrap token"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_used_token_is_refused() {
+    let s = control_plane().await;
+    let token = s.token("origin", None);
+    let mut first = hello("origin-1", "127.0.0.1:7001");
+    first.bootstrap_token = token.clone();
+    let mut stream = open(s.channel(None).await, first).await.unwrap();
+    next_push(&mut stream.pushes).await.unwrap();
+    let mut again = hello("origin-2", "127.0.0.1:7002");
+    again.bootstrap_token = token;
+    let msg = refused(&s, again, Code::Unauthenticated).await;
+    assert!(msg.contains("already been used"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_token_for_another_service_is_refused() {
+    // The hijack of issue 11: a hand-started proxy claiming to serve `origin` with a token for `frontend`.
+    let s = control_plane().await;
+    let mut h = hello("attacker", "127.0.0.1:7001");
+    h.bootstrap_token = s.token("frontend", None);
+    let msg = refused(&s, h, Code::Unauthenticated).await;
+    assert!(
+        msg.contains("for service default/frontend, not default/origin"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_bound_to_another_node_is_refused() {
+    let s = control_plane().await;
+    let mut h = hello("attacker", "127.0.0.1:7001");
+    h.bootstrap_token = s.token("origin", Some("origin-0"));
+    let msg = refused(&s, h, Code::Unauthenticated).await;
+    assert!(msg.contains("for node"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_token_this_control_plane_did_not_sign_is_refused() {
+    let s = control_plane().await;
+    let other = control_plane().await;
+    let mut h = hello("origin-1", "127.0.0.1:7001");
+    h.bootstrap_token = other.token("origin", None);
+    // The other mesh's token pins the other root: present this one's channel anyway (an attacker could).
+    let msg = refused(&s, h, Code::Unauthenticated).await;
+    assert!(msg.contains("not made by this control plane"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_certificate_proves_the_proxy_on_later_connections() {
+    let s = control_plane().await;
+    let cert = s.certificate(&id("origin"));
+    let stream = open(
+        s.channel(Some(cert)).await,
+        hello("origin-1", "127.0.0.1:7001"),
+    )
+    .await;
+    let mut stream = stream.unwrap();
+    let first = next_push(&mut stream.pushes).await.unwrap();
+    assert!(first.snapshot.is_some());
+    assert!(registered(&s, "origin-1"));
+}
+
+#[tokio::test]
+async fn a_certificate_for_another_service_cannot_claim_this_one() {
+    let s = control_plane().await;
+    let cert = s.certificate(&id("frontend"));
+    let err = open(
+        s.channel(Some(cert)).await,
+        hello("origin-1", "127.0.0.1:7001"),
+    )
+    .await;
+    let err = match err {
+        Ok(mut stream) => next_push(&mut stream.pushes).await.expect_err("let in"),
+        Err(e) => e,
+    };
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message()
+            .contains("proves spiffe://cluster.local/ns/default/sa/frontend"),
+        "{}",
+        err.message()
+    );
+    assert!(!registered(&s, "origin-1"));
+}
+
+#[tokio::test]
+async fn a_proxy_renews_its_certificate_on_the_stream() {
+    let s = control_plane().await;
+    let (mut stream, first) = bootstrap(&s, hello("origin-1", "127.0.0.1:7001"))
+        .await
+        .unwrap();
+    let old = first.identity.unwrap();
+    let key = meshwork_identity::csr::WorkloadKey::generate().unwrap();
+    let csr = key.csr_der(&id("origin")).unwrap().as_ref().to_vec();
+    stream
+        .tx
+        .send(pb::ProxyMessage {
+            msg: Some(pb::proxy_message::Msg::Renew(pb::Renew { csr })),
+        })
+        .await
+        .unwrap();
+    let renewed = next_push(&mut stream.pushes).await.unwrap();
+    assert!(
+        renewed.snapshot.is_none(),
+        "a renewal carries only the certificate"
+    );
+    let new = renewed.identity.expect("a new certificate");
+    assert_eq!(new.spiffe_id, old.spiffe_id);
+    assert_ne!(new.chain[0], old.chain[0]);
+    // It is for the new key.
+    let chain = new.chain.iter().map(|c| c.clone().into()).collect();
+    key.certified_key(chain)
+        .expect("the renewed certificate is for the key of the CSR");
+}
+
+#[tokio::test]
+async fn a_plaintext_client_cannot_talk_to_the_control_plane() {
+    let s = control_plane().await;
+    let result = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut client = pb::discovery_client::DiscoveryClient::connect(s.url.clone()).await?;
+        client.status(pb::StatusRequest {}).await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })
+    .await
+    .expect("bounded");
+    assert!(result.is_err(), "plaintext gRPC was answered");
+}
+
+#[tokio::test]
+async fn status_answers_only_the_operator() {
+    let s = control_plane().await;
+    let mut client = pb::discovery_client::DiscoveryClient::new(s.channel(None).await);
+    let err = client
+        .status(pb::StatusRequest {})
+        .await
+        .expect_err("answered anyone");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let proxy = s.certificate(&id("origin"));
+    let mut client = pb::discovery_client::DiscoveryClient::new(s.channel(Some(proxy)).await);
+    let err = client
+        .status(pb::StatusRequest {})
+        .await
+        .expect_err("answered a proxy");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let operator = meshwork_control::serve::operator_id(&s.ids).unwrap();
+    let mut client =
+        pb::discovery_client::DiscoveryClient::new(s.channel(Some(s.certificate(&operator))).await);
+    client
+        .status(pb::StatusRequest {})
+        .await
+        .expect("the operator is answered");
+}
