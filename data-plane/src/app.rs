@@ -23,6 +23,7 @@ use crate::identity::MeshIdentity;
 use crate::listener;
 use crate::resilience::Registry;
 use crate::stack::{ListenerCtx, Mode};
+use crate::tls::TlsMetrics;
 use crate::upstream::Upstreams;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +183,7 @@ impl Applier {
                     source: None,
                     default_timeout: self.default_timeout,
                     proof: Default::default(),
+                    tls: None,
                 });
                 let (drain, limits, budget) =
                     (self.drain, self.limits.clone(), self.budget.clone());
@@ -258,7 +260,9 @@ fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 async fn main_async(opts: Options) -> anyhow::Result<()> {
     let store = Arc::new(ConfigStore::default());
     let resilience = Arc::new(Registry::default());
-    let upstreams = Upstreams::new(opts.connect_timeout);
+    let identity = Arc::new(MeshIdentity::default());
+    let tls = Arc::new(TlsMetrics::default());
+    let upstreams = Upstreams::with_mtls(opts.connect_timeout, identity.clone(), tls.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Shared {
         store,
@@ -267,7 +271,8 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
         limits: Arc::new(opts.limits.clone()),
         budget: listener::FdBudget::from_process_limit(),
         draining: Arc::new(AtomicBool::new(false)),
-        identity: Arc::new(MeshIdentity::default()),
+        identity,
+        tls,
     };
     let static_listeners = match opts.role {
         Role::Sidecar => sidecar_listeners(&opts, &shared, &stop_rx)?,
@@ -294,6 +299,8 @@ struct Shared {
     draining: Arc<AtomicBool>,
     /// This proxy's key, certificate and trust bundle (control-plane mode).
     identity: Arc<MeshIdentity>,
+    /// mTLS handshake counters, both sides.
+    tls: Arc<TlsMetrics>,
 }
 
 /// A sidecar's two fixed listeners: inbound (to the local app) and outbound (routed by the snapshot).
@@ -305,22 +312,23 @@ fn sidecar_listeners(
     let (Some(inbound), Some(outbound), Some(app)) = (opts.inbound, opts.outbound, opts.app) else {
         anyhow::bail!("a sidecar needs --inbound, --outbound and --app");
     };
-    let authority = app.to_string().parse().context("--app")?;
     let app_cluster = Arc::new(Cluster::new(
         Arc::from(format!("local-app/{}", opts.service)),
         opts.app_protocol,
-        vec![Endpoint {
-            addr: app,
-            authority,
-        }],
+        vec![Endpoint::plain(app)],
     ));
     let outbound_name = Arc::from(meshwork_manifest::translate::OUTBOUND_LISTENER);
     // The outbound listener states the calling service (what server-side limits keyed by it read).
     let source = http::HeaderValue::from_str(&format!("{}.{}", opts.service, opts.namespace)).ok();
+    let inbound_tls = Arc::new(crate::tls::Inbound::new(
+        shared.identity.clone(),
+        shared.store.clone(),
+        shared.tls.clone(),
+    ));
     let mut served = Vec::new();
-    for (addr, mode, source) in [
-        (inbound, Mode::Inbound(app_cluster), None),
-        (outbound, Mode::Routed(outbound_name), source),
+    for (addr, mode, source, tls) in [
+        (inbound, Mode::Inbound(app_cluster), None, Some(inbound_tls)),
+        (outbound, Mode::Routed(outbound_name), source, None),
     ] {
         let socket = listener::bind(addr).with_context(|| format!("bind {addr}"))?;
         let l = tokio::net::TcpListener::from_std(socket)?;
@@ -332,6 +340,7 @@ fn sidecar_listeners(
             source,
             default_timeout: opts.default_timeout,
             proof: Default::default(),
+            tls,
         });
         served.push(tokio::spawn(listener::serve(
             l,
@@ -428,6 +437,7 @@ fn admin_state(
         store: applier.store.clone(),
         node_id: opts.node_id.clone(),
         identity: shared.identity.clone(),
+        tls: shared.tls.clone(),
         role: match opts.role {
             Role::Gateway => "gateway",
             Role::Sidecar => "sidecar",

@@ -256,7 +256,10 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let authority: http::uri::Authority = format!("127.0.0.1:{port}").parse().unwrap();
+        let endpoint = crate::config::snapshot::Endpoint::plain(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            port,
+        )));
         let parts = http::Request::new(()).into_parts().0;
         let clients = Upstreams::new(Duration::from_secs(1));
         let cluster: Arc<str> = Arc::from("service/default/secret-backend");
@@ -264,7 +267,7 @@ mod tests {
             &clients,
             &cluster,
             Protocol::Http1,
-            &authority,
+            &endpoint,
             parts,
             RequestBody::Empty,
         )

@@ -115,6 +115,35 @@ impl MeshIdentity {
         Ok(next)
     }
 
+    /// Tests: installs a certificate made in the test (e.g. by a test `Authority`), as `install` would.
+    #[cfg(test)]
+    pub fn install_certified(
+        &self,
+        id: SpiffeId,
+        certified: Arc<rustls::sign::CertifiedKey>,
+        bundle: TrustBundle,
+        not_after: SystemTime,
+    ) -> Arc<Certified> {
+        let resolver = match self.current() {
+            Some(c) => {
+                c.resolver.rotate(certified);
+                c.resolver.clone()
+            }
+            None => RotatingIdentity::new(certified),
+        };
+        let next = Arc::new(Certified {
+            trust_domain: id.trust_domain().clone(),
+            id,
+            bundle,
+            resolver,
+            not_before: SystemTime::now(),
+            not_after,
+            installed: SystemTime::now(),
+        });
+        self.current.store(Some(next.clone()));
+        next
+    }
+
     /// For `/config_dump`: who the proxy is and until when (never the key).
     pub fn dump(&self) -> serde_json::Value {
         match self.current() {

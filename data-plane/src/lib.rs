@@ -13,7 +13,9 @@
 //! [`stack`] puts these together, in that order, and is the place to start reading; [`error`] answers for every
 //! failure on the way. Each stage uses only the ones after it and [`config`], the snapshot the request path reads
 //! (plain data), with how it arrives (control-plane stream or manifest directory). [`app`] composes the process;
-//! [`admin`] serves readiness, the config dump and metrics; [`identity`] holds the proxy's key and certificate.
+//! [`admin`] serves readiness, the config dump and metrics; [`identity`] holds the proxy's key and certificate, and
+//! [`tls`] makes mutual TLS between proxies of it (terminated by the sidecar inbound listener, originated by the
+//! upstream clients to endpoints that have an identity).
 
 pub mod admin;
 pub mod app;
@@ -26,4 +28,5 @@ pub mod listener;
 pub mod resilience;
 pub mod router;
 pub mod stack;
+pub mod tls;
 pub mod upstream;

@@ -18,8 +18,10 @@ use crate::filter::body::FilteredBody;
 use crate::filter::chain::{Chain, Verdict};
 use crate::filter::headers;
 use crate::filter::wasm::PluginHandle;
+use crate::listener::Downstream;
 use crate::resilience::{self, call::SOURCE_HEADER, Registry};
 use crate::router;
+use crate::tls::{self, VerifiedPeer, XFCC_HEADER};
 use crate::upstream::body::{RequestBody, ResponseBody};
 use crate::upstream::client_body::ClientBody;
 use crate::upstream::{self, Upstreams};
@@ -48,6 +50,9 @@ pub struct ListenerCtx {
     pub default_timeout: Option<Duration>,
     /// The outbound listener's proof of `source`, made once per mesh key.
     pub proof: caller::ProofCache,
+    /// Sidecar inbound listeners: mTLS from mesh peers (with the proxy's identity; what the snapshot's mode
+    /// allows). `None` elsewhere, and everything stays plaintext.
+    pub tls: Option<Arc<tls::Inbound>>,
 }
 
 /// How long a mirrored request may take when neither its route nor the proxy sets a request timeout.
@@ -56,9 +61,9 @@ const MIRROR_TIMEOUT: Duration = Duration::from_secs(60);
 pub async fn handle(
     ctx: &ListenerCtx,
     req: Request<ClientBody>,
-    peer: SocketAddr,
+    downstream: Downstream,
 ) -> Response<ResponseBody> {
-    match route_and_forward(ctx, req, peer).await {
+    match route_and_forward(ctx, req, downstream).await {
         Ok(resp) => resp,
         Err(e) => error::reply(&e),
     }
@@ -75,16 +80,18 @@ struct Target<'a> {
 async fn route_and_forward(
     ctx: &ListenerCtx,
     req: Request<ClientBody>,
-    peer: SocketAddr,
+    downstream: Downstream,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    let (peer, verified) = (downstream.addr, downstream.peer.as_deref());
     // The snapshot is loaded once: this request finishes on it even if a new one is published meanwhile.
     let snapshot = ctx.store.load();
     let (mut parts, body) = req.into_parts();
     if let Some(e) = body.declared_too_large() {
         return Err(e.into());
     }
-    // What the client may not decide for the next hop goes on arrival, before routing and filters see it.
-    sanitize(ctx, &snapshot, &mut parts.headers);
+    // What the client may not decide for the next hop goes on arrival, before routing and filters see it; what
+    // the proxy verified about the caller goes in.
+    sanitize(ctx, &snapshot, &mut parts.headers, verified);
     // 3. Route.
     let target = match &ctx.mode {
         Mode::Inbound(app) => inbound(ctx, &snapshot, app, &parts, peer).await?,
@@ -112,7 +119,7 @@ async fn route_and_forward(
     let cluster = target
         .cluster
         .ok_or_else(|| ProxyError::NoBackend(route.map_or("", |r| &r.name).to_string()))?;
-    prepare_headers(ctx, &snapshot, &mut parts, peer);
+    prepare_headers(ctx, &snapshot, &mut parts, peer, verified);
     let body = match route {
         Some(route) => {
             apply_request_filters(&mut parts, route);
@@ -208,12 +215,11 @@ async fn hand_off(
             let endpoint = cluster
                 .any_endpoint()
                 .ok_or_else(|| ProxyError::NoEndpoint(cluster.name.to_string()))?;
-            let authority = &endpoint.authority;
             let sent = upstream::send(
                 &ctx.upstreams,
                 &cluster.name,
                 cluster.protocol,
-                authority,
+                endpoint,
                 parts,
                 body,
             );
@@ -283,16 +289,43 @@ async fn through_response_filters(
 }
 
 /// Before the filters: hop-by-hop headers (RFC 9110 7.6.1) and a caller statement no one here vouches for are
-/// gone, so filters never see them and a client's `Connection` cannot remove what a filter sets.
-fn sanitize(ctx: &ListenerCtx, snapshot: &Snapshot, headers: &mut http::HeaderMap) {
+/// gone, so filters never see them and a client's `Connection` cannot remove what a filter sets. On a sidecar's
+/// inbound listener the caller is then stated by what this proxy verified: the mTLS peer (`x-forwarded-client-cert`
+/// and the `x-meshwork-source` its identity names), or, only while mTLS is not available here (no certificate
+/// yet, or DISABLED), the source a plaintext caller sidecar proved with the mesh key.
+fn sanitize(
+    ctx: &ListenerCtx,
+    snapshot: &Snapshot,
+    headers: &mut http::HeaderMap,
+    verified: Option<&VerifiedPeer>,
+) {
     headers::strip_hop_by_hop(headers, true);
-    // Only the listener that reads it (inbound) keeps the caller sidecar's statement, and only with its proof.
-    if matches!(ctx.mode, Mode::Inbound(_)) {
-        caller::check(&snapshot.mesh_keys, headers);
-    } else {
+    headers.remove(XFCC_HEADER);
+    if !matches!(ctx.mode, Mode::Inbound(_)) {
         headers.remove(SOURCE_HEADER);
         headers.remove(caller::PROOF_HEADER);
+        return;
     }
+    match verified {
+        Some(peer) => {
+            headers.remove(caller::PROOF_HEADER);
+            state_verified(peer, headers);
+        }
+        None if ctx.tls.as_ref().is_some_and(|t| t.mtls_available(snapshot)) => {
+            headers.remove(SOURCE_HEADER);
+            headers.remove(caller::PROOF_HEADER);
+        }
+        None => caller::check(&snapshot.mesh_keys, headers),
+    }
+}
+
+/// The verified mTLS peer as the app sees it.
+fn state_verified(peer: &VerifiedPeer, headers: &mut http::HeaderMap) {
+    headers.insert(XFCC_HEADER, peer.xfcc.clone());
+    match &peer.source {
+        Some(source) => headers.insert(SOURCE_HEADER, source.clone()),
+        None => headers.remove(SOURCE_HEADER),
+    };
 }
 
 /// After the filters: what this hop says to the next (the calling service, Host, forwarding headers). Hop-by-hop
@@ -302,6 +335,7 @@ fn prepare_headers(
     snapshot: &Snapshot,
     parts: &mut http::request::Parts,
     peer: SocketAddr,
+    verified: Option<&VerifiedPeer>,
 ) {
     match &ctx.source {
         Some(v) => caller::state(
@@ -315,10 +349,19 @@ fn prepare_headers(
             parts.headers.remove(SOURCE_HEADER);
             parts.headers.remove(caller::PROOF_HEADER);
         }
-        // Inbound: the app never sees a proof (a filter may not forge one for the next hop either).
+        // Inbound: the app never sees a proof (a filter may not forge one for the next hop either), and sees a
+        // client certificate only as this proxy verified it.
         None => {
             parts.headers.remove(caller::PROOF_HEADER);
+            match verified {
+                Some(peer) => parts.headers.insert(XFCC_HEADER, peer.xfcc.clone()),
+                None => parts.headers.remove(XFCC_HEADER),
+            };
         }
+    }
+    if !matches!(ctx.mode, Mode::Inbound(_)) {
+        // Only an inbound sidecar speaks of a client certificate, and only to its app.
+        parts.headers.remove(XFCC_HEADER);
     }
     // An HTTP/2 request carries its host in :authority; an HTTP/1.1 upstream needs a Host header.
     if !parts.headers.contains_key(header::HOST) {
@@ -412,7 +455,9 @@ fn mirror(
         *req.uri_mut() = uri;
         *req.headers_mut() = parts.headers.clone();
         *req.version_mut() = upstream::version(m.cluster.protocol);
-        let fut = ctx.upstreams.request(m.cluster.protocol, req);
+        let fut = ctx
+            .upstreams
+            .request(m.cluster.protocol, endpoint.identity.as_ref(), req);
         let cluster = m.cluster.name.clone();
         let limit = route
             .timeout

@@ -1,4 +1,5 @@
-//! Admin listener: `/live`, `/ready` (200 once the first snapshot is applied), `/config_dump` (JSON).
+//! Admin listener: `/live`, `/ready` (200 once the first snapshot is applied), `/config_dump` (JSON), `/metrics`
+//! (Prometheus text: Wasm filters, resilience layers, mTLS handshakes and the certificate's expiry).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,8 @@ pub struct AdminState {
     pub node_id: String,
     /// Who this proxy is (its certificate's identity and expiry; never the key).
     pub identity: Arc<crate::identity::MeshIdentity>,
+    /// mTLS handshakes between proxies, both sides.
+    pub tls: Arc<crate::tls::TlsMetrics>,
     pub role: &'static str,
     /// Set when the proxy is shutting down: `/ready` answers 503 so load balancers stop sending here.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
@@ -263,6 +266,9 @@ fn metrics(state: &AdminState) -> String {
         }
     }
     resilience_metrics(&mut out, &state.resilience);
+    state
+        .tls
+        .write(&mut out, state.identity.current().as_deref());
     if let Some(cache) = state.wasm.existing().and_then(|w| w.cache.as_ref()) {
         let _ = writeln!(out, "# HELP meshwork_wasm_compile_cache_total Module compilations served from the on-disk cache (hit) or compiled (miss).");
         let _ = writeln!(out, "# TYPE meshwork_wasm_compile_cache_total counter");
@@ -306,5 +312,14 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, limits: Arc<Li
     };
     let (_never, stop) = tokio::sync::watch::channel(false);
     let budget = FdBudget::new(limits.max_connections);
-    listener::serve_with(listener, handler, stop, Duration::ZERO, limits, budget).await
+    listener::serve_with(
+        listener,
+        handler,
+        stop,
+        Duration::ZERO,
+        limits,
+        budget,
+        None,
+    )
+    .await
 }

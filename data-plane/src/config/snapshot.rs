@@ -9,13 +9,14 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::Method;
+use meshwork_identity::{SpiffeId, TrustDomain};
 use meshwork_proto as pb;
 use regex::Regex;
 
 use super::policy::Policy;
 use crate::filter::wasm::PluginHandle;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     Http1,
     Http2,
@@ -26,6 +27,34 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// `addr` as a URI authority, so building the upstream URI does not re-parse it.
     pub authority: Authority,
+    /// The SPIFFE ID this endpoint's proxy proves: requests to it go over mutual TLS (once this proxy has a
+    /// certificate) to a server that must prove exactly this ID. `None`: plaintext (no sidecar there, or mTLS
+    /// DISABLED for it).
+    pub identity: Option<SpiffeId>,
+}
+
+impl Endpoint {
+    /// A plaintext endpoint (no identity).
+    pub fn plain(addr: SocketAddr) -> Self {
+        Endpoint {
+            addr,
+            authority: Authority::try_from(addr.to_string().as_str())
+                .unwrap_or_else(|_| Authority::from_static("0.0.0.0:0")),
+            identity: None,
+        }
+    }
+}
+
+/// What a sidecar's inbound listener accepts (Mesh `spec.mtls.mode`, or the Workload's override).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MtlsMode {
+    /// Mutual TLS from mesh peers, plaintext from callers outside the mesh (sniffed per connection).
+    #[default]
+    Permissive,
+    /// Mutual TLS only: a plaintext connection is closed (and counted).
+    Strict,
+    /// No TLS at all: every connection is served as plaintext.
+    Disabled,
 }
 
 /// An upstream service as configured: its endpoints and its TrafficPolicy. The runtime state derived from it
@@ -216,6 +245,10 @@ pub struct Snapshot {
     /// Sidecars: the mesh key that proves `x-meshwork-source` (first: the current one, to sign with; then the
     /// previous control plane's, still accepted). Empty: no caller is vouched for.
     pub mesh_keys: Vec<bytes::Bytes>,
+    /// The mesh's trust domain, as the control plane names it (`None`: not said, e.g. standalone mode).
+    pub trust_domain: Option<TrustDomain>,
+    /// Sidecars: what the inbound listener accepts.
+    pub inbound_mtls: MtlsMode,
     /// What was received, for /config_dump.
     pub source: pb::Snapshot,
 }
@@ -231,6 +264,8 @@ impl Snapshot {
             inbound_limit: None,
             plugins: HashMap::new(),
             mesh_keys: Vec::new(),
+            trust_domain: None,
+            inbound_mtls: MtlsMode::default(),
             source: pb::Snapshot::default(),
         }
     }

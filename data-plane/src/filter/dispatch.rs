@@ -71,9 +71,9 @@ impl Callouts for MeshCallouts {
             let cluster = cluster.ok_or_else(|| format!("unknown upstream {:?}", call.upstream))?;
             let endpoint = cluster
                 .any_endpoint()
-                .ok_or_else(|| format!("{} has no endpoint", cluster.name))?
-                .authority
-                .clone();
+                .ok_or_else(|| format!("{} has no endpoint", cluster.name))?;
+            let identity = endpoint.identity.clone();
+            let endpoint = endpoint.authority.clone();
             let method = get(&call.headers, ":method")
                 .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
                 .ok_or("bad :method")?;
@@ -103,7 +103,7 @@ impl Callouts for MeshCallouts {
             }
             let exchange = async {
                 let resp = upstreams
-                    .request(cluster.protocol, req)
+                    .request(cluster.protocol, identity.as_ref(), req)
                     .await
                     .map_err(|e| upstream::error::chain(&e))?;
                 let (parts, body) = resp.into_parts();

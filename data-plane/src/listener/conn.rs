@@ -11,7 +11,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -31,7 +30,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
-use super::Limits;
+use super::{Downstream, Limits};
 use crate::error::TOO_MANY_CONNECTIONS;
 use crate::upstream::client_body::ClientBody;
 
@@ -56,22 +55,47 @@ pub(super) fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Serves one connection until it ends, a deadline passes or the drain is over.
-pub(super) async fn serve<H, F, B>(
-    stream: TcpStream,
-    peer: SocketAddr,
-    handler: H,
-    builder: &auto::Builder<TokioExecutor>,
-    limits: &Limits,
-    mut stop: watch::Receiver<bool>,
-    drain: Duration,
-) where
-    H: Fn(Request<ClientBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+/// One accepted connection's settings: when it was accepted (its first deadline counts from then, TLS
+/// handshake included), the listener's HTTP settings and limits, and the drain signal.
+pub(super) struct Conn<'a> {
+    pub accepted: Instant,
+    pub builder: &'a auto::Builder<TokioExecutor>,
+    pub limits: &'a Limits,
+    pub stop: watch::Receiver<bool>,
+    pub drain: Duration,
+}
+
+impl Conn<'_> {
+    /// Serves the connection (a TCP stream, or the TLS stream over it) until it ends, a deadline passes or the
+    /// drain is over.
+    pub(super) async fn serve<IO, H, F, B>(self, stream: IO, downstream: Downstream, handler: H)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Fn(Request<ClientBody>, Downstream) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        serve(self, stream, downstream, handler).await
+    }
+}
+
+async fn serve<IO, H, F, B>(conn_settings: Conn<'_>, stream: IO, downstream: Downstream, handler: H)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<ClientBody>, Downstream) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let accepted = Instant::now();
+    let Conn {
+        accepted,
+        builder,
+        limits,
+        mut stop,
+        drain,
+    } = conn_settings;
+    let peer = downstream.addr;
     let activity = Arc::new(Activity::new(accepted));
     let io = TokioIo::new(Watched {
         io: stream,
@@ -82,11 +106,12 @@ pub(super) async fn serve<H, F, B>(
         service_fn(move |req: Request<Incoming>| {
             let guard = activity.begin(req.version() == Version::HTTP_2);
             let handler = handler.clone();
+            let downstream = downstream.clone();
             // The request path's future is made inside, on first poll: made out here, the (large) future would
             // be copied into this one and again wherever hyper moves it.
             async move {
                 let req = req.map(|b| ClientBody::new(b, body_limits));
-                let resp = handler(req, peer).await;
+                let resp = handler(req, downstream).await;
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     body,
                     guard: Some(guard),
@@ -341,13 +366,13 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     }
 }
 
-/// The connection's socket, telling `Activity` when bytes arrive.
-struct Watched {
-    io: TcpStream,
+/// The connection's stream, telling `Activity` when bytes arrive.
+struct Watched<IO> {
+    io: IO,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -362,7 +387,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

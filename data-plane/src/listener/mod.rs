@@ -1,6 +1,7 @@
 //! Stages 1-2: bind, accept under a connection cap (the excess is refused with a 503; an accept that fails for
-//! lack of file descriptors backs off), one task per connection (`conn`: HTTP/1.1 or HTTP/2 by detection, under
-//! the deadlines of `Limits`), graceful drain.
+//! lack of file descriptors backs off), one task per connection (on a sidecar's inbound listener, first mTLS or
+//! plaintext by sniffing: `tls`; then `conn`: HTTP/1.1 or HTTP/2 by detection, under the deadlines of `Limits`),
+//! graceful drain.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,11 +13,21 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::stack::{handle, ListenerCtx};
+use crate::tls::{Inbound, VerifiedPeer};
 use crate::upstream::client_body::{BodyLimits, ClientBody};
 
 mod conn;
 #[cfg(test)]
 mod tests;
+mod tls;
+
+/// Who is on the other end of a downstream connection, as each of its requests is handed it.
+#[derive(Clone, Debug)]
+pub struct Downstream {
+    pub addr: SocketAddr,
+    /// The caller an mTLS handshake proved (sidecar inbound listeners); `None` on plaintext connections.
+    pub peer: Option<Arc<VerifiedPeer>>,
+}
 
 /// What a client may hold on a listener, and for how long (issue 11). The defaults follow Envoy's edge
 /// recommendations and Kestrel's body rate; every one is a flag of `meshwork-proxy` (docs/security.md).
@@ -97,14 +108,16 @@ pub async fn serve(
     limits: Arc<Limits>,
     budget: FdBudget,
 ) {
-    let handler = move |req: Request<ClientBody>, peer: SocketAddr| {
+    let tls = ctx.tls.clone();
+    let handler = move |req: Request<ClientBody>, downstream: Downstream| {
         let ctx = ctx.clone();
-        async move { handle(&ctx, req, peer).await }
+        async move { handle(&ctx, req, downstream).await }
     };
-    serve_with(listener, handler, stop, drain, limits, budget).await
+    serve_with(listener, handler, stop, drain, limits, budget, tls).await
 }
 
 /// Accepts and serves connections with `handler`, under `limits`, until `stop`; then drains for up to `drain`.
+/// With `tls` (a sidecar's inbound listener), each connection is first sniffed for mTLS (see `tls.rs`).
 pub async fn serve_with<H, F, B>(
     listener: TcpListener,
     handler: H,
@@ -112,8 +125,9 @@ pub async fn serve_with<H, F, B>(
     drain: Duration,
     limits: Arc<Limits>,
     budget: FdBudget,
+    tls: Option<Arc<Inbound>>,
 ) where
-    H: Fn(Request<ClientBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<ClientBody>, Downstream) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -155,8 +169,39 @@ pub async fn serve_with<H, F, B>(
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let (limits, stop, builder) = (limits.clone(), stop.clone(), builder.clone());
+        let tls = tls.clone();
         tokio::spawn(async move {
-            conn::serve(stream, peer, handler, &builder, &limits, stop, drain).await;
+            let accepted = tokio::time::Instant::now();
+            let conn = conn::Conn {
+                accepted,
+                builder: &builder,
+                limits: &limits,
+                stop,
+                drain,
+            };
+            let plain = Downstream {
+                addr: peer,
+                peer: None,
+            };
+            match tls {
+                None => conn.serve(stream, plain, handler).await,
+                Some(tls) => {
+                    let deadline = accepted + limits.header_timeout;
+                    match tls::accept(&tls, stream, deadline).await {
+                        Some(tls::Accepted::Plaintext(stream)) => {
+                            conn.serve(stream, plain, handler).await
+                        }
+                        Some(tls::Accepted::Tls(stream, verified)) => {
+                            let downstream = Downstream {
+                                addr: peer,
+                                peer: Some(verified),
+                            };
+                            conn.serve(stream, downstream, handler).await
+                        }
+                        None => {}
+                    }
+                }
+            }
             drop(permits);
         });
     }

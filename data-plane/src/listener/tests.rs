@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{serve_with, FdBudget, Limits};
+use super::{serve_with, Downstream, FdBudget, Limits};
 use crate::error::{self, ProxyError};
 use crate::upstream::body::ClientBodyFailed;
 use crate::upstream::client_body::{BodyLimits, ClientBody};
@@ -39,7 +39,7 @@ fn limits() -> Limits {
 }
 
 /// Reads the whole body; `/slow` waits 120 s first. Answers 200 `got N`, or the proxy's reply to a body error.
-async fn handler(req: Request<ClientBody>, _peer: SocketAddr) -> Response<Full<Bytes>> {
+async fn handler(req: Request<ClientBody>, _peer: Downstream) -> Response<Full<Bytes>> {
     if req.uri().path() == "/slow" {
         tokio::time::sleep(Duration::from_secs(120)).await;
     }
@@ -76,6 +76,7 @@ async fn start(limits: Limits) -> Server {
         Duration::from_secs(5),
         Arc::new(limits),
         budget,
+        None,
     ));
     Server { addr, stop, task }
 }

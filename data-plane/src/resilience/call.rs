@@ -221,7 +221,7 @@ impl<'a> Attempts<'a> {
             self.clients,
             &cluster.name,
             cluster.protocol,
-            &endpoint.authority,
+            endpoint,
             parts,
             body,
         );

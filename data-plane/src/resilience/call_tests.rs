@@ -99,10 +99,7 @@ struct Fixture {
 
 async fn fixture(policy: Policy, script: &[Reply]) -> Fixture {
     let upstream = FakeUpstream::start(script).await;
-    let endpoint = Endpoint {
-        addr: upstream.addr,
-        authority: upstream.addr.to_string().parse().unwrap(),
-    };
+    let endpoint = Endpoint::plain(upstream.addr);
     let cluster = Arc::new(Cluster {
         name: "svc".into(),
         protocol: Protocol::Http1,

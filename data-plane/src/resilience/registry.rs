@@ -195,10 +195,7 @@ mod tests {
     fn snapshot(ports: &[u16], policy: Policy) -> Snapshot {
         let endpoints = ports
             .iter()
-            .map(|p| Endpoint {
-                addr: SocketAddr::from(([127, 0, 0, 1], *p)),
-                authority: format!("127.0.0.1:{p}").parse().unwrap(),
-            })
+            .map(|p| Endpoint::plain(SocketAddr::from(([127, 0, 0, 1], *p))))
             .collect();
         let mut cluster = Cluster::new(Arc::from("service/default/a"), Protocol::Http1, endpoints);
         cluster.policy = Arc::new(policy);

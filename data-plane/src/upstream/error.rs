@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use http::uri::Authority;
+use meshwork_identity::SpiffeId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -23,6 +24,22 @@ pub enum UpstreamError {
     },
     #[error("cannot build the upstream URI")]
     BadUri,
+}
+
+/// An endpoint with an identity was to be reached over mTLS, but this proxy has no certificate to present.
+#[derive(Debug, thiserror::Error)]
+#[error("no certificate to present for mTLS yet")]
+pub struct MtlsUnavailable;
+
+/// The mTLS handshake with an upstream endpoint failed (the server proved another identity, its chain did not
+/// verify, it refused ours, or it took too long): a connect failure, which retries and outlier detection handle.
+#[derive(Debug, thiserror::Error)]
+#[error("mTLS handshake with {peer} failed ({reason})")]
+pub struct MtlsConnectError {
+    pub peer: SpiffeId,
+    pub reason: &'static str,
+    #[source]
+    pub source: std::io::Error,
 }
 
 /// The first error of type `E` in `err`'s source chain.

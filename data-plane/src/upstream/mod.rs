@@ -1,6 +1,6 @@
 //! Stage 7: upstream connections. One HTTP/1.1 and one HTTP/2 (h2c, prior knowledge) client per proxy, each with a
 //! keep-alive connection pool keyed by endpoint address, shared by every snapshot so a config change never drops
-//! pooled connections.
+//! pooled connections; and, for endpoints that prove an identity, mTLS clients per identity (`tls`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,13 +12,17 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use meshwork_identity::SpiffeId;
 
 pub mod body;
 pub mod client_body;
 mod connector;
 pub mod error;
+mod tls;
 
-use crate::config::snapshot::Protocol;
+use crate::config::snapshot::{Endpoint, Protocol};
+use crate::identity::MeshIdentity;
+use crate::tls::TlsMetrics;
 use body::RequestBody;
 use connector::Connector;
 pub use error::UpstreamError;
@@ -27,9 +31,19 @@ pub use error::UpstreamError;
 pub struct Upstreams {
     h1: Client<Connector, RequestBody>,
     h2: Client<Connector, RequestBody>,
+    /// Endpoints with an identity, once the proxy has a certificate (`None`: no identity here, all plaintext).
+    mtls: Option<Arc<tls::MtlsClients>>,
     /// Clients for clusters whose TrafficPolicy sets its own connect or idle timeout, by (connect, idle).
     tuned: Arc<Mutex<HashMap<(Duration, Duration), Upstreams>>>,
     connect_timeout: Duration,
+    mesh: Option<Mesh>,
+}
+
+/// What mTLS clients are made with.
+#[derive(Clone)]
+struct Mesh {
+    identity: Arc<MeshIdentity>,
+    metrics: Arc<TlsMetrics>,
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -43,8 +57,19 @@ impl std::fmt::Debug for Upstreams {
 const IDLE: Duration = Duration::from_secs(90);
 
 impl Upstreams {
+    /// Plaintext clients only (endpoint identities are ignored).
     pub fn new(connect_timeout: Duration) -> Self {
-        Self::with_timeouts(connect_timeout, IDLE)
+        Self::with_timeouts(connect_timeout, IDLE, None)
+    }
+
+    /// Clients that reach endpoints with an identity over mTLS with the proxy's certificate (plaintext until it
+    /// has one), counting handshakes in `metrics`.
+    pub fn with_mtls(
+        connect_timeout: Duration,
+        identity: Arc<MeshIdentity>,
+        metrics: Arc<TlsMetrics>,
+    ) -> Self {
+        Self::with_timeouts(connect_timeout, IDLE, Some(Mesh { identity, metrics }))
     }
 
     /// The clients for a cluster's `timeouts.connect` / `timeouts.idle` (the defaults when unset). Each distinct
@@ -62,36 +87,52 @@ impl Upstreams {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.entry(key)
-            .or_insert_with(|| Self::with_timeouts(key.0, key.1))
+            .or_insert_with(|| Self::with_timeouts(key.0, key.1, self.mesh.clone()))
             .clone()
     }
 
-    fn with_timeouts(connect_timeout: Duration, idle: Duration) -> Self {
+    fn with_timeouts(connect_timeout: Duration, idle: Duration, mesh: Option<Mesh>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
         connector.enforce_http(true);
-        let h1 = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(idle)
-            .pool_max_idle_per_host(usize::MAX)
-            .build(Connector(connector.clone()));
-        let h2 = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(idle)
-            .http2_only(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .build(Connector(connector));
+        let h1 = client(Connector(connector.clone()), Protocol::Http1, idle);
+        let h2 = client(Connector(connector), Protocol::Http2, idle);
+        let mtls = mesh.as_ref().map(|m| {
+            Arc::new(tls::MtlsClients::new(
+                m.identity.clone(),
+                m.metrics.clone(),
+                connect_timeout,
+                idle,
+            ))
+        });
         Upstreams {
             h1,
             h2,
+            mtls,
             tuned: Arc::default(),
             connect_timeout,
+            mesh,
         }
     }
 
-    pub fn request(&self, protocol: Protocol, req: Request<RequestBody>) -> ResponseFuture {
+    /// Sends `req` (an `http://` URI, see [`uri`]) to an endpoint: over mTLS when the endpoint has an `identity`
+    /// and this proxy has a certificate (the URI becomes `https://`, the server must prove that identity),
+    /// plaintext otherwise.
+    pub fn request(
+        &self,
+        protocol: Protocol,
+        identity: Option<&SpiffeId>,
+        mut req: Request<RequestBody>,
+    ) -> ResponseFuture {
+        if let (Some(peer), Some(mtls)) = (identity, &self.mtls) {
+            if mtls.ready() {
+                let mut parts = std::mem::take(req.uri_mut()).into_parts();
+                parts.scheme = Some(Scheme::HTTPS);
+                *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+                return mtls.request(peer, protocol, req);
+            }
+        }
         match protocol {
             Protocol::Http1 => self.h1.request(req),
             Protocol::Http2 => self.h2.request(req),
@@ -99,21 +140,40 @@ impl Upstreams {
     }
 }
 
-/// Sends a request to one endpoint of `cluster` (an `http://` URI with the endpoint's authority, the request's
-/// path and query, and the cluster's HTTP version).
+/// A pooled client over `connector` for one protocol.
+fn client<C>(connector: C, protocol: Protocol, idle: Duration) -> Client<C, RequestBody>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone,
+{
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_timer(TokioTimer::new()).pool_idle_timeout(idle);
+    match protocol {
+        Protocol::Http1 => b.pool_max_idle_per_host(usize::MAX),
+        Protocol::Http2 => b
+            .timer(TokioTimer::new())
+            .http2_only(true)
+            .http2_keep_alive_interval(Duration::from_secs(30)),
+    };
+    b.build(connector)
+}
+
+/// Sends a request to one endpoint of `cluster` (a URI with the endpoint's authority, the request's path and query,
+/// and the cluster's HTTP version; over mTLS if the endpoint has an identity, see [`Upstreams::request`]).
 pub async fn send(
     clients: &Upstreams,
     cluster: &Arc<str>,
     protocol: Protocol,
-    authority: &Authority,
+    endpoint: &Endpoint,
     parts: http::request::Parts,
     body: RequestBody,
 ) -> Result<Response<Incoming>, UpstreamError> {
+    let authority = &endpoint.authority;
     let uri = uri(authority.clone(), parts.uri.path_and_query()).ok_or(UpstreamError::BadUri)?;
     let mut req = Request::from_parts(parts, body);
     *req.uri_mut() = uri;
     *req.version_mut() = version(protocol);
-    clients.request(protocol, req).await.map_err(|source| {
+    let sent = clients.request(protocol, endpoint.identity.as_ref(), req);
+    sent.await.map_err(|source| {
         let (cluster, addr) = (cluster.clone(), authority.clone());
         if source.is_connect() {
             UpstreamError::Connect {

@@ -92,7 +92,20 @@ fn cluster(c: &pb::Cluster) -> Result<Cluster, InvalidSnapshot> {
                 .to_string()
                 .parse()
                 .map_err(|_| invalid(&path, "bad endpoint authority"))?;
-            Ok(Endpoint { addr, authority })
+            let identity = match e.identity.as_str() {
+                "" => None,
+                id => Some(meshwork_identity::SpiffeId::parse(id).map_err(|err| {
+                    invalid(
+                        &path,
+                        format!("endpoint {} identity {id:?}: {err}", e.address),
+                    )
+                })?),
+            };
+            Ok(Endpoint {
+                addr,
+                authority,
+                identity,
+            })
         })
         .collect::<Result<Vec<_>, InvalidSnapshot>>()?;
     let name: Arc<str> = Arc::from(c.name.as_str());
@@ -337,6 +350,24 @@ impl Snapshot {
         } else {
             vec![bytes::Bytes::copy_from_slice(&pb.mesh_key)]
         };
+        let trust_domain = match pb.trust_domain.as_str() {
+            "" => None,
+            td => Some(
+                meshwork_identity::TrustDomain::new(td)
+                    .map_err(|e| invalid("trust_domain", format!("{td:?}: {e}")))?,
+            ),
+        };
+        let inbound_mtls = match pb::MtlsMode::try_from(pb.inbound_mtls) {
+            Ok(pb::MtlsMode::MtlsPermissive) => MtlsMode::Permissive,
+            Ok(pb::MtlsMode::MtlsStrict) => MtlsMode::Strict,
+            Ok(pb::MtlsMode::MtlsDisabled) => MtlsMode::Disabled,
+            Err(_) => {
+                return Err(invalid(
+                    "inbound_mtls",
+                    format!("unknown mode {}", pb.inbound_mtls),
+                ))
+            }
+        };
         Ok(Snapshot {
             version,
             listeners,
@@ -344,6 +375,8 @@ impl Snapshot {
             inbound_wasm,
             inbound_limit,
             mesh_keys,
+            trust_domain,
+            inbound_mtls,
             plugins,
             source: pb,
         })

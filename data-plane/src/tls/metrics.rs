@@ -1,0 +1,220 @@
+//! Handshake counters (by side, result and reason), plaintext taken or refused by the inbound listener, and the
+//! expiry of the proxy's own certificate, in Prometheus text form. Touched once per handshake, never per request.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use meshwork_identity::PeerRejected;
+use rustls::{AlertDescription, CertificateError, Error};
+
+use crate::identity::Certified;
+
+/// Which end of the connection this proxy was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Side {
+    /// The server: a peer connected to this proxy's inbound listener.
+    Inbound,
+    /// The client: this proxy connected to an upstream endpoint.
+    Outbound,
+}
+
+impl Side {
+    fn label(self) -> &'static str {
+        match self {
+            Side::Inbound => "inbound",
+            Side::Outbound => "outbound",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Default)]
+pub struct TlsMetrics {
+    full: [AtomicU64; 2],
+    resumed: [AtomicU64; 2],
+    failed: Mutex<BTreeMap<(Side, &'static str), u64>>,
+    plaintext_refused: AtomicU64,
+    plaintext_served: AtomicU64,
+}
+
+impl TlsMetrics {
+    pub fn handshake_ok(&self, side: Side, resumed: bool) {
+        let by_side = if resumed { &self.resumed } else { &self.full };
+        by_side[side.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn handshake_failed(&self, side: Side, reason: &'static str) {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        *failed.entry((side, reason)).or_default() += 1;
+    }
+
+    pub fn plaintext_refused(&self) {
+        self.plaintext_refused.fetch_add(1, Relaxed);
+    }
+
+    pub fn plaintext_served(&self) {
+        self.plaintext_served.fetch_add(1, Relaxed);
+    }
+
+    /// Completed handshakes on `side` (full ones, or resumed ones).
+    pub fn handshakes(&self, side: Side, resumed: bool) -> u64 {
+        let by_side = if resumed { &self.resumed } else { &self.full };
+        by_side[side.index()].load(Relaxed)
+    }
+
+    /// Failed handshakes on `side` for `reason`.
+    pub fn failures(&self, side: Side, reason: &str) -> u64 {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed
+            .iter()
+            .filter(|((s, r), _)| *s == side && *r == reason)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    /// Every failed handshake on `side`, whatever the reason.
+    pub fn all_failures(&self, side: Side) -> u64 {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed
+            .iter()
+            .filter(|((s, _), _)| *s == side)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    pub fn plaintext_refused_count(&self) -> u64 {
+        self.plaintext_refused.load(Relaxed)
+    }
+
+    pub fn plaintext_served_count(&self) -> u64 {
+        self.plaintext_served.load(Relaxed)
+    }
+
+    /// Appends the metrics in Prometheus text form; `own` is the proxy's certificate, if it has one.
+    pub fn write(&self, out: &mut String, own: Option<&Certified>) {
+        let _ = writeln!(out, "# HELP meshwork_tls_handshakes_total mTLS handshakes between proxies, by side (inbound: this proxy was the server) and result (ok, resumed, or error with a reason).");
+        let _ = writeln!(out, "# TYPE meshwork_tls_handshakes_total counter");
+        for side in [Side::Inbound, Side::Outbound] {
+            for (result, n) in [
+                ("ok", self.handshakes(side, false)),
+                ("resumed", self.handshakes(side, true)),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "meshwork_tls_handshakes_total{{side=\"{}\",result=\"{result}\",reason=\"\"}} {n}",
+                    side.label()
+                );
+            }
+        }
+        let failed = self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for ((side, reason), n) in failed {
+            let _ = writeln!(
+                out,
+                "meshwork_tls_handshakes_total{{side=\"{}\",result=\"error\",reason=\"{reason}\"}} {n}",
+                side.label()
+            );
+        }
+        let _ = writeln!(out, "# HELP meshwork_tls_plaintext_refused_total Plaintext connections closed by a STRICT inbound listener.");
+        let _ = writeln!(out, "# TYPE meshwork_tls_plaintext_refused_total counter");
+        let _ = writeln!(
+            out,
+            "meshwork_tls_plaintext_refused_total {}",
+            self.plaintext_refused_count()
+        );
+        let _ = writeln!(out, "# HELP meshwork_tls_plaintext_accepted_total Plaintext connections a PERMISSIVE inbound listener took after sniffing.");
+        let _ = writeln!(out, "# TYPE meshwork_tls_plaintext_accepted_total counter");
+        let _ = writeln!(
+            out,
+            "meshwork_tls_plaintext_accepted_total {}",
+            self.plaintext_served_count()
+        );
+        if let Some(own) = own {
+            let left = match own.not_after.duration_since(SystemTime::now()) {
+                Ok(d) => d.as_secs_f64(),
+                Err(e) => -e.duration().as_secs_f64(),
+            };
+            let _ = writeln!(out, "# HELP meshwork_tls_certificate_expiry_seconds Seconds until this proxy's certificate expires (negative: expired).");
+            let _ = writeln!(out, "# TYPE meshwork_tls_certificate_expiry_seconds gauge");
+            let _ = writeln!(
+                out,
+                "meshwork_tls_certificate_expiry_seconds{{spiffe_id=\"{}\"}} {left:.0}",
+                own.id
+            );
+        }
+    }
+}
+
+/// A short, stable label for why a handshake failed (tokio-rustls reports rustls' error inside an `io::Error`).
+pub fn io_reason(err: &io::Error) -> &'static str {
+    if let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<Error>()) {
+        return reason(tls);
+    }
+    match err.kind() {
+        io::ErrorKind::UnexpectedEof => "eof",
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => "reset",
+        io::ErrorKind::TimedOut => "timeout",
+        _ => "io",
+    }
+}
+
+/// A short, stable label for a rustls handshake error: the identity crate's reason when the peer's certificate
+/// verified but was refused by the SVID rules or the allowed set, else the certificate problem or the alert.
+pub fn reason(err: &Error) -> &'static str {
+    if let Some(rejected) = PeerRejected::from_rustls(err) {
+        return rejected.reason();
+    }
+    match err {
+        Error::InvalidCertificate(c) => match c {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "cert_expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "cert_not_yet_valid"
+            }
+            CertificateError::UnknownIssuer => "unknown_issuer",
+            CertificateError::BadSignature => "bad_signature",
+            CertificateError::BadEncoding => "bad_encoding",
+            CertificateError::Revoked => "revoked",
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "invalid_purpose"
+            }
+            _ => "invalid_certificate",
+        },
+        Error::NoCertificatesPresented => "no_peer_certificate",
+        Error::AlertReceived(alert) => alert_reason(*alert),
+        Error::PeerIncompatible(_) => "peer_incompatible",
+        Error::PeerMisbehaved(_) => "peer_misbehaved",
+        Error::InvalidMessage(_) => "invalid_message",
+        Error::InappropriateMessage { .. } | Error::InappropriateHandshakeMessage { .. } => {
+            "unexpected_message"
+        }
+        Error::NoApplicationProtocol => "no_application_protocol",
+        Error::DecryptError => "decrypt_error",
+        _ => "other",
+    }
+}
+
+fn alert_reason(alert: AlertDescription) -> &'static str {
+    match alert {
+        AlertDescription::BadCertificate => "alert_bad_certificate",
+        AlertDescription::UnknownCA => "alert_unknown_ca",
+        AlertDescription::CertificateExpired => "alert_certificate_expired",
+        AlertDescription::CertificateRequired => "alert_certificate_required",
+        AlertDescription::CertificateUnknown => "alert_certificate_unknown",
+        AlertDescription::AccessDenied => "alert_access_denied",
+        AlertDescription::HandshakeFailure => "alert_handshake_failure",
+        AlertDescription::ProtocolVersion => "alert_protocol_version",
+        AlertDescription::NoApplicationProtocol => "alert_no_application_protocol",
+        AlertDescription::DecryptError => "alert_decrypt_error",
+        _ => "alert_other",
+    }
+}
