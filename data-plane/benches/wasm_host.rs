@@ -203,6 +203,7 @@ fn whole_stream(code: &[u8], digest: &str) {
                             &plugins[..n],
                             &mut rp,
                             peer,
+                            None,
                             Some(&route),
                             Some(&route),
                             true,

@@ -65,6 +65,11 @@ impl MeshIdentity {
         self.current.load_full()
     }
 
+    /// Whether a certificate is installed (no reference taken: cheap enough per request).
+    pub fn is_certified(&self) -> bool {
+        self.current.load().is_some()
+    }
+
     /// A new key and a CSR for it, for `id`. The key waits for its certificate.
     pub fn new_csr(&self, id: &SpiffeId) -> anyhow::Result<Vec<u8>> {
         let key = WorkloadKey::generate()?;

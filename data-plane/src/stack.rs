@@ -102,8 +102,16 @@ async fn route_and_forward(
     let eos = http_body::Body::is_end_stream(&body);
     let route_name = target.route.map(|r| &r.name);
     let cluster_name = target.cluster.map(|c| &c.name);
-    let (chain, verdict) =
-        Chain::on_request(target.wasm, &mut parts, peer, route_name, cluster_name, eos).await;
+    let (chain, verdict) = Chain::on_request(
+        target.wasm,
+        &mut parts,
+        peer,
+        downstream.peer.as_ref(),
+        route_name,
+        cluster_name,
+        eos,
+    )
+    .await;
     match verdict {
         Verdict::Continue => {}
         Verdict::Respond(r) => return Ok(r),

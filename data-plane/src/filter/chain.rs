@@ -31,6 +31,7 @@ use super::wasm::stream::{
     header_pairs, method_text, status_text, to_header_map, Headers, Pseudo, StreamData, Text,
 };
 use super::wasm::{PluginHandle, WasmError};
+use crate::tls::VerifiedPeer;
 use crate::upstream::body::{BoxError, ResponseBody};
 
 struct Active {
@@ -655,6 +656,7 @@ impl Chain {
         plugins: &[Arc<PluginHandle>],
         parts: &mut request::Parts,
         peer: SocketAddr,
+        peer_tls: Option<&Arc<VerifiedPeer>>,
         route: Option<&Arc<str>>,
         cluster: Option<&Arc<str>>,
         end_of_stream: bool,
@@ -697,6 +699,7 @@ impl Chain {
             let mut stream = pool::take();
             stream.request_headers = std::mem::take(&mut headers);
             stream.source = Some(peer);
+            stream.peer_tls = peer_tls.cloned();
             stream.route_name = route.cloned();
             stream.cluster_name = cluster.cloned();
             stream.protocol = protocol;

@@ -35,6 +35,8 @@ const SERVER_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 #[derive(Debug)]
 pub struct VerifiedPeer {
     pub id: SpiffeId,
+    /// The identity this proxy presented on the connection.
+    pub local: SpiffeId,
     /// `x-forwarded-client-cert` for the app: `By=<own ID>;URI=<peer ID>`.
     pub xfcc: HeaderValue,
     /// `x-meshwork-source` as the peer's identity says it (`service.namespace` of a workload ID); `None` for
@@ -52,6 +54,7 @@ impl VerifiedPeer {
             .and_then(|(ns, sa)| HeaderValue::from_str(&format!("{sa}.{ns}")).ok());
         VerifiedPeer {
             id: peer,
+            local: own.clone(),
             xfcc,
             source,
         }
@@ -147,7 +150,7 @@ impl Inbound {
     /// then only a verified peer speaks for the caller, and the HMAC-proven `x-meshwork-source` of plaintext
     /// callers is no longer taken.
     pub fn mtls_available(&self, snapshot: &Snapshot) -> bool {
-        snapshot.inbound_mtls != MtlsMode::Disabled && self.identity.current().is_some()
+        snapshot.inbound_mtls != MtlsMode::Disabled && self.identity.is_certified()
     }
 
     fn server_config(&self) -> Option<(Arc<Certified>, Arc<ServerConfig>)> {

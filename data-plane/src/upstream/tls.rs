@@ -43,8 +43,16 @@ pub(super) struct MtlsClients {
     metrics: Arc<TlsMetrics>,
     connect_timeout: Duration,
     idle: Duration,
-    clients: ArcSwap<HashMap<(SpiffeId, Protocol), Client<MtlsConnector, RequestBody>>>,
+    /// Per protocol (HTTP/1.1, HTTP/2), by identity: read per request without a lock or a key to build.
+    clients: [ArcSwap<HashMap<SpiffeId, Client<MtlsConnector, RequestBody>>>; 2],
     grow: Mutex<()>,
+}
+
+fn slot(protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::Http1 => 0,
+        Protocol::Http2 => 1,
+    }
 }
 
 impl MtlsClients {
@@ -59,14 +67,14 @@ impl MtlsClients {
             metrics,
             connect_timeout,
             idle,
-            clients: ArcSwap::default(),
+            clients: Default::default(),
             grow: Mutex::new(()),
         }
     }
 
     /// Whether this proxy can originate mTLS: it holds a certificate.
     pub(super) fn ready(&self) -> bool {
-        self.identity.current().is_some()
+        self.identity.is_certified()
     }
 
     /// Sends `req` (whose URI is already `https`) to an endpoint that must prove `peer`.
@@ -76,17 +84,17 @@ impl MtlsClients {
         protocol: Protocol,
         req: http::Request<RequestBody>,
     ) -> ResponseFuture {
-        let key = (peer.clone(), protocol);
-        if let Some(client) = self.clients.load().get(&key) {
+        if let Some(client) = self.clients[slot(protocol)].load().get(peer) {
             return client.request(req);
         }
-        self.add(key).request(req)
+        self.add(peer, protocol).request(req)
     }
 
-    fn add(&self, key: (SpiffeId, Protocol)) -> Client<MtlsConnector, RequestBody> {
+    fn add(&self, peer: &SpiffeId, protocol: Protocol) -> Client<MtlsConnector, RequestBody> {
         let _grow = self.grow.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.clients.load();
-        if let Some(client) = current.get(&key) {
+        let clients = &self.clients[slot(protocol)];
+        let current = clients.load();
+        if let Some(client) = current.get(peer) {
             return client.clone();
         }
         let mut next = HashMap::clone(&current);
@@ -102,16 +110,16 @@ impl MtlsClients {
         http.enforce_http(false);
         let connector = MtlsConnector(Arc::new(ConnectorState {
             http,
-            peer: key.0.clone(),
-            protocol: key.1,
+            peer: peer.clone(),
+            protocol,
             identity: self.identity.clone(),
             metrics: self.metrics.clone(),
             config: Slot::default(),
             handshake_timeout: self.connect_timeout,
         }));
-        let client = super::client(connector, key.1, self.idle);
-        next.insert(key, client.clone());
-        self.clients.store(Arc::new(next));
+        let client = super::client(connector, protocol, self.idle);
+        next.insert(peer.clone(), client.clone());
+        clients.store(Arc::new(next));
         client
     }
 }

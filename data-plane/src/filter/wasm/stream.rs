@@ -24,6 +24,8 @@ pub struct StreamData {
     pub response_dirty: bool,
     pub response_code: Option<u16>,
     pub source: Option<SocketAddr>,
+    /// The caller an mTLS handshake proved on this stream's connection (sidecar inbound listeners).
+    pub peer_tls: Option<std::sync::Arc<crate::tls::VerifiedPeer>>,
     pub route_name: Option<std::sync::Arc<str>>,
     pub cluster_name: Option<std::sync::Arc<str>>,
     pub protocol: &'static str,

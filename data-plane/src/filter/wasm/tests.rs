@@ -414,3 +414,73 @@ async fn tick_timers_follow_the_requested_period_and_stop_with_the_plugin() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(ticks(&rt), 5, "no ticks once the plugin is gone");
 }
+
+/// Reads property `path` on a stream whose connection carried `peer_tls`: the module copies the value into
+/// request header `x-prop` (when it makes a header value) and returns its first byte, or -1 when not found.
+fn property_of(
+    path: &str,
+    peer_tls: Option<Arc<crate::tls::VerifiedPeer>>,
+) -> (i32, Option<String>) {
+    let text = format!(
+        r#"(module {ENV}
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+    (local.get $p))
+  (data (i32.const 16) "x-prop")
+  (data (i32.const 512) "{path}")
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (i32.ne (call $get_prop (i32.const 512) (i32.const {len}) (i32.const 100) (i32.const 104)) (i32.const 0))
+      (then (return (i32.const -1))))
+    (drop (call $add_hdr (i32.const 0) (i32.const 16) (i32.const 6) (i32.load (i32.const 100)) (i32.load (i32.const 104))))
+    (i32.load8_u (i32.load (i32.const 100)))))"#,
+        len = path.len()
+    );
+    let code = wat::parse_str(&text).unwrap();
+    let rt = WasmRuntime::new(1, None).unwrap();
+    let plugin = load(&rt, &code, b"").unwrap();
+    let mut stream = Box::new(StreamData {
+        peer_tls,
+        ..StreamData::default()
+    });
+    let r = plugin.run(0, None, |inst| {
+        inst.new_context(&mut stream)?;
+        inst.on_headers(&mut stream, false, true)
+    });
+    let first = r.unwrap().map_or(-2, |(v, _)| v);
+    use super::stream::HeaderAccess;
+    (first, stream.request_headers.value("x-prop"))
+}
+
+#[test]
+fn filters_see_the_mtls_peer_of_the_connection() {
+    let td = meshwork_identity::TrustDomain::default();
+    let id = |sa| meshwork_identity::SpiffeId::workload(&td, "default", sa).unwrap();
+    let peer = Arc::new(crate::tls::VerifiedPeer::new(
+        &id("backend"),
+        id("frontend"),
+    ));
+    let frontend = "spiffe://cluster.local/ns/default/sa/frontend";
+    let backend = "spiffe://cluster.local/ns/default/sa/backend";
+    for (path, want) in [
+        ("source.principal", frontend),
+        ("connection.uri_san_peer_certificate", frontend),
+        ("destination.principal", backend),
+        ("connection.uri_san_local_certificate", backend),
+        ("connection.tls_version", "TLSv1.3"),
+    ] {
+        let (_, got) = property_of(path, Some(peer.clone()));
+        assert_eq!(got.as_deref(), Some(want), "{path}");
+        assert_eq!(
+            property_of(path, None).0,
+            -1,
+            "{path} on a plaintext connection"
+        );
+    }
+    assert_eq!(property_of("connection.mtls", Some(peer)).0, 1);
+    assert_eq!(property_of("connection.mtls", None).0, 0);
+}

@@ -84,6 +84,23 @@ async fn an_mtls_request_reaches_the_app_with_the_verified_caller_only() {
     assert_eq!(seen.get_all(&XFCC_HEADER).iter().count(), 1, "{seen:?}");
     assert_eq!(m.backend.metrics.handshakes(Side::Inbound, false), 1);
     assert_eq!(m.frontend.metrics.handshakes(Side::Outbound, false), 1);
+    // What /metrics shows of it.
+    let mut text = String::new();
+    let own = m.backend.identity.current();
+    m.backend.metrics.write(&mut text, own.as_deref());
+    for line in [
+        "meshwork_tls_handshakes_total{side=\"inbound\",result=\"ok\",reason=\"\"} 1",
+        "meshwork_tls_handshakes_total{side=\"outbound\",result=\"ok\",reason=\"\"} 0",
+        "meshwork_tls_plaintext_refused_total 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+    }
+    let expiry = text
+        .lines()
+        .find_map(|l| l.strip_prefix("meshwork_tls_certificate_expiry_seconds{spiffe_id=\"spiffe://cluster.local/ns/default/sa/backend\"} "))
+        .unwrap();
+    let left: f64 = expiry.parse().unwrap();
+    assert!((3500.0..=3600.0).contains(&left), "{left}");
 }
 
 #[tokio::test]
@@ -220,6 +237,12 @@ async fn a_client_certificate_from_another_ca_is_refused() {
     assert_eq!(
         m.backend.metrics.failures(Side::Inbound, "unknown_issuer"),
         1
+    );
+    let mut text = String::new();
+    m.backend.metrics.write(&mut text, None);
+    assert!(
+        text.contains("meshwork_tls_handshakes_total{side=\"inbound\",result=\"error\",reason=\"unknown_issuer\"} 1"),
+        "{text}"
     );
     assert_eq!(m.backend.metrics.handshakes(Side::Inbound, false), 0);
     assert_eq!(m.app.requests(), 0);

@@ -84,7 +84,16 @@ fn property(c: &C<'_>, path: &[&str]) -> Option<Vec<u8>> {
         "response.headers" if s.response_code.is_some() => Some(s.response_headers.serialize()),
         "source.address" => s.source.map(|a| a.to_string().into_bytes()),
         "source.port" => s.source.and_then(|a| int(i64::from(a.port()))),
-        "connection.mtls" => Some(vec![0]),
+        "connection.mtls" => Some(vec![u8::from(s.peer_tls.is_some())]),
+        // The mTLS peer (Envoy's connection attributes; `source.principal` / `destination.principal` as Istio's
+        // filters name them): NOT_FOUND on a plaintext connection.
+        "source.principal" | "connection.uri_san_peer_certificate" => {
+            s.peer_tls.as_ref().and_then(|p| text(p.id.as_str()))
+        }
+        "destination.principal" | "connection.uri_san_local_certificate" => {
+            s.peer_tls.as_ref().and_then(|p| text(p.local.as_str()))
+        }
+        "connection.tls_version" => s.peer_tls.as_ref().and_then(|_| text("TLSv1.3")),
         "route_name" | "xds.route_name" => s.route_name.as_deref().and_then(text),
         "cluster_name" | "xds.cluster_name" => s.cluster_name.as_deref().and_then(text),
         _ => None,
