@@ -298,9 +298,10 @@ async fn through_response_filters(
 
 /// Before the filters: hop-by-hop headers (RFC 9110 7.6.1) and a caller statement no one here vouches for are
 /// gone, so filters never see them and a client's `Connection` cannot remove what a filter sets. On a sidecar's
-/// inbound listener the caller is then stated by what this proxy verified: the mTLS peer (`x-forwarded-client-cert`
-/// and the `x-meshwork-source` its identity names), or, only while mTLS is not available here (no certificate
-/// yet, or DISABLED), the source a plaintext caller sidecar proved with the mesh key.
+/// inbound listener the caller is then stated by what this proxy verified: on an mTLS connection the peer
+/// (`x-forwarded-client-cert`, and the `x-meshwork-source` its identity names); on a plaintext one (a caller
+/// sidecar that cannot do mTLS with this endpoint yet: no certificate, no identity for it, DISABLED) only a
+/// source proven with the mesh key. STRICT takes no plaintext, so there only mTLS speaks for the caller.
 fn sanitize(
     ctx: &ListenerCtx,
     snapshot: &Snapshot,
@@ -318,10 +319,6 @@ fn sanitize(
         Some(peer) => {
             headers.remove(caller::PROOF_HEADER);
             state_verified(peer, headers);
-        }
-        None if ctx.tls.as_ref().is_some_and(|t| t.mtls_available(snapshot)) => {
-            headers.remove(SOURCE_HEADER);
-            headers.remove(caller::PROOF_HEADER);
         }
         None => caller::check(&snapshot.mesh_keys, headers),
     }

@@ -14,7 +14,7 @@ use meshwork_identity::tls::TlsConfigError;
 use meshwork_identity::SpiffeId;
 use rustls::{ClientConfig, ServerConfig};
 
-use crate::config::snapshot::{MtlsMode, Protocol, Snapshot};
+use crate::config::snapshot::{MtlsMode, Protocol};
 use crate::config::ConfigStore;
 use crate::identity::{Certified, MeshIdentity};
 
@@ -144,13 +144,6 @@ impl Inbound {
                 strict: false,
             },
         }
-    }
-
-    /// Whether callers can prove who they are with mTLS here (a certificate, and the mode is not DISABLED):
-    /// then only a verified peer speaks for the caller, and the HMAC-proven `x-meshwork-source` of plaintext
-    /// callers is no longer taken.
-    pub fn mtls_available(&self, snapshot: &Snapshot) -> bool {
-        snapshot.inbound_mtls != MtlsMode::Disabled && self.identity.is_certified()
     }
 
     fn server_config(&self) -> Option<(Arc<Certified>, Arc<ServerConfig>)> {

@@ -117,8 +117,8 @@ impl Upstreams {
     }
 
     /// Sends `req` (an `http://` URI, see [`uri`]) to an endpoint: over mTLS when the endpoint has an `identity`
-    /// and this proxy has a certificate (the URI becomes `https://`, the server must prove that identity),
-    /// plaintext otherwise.
+    /// and this proxy has a certificate (the URI becomes `https://`, the server must prove that identity, and
+    /// `x-meshwork-source-proof` stays home), plaintext otherwise.
     pub fn request(
         &self,
         protocol: Protocol,
@@ -127,6 +127,8 @@ impl Upstreams {
     ) -> ResponseFuture {
         if let (Some(peer), Some(mtls)) = (identity, &self.mtls) {
             if mtls.ready() {
+                // The peer learns who calls from the handshake: the plaintext path's proof is not sent.
+                req.headers_mut().remove(crate::caller::PROOF_HEADER);
                 let mut parts = std::mem::take(req.uri_mut()).into_parts();
                 parts.scheme = Some(Scheme::HTTPS);
                 *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
