@@ -139,12 +139,21 @@ struct ConnectorState {
 }
 
 impl ConnectorState {
+    /// The config for the current certificate; a failure is counted like a failed handshake.
     fn config(&self) -> Result<Arc<ClientConfig>, BoxError> {
-        let current = self.identity.current().ok_or(MtlsUnavailable)?;
-        let config = self.config.get(&current, |c| {
+        let Some(current) = self.identity.current() else {
+            self.metrics
+                .handshake_failed(Side::Outbound, "no_certificate");
+            return Err(MtlsUnavailable.into());
+        };
+        let built = self.config.get(&current, |c| {
             tls::client_config(c, &self.peer, self.protocol)
-        })?;
-        Ok(config)
+        });
+        built.map_err(|e| {
+            self.metrics.handshake_failed(Side::Outbound, "config");
+            tracing::warn!(peer = %self.peer, error = %e, "cannot build the outbound mTLS config");
+            e.into()
+        })
     }
 
     async fn connect(&self, dst: Uri) -> Result<MtlsStream, BoxError> {

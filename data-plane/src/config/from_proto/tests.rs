@@ -499,16 +499,26 @@ fn cluster() -> BoxedStrategy<pb::Cluster> {
         "1.2.3.4:99999",
         "[::ffff:1.2.3.4]:8080",
     ]);
+    let identity = pick(&[
+        "",
+        "spiffe://cluster.local/ns/default/sa/backend",
+        "spiffe://example.org/ns/a/gateway/g",
+        "spiffe://",
+        "spiffe://Cluster.local/ns/a/sa/b",
+        "spiffe://cluster.local/ns/a/sa/b?x=1",
+        "http://cluster.local/ns/a/sa/b",
+    ]);
     let endpoint = (
         address,
         prop::collection::hash_map(any::<String>(), any::<String>(), 0..2),
         name(),
+        identity,
     )
-        .prop_map(|(address, labels, node_id)| pb::Endpoint {
+        .prop_map(|(address, labels, node_id, identity)| pb::Endpoint {
             address,
             labels,
             node_id,
-            identity: String::new(),
+            identity,
         });
     (
         name(),
@@ -533,18 +543,29 @@ fn snapshot() -> BoxedStrategy<pb::Snapshot> {
         wasm,
         some(rate_limit()),
         prop::collection::vec(any::<u8>(), 0..40),
+        pick(&[
+            "",
+            "cluster.local",
+            "example.org",
+            "Upper.case",
+            "td:1",
+            "a b",
+        ]),
+        prop_oneof![4 => 0..3i32, 1 => any::<i32>()],
     );
     parts
         .prop_map(
-            |(listeners, clusters, inbound_wasm, inbound_rate_limit, mesh_key)| pb::Snapshot {
-                listeners,
-                clusters,
-                wasm_plugins: Vec::new(),
-                inbound_wasm,
-                inbound_rate_limit,
-                mesh_key,
-                trust_domain: String::new(),
-                inbound_mtls: 0,
+            |(listeners, clusters, inbound_wasm, inbound_rate_limit, mesh_key, td, mtls)| {
+                pb::Snapshot {
+                    listeners,
+                    clusters,
+                    wasm_plugins: Vec::new(),
+                    inbound_wasm,
+                    inbound_rate_limit,
+                    mesh_key,
+                    trust_domain: td,
+                    inbound_mtls: mtls,
+                }
             },
         )
         .boxed()
@@ -681,4 +702,55 @@ fn pushes_with_wasm_modules_build_or_are_refused() {
         let received = Received::new(7, pb, modules);
         let _ = received.build(&wasm, &Snapshot::empty(), "node-1");
     });
+}
+
+#[test]
+fn endpoint_identities_and_the_inbound_mode_are_read() {
+    use crate::config::snapshot::MtlsMode;
+    let endpoint = |address: &str, identity: &str| pb::Endpoint {
+        address: address.into(),
+        identity: identity.into(),
+        ..Default::default()
+    };
+    let pb = |identity: &str, mode: i32| pb::Snapshot {
+        clusters: vec![pb::Cluster {
+            name: "backend".into(),
+            endpoints: vec![
+                endpoint("127.0.0.1:1", identity),
+                endpoint("127.0.0.1:2", ""),
+            ],
+            ..Default::default()
+        }],
+        trust_domain: "cluster.local".into(),
+        inbound_mtls: mode,
+        ..Default::default()
+    };
+    let id = "spiffe://cluster.local/ns/default/sa/backend";
+    let snap =
+        Snapshot::from_proto(1, pb(id, pb::MtlsMode::MtlsStrict as i32), HashMap::new()).unwrap();
+    let endpoints = &snap.clusters["backend"].endpoints;
+    assert_eq!(endpoints[0].identity.as_ref().map(|i| i.as_str()), Some(id));
+    assert_eq!(endpoints[1].identity, None);
+    assert_eq!(snap.inbound_mtls, MtlsMode::Strict);
+    assert_eq!(
+        snap.trust_domain.as_ref().map(|t| t.as_str()),
+        Some("cluster.local")
+    );
+    let default = Snapshot::from_proto(1, pb(id, 0), HashMap::new()).unwrap();
+    assert_eq!(default.inbound_mtls, MtlsMode::Permissive);
+
+    let bad = Snapshot::from_proto(
+        1,
+        pb("spiffe://cluster.local/ns/a/sa/b?x", 0),
+        HashMap::new(),
+    );
+    let err = bad.err().unwrap();
+    assert!(
+        err.path.contains("backend") && err.message.contains("identity"),
+        "{err}"
+    );
+    let unknown = Snapshot::from_proto(1, pb(id, 9), HashMap::new())
+        .err()
+        .unwrap();
+    assert_eq!(unknown.path, "inbound_mtls");
 }
