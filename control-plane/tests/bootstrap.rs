@@ -221,3 +221,22 @@ async fn status_answers_only_the_operator() {
         .await
         .expect("the operator is answered");
 }
+
+#[tokio::test]
+async fn a_change_of_trust_domain_is_refused_while_running() {
+    let s = control_plane().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = |td: &str| {
+        std::fs::write(
+            dir.path().join("mesh.yaml"),
+            format!("apiVersion: meshwork.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: mesh}}\nspec: {{trustDomain: {td}}}\n"),
+        )
+        .unwrap();
+        meshwork_manifest::source::files::load_dir(dir.path())
+            .unwrap()
+            .set
+    };
+    assert!(s.cp.admissible(&mesh("cluster.local")).is_ok());
+    let err = s.cp.admissible(&mesh("prod.example.com")).unwrap_err();
+    assert!(err.contains("needs a new CA"), "{err}");
+}

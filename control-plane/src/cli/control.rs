@@ -31,8 +31,12 @@ pub struct ControlArgs {
 /// Applies every valid change of `dir` to `cp`; an invalid change is logged and recorded, and the last good set
 /// keeps serving. Runs until the watcher stops.
 pub async fn follow(cp: ControlPlane, dir: PathBuf, served: [u8; 32]) {
-    let mut changes = watch_dir(dir, Duration::from_millis(300), Some(served));
+    let mut changes = watch_dir(dir.clone(), Duration::from_millis(300), Some(served));
     while let Some(change) = changes.recv().await {
+        let change = change.and_then(|loaded| match cp.admissible(&loaded.set) {
+            Ok(()) => Ok(loaded),
+            Err(e) => Err(super::refusal(&dir, e)),
+        });
         match change {
             Ok(loaded) => {
                 cp.apply(loaded.set);

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use meshwork_identity::spiffe::TrustDomain;
 use meshwork_identity::TrustBundle;
 use meshwork_manifest::model::read::parse_duration;
 use meshwork_manifest::model::ManifestSet;
@@ -41,20 +40,10 @@ impl IdentityArgs {
     pub fn open(&self, manifests: &Path, set: &ManifestSet) -> anyhow::Result<Identities> {
         let dir = state::resolve(self.state_dir.as_deref(), manifests)
             .with_context(|| format!("state directory {}", self.state_dir(manifests).display()))?;
-        let td = trust_domain(set)?;
+        let td = crate::identity::trust_domain_of(set)?;
         Identities::open(&dir, &td, self.cert_lifetime)
             .with_context(|| format!("mesh CA in {}", dir.display()))
     }
-}
-
-/// The Mesh's `spec.trustDomain`, or `cluster.local`.
-pub fn trust_domain(set: &ManifestSet) -> anyhow::Result<TrustDomain> {
-    let name = set
-        .meshes
-        .first()
-        .and_then(|m| m.trust_domain.clone())
-        .unwrap_or_else(|| meshwork_identity::DEFAULT_TRUST_DOMAIN.to_string());
-    TrustDomain::new(&name).map_err(|e| anyhow::anyhow!("Mesh spec.trustDomain {name:?}: {e}"))
 }
 
 #[derive(Debug, Subcommand)]

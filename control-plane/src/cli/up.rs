@@ -595,6 +595,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 _ = &mut shutdown => return Ok(()),
             };
             let Some(change) = change else { return Ok(()) };
+            let change = change.and_then(|next| match cp.admissible(&next.set) {
+                Ok(()) => Ok(next),
+                Err(e) => Err(super::refusal(&dir, e)),
+            });
             match change {
                 Ok(next) => {
                     cp.apply(next.set.clone());

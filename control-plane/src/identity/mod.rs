@@ -20,6 +20,16 @@ use sha2::{Digest, Sha256};
 
 use token::{MintError, TokenError, Tokens};
 
+/// The Mesh's `spec.trustDomain`, or `cluster.local`.
+pub fn trust_domain_of(set: &meshwork_manifest::model::ManifestSet) -> anyhow::Result<TrustDomain> {
+    let name = set
+        .meshes
+        .first()
+        .and_then(|m| m.trust_domain.clone())
+        .unwrap_or_else(|| meshwork_identity::DEFAULT_TRUST_DOMAIN.to_string());
+    TrustDomain::new(&name).map_err(|e| anyhow::anyhow!("Mesh spec.trustDomain {name:?}: {e}"))
+}
+
 /// Default lifetime of a proxy's certificate (Linkerd's and Istio's: 24 h).
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 

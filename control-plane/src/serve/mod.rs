@@ -85,6 +85,19 @@ impl ControlPlane {
         });
     }
 
+    /// Whether this running control plane can apply `set`: a new trust domain needs a new CA, so a change of the
+    /// Mesh's `spec.trustDomain` is refused (restart with another state directory to move to it).
+    pub fn admissible(&self, set: &ManifestSet) -> Result<(), String> {
+        let wanted = crate::identity::trust_domain_of(set).map_err(|e| e.to_string())?;
+        let serving = self.identities.trust_domain();
+        if &wanted != serving {
+            return Err(format!(
+                "Mesh spec.trustDomain: the mesh's identities are in {serving}; moving to {wanted} needs a new CA (restart the control plane with another --state-dir)"
+            ));
+        }
+        Ok(())
+    }
+
     /// Records a rejected change; the last good set keeps serving.
     pub fn reject(&self, errors: Vec<String>) {
         self.desired.send_modify(|d| {
