@@ -69,6 +69,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     let _pointer = super::Pointer::write(addr, &state_dir, &td)?;
     tracing::info!(%addr, trust_domain = %td, state_dir = %state_dir.display(), "control plane serving");
     tokio::spawn(follow(cp.clone(), args.manifests.clone(), loaded.digest));
-    cp.serve(listener, shutdown_signal()).await?;
+    let tls = cp.tls().context("the control plane's own certificate")?;
+    cp.serve(listener, tls, shutdown_signal()).await?;
     Ok(())
 }

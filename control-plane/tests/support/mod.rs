@@ -40,7 +40,8 @@ pub async fn control_plane() -> Served {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let cp = ControlPlane::new(ManifestSet::default(), ids.clone());
-    tokio::spawn(cp.clone().serve(listener, std::future::pending()));
+    let tls = cp.tls().unwrap();
+    tokio::spawn(cp.clone().serve(listener, tls, std::future::pending()));
     Served {
         url,
         cp,
