@@ -1,6 +1,7 @@
 //! Typed manifests, parsed from YAML nodes with source locations. Field-level checks happen here; checks that
 //! span objects (references, port clashes) are in `validate`.
 
+pub mod authz;
 pub mod grant;
 pub mod policy;
 pub mod read;
@@ -24,6 +25,8 @@ pub const MESHWORK_API: &str = "meshwork.dev/v1alpha1";
 pub const GATEWAY_API: &str = "gateway.networking.k8s.io/v1";
 /// ReferenceGrant is served as v1beta1 in the Gateway API's standard channel (v1 is accepted too).
 pub const GATEWAY_API_BETA: &str = "gateway.networking.k8s.io/v1beta1";
+pub const ISTIO_SECURITY_API: &str = "security.istio.io/v1";
+pub const ISTIO_SECURITY_API_BETA: &str = "security.istio.io/v1beta1";
 
 /// Where an object came from, and its identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +111,7 @@ pub struct ManifestSet {
     pub wasm_plugins: Vec<WasmPlugin>,
     pub policies: Vec<TrafficPolicy>,
     pub reference_grants: Vec<ReferenceGrant>,
+    pub authorization_policies: Vec<authz::AuthorizationPolicy>,
 }
 
 impl ManifestSet {
@@ -121,6 +125,7 @@ impl ManifestSet {
             wasm_plugins,
             policies,
             reference_grants,
+            authorization_policies,
         } = self;
         workloads.is_empty()
             && gateways.is_empty()
@@ -129,11 +134,12 @@ impl ManifestSet {
             && wasm_plugins.is_empty()
             && policies.is_empty()
             && reference_grants.is_empty()
+            && authorization_policies.is_empty()
     }
 }
 
 const KINDS: &str =
-    "meshwork.dev/v1alpha1 Workload/Mesh/WasmPlugin/TrafficPolicy, gateway.networking.k8s.io/v1 Gateway/HTTPRoute/GRPCRoute, gateway.networking.k8s.io/v1beta1 ReferenceGrant";
+    "meshwork.dev/v1alpha1 Workload/Mesh/WasmPlugin/TrafficPolicy/AuthorizationPolicy, gateway.networking.k8s.io/v1 Gateway/HTTPRoute/GRPCRoute, gateway.networking.k8s.io/v1beta1 ReferenceGrant, security.istio.io/v1 (or v1beta1) AuthorizationPolicy";
 
 /// Parses one YAML document into `set`, reporting problems to `sink`.
 pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
@@ -158,6 +164,10 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
             "Workload" | "Mesh" | "WasmPlugin" | "TrafficPolicy"
         ) | (GATEWAY_API, "Gateway" | "HTTPRoute" | "GRPCRoute")
             | (GATEWAY_API | GATEWAY_API_BETA, "ReferenceGrant")
+            | (
+                MESHWORK_API | ISTIO_SECURITY_API | ISTIO_SECURITY_API_BETA,
+                "AuthorizationPolicy"
+            )
     );
     if !known {
         r.error(
@@ -207,6 +217,11 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
         "TrafficPolicy" => {
             if let Some(p) = policy::parse(&mut r, meta, spec) {
                 set.policies.push(p);
+            }
+        }
+        "AuthorizationPolicy" => {
+            if let Some(p) = authz::parse(&mut r, meta, spec) {
+                set.authorization_policies.push(p);
             }
         }
         "ReferenceGrant" => {

@@ -2,6 +2,9 @@
 //! standalone proxy) -> the snapshot one proxy needs.
 //! Output is deterministic (sorted), so "did this proxy's snapshot change?" is a plain equality test.
 
+mod authz;
+#[cfg(test)]
+mod authz_tests;
 mod routes;
 #[cfg(test)]
 mod tests;
@@ -84,6 +87,7 @@ pub fn snapshot_for(set: &ManifestSet, instances: &[Instance], proxy: &ProxyKey)
         mesh_key: Vec::new(), // added by the server, which holds the key
         trust_domain: String::new(),
         inbound_mtls: pb::MtlsMode::MtlsPermissive as i32,
+        authorization: authz::policies_for(set, proxy),
     };
     attach_wasm(set, proxy, &mut snapshot);
     // Filters may call any mesh service (`proxy_http_call`), so a proxy that runs filters knows them all.

@@ -545,6 +545,7 @@ fn snapshot() -> BoxedStrategy<pb::Snapshot> {
                 mesh_key,
                 trust_domain: String::new(),
                 inbound_mtls: 0,
+                authorization: Vec::new(),
             },
         )
         .boxed()
