@@ -105,7 +105,9 @@ pub fn snapshot_for(set: &ManifestSet, instances: &[Instance], proxy: &ProxyKey)
             .collect();
         for name in services {
             if snapshot.clusters.iter().all(|c| c.name != name) {
-                snapshot.clusters.extend(cluster(set, &ids, instances, &name));
+                snapshot
+                    .clusters
+                    .extend(cluster(set, &ids, instances, &name));
             }
         }
     }

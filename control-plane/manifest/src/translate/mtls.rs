@@ -108,3 +108,6 @@ impl<'a> Identities<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -22,7 +22,9 @@ fn errors(text: &str) -> Vec<String> {
 
 /// A Mesh with `spec` (flow style, on line 4).
 fn mesh(spec: &str) -> String {
-    format!("apiVersion: meshwork.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: mesh}}\nspec: {spec}\n")
+    format!(
+        "apiVersion: meshwork.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: mesh}}\nspec: {spec}\n"
+    )
 }
 
 /// A Workload run behind a sidecar, with extra `spec` fields (flow style, on line 4).
@@ -31,8 +33,10 @@ fn workload(extra: &str) -> String {
 }
 
 fn lifetime(value: &str) -> Result<Duration, Vec<String>> {
-    load(&mesh(&format!("{{identity: {{certificateLifetime: {value}}}}}")))
-        .map(|s| s.meshes[0].certificate_lifetime)
+    load(&mesh(&format!(
+        "{{identity: {{certificateLifetime: {value}}}}}"
+    )))
+    .map(|s| s.meshes[0].certificate_lifetime)
 }
 
 #[test]
@@ -133,7 +137,11 @@ fn certificate_lifetimes_from_a_minute_to_ninety_days_are_accepted() {
 
 #[test]
 fn a_certificate_lifetime_out_of_range_is_refused_with_the_range() {
-    for (value, got) in [("59s", "\"59s\""), ("0s", "\"0s\""), ("2160h1s", "\"2160h1s\"")] {
+    for (value, got) in [
+        ("59s", "\"59s\""),
+        ("0s", "\"0s\""),
+        ("2160h1s", "\"2160h1s\""),
+    ] {
         assert_eq!(
             lifetime(value),
             Err(vec![format!(
