@@ -201,3 +201,21 @@ fn a_second_mesh_is_refused_naming_the_first() {
         ]
     );
 }
+
+#[test]
+fn the_example_in_the_manifest_docs_loads() {
+    let docs = include_str!("../../../../../docs/manifests.md");
+    let section = &docs[docs
+        .find("## `meshwork.dev/v1alpha1` Mesh")
+        .expect("the Mesh section")..];
+    let start = section.find("```yaml\n").expect("a YAML example") + "```yaml\n".len();
+    let example = &section[start..start + section[start..].find("```").expect("its end")];
+    let set = load(example).unwrap_or_else(|e| panic!("{e:?}"));
+    let m = &set.meshes[0];
+    assert_eq!(m.trust_domain.as_deref(), Some("prod.example.org"));
+    assert_eq!(
+        (m.mtls, m.certificate_lifetime),
+        (MtlsMode::Strict, Duration::from_secs(12 * 3600))
+    );
+    assert_eq!(set.workloads[0].mtls, Some(MtlsMode::Permissive));
+}
