@@ -24,9 +24,10 @@ pub struct IdentityArgs {
     /// as manifests). Keep it private: whoever reads it can mint identities.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Lifetime of the certificates issued to proxies (at least 1m; they renew at 50-70% of it).
-    #[arg(long, default_value = "24h", value_parser = duration)]
-    pub cert_lifetime: Duration,
+    /// Lifetime of the certificates issued to proxies, overriding the Mesh's `spec.identity.certificateLifetime`
+    /// (default 24h; at least 10s, for tests). Proxies renew at 50-70% of it.
+    #[arg(long, value_parser = duration)]
+    pub cert_lifetime: Option<Duration>,
 }
 
 impl IdentityArgs {
@@ -41,7 +42,10 @@ impl IdentityArgs {
         let dir = state::resolve(self.state_dir.as_deref(), manifests)
             .with_context(|| format!("state directory {}", self.state_dir(manifests).display()))?;
         let td = crate::identity::trust_domain_of(set)?;
-        Identities::open(&dir, &td, self.cert_lifetime)
+        let lifetime = self
+            .cert_lifetime
+            .unwrap_or_else(|| meshwork_manifest::translate::certificate_lifetime(set));
+        Identities::open(&dir, &td, lifetime)
             .with_context(|| format!("mesh CA in {}", dir.display()))
     }
 }

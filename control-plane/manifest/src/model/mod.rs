@@ -3,6 +3,7 @@
 
 pub mod authz;
 pub mod grant;
+pub mod mesh;
 pub mod policy;
 pub mod read;
 mod route;
@@ -13,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use grant::ReferenceGrant;
+pub use mesh::{Mesh, MtlsMode};
 pub use policy::{PolicyTargetKind, TrafficPolicy};
 pub use route::*;
 pub use wasm::{WasmPlugin, WasmTarget, WasmTargetKind};
@@ -76,6 +78,8 @@ pub struct Workload {
     pub replicas: u32,
     pub protocol: AppProtocol,
     pub run: Run,
+    /// `spec.mtls.mode`: overrides the Mesh's mode for this workload's instances (sidecar workloads only).
+    pub mtls: Option<MtlsMode>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,14 +95,6 @@ pub struct GatewayListener {
 pub struct Gateway {
     pub meta: Meta,
     pub listeners: Vec<GatewayListener>,
-}
-
-/// Mesh-wide settings (at most one Mesh).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mesh {
-    pub meta: Meta,
-    /// `spec.trustDomain`: the SPIFFE trust domain of every identity (default `cluster.local`).
-    pub trust_domain: Option<String>,
 }
 
 /// Everything read from a manifest directory.
@@ -183,10 +179,7 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
     let spec = match root.get("spec") {
         Some(s) => s,
         None if kind == "Mesh" => {
-            set.meshes.push(Mesh {
-                meta,
-                trust_domain: None,
-            });
+            set.meshes.push(Mesh::with_defaults(meta));
             return;
         }
         None => {
@@ -205,7 +198,7 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
             }
         }
         "Mesh" => {
-            if let Some(mesh) = parse_mesh(&mut r, meta, spec) {
+            if let Some(mesh) = mesh::parse_mesh(&mut r, meta, spec) {
                 set.meshes.push(mesh);
             }
         }
@@ -246,28 +239,6 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
         }
         _ => {}
     }
-}
-
-fn parse_mesh(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Mesh> {
-    let obj = r.obj(spec, "spec", &["trustDomain"])?;
-    let trust_domain = r.opt_string(&obj, "trustDomain");
-    if let Some(td) = &trust_domain {
-        let valid = !td.is_empty()
-            && td.len() <= 255
-            && td
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
-        if !valid {
-            let line = obj.get("trustDomain").map_or(obj.line, |n| n.line);
-            r.error(
-                line,
-                "spec.trustDomain",
-                format!("expected a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_'), such as cluster.local; got {td:?}"),
-            );
-            return None;
-        }
-    }
-    Some(Mesh { meta, trust_domain })
 }
 
 fn parse_meta(r: &mut Reader<'_>, root: &Obj<'_>) -> Option<Meta> {
@@ -324,6 +295,7 @@ fn parse_workload(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Workloa
             "command",
             "env",
             "endpoints",
+            "mtls",
         ],
     )?;
     let service = r.req_string(
@@ -363,6 +335,9 @@ fn parse_workload(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Workloa
         .get("env")
         .map(|n| r.string_map(n, "spec.env"))
         .unwrap_or_default();
+    let mtls = s
+        .get("mtls")
+        .and_then(|n| mesh::parse_mtls(r, n, "spec.mtls"));
     let run = match (s.get("command"), s.get("endpoints")) {
         (Some(cmd), None) => {
             let (argv, shell) = match cmd.as_scalar() {
@@ -402,6 +377,13 @@ fn parse_workload(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Workloa
             if items.is_empty() {
                 r.error(eps.line, "spec.endpoints", "expected at least one address");
             }
+            if let Some(m) = s.get("mtls") {
+                r.error(
+                    m.line,
+                    "spec.mtls",
+                    "only meaningful with spec.command: an app outside the mesh has no sidecar, so its endpoints are always reached in plaintext",
+                );
+            }
             Run::External { endpoints }
         }
         (Some(_), Some(_)) => {
@@ -420,6 +402,7 @@ fn parse_workload(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Workloa
         replicas,
         protocol,
         run,
+        mtls,
     })
 }
 

@@ -31,8 +31,7 @@ fn load(policies: &str) -> Result<crate::model::ManifestSet, Vec<String>> {
         (PathBuf::from("mesh.yaml"), MESH.to_string()),
         (PathBuf::from("authz.yaml"), policies.to_string()),
     ];
-    load_texts(&files)
-        .map_err(|d| d.0.iter().map(ToString::to_string).collect())
+    load_texts(&files).map_err(|d| d.0.iter().map(ToString::to_string).collect())
 }
 
 fn for_proxy(policies: &str, role: ProxyRole, name: &str) -> Vec<pb::AuthorizationPolicy> {

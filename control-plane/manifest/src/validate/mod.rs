@@ -57,13 +57,22 @@ pub fn validate(set: &ManifestSet) -> Vec<Diagnostic> {
             ));
         }
     }
-    if let Some(extra) = set.meshes.get(1) {
-        out.push(diag(
-            &extra.meta,
-            extra.meta.line,
-            "kind",
-            "only one Mesh object is allowed".into(),
-        ));
+    // One Mesh: its trust domain, mTLS mode and certificate lifetime hold for the whole mesh.
+    if let Some((first, extra)) = set.meshes.split_first() {
+        for m in extra {
+            out.push(diag(
+                &m.meta,
+                m.meta.line,
+                "kind",
+                format!(
+                    "only one Mesh object is allowed: Mesh {}/{} is already defined at {}:{}",
+                    first.meta.namespace,
+                    first.meta.name,
+                    first.meta.file.display(),
+                    first.meta.line
+                ),
+            ));
+        }
     }
 
     let mut protocols: HashMap<(&str, &str), (AppProtocol, &Meta)> = HashMap::new();
