@@ -109,6 +109,8 @@ pub struct Applier {
     limits: Arc<listener::Limits>,
     budget: listener::FdBudget,
     default_timeout: Option<Duration>,
+    /// AuthorizationPolicy decisions, counted for /metrics.
+    pub authz: Arc<crate::authz::Stats>,
     manager: Mutex<ListenerManager>,
 }
 
@@ -182,6 +184,8 @@ impl Applier {
                     source: None,
                     default_timeout: self.default_timeout,
                     proof: Default::default(),
+                    // A gateway enforces the policies that target its Gateway on every listener.
+                    authorize: Some(self.authz.clone()),
                 });
                 let (drain, limits, budget) =
                     (self.drain, self.limits.clone(), self.budget.clone());
@@ -268,6 +272,7 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
         budget: listener::FdBudget::from_process_limit(),
         draining: Arc::new(AtomicBool::new(false)),
         identity: Arc::new(MeshIdentity::default()),
+        authz: Arc::default(),
     };
     let static_listeners = match opts.role {
         Role::Sidecar => sidecar_listeners(&opts, &shared, &stop_rx)?,
@@ -294,6 +299,8 @@ struct Shared {
     draining: Arc<AtomicBool>,
     /// This proxy's key, certificate and trust bundle (control-plane mode).
     identity: Arc<MeshIdentity>,
+    /// AuthorizationPolicy decisions, counted for /metrics.
+    authz: Arc<crate::authz::Stats>,
 }
 
 /// A sidecar's two fixed listeners: inbound (to the local app) and outbound (routed by the snapshot).
@@ -318,9 +325,15 @@ fn sidecar_listeners(
     // The outbound listener states the calling service (what server-side limits keyed by it read).
     let source = http::HeaderValue::from_str(&format!("{}.{}", opts.service, opts.namespace)).ok();
     let mut served = Vec::new();
-    for (addr, mode, source) in [
-        (inbound, Mode::Inbound(app_cluster), None),
-        (outbound, Mode::Routed(outbound_name), source),
+    // Only the inbound listener enforces the AuthorizationPolicies that target this service.
+    for (addr, mode, source, authorize) in [
+        (
+            inbound,
+            Mode::Inbound(app_cluster),
+            None,
+            Some(shared.authz.clone()),
+        ),
+        (outbound, Mode::Routed(outbound_name), source, None),
     ] {
         let socket = listener::bind(addr).with_context(|| format!("bind {addr}"))?;
         let l = tokio::net::TcpListener::from_std(socket)?;
@@ -332,6 +345,7 @@ fn sidecar_listeners(
             source,
             default_timeout: opts.default_timeout,
             proof: Default::default(),
+            authorize,
         });
         served.push(tokio::spawn(listener::serve(
             l,
@@ -364,6 +378,7 @@ fn applier(opts: &Options, shared: &Shared) -> Arc<Applier> {
         limits: shared.limits.clone(),
         budget: shared.budget.clone(),
         default_timeout: opts.default_timeout,
+        authz: shared.authz.clone(),
         manager: Mutex::new(ListenerManager {
             data: Handle::current(),
             running: HashMap::new(),
@@ -428,6 +443,7 @@ fn admin_state(
         store: applier.store.clone(),
         node_id: opts.node_id.clone(),
         identity: shared.identity.clone(),
+        authz: shared.authz.clone(),
         role: match opts.role {
             Role::Gateway => "gateway",
             Role::Sidecar => "sidecar",

@@ -216,6 +216,8 @@ pub struct Snapshot {
     /// Sidecars: the mesh key that proves `x-meshwork-source` (first: the current one, to sign with; then the
     /// previous control plane's, still accepted). Empty: no caller is vouched for.
     pub mesh_keys: Vec<bytes::Bytes>,
+    /// AuthorizationPolicies this proxy enforces (sidecars: on the inbound listener; gateways: on every listener).
+    pub authorization: Vec<crate::authz::Policy>,
     /// What was received, for /config_dump.
     pub source: pb::Snapshot,
 }
@@ -231,6 +233,7 @@ impl Snapshot {
             inbound_limit: None,
             plugins: HashMap::new(),
             mesh_keys: Vec::new(),
+            authorization: Vec::new(),
             source: pb::Snapshot::default(),
         }
     }

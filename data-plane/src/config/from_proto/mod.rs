@@ -11,6 +11,7 @@ use http::Method;
 use meshwork_proto as pb;
 use regex::Regex;
 
+mod authz;
 pub mod plugins;
 pub mod policy;
 #[cfg(test)]
@@ -337,8 +338,10 @@ impl Snapshot {
         } else {
             vec![bytes::Bytes::copy_from_slice(&pb.mesh_key)]
         };
+        let authorization = authz::policies(&pb.authorization)?;
         Ok(Snapshot {
             version,
+            authorization,
             listeners,
             clusters,
             inbound_wasm,
