@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use meshwork_identity::TrustBundle;
+use meshwork_identity::{Authority, TrustBundle};
 use meshwork_manifest::model::read::parse_duration;
 use meshwork_manifest::model::ManifestSet;
 use sha2::{Digest, Sha256};
@@ -28,6 +28,17 @@ pub struct IdentityArgs {
     /// (default 24h; at least 10s, for tests). Proxies renew at 50-70% of it.
     #[arg(long, value_parser = duration)]
     pub cert_lifetime: Option<Duration>,
+    /// Use the operator's CA instead of the one in the state directory: a PEM chain, signing certificate first (a
+    /// root, or an intermediate followed by its chain up to the root, which becomes the trust anchor).
+    #[arg(long, requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// The private key (PEM) of --ca-cert.
+    #[arg(long, requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// Roots (PEM) still trusted besides the CA's own, while the mesh moves to a new CA: proxies holding
+    /// certificates from the old one keep connecting until they renew (at 50-70% of their lifetime).
+    #[arg(long)]
+    pub also_trust: Option<PathBuf>,
 }
 
 impl IdentityArgs {
@@ -45,8 +56,29 @@ impl IdentityArgs {
         let lifetime = self
             .cert_lifetime
             .unwrap_or_else(|| meshwork_manifest::translate::certificate_lifetime(set));
-        Identities::open(&dir, &td, lifetime)
-            .with_context(|| format!("mesh CA in {}", dir.display()))
+        let ca = match (&self.ca_cert, &self.ca_key) {
+            (Some(cert), Some(key)) => {
+                Authority::from_files(cert, key, &td).with_context(|| {
+                    format!("--ca-cert {} / --ca-key {}", cert.display(), key.display())
+                })?
+            }
+            _ => Authority::load_or_create(&dir, &td)
+                .with_context(|| format!("mesh CA in {}", dir.display()))?,
+        };
+        let ca = match &self.also_trust {
+            Some(path) => {
+                let pem = std::fs::read_to_string(path)
+                    .with_context(|| format!("--also-trust {}", path.display()))?;
+                let old = TrustBundle::from_pem(&pem).with_context(|| {
+                    format!("--also-trust {}: expected PEM certificates", path.display())
+                })?;
+                ca.with_previous_roots(&old)
+            }
+            None => ca,
+        };
+        let tokens = Tokens::load_or_create(&dir)
+            .with_context(|| format!("token key in {}", dir.display()))?;
+        Ok(Identities::with(ca, tokens, lifetime))
     }
 }
 

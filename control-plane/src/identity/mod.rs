@@ -9,7 +9,6 @@
 pub mod state;
 pub mod token;
 
-use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use meshwork_identity::ca::{Authority, Issued};
@@ -59,17 +58,8 @@ pub enum IdentityError {
 }
 
 impl Identities {
-    /// The CA in `state_dir` (created on first start), its token key, and `lifetime` for leaf certificates.
-    pub fn open(
-        state_dir: &Path,
-        trust_domain: &TrustDomain,
-        lifetime: Duration,
-    ) -> anyhow::Result<Identities> {
-        let ca = Authority::load_or_create(state_dir, trust_domain)?;
-        let tokens = Tokens::load_or_create(state_dir)?;
-        Ok(Self::with(ca, tokens, lifetime))
-    }
-
+    /// The CA (the one in the state directory, or the operator's), the bootstrap tokens, and the lifetime of the
+    /// certificates it issues.
     pub fn with(ca: Authority, tokens: Tokens, lifetime: Duration) -> Identities {
         let ca_sha256 = ca
             .trust_bundle()
