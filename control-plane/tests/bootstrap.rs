@@ -221,3 +221,89 @@ async fn status_answers_only_the_operator() {
         .await
         .expect("the operator is answered");
 }
+
+#[tokio::test]
+async fn a_change_of_trust_domain_is_refused_while_running() {
+    let s = control_plane().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = |td: &str| {
+        std::fs::write(
+            dir.path().join("mesh.yaml"),
+            format!("apiVersion: meshwork.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: mesh}}\nspec: {{trustDomain: {td}}}\n"),
+        )
+        .unwrap();
+        meshwork_manifest::source::files::load_dir(dir.path())
+            .unwrap()
+            .set
+    };
+    assert!(s.cp.admissible(&mesh("cluster.local")).is_ok());
+    let err = s.cp.admissible(&mesh("prod.example.com")).unwrap_err();
+    assert!(err.contains("needs a new CA"), "{err}");
+}
+
+#[tokio::test]
+async fn a_ca_rotation_keeps_proxies_of_the_old_ca_until_they_renew() {
+    use meshwork_identity::ca::Authority;
+    let td = TrustDomain::default();
+    let old = control_plane().await;
+    // A proxy certified by the old CA.
+    let old_cert = old.certificate(&id("origin"));
+    // The control plane restarted with a new CA, still trusting the old root for the overlap.
+    let new_state = tempfile::tempdir().unwrap();
+    let new_ca = Authority::load_or_create(new_state.path(), &td)
+        .unwrap()
+        .with_previous_roots(old.ids.authority().trust_bundle());
+    let new = support::serve_with(new_ca, new_state).await;
+    assert_eq!(new.ids.authority().trust_bundle().roots().len(), 2);
+    // The old certificate still proves the proxy; a CSR on that connection gets a certificate of the new CA, and
+    // the bundle it receives holds both roots.
+    let mut stream = open(
+        new.channel(Some(old_cert)).await,
+        hello("origin-1", "127.0.0.1:7001"),
+    )
+    .await
+    .unwrap();
+    let first = next_push(&mut stream.pushes).await.unwrap();
+    let identity = first.identity.expect("a certificate for the CSR");
+    assert_eq!(identity.trust_bundle.len(), 2);
+    let new_root = &new.ids.authority().trust_bundle().roots()[0];
+    let bundle = meshwork_identity::TrustBundle::from_der(vec![new_root.clone()]).unwrap();
+    let chain: Vec<_> = identity.chain.iter().map(|c| c.clone().into()).collect();
+    let leaf = rustls::pki_types::CertificateDer::from(identity.chain[0].clone());
+    let parsed = rustls::server::ParsedCertificate::try_from(&leaf).unwrap();
+    rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        &bundle.root_store(),
+        &chain[1..],
+        rustls::pki_types::UnixTime::now(),
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .all,
+    )
+    .expect("the renewed certificate chains to the new root");
+    // Without the overlap, the old CA's certificate would be refused.
+    let strict_state = tempfile::tempdir().unwrap();
+    let strict = support::serve_with(
+        Authority::load_or_create(strict_state.path(), &td).unwrap(),
+        strict_state,
+    )
+    .await;
+    let other_old = old.certificate(&id("origin"));
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        match open(
+            strict.channel(Some(other_old)).await,
+            hello("origin-2", "127.0.0.1:7002"),
+        )
+        .await
+        {
+            Ok(mut s) => next_push(&mut s.pushes).await.map(|_| ()),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .expect("bounded");
+    assert!(
+        refused.is_err(),
+        "a certificate of an untrusted CA was accepted"
+    );
+}

@@ -131,3 +131,57 @@ fn plugin_build_prints_the_module_digest() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no Cargo.toml here"));
 }
+
+#[test]
+fn token_create_needs_a_control_plane_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = meshwork()
+        .args(["token", "create", "--service", "web", "--manifests"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no mesh CA there"), "{err}");
+}
+
+#[test]
+fn token_create_prints_a_token_the_control_plane_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join(".meshwork");
+    // What a control plane makes on its first start.
+    let td = meshwork_identity::TrustDomain::default();
+    let ca = meshwork_identity::Authority::load_or_create(&state, &td).unwrap();
+    let tokens = meshwork_control::identity::token::Tokens::load_or_create(&state).unwrap();
+    let out = meshwork()
+        .args([
+            "token",
+            "create",
+            "--service",
+            "web",
+            "--node",
+            "web-7",
+            "--ttl",
+            "2m",
+            "--state-dir",
+        ])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let ids = meshwork_control::identity::Identities::with(
+        ca,
+        tokens,
+        std::time::Duration::from_secs(60),
+    );
+    ids.redeem(token.trim(), "default", "web", "web-7").unwrap();
+    let again = ids
+        .redeem(token.trim(), "default", "web", "web-7")
+        .unwrap_err();
+    assert!(again.to_string().contains("already been used"), "{again}");
+}

@@ -110,6 +110,8 @@ pub struct Applier {
     limits: Arc<listener::Limits>,
     budget: listener::FdBudget,
     default_timeout: Option<Duration>,
+    /// AuthorizationPolicy decisions, counted for /metrics.
+    pub authz: Arc<crate::authz::Stats>,
     manager: Mutex<ListenerManager>,
 }
 
@@ -184,6 +186,8 @@ impl Applier {
                     default_timeout: self.default_timeout,
                     proof: Default::default(),
                     tls: None,
+                    // A gateway enforces the policies that target its Gateway on every listener.
+                    authorize: Some(self.authz.clone()),
                 });
                 let (drain, limits, budget) =
                     (self.drain, self.limits.clone(), self.budget.clone());
@@ -273,6 +277,7 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
         draining: Arc::new(AtomicBool::new(false)),
         identity,
         tls,
+        authz: Arc::default(),
     };
     let static_listeners = match opts.role {
         Role::Sidecar => sidecar_listeners(&opts, &shared, &stop_rx)?,
@@ -301,6 +306,8 @@ struct Shared {
     identity: Arc<MeshIdentity>,
     /// mTLS handshake counters, both sides.
     tls: Arc<TlsMetrics>,
+    /// AuthorizationPolicy decisions, counted for /metrics.
+    authz: Arc<crate::authz::Stats>,
 }
 
 /// A sidecar's two fixed listeners: inbound (to the local app) and outbound (routed by the snapshot).
@@ -326,9 +333,16 @@ fn sidecar_listeners(
         shared.tls.clone(),
     ));
     let mut served = Vec::new();
-    for (addr, mode, source, tls) in [
-        (inbound, Mode::Inbound(app_cluster), None, Some(inbound_tls)),
-        (outbound, Mode::Routed(outbound_name), source, None),
+    // Only the inbound listener enforces the AuthorizationPolicies that target this service, and only it takes mTLS.
+    for (addr, mode, source, authorize, tls) in [
+        (
+            inbound,
+            Mode::Inbound(app_cluster),
+            None,
+            Some(shared.authz.clone()),
+            Some(inbound_tls),
+        ),
+        (outbound, Mode::Routed(outbound_name), source, None, None),
     ] {
         let socket = listener::bind(addr).with_context(|| format!("bind {addr}"))?;
         let l = tokio::net::TcpListener::from_std(socket)?;
@@ -340,6 +354,7 @@ fn sidecar_listeners(
             source,
             default_timeout: opts.default_timeout,
             proof: Default::default(),
+            authorize,
             tls,
         });
         served.push(tokio::spawn(listener::serve(
@@ -373,6 +388,7 @@ fn applier(opts: &Options, shared: &Shared) -> Arc<Applier> {
         limits: shared.limits.clone(),
         budget: shared.budget.clone(),
         default_timeout: opts.default_timeout,
+        authz: shared.authz.clone(),
         manager: Mutex::new(ListenerManager {
             data: Handle::current(),
             running: HashMap::new(),
@@ -438,6 +454,7 @@ fn admin_state(
         node_id: opts.node_id.clone(),
         identity: shared.identity.clone(),
         tls: shared.tls.clone(),
+        authz: shared.authz.clone(),
         role: match opts.role {
             Role::Gateway => "gateway",
             Role::Sidecar => "sidecar",

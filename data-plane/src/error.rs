@@ -31,6 +31,9 @@ pub enum ProxyError {
     /// The client's body broke a bound before anything was forwarded (a declared length over the maximum).
     #[error(transparent)]
     ClientBody(#[from] ClientBodyFailed),
+    /// An AuthorizationPolicy refused the request (the DENY policy that matched; None: no ALLOW policy matched).
+    #[error("denied by AuthorizationPolicy {}", .0.as_deref().unwrap_or(crate::authz::NO_ALLOW_MATCHED))]
+    Denied(Option<std::sync::Arc<str>>),
 }
 
 /// The answer to a connection refused at a listener's connection cap, written raw (no request was read).
@@ -55,6 +58,8 @@ pub fn reply(err: &ProxyError) -> Response<ResponseBody> {
         ProxyError::Call(e) => call_reply(e),
         ProxyError::Filter(e) => filter_reply(e),
         ProxyError::ClientBody(e) => client_body_reply(e),
+        // Envoy's RBAC reply; which policy denied goes to the log and /metrics, not to the client.
+        ProxyError::Denied(_) => text(StatusCode::FORBIDDEN, "RBAC: access denied"),
     }
 }
 

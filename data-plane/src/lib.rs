@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod authz;
 pub mod caller;
 pub mod config;
 pub mod error;

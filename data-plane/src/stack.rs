@@ -10,6 +10,7 @@ use http::header::{self, HeaderValue};
 use http::uri::Uri;
 use http::{Request, Response};
 
+use crate::authz;
 use crate::caller;
 use crate::config::snapshot::{Cluster, Route, Snapshot};
 use crate::config::ConfigStore;
@@ -53,6 +54,9 @@ pub struct ListenerCtx {
     /// Sidecar inbound listeners: mTLS from mesh peers (with the proxy's identity; what the snapshot's mode
     /// allows). `None` elsewhere, and everything stays plaintext.
     pub tls: Option<Arc<tls::Inbound>>,
+    /// Whether the snapshot's AuthorizationPolicies apply here (a sidecar's inbound listener, a gateway's
+    /// listeners; not a sidecar's outbound one), and where their decisions are counted.
+    pub authorize: Option<Arc<authz::Stats>>,
 }
 
 /// How long a mirrored request may take when neither its route nor the proxy sets a request timeout.
@@ -92,6 +96,9 @@ async fn route_and_forward(
     // What the client may not decide for the next hop goes on arrival, before routing and filters see it; what
     // the proxy verified about the caller goes in.
     sanitize(ctx, &snapshot, &mut parts.headers, verified);
+    if let Some(stats) = &ctx.authorize {
+        authorize(&snapshot, &parts, stats, verified)?;
+    }
     // 3. Route.
     let target = match &ctx.mode {
         Mode::Inbound(app) => inbound(ctx, &snapshot, app, &parts, peer).await?,
@@ -331,6 +338,96 @@ fn state_verified(peer: &VerifiedPeer, headers: &mut http::HeaderMap) {
         Some(source) => headers.insert(SOURCE_HEADER, source.clone()),
         None => headers.remove(SOURCE_HEADER),
     };
+}
+
+/// The AuthorizationPolicies' decision on a request, before anything else spends work on it. The caller is the
+/// identity the proxy verified: on an inbound listener, the mTLS peer's SPIFFE ID (a sidecar's or a gateway's),
+/// or on a plaintext connection the calling sidecar's `x-meshwork-source` that its proof vouched for (`sanitize`
+/// removed any other); a gateway's clients have none.
+fn authorize(
+    snapshot: &Snapshot,
+    parts: &http::request::Parts,
+    stats: &authz::Stats,
+    verified: Option<&VerifiedPeer>,
+) -> Result<(), ProxyError> {
+    if snapshot.authorization.is_empty() {
+        return Ok(());
+    }
+    let stated;
+    let (principal, namespace): (&str, &str) = match verified {
+        Some(peer) => (peer.id.principal(), spiffe_namespace(&peer.id)),
+        None => {
+            stated = caller_identity(snapshot, &parts.headers);
+            (&stated.0, &stated.1)
+        }
+    };
+    let host = parts
+        .uri
+        .host()
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("");
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let subject = authz::Subject {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        host,
+        headers: &parts.headers,
+        principal,
+        namespace,
+    };
+    let (decision, audited) = authz::decide(&snapshot.authorization, &subject);
+    for policy in audited {
+        stats.count(policy, "audit");
+        tracing::info!(%policy, method = %parts.method, path = parts.uri.path(), caller = %principal, "AuthorizationPolicy AUDIT matched");
+    }
+    match decision {
+        authz::Decision::Allow => Ok(()),
+        authz::Decision::Deny(policy) => {
+            let name: Arc<str> = policy
+                .clone()
+                .unwrap_or_else(|| Arc::from(authz::NO_ALLOW_MATCHED));
+            stats.count(&name, "deny");
+            tracing::info!(policy = %name, method = %parts.method, path = parts.uri.path(), caller = %principal, "request denied by AuthorizationPolicy");
+            Err(ProxyError::Denied(policy))
+        }
+    }
+}
+
+/// The namespace a mesh identity names (`spiffe://<td>/ns/<namespace>/...`: sidecars and gateways); "" otherwise.
+fn spiffe_namespace(id: &meshwork_identity::SpiffeId) -> &str {
+    let mut segments = id.path().split('/').skip(1);
+    match (segments.next(), segments.next()) {
+        (Some("ns"), Some(ns)) => ns,
+        _ => "",
+    }
+}
+
+/// The verified caller as Istio writes principals (`<trust-domain>/ns/<namespace>/sa/<service>`) and its
+/// namespace; empty strings without one.
+fn caller_identity(snapshot: &Snapshot, headers: &http::HeaderMap) -> (String, String) {
+    let source = headers.get(SOURCE_HEADER).and_then(|v| v.to_str().ok());
+    let Some((service, namespace)) = source.and_then(|s| s.rsplit_once('.')) else {
+        return (String::new(), String::new());
+    };
+    let td = match snapshot.source.trust_domain.as_str() {
+        "" => meshwork_identity::DEFAULT_TRUST_DOMAIN,
+        td => td,
+    };
+    (
+        format!("{td}/ns/{namespace}/sa/{service}"),
+        namespace.to_string(),
+    )
 }
 
 /// After the filters: what this hop says to the next (the calling service, Host, forwarding headers). Hop-by-hop

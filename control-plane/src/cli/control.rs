@@ -31,8 +31,12 @@ pub struct ControlArgs {
 /// Applies every valid change of `dir` to `cp`; an invalid change is logged and recorded, and the last good set
 /// keeps serving. Runs until the watcher stops.
 pub async fn follow(cp: ControlPlane, dir: PathBuf, served: [u8; 32]) {
-    let mut changes = watch_dir(dir, Duration::from_millis(300), Some(served));
+    let mut changes = watch_dir(dir.clone(), Duration::from_millis(300), Some(served));
     while let Some(change) = changes.recv().await {
+        let change = change.and_then(|loaded| match cp.admissible(&loaded.set) {
+            Ok(()) => Ok(loaded),
+            Err(e) => Err(super::refusal(&dir, e)),
+        });
         match change {
             Ok(loaded) => {
                 cp.apply(loaded.set);
@@ -65,6 +69,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     let _pointer = super::Pointer::write(addr, &state_dir, &td)?;
     tracing::info!(%addr, trust_domain = %td, state_dir = %state_dir.display(), "control plane serving");
     tokio::spawn(follow(cp.clone(), args.manifests.clone(), loaded.digest));
-    cp.serve(listener, shutdown_signal()).await?;
+    let tls = cp.tls().context("the control plane's own certificate")?;
+    cp.serve(listener, tls, shutdown_signal()).await?;
     Ok(())
 }

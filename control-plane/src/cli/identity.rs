@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use meshwork_identity::spiffe::TrustDomain;
-use meshwork_identity::TrustBundle;
+use meshwork_identity::{Authority, TrustBundle};
 use meshwork_manifest::model::read::parse_duration;
 use meshwork_manifest::model::ManifestSet;
 use sha2::{Digest, Sha256};
@@ -25,9 +24,21 @@ pub struct IdentityArgs {
     /// as manifests). Keep it private: whoever reads it can mint identities.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Lifetime of the certificates issued to proxies (at least 1m; they renew at 50-70% of it).
-    #[arg(long, default_value = "24h", value_parser = duration)]
-    pub cert_lifetime: Duration,
+    /// Lifetime of the certificates issued to proxies, overriding the Mesh's `spec.identity.certificateLifetime`
+    /// (default 24h; at least 10s, for tests). Proxies renew at 50-70% of it.
+    #[arg(long, value_parser = duration)]
+    pub cert_lifetime: Option<Duration>,
+    /// Use the operator's CA instead of the one in the state directory: a PEM chain, signing certificate first (a
+    /// root, or an intermediate followed by its chain up to the root, which becomes the trust anchor).
+    #[arg(long, requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// The private key (PEM) of --ca-cert.
+    #[arg(long, requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// Roots (PEM) still trusted besides the CA's own, while the mesh moves to a new CA: proxies holding
+    /// certificates from the old one keep connecting until they renew (at 50-70% of their lifetime).
+    #[arg(long)]
+    pub also_trust: Option<PathBuf>,
 }
 
 impl IdentityArgs {
@@ -41,20 +52,34 @@ impl IdentityArgs {
     pub fn open(&self, manifests: &Path, set: &ManifestSet) -> anyhow::Result<Identities> {
         let dir = state::resolve(self.state_dir.as_deref(), manifests)
             .with_context(|| format!("state directory {}", self.state_dir(manifests).display()))?;
-        let td = trust_domain(set)?;
-        Identities::open(&dir, &td, self.cert_lifetime)
-            .with_context(|| format!("mesh CA in {}", dir.display()))
+        let td = crate::identity::trust_domain_of(set)?;
+        let lifetime = self
+            .cert_lifetime
+            .unwrap_or_else(|| meshwork_manifest::translate::certificate_lifetime(set));
+        let ca = match (&self.ca_cert, &self.ca_key) {
+            (Some(cert), Some(key)) => {
+                Authority::from_files(cert, key, &td).with_context(|| {
+                    format!("--ca-cert {} / --ca-key {}", cert.display(), key.display())
+                })?
+            }
+            _ => Authority::load_or_create(&dir, &td)
+                .with_context(|| format!("mesh CA in {}", dir.display()))?,
+        };
+        let ca = match &self.also_trust {
+            Some(path) => {
+                let pem = std::fs::read_to_string(path)
+                    .with_context(|| format!("--also-trust {}", path.display()))?;
+                let old = TrustBundle::from_pem(&pem).with_context(|| {
+                    format!("--also-trust {}: expected PEM certificates", path.display())
+                })?;
+                ca.with_previous_roots(&old)
+            }
+            None => ca,
+        };
+        let tokens = Tokens::load_or_create(&dir)
+            .with_context(|| format!("token key in {}", dir.display()))?;
+        Ok(Identities::with(ca, tokens, lifetime))
     }
-}
-
-/// The Mesh's `spec.trustDomain`, or `cluster.local`.
-pub fn trust_domain(set: &ManifestSet) -> anyhow::Result<TrustDomain> {
-    let name = set
-        .meshes
-        .first()
-        .and_then(|m| m.trust_domain.clone())
-        .unwrap_or_else(|| meshwork_identity::DEFAULT_TRUST_DOMAIN.to_string());
-    TrustDomain::new(&name).map_err(|e| anyhow::anyhow!("Mesh spec.trustDomain {name:?}: {e}"))
 }
 
 #[derive(Debug, Subcommand)]

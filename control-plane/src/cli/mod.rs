@@ -47,6 +47,16 @@ pub enum Command {
     Token(identity::TokenCommand),
 }
 
+/// A change of the manifests in `dir` that the running control plane refuses (`ControlPlane::admissible`).
+pub fn refusal(dir: &std::path::Path, message: String) -> meshwork_manifest::diag::Diagnostics {
+    meshwork_manifest::diag::Diagnostics(vec![meshwork_manifest::diag::Diagnostic {
+        file: std::sync::Arc::from(dir),
+        line: 0,
+        field: String::new(),
+        message,
+    }])
+}
+
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

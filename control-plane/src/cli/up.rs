@@ -543,9 +543,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         })?;
     let cp_addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(cp.clone().serve(listener, async {
+    let tls = cp.tls().context("the control plane's own certificate")?;
+    let served = cp.clone().serve(listener, tls, async {
         let _ = stop_rx.await;
-    }));
+    });
+    let server = tokio::spawn(async move {
+        if let Err(e) = served.await {
+            eprintln!("meshwork: the control plane stopped: {e:#}");
+        }
+    });
     let _pointer = super::Pointer::write(
         cp_addr,
         &args.identity.state_dir(&dir),
@@ -595,6 +601,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 _ = &mut shutdown => return Ok(()),
             };
             let Some(change) = change else { return Ok(()) };
+            let change = change.and_then(|next| match cp.admissible(&next.set) {
+                Ok(()) => Ok(next),
+                Err(e) => Err(super::refusal(&dir, e)),
+            });
             match change {
                 Ok(next) => {
                     cp.apply(next.set.clone());

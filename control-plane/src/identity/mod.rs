@@ -9,7 +9,6 @@
 pub mod state;
 pub mod token;
 
-use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use meshwork_identity::ca::{Authority, Issued};
@@ -19,6 +18,16 @@ use meshwork_proto as pb;
 use sha2::{Digest, Sha256};
 
 use token::{MintError, TokenError, Tokens};
+
+/// The Mesh's `spec.trustDomain`, or `cluster.local`.
+pub fn trust_domain_of(set: &meshwork_manifest::model::ManifestSet) -> anyhow::Result<TrustDomain> {
+    let name = set
+        .meshes
+        .first()
+        .and_then(|m| m.trust_domain.clone())
+        .unwrap_or_else(|| meshwork_identity::DEFAULT_TRUST_DOMAIN.to_string());
+    TrustDomain::new(&name).map_err(|e| anyhow::anyhow!("Mesh spec.trustDomain {name:?}: {e}"))
+}
 
 /// Default lifetime of a proxy's certificate (Linkerd's and Istio's: 24 h).
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -49,17 +58,8 @@ pub enum IdentityError {
 }
 
 impl Identities {
-    /// The CA in `state_dir` (created on first start), its token key, and `lifetime` for leaf certificates.
-    pub fn open(
-        state_dir: &Path,
-        trust_domain: &TrustDomain,
-        lifetime: Duration,
-    ) -> anyhow::Result<Identities> {
-        let ca = Authority::load_or_create(state_dir, trust_domain)?;
-        let tokens = Tokens::load_or_create(state_dir)?;
-        Ok(Self::with(ca, tokens, lifetime))
-    }
-
+    /// The CA (the one in the state directory, or the operator's), the bootstrap tokens, and the lifetime of the
+    /// certificates it issues.
     pub fn with(ca: Authority, tokens: Tokens, lifetime: Duration) -> Identities {
         let ca_sha256 = ca
             .trust_bundle()

@@ -85,6 +85,19 @@ impl ControlPlane {
         });
     }
 
+    /// Whether this running control plane can apply `set`: a new trust domain needs a new CA, so a change of the
+    /// Mesh's `spec.trustDomain` is refused (restart with another state directory to move to it).
+    pub fn admissible(&self, set: &ManifestSet) -> Result<(), String> {
+        let wanted = crate::identity::trust_domain_of(set).map_err(|e| e.to_string())?;
+        let serving = self.identities.trust_domain();
+        if &wanted != serving {
+            return Err(format!(
+                "Mesh spec.trustDomain: the mesh's identities are in {serving}; moving to {wanted} needs a new CA (restart the control plane with another --state-dir)"
+            ));
+        }
+        Ok(())
+    }
+
     /// Records a rejected change; the last good set keeps serving.
     pub fn reject(&self, errors: Vec<String>) {
         self.desired.send_modify(|d| {
@@ -98,24 +111,35 @@ impl ControlPlane {
         pb::discovery_server::DiscoveryServer::new(self.clone())
     }
 
-    /// Serves the gRPC API over TLS on an already-bound listener until `shutdown` resolves. The control plane
-    /// presents its own certificate (renewed at half its lifetime).
-    pub async fn serve(
-        self,
-        listener: tokio::net::TcpListener,
-        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let ids = self.identities.clone();
-        let own = RotatingIdentity::new(serving_key(&ids)?);
+    /// The control plane's own certificate and TLS config (fails early, before anything listens, if the CA
+    /// cannot issue it).
+    pub fn tls(&self) -> anyhow::Result<ServingTls> {
+        let ids = &self.identities;
+        let own = RotatingIdentity::new(serving_key(ids)?);
         let config = meshwork_identity::tls::control_server_config(
             own.clone(),
             ids.authority().trust_bundle(),
             ids.trust_domain(),
         )?;
-        let renewal = tokio::spawn(renew_serving_key(ids.clone(), own));
+        Ok(ServingTls {
+            config: Arc::new(config),
+            own,
+        })
+    }
+
+    /// Serves the gRPC API over TLS on an already-bound listener until `shutdown` resolves, renewing the control
+    /// plane's own certificate at half its lifetime.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        tls: ServingTls,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let ids = self.identities.clone();
+        let renewal = tokio::spawn(renew_serving_key(ids.clone(), tls.own));
         let incoming = ReceiverStream::new(tls::incoming(
             listener,
-            Arc::new(config),
+            tls.config,
             ids.trust_domain().clone(),
         ));
         let closing = self.closing.clone();
@@ -180,6 +204,12 @@ impl ControlPlane {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Some(self.identities.message(&issued)))
     }
+}
+
+/// What the control plane presents: its TLS config and its own (renewed) certificate.
+pub struct ServingTls {
+    config: Arc<rustls::ServerConfig>,
+    own: Arc<RotatingIdentity>,
 }
 
 /// The operator's identity: the only one the Status RPC answers (`meshwork status` mints it from the state

@@ -28,8 +28,12 @@ pub struct Served {
 
 pub async fn control_plane() -> Served {
     let state = tempfile::tempdir().unwrap();
-    let td = TrustDomain::default();
-    let ca = Authority::load_or_create(state.path(), &td).unwrap();
+    let ca = Authority::load_or_create(state.path(), &TrustDomain::default()).unwrap();
+    serve_with(ca, state).await
+}
+
+/// A control plane with the CA `ca` (its state directory `state` holds nothing else yet).
+pub async fn serve_with(ca: Authority, state: tempfile::TempDir) -> Served {
     let mut key = vec![0; 32];
     getrandom::fill(&mut key).unwrap();
     let ids = Arc::new(Identities::with(
@@ -40,7 +44,8 @@ pub async fn control_plane() -> Served {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let cp = ControlPlane::new(ManifestSet::default(), ids.clone());
-    tokio::spawn(cp.clone().serve(listener, std::future::pending()));
+    let tls = cp.tls().unwrap();
+    tokio::spawn(cp.clone().serve(listener, tls, std::future::pending()));
     Served {
         url,
         cp,

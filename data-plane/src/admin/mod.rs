@@ -22,6 +22,8 @@ pub struct AdminState {
     pub identity: Arc<crate::identity::MeshIdentity>,
     /// mTLS handshakes between proxies, both sides.
     pub tls: Arc<crate::tls::TlsMetrics>,
+    /// AuthorizationPolicy decisions.
+    pub authz: Arc<crate::authz::Stats>,
     pub role: &'static str,
     /// Set when the proxy is shutting down: `/ready` answers 503 so load balancers stop sending here.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
@@ -245,6 +247,15 @@ fn metrics(state: &AdminState) -> String {
     );
     let _ = writeln!(out, "# TYPE meshwork_config_version gauge");
     let _ = writeln!(out, "meshwork_config_version {}", snap.version);
+    let _ = writeln!(out, "# HELP meshwork_authz_decisions_total Requests an AuthorizationPolicy denied (deny) or audited (audit).");
+    let _ = writeln!(out, "# TYPE meshwork_authz_decisions_total counter");
+    for (policy, outcome, n) in state.authz.snapshot() {
+        let _ = writeln!(
+            out,
+            "meshwork_authz_decisions_total{{policy=\"{}\",outcome=\"{outcome}\"}} {n}",
+            label(&policy)
+        );
+    }
     let _ = writeln!(out, "# HELP meshwork_wasm_failures_total Wasm filter calls that failed (the instance was discarded).");
     let _ = writeln!(out, "# TYPE meshwork_wasm_failures_total counter");
     let mut names: Vec<&String> = snap.plugins.keys().collect();

@@ -249,6 +249,8 @@ pub struct Snapshot {
     pub trust_domain: Option<TrustDomain>,
     /// Sidecars: what the inbound listener accepts.
     pub inbound_mtls: MtlsMode,
+    /// AuthorizationPolicies this proxy enforces (sidecars: on the inbound listener; gateways: on every listener).
+    pub authorization: Vec<crate::authz::Policy>,
     /// What was received, for /config_dump.
     pub source: pb::Snapshot,
 }
@@ -266,6 +268,7 @@ impl Snapshot {
             mesh_keys: Vec::new(),
             trust_domain: None,
             inbound_mtls: MtlsMode::default(),
+            authorization: Vec::new(),
             source: pb::Snapshot::default(),
         }
     }

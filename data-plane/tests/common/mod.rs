@@ -229,10 +229,15 @@ impl Mesh {
     /// port for the gateway's listener ([`Mesh::base`]); waits for its `ready:` line. The dir (with up.log) is
     /// removed once the mesh has stopped.
     pub async fn start(manifests: impl FnOnce(u16) -> String) -> Mesh {
+        Self::start_with(&[], manifests).await
+    }
+
+    /// Like [`Mesh::start`], with more arguments for `meshwork up`.
+    pub async fn start_with(args: &[&str], manifests: impl FnOnce(u16) -> String) -> Mesh {
         let tmp = tempfile::tempdir().unwrap();
         let gw = free_port();
         write(tmp.path(), "mesh.yaml", &manifests(gw));
-        let mut mesh = Self::launch(tmp.path(), true).await;
+        let mut mesh = Self::launch(tmp.path(), true, args).await;
         mesh.gw = gw;
         mesh.tmp = Some(tmp);
         mesh
@@ -240,10 +245,10 @@ impl Mesh {
 
     /// `meshwork up DIR` on manifests the test has written (and keeps); waits for its `ready:` line.
     pub async fn up(dir: &Path) -> Mesh {
-        Self::launch(dir, false).await
+        Self::launch(dir, false, &[]).await
     }
 
-    async fn launch(dir: &Path, owns_dir: bool) -> Mesh {
+    async fn launch(dir: &Path, owns_dir: bool, args: &[&str]) -> Mesh {
         let log = std::fs::File::create(dir.join("up.log")).unwrap();
         let mut cmd = Command::new(bin("meshwork"));
         cmd.arg("up")
@@ -254,6 +259,7 @@ impl Mesh {
                 "--ready-timeout-secs",
                 "60",
             ])
+            .args(args)
             .env("MESHWORK_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));

@@ -23,7 +23,7 @@ use crate::bundle::der_to_pem;
 use crate::spiffe::{SpiffeId, TrustDomain};
 
 /// The shortest certificate lifetime `issue` grants (short ones are for tests).
-pub const MIN_LIFETIME: Duration = Duration::from_secs(60);
+pub const MIN_LIFETIME: Duration = Duration::from_secs(10);
 /// The longest certificate lifetime `issue` grants.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(90 * 24 * 60 * 60);
 /// How far before "now" an issued leaf's validity starts, for peers whose clocks lag.

@@ -1,7 +1,9 @@
 //! Typed manifests, parsed from YAML nodes with source locations. Field-level checks happen here; checks that
 //! span objects (references, port clashes) are in `validate`.
 
+pub mod authz;
 pub mod grant;
+pub mod mesh;
 pub mod policy;
 pub mod read;
 mod route;
@@ -12,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use grant::ReferenceGrant;
+pub use mesh::{Mesh, MtlsMode};
 pub use policy::{PolicyTargetKind, TrafficPolicy};
 pub use route::*;
 pub use wasm::{WasmPlugin, WasmTarget, WasmTargetKind};
@@ -24,6 +27,8 @@ pub const MESHWORK_API: &str = "meshwork.dev/v1alpha1";
 pub const GATEWAY_API: &str = "gateway.networking.k8s.io/v1";
 /// ReferenceGrant is served as v1beta1 in the Gateway API's standard channel (v1 is accepted too).
 pub const GATEWAY_API_BETA: &str = "gateway.networking.k8s.io/v1beta1";
+pub const ISTIO_SECURITY_API: &str = "security.istio.io/v1";
+pub const ISTIO_SECURITY_API_BETA: &str = "security.istio.io/v1beta1";
 
 /// Where an object came from, and its identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +78,8 @@ pub struct Workload {
     pub replicas: u32,
     pub protocol: AppProtocol,
     pub run: Run,
+    /// `spec.mtls.mode`: overrides the Mesh's mode for this workload's instances (sidecar workloads only).
+    pub mtls: Option<MtlsMode>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,14 +97,6 @@ pub struct Gateway {
     pub listeners: Vec<GatewayListener>,
 }
 
-/// Mesh-wide settings (at most one Mesh).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mesh {
-    pub meta: Meta,
-    /// `spec.trustDomain`: the SPIFFE trust domain of every identity (default `cluster.local`).
-    pub trust_domain: Option<String>,
-}
-
 /// Everything read from a manifest directory.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ManifestSet {
@@ -108,6 +107,7 @@ pub struct ManifestSet {
     pub wasm_plugins: Vec<WasmPlugin>,
     pub policies: Vec<TrafficPolicy>,
     pub reference_grants: Vec<ReferenceGrant>,
+    pub authorization_policies: Vec<authz::AuthorizationPolicy>,
 }
 
 impl ManifestSet {
@@ -121,6 +121,7 @@ impl ManifestSet {
             wasm_plugins,
             policies,
             reference_grants,
+            authorization_policies,
         } = self;
         workloads.is_empty()
             && gateways.is_empty()
@@ -129,11 +130,12 @@ impl ManifestSet {
             && wasm_plugins.is_empty()
             && policies.is_empty()
             && reference_grants.is_empty()
+            && authorization_policies.is_empty()
     }
 }
 
 const KINDS: &str =
-    "meshwork.dev/v1alpha1 Workload/Mesh/WasmPlugin/TrafficPolicy, gateway.networking.k8s.io/v1 Gateway/HTTPRoute/GRPCRoute, gateway.networking.k8s.io/v1beta1 ReferenceGrant";
+    "meshwork.dev/v1alpha1 Workload/Mesh/WasmPlugin/TrafficPolicy/AuthorizationPolicy, gateway.networking.k8s.io/v1 Gateway/HTTPRoute/GRPCRoute, gateway.networking.k8s.io/v1beta1 ReferenceGrant, security.istio.io/v1 (or v1beta1) AuthorizationPolicy";
 
 /// Parses one YAML document into `set`, reporting problems to `sink`.
 pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
@@ -158,6 +160,10 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
             "Workload" | "Mesh" | "WasmPlugin" | "TrafficPolicy"
         ) | (GATEWAY_API, "Gateway" | "HTTPRoute" | "GRPCRoute")
             | (GATEWAY_API | GATEWAY_API_BETA, "ReferenceGrant")
+            | (
+                MESHWORK_API | ISTIO_SECURITY_API | ISTIO_SECURITY_API_BETA,
+                "AuthorizationPolicy"
+            )
     );
     if !known {
         r.error(
@@ -173,10 +179,7 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
     let spec = match root.get("spec") {
         Some(s) => s,
         None if kind == "Mesh" => {
-            set.meshes.push(Mesh {
-                meta,
-                trust_domain: None,
-            });
+            set.meshes.push(Mesh::with_defaults(meta));
             return;
         }
         None => {
@@ -195,7 +198,7 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
             }
         }
         "Mesh" => {
-            if let Some(mesh) = parse_mesh(&mut r, meta, spec) {
+            if let Some(mesh) = mesh::parse_mesh(&mut r, meta, spec) {
                 set.meshes.push(mesh);
             }
         }
@@ -207,6 +210,11 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
         "TrafficPolicy" => {
             if let Some(p) = policy::parse(&mut r, meta, spec) {
                 set.policies.push(p);
+            }
+        }
+        "AuthorizationPolicy" => {
+            if let Some(p) = authz::parse(&mut r, meta, spec) {
+                set.authorization_policies.push(p);
             }
         }
         "ReferenceGrant" => {
@@ -231,28 +239,6 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
         }
         _ => {}
     }
-}
-
-fn parse_mesh(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Mesh> {
-    let obj = r.obj(spec, "spec", &["trustDomain"])?;
-    let trust_domain = r.opt_string(&obj, "trustDomain");
-    if let Some(td) = &trust_domain {
-        let valid = !td.is_empty()
-            && td.len() <= 255
-            && td
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
-        if !valid {
-            let line = obj.get("trustDomain").map_or(obj.line, |n| n.line);
-            r.error(
-                line,
-                "spec.trustDomain",
-                format!("expected a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_'), such as cluster.local; got {td:?}"),
-            );
-            return None;
-        }
-    }
-    Some(Mesh { meta, trust_domain })
 }
 
 fn parse_meta(r: &mut Reader<'_>, root: &Obj<'_>) -> Option<Meta> {
@@ -309,6 +295,7 @@ fn parse_workload(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Workloa
             "command",
             "env",
             "endpoints",
+            "mtls",
         ],
     )?;
     let service = r.req_string(
@@ -348,6 +335,9 @@ fn parse_workload(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Workloa
         .get("env")
         .map(|n| r.string_map(n, "spec.env"))
         .unwrap_or_default();
+    let mtls = s
+        .get("mtls")
+        .and_then(|n| mesh::parse_mtls(r, n, "spec.mtls"));
     let run = match (s.get("command"), s.get("endpoints")) {
         (Some(cmd), None) => {
             let (argv, shell) = match cmd.as_scalar() {
@@ -387,6 +377,13 @@ fn parse_workload(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Workloa
             if items.is_empty() {
                 r.error(eps.line, "spec.endpoints", "expected at least one address");
             }
+            if let Some(m) = s.get("mtls") {
+                r.error(
+                    m.line,
+                    "spec.mtls",
+                    "only meaningful with spec.command: an app outside the mesh has no sidecar, so its endpoints are always reached in plaintext",
+                );
+            }
             Run::External { endpoints }
         }
         (Some(_), Some(_)) => {
@@ -405,6 +402,7 @@ fn parse_workload(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Workloa
         replicas,
         protocol,
         run,
+        mtls,
     })
 }
 

@@ -14,6 +14,7 @@ use proptest::test_runner::TestCaseError;
 
 use super::files::load_texts;
 use super::yaml::{parse_documents, Kind, Node};
+use crate::model::MtlsMode;
 
 /// A YAML value to write out. Map keys are values too: a mapping used as a key is YAML the reader must refuse.
 #[derive(Debug, Clone)]
@@ -177,6 +178,7 @@ spec:
   protocol: http
   command: ["app", "--port", "9000"]
   env: {MODE: fast}
+  mtls: {mode: STRICT}
 ---
 apiVersion: meshwork.dev/v1alpha1
 kind: Workload
@@ -191,7 +193,10 @@ spec: {service: origin, endpoints: ['127.0.0.1:9', '[::1]:80']}
 apiVersion: meshwork.dev/v1alpha1
 kind: Mesh
 metadata: {name: mesh}
-spec: {}
+spec:
+  trustDomain: prod.example.org
+  mtls: {mode: PERMISSIVE}
+  identity: {certificateLifetime: 24h}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -316,7 +321,8 @@ const WORDS: &str = "\
     ReplacePrefixMatch RequestHeaderModifier ResponseHeaderModifier URLRewrite RequestRedirect RequestMirror GET \
     POST http https http2 grpc HTTP backend backend-v1 backend-v2 edge shop origin default mesh Bad_Name FAIL_OPEN \
     FAIL_CLOSE AUTHN STATS queue reject server client consistent-hash round-robin peak-ewma sourceIP 5xx \
-    connect-failure meshwork.dev meshwork.dev/v1alpha1 gateway.networking.k8s.io/v1 / /api x-user MODULE_PATH";
+    connect-failure meshwork.dev meshwork.dev/v1alpha1 gateway.networking.k8s.io/v1 / /api x-user MODULE_PATH \
+    STRICT PERMISSIVE DISABLED strict 59s 1m 24h 2160h 2161h cluster.local Example.COM";
 
 /// Quoted scalars: text a plain scalar cannot carry, and hostile values.
 const TEXTS: &[&str] = &[
@@ -371,7 +377,7 @@ const KEYS: &str = "\
     maxEjectionPercent rateLimit requestsPerSecond burst key header onLimit maxDelay side bulkhead \
     maxConcurrentRequests maxPending loadBalancer policy hashOn cookie healthCheck interval timeout \
     healthyThreshold unhealthyThreshold faultInjection delay fixed abort perTry connect idle grpcStatus \
-    unknownField <<";
+    trustDomain mtls mode identity certificateLifetime unknownField <<";
 
 const KINDS: &str = "\
     Workload Mesh WasmPlugin TrafficPolicy Gateway HTTPRoute GRPCRoute Service";
@@ -641,6 +647,13 @@ fn the_templates_load_without_errors() {
     assert_eq!(
         (set.wasm_plugins.len(), set.gateways.len(), set.meshes.len()),
         (1, 1, 1)
+    );
+    // The identity and mTLS fields are read, so edits to them reach the reader's checks.
+    let mesh = &set.meshes[0];
+    assert_eq!(mesh.trust_domain.as_deref(), Some("prod.example.org"));
+    assert_eq!(
+        (mesh.mtls, set.workloads[0].mtls),
+        (MtlsMode::Permissive, Some(MtlsMode::Strict))
     );
 }
 

@@ -2,6 +2,10 @@
 //! standalone proxy) -> the snapshot one proxy needs.
 //! Output is deterministic (sorted), so "did this proxy's snapshot change?" is a plain equality test.
 
+mod authz;
+#[cfg(test)]
+mod authz_tests;
+mod mtls;
 mod routes;
 #[cfg(test)]
 mod tests;
@@ -12,6 +16,9 @@ use meshwork_proto as pb;
 
 use crate::model::{
     AppProtocol, BackendKind, BackendRef, ManifestSet, Run, WasmPlugin, WasmTargetKind,
+};
+pub use mtls::{
+    certificate_lifetime, mesh_mtls, proto_mtls, service_mtls, sidecar_identity, trust_domain,
 };
 pub use routes::route_entries;
 
@@ -71,10 +78,16 @@ pub fn snapshot_for(set: &ManifestSet, instances: &[Instance], proxy: &ProxyKey)
             }
         }
     }
+    let ids = mtls::Identities::new(set);
     let clusters = wanted
         .into_iter()
-        .filter_map(|name| cluster(set, instances, &name))
+        .filter_map(|name| cluster(set, &ids, instances, &name))
         .collect();
+    // Only a sidecar has an inbound listener; a gateway's snapshot keeps the default.
+    let inbound_mtls = match proxy.role {
+        ProxyRole::Sidecar => service_mtls(set, &proxy.namespace, &proxy.name),
+        ProxyRole::Gateway => crate::model::MtlsMode::default(),
+    };
     let mut snapshot = pb::Snapshot {
         listeners,
         clusters,
@@ -82,8 +95,9 @@ pub fn snapshot_for(set: &ManifestSet, instances: &[Instance], proxy: &ProxyKey)
         inbound_wasm: Vec::new(),
         inbound_rate_limit: None,
         mesh_key: Vec::new(), // added by the server, which holds the key
-        trust_domain: String::new(),
-        inbound_mtls: pb::MtlsMode::MtlsPermissive as i32,
+        trust_domain: trust_domain(set).to_string(),
+        inbound_mtls: proto_mtls(inbound_mtls) as i32,
+        authorization: authz::policies_for(set, proxy),
     };
     attach_wasm(set, proxy, &mut snapshot);
     // Filters may call any mesh service (`proxy_http_call`), so a proxy that runs filters knows them all.
@@ -95,7 +109,9 @@ pub fn snapshot_for(set: &ManifestSet, instances: &[Instance], proxy: &ProxyKey)
             .collect();
         for name in services {
             if snapshot.clusters.iter().all(|c| c.name != name) {
-                snapshot.clusters.extend(cluster(set, instances, &name));
+                snapshot
+                    .clusters
+                    .extend(cluster(set, &ids, instances, &name));
             }
         }
     }
@@ -253,10 +269,16 @@ pub fn modules_for(set: &ManifestSet, snapshot: &pb::Snapshot) -> Vec<pb::WasmMo
         .collect()
 }
 
-fn cluster(set: &ManifestSet, instances: &[Instance], name: &str) -> Option<pb::Cluster> {
+fn cluster(
+    set: &ManifestSet,
+    ids: &mtls::Identities<'_>,
+    instances: &[Instance],
+    name: &str,
+) -> Option<pb::Cluster> {
     let mut parts = name.splitn(3, '/');
     let (kind, ns, obj) = (parts.next()?, parts.next()?, parts.next()?);
     let mut endpoints: Vec<pb::Endpoint> = Vec::new();
+    // Static addresses have no sidecar: plaintext, no identity.
     let external = |w: &crate::model::Workload, endpoints: &mut Vec<pb::Endpoint>| {
         if let Run::External { endpoints: addrs } = &w.run {
             for a in addrs {
@@ -273,7 +295,7 @@ fn cluster(set: &ManifestSet, instances: &[Instance], name: &str) -> Option<pb::
         address: i.addr.clone(),
         labels: i.labels.clone().into_iter().collect(),
         node_id: i.node_id.clone(),
-        identity: String::new(),
+        identity: ids.of_instance(&i.namespace, &i.service),
     };
     let protocol;
     match kind {

@@ -35,7 +35,12 @@ pub fn validate(set: &ManifestSet) -> Vec<Diagnostic> {
         .chain(set.routes.iter().map(|r| (r.kind.as_str(), &r.meta)))
         .chain(set.meshes.iter().map(|m| ("Mesh", &m.meta)))
         .chain(set.wasm_plugins.iter().map(|p| ("WasmPlugin", &p.meta)))
-        .chain(set.policies.iter().map(|p| ("TrafficPolicy", &p.meta)));
+        .chain(set.policies.iter().map(|p| ("TrafficPolicy", &p.meta)))
+        .chain(
+            set.authorization_policies
+                .iter()
+                .map(|p| ("AuthorizationPolicy", &p.meta)),
+        );
     for (kind, meta) in objects {
         if let Some(first) = names.insert((kind, &meta.namespace, &meta.name), meta) {
             out.push(diag(
@@ -52,13 +57,22 @@ pub fn validate(set: &ManifestSet) -> Vec<Diagnostic> {
             ));
         }
     }
-    if let Some(extra) = set.meshes.get(1) {
-        out.push(diag(
-            &extra.meta,
-            extra.meta.line,
-            "kind",
-            "only one Mesh object is allowed".into(),
-        ));
+    // One Mesh: its trust domain, mTLS mode and certificate lifetime hold for the whole mesh.
+    if let Some((first, extra)) = set.meshes.split_first() {
+        for m in extra {
+            out.push(diag(
+                &m.meta,
+                m.meta.line,
+                "kind",
+                format!(
+                    "only one Mesh object is allowed: Mesh {}/{} is already defined at {}:{}",
+                    first.meta.namespace,
+                    first.meta.name,
+                    first.meta.file.display(),
+                    first.meta.line
+                ),
+            ));
+        }
     }
 
     let mut protocols: HashMap<(&str, &str), (AppProtocol, &Meta)> = HashMap::new();
@@ -252,7 +266,42 @@ pub fn validate(set: &ManifestSet) -> Vec<Diagnostic> {
             }
         }
     }
+    authz_targets(set, &services, &mut out);
     out
+}
+
+/// An AuthorizationPolicy's targetRefs name a Service (a Workload's `spec.service`) or a Gateway of its own
+/// namespace (a policy applies only there, as in Istio).
+fn authz_targets(
+    set: &ManifestSet,
+    services: &BTreeMap<(String, String), AppProtocol>,
+    out: &mut Vec<Diagnostic>,
+) {
+    use crate::model::authz::AuthzTargetKind;
+    for p in &set.authorization_policies {
+        let ns = &p.meta.namespace;
+        for t in &p.targets {
+            let known = match t.kind {
+                AuthzTargetKind::Service => services.contains_key(&(ns.clone(), t.name.clone())),
+                AuthzTargetKind::Gateway => set
+                    .gateways
+                    .iter()
+                    .any(|g| g.meta.namespace == *ns && g.meta.name == t.name),
+            };
+            if !known {
+                let kind = match t.kind {
+                    AuthzTargetKind::Service => "mesh service (no Workload has spec.service",
+                    AuthzTargetKind::Gateway => "Gateway (none is named",
+                };
+                out.push(diag(
+                    &p.meta,
+                    t.line,
+                    &format!("{}.name", t.field),
+                    format!("unknown {kind} {:?} in namespace {ns})", t.name),
+                ));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

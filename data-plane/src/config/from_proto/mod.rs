@@ -11,6 +11,7 @@ use http::Method;
 use meshwork_proto as pb;
 use regex::Regex;
 
+mod authz;
 pub mod plugins;
 pub mod policy;
 #[cfg(test)]
@@ -368,8 +369,10 @@ impl Snapshot {
                 ))
             }
         };
+        let authorization = authz::policies(&pb.authorization)?;
         Ok(Snapshot {
             version,
+            authorization,
             listeners,
             clusters,
             inbound_wasm,

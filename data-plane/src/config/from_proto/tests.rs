@@ -565,6 +565,7 @@ fn snapshot() -> BoxedStrategy<pb::Snapshot> {
                     mesh_key,
                     trust_domain: td,
                     inbound_mtls: mtls,
+                    authorization: Vec::new(),
                 }
             },
         )

@@ -481,3 +481,63 @@ async fn server_leaf(
     .unwrap();
     tls.get_ref().1.peer_certificates().unwrap()[0].clone()
 }
+
+#[tokio::test]
+async fn authorization_policies_decide_by_the_verified_peer() {
+    use crate::authz::{Action, Pattern, Policy, Rule, Source, Values};
+    let ca = TestCa::new("mesh");
+    let app = App::start().await;
+    // Only frontend, or any caller of namespace `edge`, may call backend.
+    let from = |principals: &[&str], namespaces: &[&str]| Source {
+        principals: Values {
+            any_of: principals.iter().map(|p| Pattern::parse(p)).collect(),
+            none_of: Vec::new(),
+        },
+        namespaces: Values {
+            any_of: namespaces.iter().map(|n| Pattern::parse(n)).collect(),
+            none_of: Vec::new(),
+        },
+    };
+    let policy = Policy {
+        name: "default/backend-callers".into(),
+        action: Action::Allow,
+        rules: vec![Rule {
+            from: vec![
+                from(&["cluster.local/ns/default/sa/frontend"], &[]),
+                from(&[], &["edge"]),
+            ],
+            ..Rule::default()
+        }],
+    };
+    let backend = identity("backend", ca.issue("backend").0, ca.bundle());
+    let backend =
+        Sidecar::with_policies(backend, MtlsMode::Permissive, app.addr, vec![policy]).await;
+    let addr = backend.addr;
+    let call = |client: Client, headers: HeaderMap| async move {
+        client
+            .get(Protocol::Http1, addr, Some(id("backend")), "/", &headers)
+            .await
+            .unwrap()
+            .0
+    };
+    let frontend = Client::new(identity("frontend", ca.issue("frontend").0, ca.bundle()));
+    assert_eq!(call(frontend, HeaderMap::new()).await, 200);
+    // Another service, even claiming to be frontend: its certificate says who it is.
+    let mut claim = HeaderMap::new();
+    claim.insert(SOURCE_HEADER, HeaderValue::from_static("frontend.default"));
+    let reports = Client::new(identity("reports", ca.issue("reports").0, ca.bundle()));
+    assert_eq!(call(reports, claim.clone()).await, 403);
+    // A gateway of namespace edge: allowed by namespace, known by its own (non-workload) identity.
+    let gw =
+        meshwork_identity::SpiffeId::parse("spiffe://cluster.local/ns/edge/gateway/web").unwrap();
+    let gateway = Client::new(identity_of(gw.clone(), ca.issue_for(&gw).0, ca.bundle()));
+    assert_eq!(call(gateway, HeaderMap::new()).await, 200);
+    let seen = app.last();
+    assert_eq!(
+        header(&seen, &XFCC_HEADER),
+        Some("By=spiffe://cluster.local/ns/default/sa/backend;URI=spiffe://cluster.local/ns/edge/gateway/web")
+    );
+    assert_eq!(header(&seen, &SOURCE_HEADER), None);
+    // Plaintext with an unproven claim: no principal at all.
+    assert_eq!(call(Client::new(Arc::default()), claim).await, 403);
+}

@@ -80,9 +80,14 @@ impl TestCa {
     /// An SVID for `sa` issued the way the control plane issues one (fresh key, CSR, `Authority::issue`), valid
     /// for an hour; with its leaf, to compare with what a peer was shown.
     pub fn issue(&self, sa: &str) -> (Arc<CertifiedKey>, CertificateDer<'static>) {
+        self.issue_for(&id(sa))
+    }
+
+    /// Like `issue`, for any identity of the mesh (a gateway's, say).
+    pub fn issue_for(&self, id: &SpiffeId) -> (Arc<CertifiedKey>, CertificateDer<'static>) {
         let key = WorkloadKey::generate().unwrap();
-        let csr = key.csr_der(&id(sa)).unwrap();
-        let issued = self.authority.issue(&csr, &id(sa), HOUR).unwrap();
+        let csr = key.csr_der(id).unwrap();
+        let issued = self.authority.issue(&csr, id, HOUR).unwrap();
         let leaf = issued.leaf.clone();
         (key.certified_key(issued.chain).unwrap(), leaf)
     }
@@ -111,8 +116,16 @@ impl TestCa {
 
 /// A proxy identity store holding `certified` as `sa`, trusting `bundle` (what the control-plane client installs).
 pub fn identity(sa: &str, certified: Arc<CertifiedKey>, bundle: TrustBundle) -> Arc<MeshIdentity> {
+    identity_of(id(sa), certified, bundle)
+}
+
+pub fn identity_of(
+    id: SpiffeId,
+    certified: Arc<CertifiedKey>,
+    bundle: TrustBundle,
+) -> Arc<MeshIdentity> {
     let mesh = Arc::new(MeshIdentity::default());
-    mesh.install_certified(id(sa), certified, bundle, SystemTime::now() + HOUR);
+    mesh.install_certified(id, certified, bundle, SystemTime::now() + HOUR);
     mesh
 }
 
@@ -186,10 +199,21 @@ pub struct Sidecar {
 
 impl Sidecar {
     pub async fn start(identity: Arc<MeshIdentity>, mode: MtlsMode, app: SocketAddr) -> Sidecar {
+        Self::with_policies(identity, mode, app, Vec::new()).await
+    }
+
+    /// A sidecar that also enforces these AuthorizationPolicies on its inbound listener.
+    pub async fn with_policies(
+        identity: Arc<MeshIdentity>,
+        mode: MtlsMode,
+        app: SocketAddr,
+        policies: Vec<crate::authz::Policy>,
+    ) -> Sidecar {
         let store = Arc::new(ConfigStore::default());
         let mut snapshot = Snapshot::empty();
         snapshot.version = 1;
         snapshot.inbound_mtls = mode;
+        snapshot.authorization = policies;
         snapshot.mesh_keys = vec![Bytes::from_static(&MESH_KEY)];
         store.publish(snapshot);
         let metrics = Arc::new(TlsMetrics::default());
@@ -206,6 +230,7 @@ impl Sidecar {
             source: None,
             default_timeout: Some(BOUND),
             proof: Default::default(),
+            authorize: Some(Arc::default()),
             tls: Some(Arc::new(Inbound::new(
                 identity.clone(),
                 store,

@@ -1,0 +1,160 @@
+//! The Mesh kind (mesh-wide identity and mTLS settings) and the `mtls` block a Workload may override it with.
+
+use std::time::Duration;
+
+use super::read::{Obj, Reader};
+use super::Meta;
+use crate::source::yaml::Node;
+
+/// The trust domain when the Mesh names none (or there is no Mesh).
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+/// `spec.identity.certificateLifetime` when left out.
+pub const DEFAULT_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The shortest certificate lifetime a Mesh may ask for (proxies renew at 50-70% of it).
+pub const MIN_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(60);
+/// The longest: 90 days, as public CAs cap leaf certificates.
+pub const MAX_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// What a sidecar's inbound listener accepts, and so whether callers reach it with mutual TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum MtlsMode {
+    /// Mutual TLS from the mesh, plaintext also accepted from callers outside it.
+    #[default]
+    Permissive,
+    /// Mutual TLS only: plaintext is refused.
+    Strict,
+    /// No TLS: callers use plaintext.
+    Disabled,
+}
+
+impl MtlsMode {
+    pub const NAMES: [&'static str; 3] = ["STRICT", "PERMISSIVE", "DISABLED"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtlsMode::Strict => "STRICT",
+            MtlsMode::Permissive => "PERMISSIVE",
+            MtlsMode::Disabled => "DISABLED",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<MtlsMode> {
+        match name {
+            "STRICT" => Some(MtlsMode::Strict),
+            "PERMISSIVE" => Some(MtlsMode::Permissive),
+            "DISABLED" => Some(MtlsMode::Disabled),
+            _ => None,
+        }
+    }
+
+    /// Orders modes by what they refuse: DISABLED < PERMISSIVE < STRICT.
+    pub fn strictness(self) -> u8 {
+        match self {
+            MtlsMode::Disabled => 0,
+            MtlsMode::Permissive => 1,
+            MtlsMode::Strict => 2,
+        }
+    }
+
+    /// The stricter of two modes.
+    pub fn stricter(self, other: MtlsMode) -> MtlsMode {
+        if other.strictness() > self.strictness() {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// Mesh-wide settings (at most one Mesh).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mesh {
+    pub meta: Meta,
+    /// `spec.trustDomain`: the SPIFFE trust domain of every identity (default `cluster.local`).
+    pub trust_domain: Option<String>,
+    /// `spec.mtls.mode` (default PERMISSIVE); a Workload's `spec.mtls.mode` overrides it for its instances.
+    pub mtls: MtlsMode,
+    /// `spec.identity.certificateLifetime` (default 24h, from 1m to 90 days): the lifetime of proxy certificates.
+    pub certificate_lifetime: Duration,
+}
+
+impl Mesh {
+    /// A Mesh with every setting at its default (`spec: {}` or no spec).
+    pub fn with_defaults(meta: Meta) -> Mesh {
+        Mesh {
+            meta,
+            trust_domain: None,
+            mtls: MtlsMode::default(),
+            certificate_lifetime: DEFAULT_CERTIFICATE_LIFETIME,
+        }
+    }
+}
+
+pub(super) fn parse_mesh(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Mesh> {
+    let obj = r.obj(spec, "spec", &["trustDomain", "mtls", "identity"])?;
+    let mut mesh = Mesh::with_defaults(meta);
+    let mut ok = true;
+    mesh.trust_domain = r.opt_string(&obj, "trustDomain");
+    if let Some(td) = &mesh.trust_domain {
+        let valid = !td.is_empty()
+            && td.len() <= 255
+            && td
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+        if !valid {
+            let line = obj.get("trustDomain").map_or(obj.line, |n| n.line);
+            r.error(
+                line,
+                "spec.trustDomain",
+                format!("expected a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_'), such as cluster.local; got {td:?}"),
+            );
+            ok = false;
+        }
+    }
+    if let Some(node) = obj.get("mtls") {
+        match parse_mtls(r, node, &obj.field("mtls")) {
+            Some(mode) => mesh.mtls = mode,
+            None => ok = false,
+        }
+    }
+    if let Some(node) = obj.get("identity") {
+        match parse_identity(r, node, &obj.field("identity")) {
+            Some(lifetime) => mesh.certificate_lifetime = lifetime,
+            None => ok = false,
+        }
+    }
+    ok.then_some(mesh)
+}
+
+/// An `mtls` block (Mesh or Workload): `{mode: STRICT | PERMISSIVE | DISABLED}`.
+pub(super) fn parse_mtls(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<MtlsMode> {
+    let obj = r.obj(node, path, &["mode"])?;
+    let mode = r.required(&obj, "mode", "STRICT, PERMISSIVE or DISABLED")?;
+    let name = r.choice(mode, &obj.field("mode"), &MtlsMode::NAMES)?;
+    MtlsMode::from_name(&name)
+}
+
+/// The Mesh's `identity` block: `{certificateLifetime: <duration>}`.
+fn parse_identity(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Duration> {
+    let obj: Obj<'_> = r.obj(node, path, &["certificateLifetime"])?;
+    let Some(n) = obj.get("certificateLifetime") else {
+        return Some(DEFAULT_CERTIFICATE_LIFETIME);
+    };
+    let field = obj.field("certificateLifetime");
+    let lifetime = r.duration(n, &field)?;
+    if !(MIN_CERTIFICATE_LIFETIME..=MAX_CERTIFICATE_LIFETIME).contains(&lifetime) {
+        r.error(
+            n.line,
+            field,
+            format!(
+                "expected a certificate lifetime from 1m to 2160h (90 days), got {}",
+                n.describe()
+            ),
+        );
+        return None;
+    }
+    Some(lifetime)
+}
+
+#[cfg(test)]
+mod tests;
