@@ -1,6 +1,7 @@
 //! `x-meshwork-source` at an inbound sidecar (issue 11, item 7): a caller that is not a mesh sidecar cannot
 //! claim to be a service (the header is dropped), while a call through a sidecar's outbound listener arrives
-//! with its source; the proof that carries it reaches no app.
+//! with its source; the proof that carries it reaches no app. Between the two sidecars the hop is mutual TLS
+//! (issue 12): the app also learns the caller as `x-forwarded-client-cert`, which no caller can forge.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -27,6 +28,13 @@ fn seen(r: &Resp) -> (Option<String>, Option<String>) {
     (h("x-meshwork-source"), h("x-meshwork-source-proof"))
 }
 
+/// The `x-forwarded-client-cert` the backend app saw.
+fn xfcc(r: &Resp) -> Option<String> {
+    r.json()["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .map(String::from)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_caller_cannot_claim_a_source_but_a_sidecar_states_its_own() {
     let mesh = Mesh::start(|_| MESH.to_string()).await;
@@ -41,6 +49,10 @@ async fn a_direct_caller_cannot_claim_a_source_but_a_sidecar_states_its_own() {
         &[
             ("x-meshwork-source", "admin.default"),
             ("x-meshwork-source-proof", &"ab".repeat(32)),
+            (
+                "x-forwarded-client-cert",
+                "By=spiffe://cluster.local/ns/default/sa/backend;URI=spiffe://cluster.local/ns/default/sa/admin",
+            ),
         ],
     )
     .await;
@@ -49,6 +61,11 @@ async fn a_direct_caller_cannot_claim_a_source_but_a_sidecar_states_its_own() {
         seen(&forged),
         (None, None),
         "a claim without proof is dropped"
+    );
+    assert_eq!(
+        xfcc(&forged),
+        None,
+        "a forged client certificate header is dropped"
     );
 
     // As web's app calls backend: through web's sidecar; a source the app sets itself is replaced.
@@ -77,4 +94,19 @@ async fn a_direct_caller_cannot_claim_a_source_but_a_sidecar_states_its_own() {
         (Some("web.default".into()), None),
         "the sidecar's statement arrives, its proof does not"
     );
+    assert_eq!(
+        xfcc(&stated).as_deref(),
+        Some("By=spiffe://cluster.local/ns/default/sa/backend;URI=spiffe://cluster.local/ns/default/sa/web"),
+        "the hop between the sidecars is mTLS, and the app learns the verified caller"
+    );
+    let m = metrics(&c, &mesh.admin("backend-0")).await;
+    let handshakes = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"meshwork_tls_handshakes_total{side="inbound",result="ok",reason=""} "#,
+            )
+        })
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(handshakes.is_some_and(|n| n >= 1), "{m}");
 }
