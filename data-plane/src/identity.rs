@@ -6,14 +6,13 @@
 //! Before the first certificate the proxy can prove nothing: it bootstraps with a single-use token instead.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use meshwork_identity::csr::WorkloadKey;
 use meshwork_identity::spiffe::{SpiffeId, TrustDomain};
 use meshwork_identity::tls::RotatingIdentity;
 use meshwork_identity::TrustBundle;
-use meshwork_proto as pb;
 
 /// What the proxy holds once the control plane has certified it.
 pub struct Certified {
@@ -37,6 +36,17 @@ impl Certified {
             .unwrap_or_default();
         self.not_before + lifetime.mul_f64(0.5 + fastrand::f64() * 0.2)
     }
+}
+
+/// A certificate as the control plane sends it (config/client.rs converts it from the push).
+pub struct Issued {
+    pub spiffe_id: String,
+    /// DER, the proxy's own certificate first.
+    pub chain: Vec<Vec<u8>>,
+    /// DER roots.
+    pub trust_bundle: Vec<Vec<u8>>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
 }
 
 /// The proxy's identity store.
@@ -79,7 +89,7 @@ impl MeshIdentity {
     }
 
     /// Installs the certificate the control plane sent for the pending key.
-    pub fn install(&self, msg: &pb::Identity) -> Result<Arc<Certified>, InstallError> {
+    pub fn install(&self, msg: &Issued) -> Result<Arc<Certified>, InstallError> {
         let id = SpiffeId::parse(&msg.spiffe_id)
             .map_err(|e| InstallError::Id(msg.spiffe_id.clone(), e.to_string()))?;
         let chain: Vec<_> = msg
@@ -112,8 +122,8 @@ impl MeshIdentity {
             id,
             bundle,
             resolver,
-            not_before: from_ms(msg.not_before_unix_ms),
-            not_after: from_ms(msg.not_after_unix_ms),
+            not_before: msg.not_before,
+            not_after: msg.not_after,
             installed: SystemTime::now(),
         });
         self.current.store(Some(next.clone()));
@@ -162,10 +172,6 @@ impl MeshIdentity {
             }),
         }
     }
-}
-
-fn from_ms(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
 }
 
 fn ms(t: SystemTime) -> u64 {

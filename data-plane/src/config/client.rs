@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Apply, Received};
-use crate::identity::{pinned_root, MeshIdentity};
+use crate::identity::{pinned_root, Issued, MeshIdentity};
 
 /// Who this proxy is, as it introduces itself to the control plane.
 pub struct Introduction {
@@ -203,7 +203,15 @@ impl Link<'_> {
 
     /// Installs a certificate; the time to renew it, or `None` if it could not be installed (logged).
     fn install(&mut self, identity: &pb::Identity) -> Option<SystemTime> {
-        match self.mesh.install(identity) {
+        let ms = |t: u64| std::time::UNIX_EPOCH + Duration::from_millis(t);
+        let issued = Issued {
+            spiffe_id: identity.spiffe_id.clone(),
+            chain: identity.chain.clone(),
+            trust_bundle: identity.trust_bundle.clone(),
+            not_before: ms(identity.not_before_unix_ms),
+            not_after: ms(identity.not_after_unix_ms),
+        };
+        match self.mesh.install(&issued) {
             Ok(c) => {
                 // Spent: from now on the certificate proves who this proxy is.
                 *self.token = None;
