@@ -1,6 +1,7 @@
-//! AuthorizationPolicy end to end (issue 12): manifests -> control plane -> proxies -> 403s. "Only frontend may
-//! call backend" on backend's inbound sidecar (by the caller identity the sidecar verified), a DENY on the gateway
-//! by path, denials counted per policy on /metrics, and a policy added while the mesh runs applying live.
+//! AuthorizationPolicy end to end (issue 12): manifests -> control plane -> proxies -> 403s. "Only frontend and
+//! the gateway may call backend" on backend's inbound sidecar (by the caller identity the sidecar verified over
+//! mTLS), a DENY on the gateway by path, denials counted per policy on /metrics, and a policy added while the mesh
+//! runs applying live.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -38,7 +39,7 @@ kind: HTTPRoute
 metadata: {{name: all}}
 spec:
   parentRefs: [{{name: edge}}]
-  rules: [{{backendRefs: [{{name: frontend}}]}}]
+  rules: [{{backendRefs: [{{name: backend}}]}}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -47,7 +48,7 @@ spec:
   targetRefs: [{{kind: Service, name: backend}}]
   action: ALLOW
   rules:
-    - from: [{{source: {{principals: [cluster.local/ns/default/sa/frontend]}}}}]
+    - from: [{{source: {{principals: [cluster.local/ns/default/sa/frontend, cluster.local/ns/default/gateway/edge]}}}}]
 "#
     )
 }
@@ -95,6 +96,9 @@ async fn policies_decide_by_caller_and_path_and_apply_live() {
     )
     .await;
     assert_eq!(r.status, 403);
+    // The gateway proves its own identity to backend's sidecar (mTLS), which the policy lets in.
+    let r = get(&c, &format!("{}/orders", mesh.base()), &[]).await;
+    assert_eq!(r.status, 200, "through the gateway: {}", r.text());
     let seen = metrics(&c, &mesh.admin("backend-0")).await;
     assert!(
         seen.contains(
