@@ -6,7 +6,8 @@
 //! ALLOW policy applies and none matches, 403; otherwise the request goes on. A value list matches if any of its
 //! values does (exact, `prefix*`, `*suffix`, or `*` for any non-empty value); a `not` list if none does. A request
 //! without a verified identity has an empty principal and namespace: `principals: ["*"]` does not match it,
-//! `notPrincipals: ["*"]` does (Istio's way of requiring mTLS).
+//! `notPrincipals: ["*"]` does (Istio's way of requiring mTLS). A header sent more than once matches if one of
+//! its values does, and fails a `not` list if one of its values is in it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -78,6 +79,14 @@ impl Values {
         (self.any_of.is_empty() || self.any_of.iter().any(|p| p.matches(v, fold_case)))
             && !self.none_of.iter().any(|p| p.matches(v, fold_case))
     }
+
+    /// For a header sent any number of times: some value matches `any_of`, and no value matches `none_of`, so a
+    /// value sent twice cannot hide behind a first, different one. An absent header is one empty value.
+    fn matches_header(&self, values: &[&str]) -> bool {
+        let values = if values.is_empty() { &[""][..] } else { values };
+        let hit = |p: &Pattern| values.iter().any(|v| p.matches(v, false));
+        (self.any_of.is_empty() || self.any_of.iter().any(hit)) && !self.none_of.iter().any(hit)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -141,12 +150,13 @@ impl Rule {
                     && o.hosts.matches(s.host, true)
             });
         let when = self.when.iter().all(|c| {
-            let v = s
+            let values: Vec<&str> = s
                 .headers
-                .get(&c.header)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            c.values.matches(v, false)
+                .get_all(&c.header)
+                .iter()
+                .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+                .collect();
+            c.values.matches_header(&values)
         });
         from && to && when
     }

@@ -31,6 +31,9 @@ pub enum ProxyError {
     /// The client's body broke a bound before anything was forwarded (a declared length over the maximum).
     #[error(transparent)]
     ClientBody(#[from] ClientBodyFailed),
+    /// The request path has an encoded slash (filter/path.rs).
+    #[error(transparent)]
+    BadPath(#[from] crate::filter::path::EscapedSlash),
     /// An AuthorizationPolicy refused the request (the DENY policy that matched; None: no ALLOW policy matched).
     #[error("denied by AuthorizationPolicy {}", .0.as_deref().unwrap_or(crate::authz::NO_ALLOW_MATCHED))]
     Denied(Option<std::sync::Arc<str>>),
@@ -60,6 +63,7 @@ pub fn reply(err: &ProxyError) -> Response<ResponseBody> {
         ProxyError::ClientBody(e) => client_body_reply(e),
         // Envoy's RBAC reply; which policy denied goes to the log and /metrics, not to the client.
         ProxyError::Denied(_) => text(StatusCode::FORBIDDEN, "RBAC: access denied"),
+        ProxyError::BadPath(e) => text(StatusCode::BAD_REQUEST, &e.to_string()),
     }
 }
 

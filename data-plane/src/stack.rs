@@ -17,8 +17,8 @@ use crate::config::ConfigStore;
 use crate::error::{self, ProxyError};
 use crate::filter::body::FilteredBody;
 use crate::filter::chain::{Chain, Verdict};
-use crate::filter::headers;
 use crate::filter::wasm::PluginHandle;
+use crate::filter::{headers, path};
 use crate::listener::Downstream;
 use crate::resilience::{self, call::SOURCE_HEADER, Registry};
 use crate::router;
@@ -93,6 +93,7 @@ async fn route_and_forward(
     if let Some(e) = body.declared_too_large() {
         return Err(e.into());
     }
+    normalize_path(&mut parts)?;
     // What the client may not decide for the next hop goes on arrival, before routing and filters see it; what
     // the proxy verified about the caller goes in.
     sanitize(ctx, &snapshot, &mut parts.headers, verified);
@@ -340,10 +341,10 @@ fn state_verified(peer: &VerifiedPeer, headers: &mut http::HeaderMap) {
     };
 }
 
-/// The AuthorizationPolicies' decision on a request, before anything else spends work on it. The caller is the
-/// identity the proxy verified: on an inbound listener, the mTLS peer's SPIFFE ID (a sidecar's or a gateway's),
-/// or on a plaintext connection the calling sidecar's `x-meshwork-source` that its proof vouched for (`sanitize`
-/// removed any other); a gateway's clients have none.
+/// The AuthorizationPolicies' decision on a request, before anything else spends work on it. The caller is only
+/// what a handshake proved: the mTLS peer's SPIFFE ID (a sidecar's or a gateway's). A plaintext caller has no
+/// principal and no namespace, even with a mesh-key proof of `x-meshwork-source`: that key is shared by every
+/// sidecar, so it cannot tell one service from another to a policy. The path is the normalised one routing uses.
 fn authorize(
     snapshot: &Snapshot,
     parts: &http::request::Parts,
@@ -353,35 +354,14 @@ fn authorize(
     if snapshot.authorization.is_empty() {
         return Ok(());
     }
-    let stated;
-    let (principal, namespace): (&str, &str) = match verified {
+    let (principal, namespace) = match verified {
         Some(peer) => (peer.id.principal(), spiffe_namespace(&peer.id)),
-        None => {
-            stated = caller_identity(snapshot, &parts.headers);
-            (&stated.0, &stated.1)
-        }
+        None => ("", ""),
     };
-    let host = parts
-        .uri
-        .host()
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .unwrap_or("");
-    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
-        if port.bytes().all(|b| b.is_ascii_digit()) {
-            h
-        } else {
-            host
-        }
-    });
     let subject = authz::Subject {
         method: parts.method.as_str(),
         path: parts.uri.path(),
-        host,
+        host: router::request_host(parts).unwrap_or(""),
         headers: &parts.headers,
         principal,
         namespace,
@@ -404,6 +384,25 @@ fn authorize(
     }
 }
 
+/// The normalised path (filter/path.rs) replaces the client's: routing, policies, filters and the upstream all
+/// see the same one.
+fn normalize_path(parts: &mut http::request::Parts) -> Result<(), ProxyError> {
+    let Some(pq) = parts.uri.path_and_query() else {
+        return Ok(());
+    };
+    let std::borrow::Cow::Owned(normal) = path::normalize(pq.path())? else {
+        return Ok(());
+    };
+    let normal = match pq.query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal,
+    };
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.path_and_query = normal.parse().ok();
+    parts.uri = Uri::from_parts(uri).unwrap_or_default();
+    Ok(())
+}
+
 /// The namespace a mesh identity names (`spiffe://<td>/ns/<namespace>/...`: sidecars and gateways); "" otherwise.
 fn spiffe_namespace(id: &meshwork_identity::SpiffeId) -> &str {
     let mut segments = id.path().split('/').skip(1);
@@ -411,23 +410,6 @@ fn spiffe_namespace(id: &meshwork_identity::SpiffeId) -> &str {
         (Some("ns"), Some(ns)) => ns,
         _ => "",
     }
-}
-
-/// The verified caller as Istio writes principals (`<trust-domain>/ns/<namespace>/sa/<service>`) and its
-/// namespace; empty strings without one.
-fn caller_identity(snapshot: &Snapshot, headers: &http::HeaderMap) -> (String, String) {
-    let source = headers.get(SOURCE_HEADER).and_then(|v| v.to_str().ok());
-    let Some((service, namespace)) = source.and_then(|s| s.rsplit_once('.')) else {
-        return (String::new(), String::new());
-    };
-    let td = match snapshot.source.trust_domain.as_str() {
-        "" => meshwork_identity::DEFAULT_TRUST_DOMAIN,
-        td => td,
-    };
-    (
-        format!("{td}/ns/{namespace}/sa/{service}"),
-        namespace.to_string(),
-    )
 }
 
 /// After the filters: what this hop says to the next (the calling service, Host, forwarding headers). Hop-by-hop

@@ -344,3 +344,55 @@ fn audit_policies_that_match_are_reported() {
     assert_eq!(decision, Decision::Allow);
     assert_eq!(audited, [&audit.name]);
 }
+
+#[test]
+fn a_header_sent_twice_is_matched_as_all_its_values() {
+    // DENY x-user: admin. Sending another value first must not hide the second.
+    let deny_admin = policy(
+        "default/no-admin-user",
+        Action::Deny,
+        vec![Rule {
+            when: vec![Condition {
+                header: HeaderName::from_static("x-user"),
+                values: values(&["admin"], &[]),
+            }],
+            ..Rule::default()
+        }],
+    );
+    let mut headers = HeaderMap::new();
+    headers.append("x-user", "guest".parse().unwrap());
+    headers.append("x-user", "admin".parse().unwrap());
+    let s = Subject {
+        method: "GET",
+        path: "/",
+        host: "h",
+        headers: &headers,
+        principal: "",
+        namespace: "",
+    };
+    let (decision, _) = decide(std::slice::from_ref(&deny_admin), &s);
+    assert_eq!(decision, deny("default/no-admin-user"));
+    // And a notValues list: an ALLOW for tenants other than evil refuses a request carrying evil among others.
+    let not_evil = policy(
+        "default/not-evil",
+        Action::Allow,
+        vec![Rule {
+            when: vec![Condition {
+                header: HeaderName::from_static("x-tenant"),
+                values: values(&[], &["evil"]),
+            }],
+            ..Rule::default()
+        }],
+    );
+    let mut headers = HeaderMap::new();
+    headers.append("x-tenant", "acme".parse().unwrap());
+    headers.append("x-tenant", "evil".parse().unwrap());
+    let s = Subject {
+        headers: &headers,
+        ..s
+    };
+    assert_eq!(
+        decide(std::slice::from_ref(&not_evil), &s).0,
+        Decision::Deny(None)
+    );
+}
