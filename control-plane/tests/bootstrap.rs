@@ -307,3 +307,69 @@ async fn a_ca_rotation_keeps_proxies_of_the_old_ca_until_they_renew() {
         "a certificate of an untrusted CA was accepted"
     );
 }
+
+#[tokio::test]
+async fn nothing_can_claim_the_control_planes_own_namespace() {
+    let s = control_plane().await;
+    let ttl = std::time::Duration::from_secs(60);
+    assert!(s
+        .ids
+        .mint("meshwork-system", "control-plane", None, ttl)
+        .is_err());
+    // A proxy claiming to be the control plane (with a token for some other service) is refused outright.
+    let mut h = hello("cp", "127.0.0.1:7001");
+    h.namespace = "meshwork-system".into();
+    h.service = "control-plane".into();
+    h.bootstrap_token = s.token("origin", None);
+    let msg = refused(&s, h, Code::InvalidArgument).await;
+    assert!(msg.contains("reserved"), "{msg}");
+    // And no manifest object may live there.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("w.yaml"),
+        "apiVersion: meshwork.dev/v1alpha1\nkind: Workload\nmetadata: {name: control-plane, namespace: meshwork-system}\nspec: {service: control-plane, command: app}\n",
+    )
+    .unwrap();
+    let err = meshwork_manifest::source::files::load_dir(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("reserved"), "{err}");
+}
+
+#[tokio::test]
+async fn silent_connections_do_not_keep_proxies_out() {
+    let s = control_plane().await;
+    let addr = s.url.trim_start_matches("http://").to_string();
+    // More silent clients than there are handshake slots.
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // A proxy retries as the real one does (its backoff): the silent ones lose their slots after 3 s, and the
+    // accept loop never stopped accepting meanwhile.
+    let joined = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let addr_ok = tokio::net::TcpStream::connect(&addr).await.is_ok();
+            if addr_ok {
+                let config = support::pinned_config(&s);
+                let url = s.url.clone();
+                let channel = meshwork_identity::channel::connect(
+                    &url,
+                    std::sync::Arc::new(config),
+                    std::time::Duration::from_secs(2),
+                );
+                if let Ok(channel) = channel.await {
+                    let mut h = hello("origin-1", "127.0.0.1:7001");
+                    h.bootstrap_token = s.token("origin", None);
+                    if let Ok(mut stream) = open(channel, h).await {
+                        if next_push(&mut stream.pushes).await.is_ok() {
+                            return stream;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    assert!(joined.is_ok(), "no proxy got through within 10 s");
+    drop(silent);
+}

@@ -133,6 +133,12 @@ pub fn run_token(cmd: TokenCommand) -> anyhow::Result<()> {
         .context("ca.pem holds no certificate")?;
     let pin = crate::identity::token::hex(&Sha256::digest(root.as_ref()));
     // Only read: the control plane makes the key (two processes making it at once would disagree on it).
+    if args.namespace == crate::identity::RESERVED_NAMESPACE {
+        anyhow::bail!(
+            "--namespace {}: reserved for the control plane's own identities",
+            args.namespace
+        );
+    }
     let tokens = Tokens::load(&dir)?;
     let td = ca_trust_domain(root)
         .unwrap_or_else(|| meshwork_identity::DEFAULT_TRUST_DOMAIN.to_string());

@@ -29,6 +29,10 @@ pub fn trust_domain_of(set: &meshwork_manifest::model::ManifestSet) -> anyhow::R
     TrustDomain::new(&name).map_err(|e| anyhow::anyhow!("Mesh spec.trustDomain {name:?}: {e}"))
 }
 
+/// The namespace of the control plane's and the operator's own identities: no proxy and no manifest object may
+/// be in it, so no token or certificate can ever name them.
+pub const RESERVED_NAMESPACE: &str = "meshwork-system";
+
 /// Default lifetime of a proxy's certificate (Linkerd's and Istio's: 24 h).
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
@@ -92,6 +96,12 @@ impl Identities {
         node: Option<&str>,
         ttl: Duration,
     ) -> Result<String, MintError> {
+        if namespace == RESERVED_NAMESPACE {
+            return Err(MintError::BadField {
+                field: "--namespace",
+                value: namespace.to_string(),
+            });
+        }
         let td = self.trust_domain().as_str();
         self.tokens
             .mint(namespace, service, node, ttl, &self.ca_sha256, td)
@@ -104,6 +114,13 @@ impl Identities {
         namespace: &str,
         name: &str,
     ) -> Result<SpiffeId, IdentityError> {
+        if namespace == RESERVED_NAMESPACE {
+            return Err(IdentityError::Name {
+                field: "hello.namespace",
+                value: namespace.to_string(),
+                error: "reserved for the control plane's and the operator's identities".into(),
+            });
+        }
         let td = self.trust_domain().as_str();
         let uri = match role {
             ProxyRole::Sidecar => format!("spiffe://{td}/ns/{namespace}/sa/{name}"),

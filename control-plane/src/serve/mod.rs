@@ -206,6 +206,9 @@ impl ControlPlane {
     }
 }
 
+/// How long a new discovery stream has to send its Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the control plane presents: its TLS config and its own (renewed) certificate.
 pub struct ServingTls {
     config: Arc<rustls::ServerConfig>,
@@ -343,7 +346,11 @@ impl pb::discovery_server::Discovery for ControlPlane {
         let peer = req.extensions().get::<PeerInfo>().cloned();
         let remote = peer.as_ref().map(|p| p.remote);
         let mut inbound = req.into_inner();
-        let hello = match inbound.message().await? {
+        // A stream that says nothing holds nothing for long.
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 5 s"))?;
+        let hello = match first? {
             Some(pb::ProxyMessage {
                 msg: Some(pb::proxy_message::Msg::Hello(h)),
             }) => h,

@@ -16,10 +16,11 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::Connected;
 
-/// Handshakes at once; beyond that, new connections wait to be accepted.
+/// Handshakes at once; a connection arriving beyond that is closed at once (the accept loop never waits, so
+/// silent clients cannot keep proxies out by filling the slots: each is held at most `HANDSHAKE_TIMEOUT`).
 const MAX_HANDSHAKES: usize = 256;
 /// A client that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the control plane knows of a connection's peer.
 #[derive(Debug, Clone)]
@@ -55,9 +56,6 @@ pub fn incoming(
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(5);
         loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
             let (tcp, remote) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(accepted) => accepted,
@@ -71,6 +69,10 @@ pub fn incoming(
                 _ = tx.closed() => return,
             };
             backoff = Duration::from_millis(5);
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::debug!(%remote, "control plane: too many handshakes at once; connection closed");
+                continue;
+            };
             let (acceptor, tx, td) = (acceptor.clone(), tx.clone(), trust_domain.clone());
             tokio::spawn(async move {
                 let _slot = slot;

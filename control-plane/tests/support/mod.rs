@@ -95,6 +95,10 @@ impl Served {
             control_plane_id(),
         )
         .unwrap();
+        self.connect(config).await
+    }
+
+    async fn connect(&self, config: rustls::ClientConfig) -> tonic::transport::Channel {
         meshwork_identity::channel::connect(&self.url, Arc::new(config), Duration::from_secs(5))
             .await
             .unwrap()
@@ -109,6 +113,17 @@ impl Served {
             .unwrap();
         RotatingIdentity::new(key.certified_key(issued.chain).unwrap())
     }
+}
+
+/// A client config that trusts the control plane by the pinned root and presents nothing.
+pub fn pinned_config(s: &Served) -> rustls::ClientConfig {
+    control_client_config(
+        None,
+        ControlTrust::Pinned(s.pin()),
+        &TrustDomain::default(),
+        control_plane_id(),
+    )
+    .unwrap()
 }
 
 /// An open discovery stream: the sender that keeps it open, the pushes, and the key its CSR was made with.

@@ -42,6 +42,14 @@ pub fn validate(set: &ManifestSet) -> Vec<Diagnostic> {
                 .map(|p| ("AuthorizationPolicy", &p.meta)),
         );
     for (kind, meta) in objects {
+        if meta.namespace == "meshwork-system" {
+            out.push(diag(
+                meta,
+                meta.line,
+                "metadata.namespace",
+                format!("{kind} in namespace meshwork-system: that namespace is reserved for the control plane's own identities"),
+            ));
+        }
         if let Some(first) = names.insert((kind, &meta.namespace, &meta.name), meta) {
             out.push(diag(
                 meta,
