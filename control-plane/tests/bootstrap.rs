@@ -314,7 +314,13 @@ async fn nothing_can_claim_the_control_planes_own_namespace() {
     let ttl = std::time::Duration::from_secs(60);
     assert!(s
         .ids
-        .mint("meshwork-system", "control-plane", None, ttl)
+        .mint(
+            meshwork_manifest::translate::ProxyRole::Sidecar,
+            "meshwork-system",
+            "control-plane",
+            None,
+            ttl
+        )
         .is_err());
     // A proxy claiming to be the control plane (with a token for some other service) is refused outright.
     let mut h = hello("cp", "127.0.0.1:7001");
@@ -372,4 +378,15 @@ async fn silent_connections_do_not_keep_proxies_out() {
     .await;
     assert!(joined.is_ok(), "no proxy got through within 10 s");
     drop(silent);
+}
+
+#[tokio::test]
+async fn a_sidecars_token_cannot_make_a_gateway() {
+    let s = control_plane().await;
+    let mut h = hello("edge-1", "");
+    h.role = pb::Role::Gateway as i32;
+    h.service = "origin".into();
+    h.bootstrap_token = s.token("origin", None);
+    let msg = refused(&s, h, Code::Unauthenticated).await;
+    assert!(msg.contains("not default/gateway:origin"), "{msg}");
 }

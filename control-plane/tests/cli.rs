@@ -179,9 +179,22 @@ fn token_create_prints_a_token_the_control_plane_accepts() {
         tokens,
         std::time::Duration::from_secs(60),
     );
-    ids.redeem(token.trim(), "default", "web", "web-7").unwrap();
+    ids.redeem(
+        token.trim(),
+        meshwork_manifest::translate::ProxyRole::Sidecar,
+        "default",
+        "web",
+        "web-7",
+    )
+    .unwrap();
     let again = ids
-        .redeem(token.trim(), "default", "web", "web-7")
+        .redeem(
+            token.trim(),
+            meshwork_manifest::translate::ProxyRole::Sidecar,
+            "default",
+            "web",
+            "web-7",
+        )
         .unwrap_err();
     assert!(again.to_string().contains("already been used"), "{again}");
 }

@@ -36,7 +36,11 @@ fn control_plane(dir: &std::path::Path, port: u16) -> Proc {
 /// A proxy of `service` with node id `node`, bootstrapping with a token of its own.
 fn proxy(dir: &std::path::Path, name: &str, service: &str, node: &str, args: &[String]) -> Proc {
     let log = dir.join(format!("{name}.log"));
-    let token = bootstrap_token(&dir.join("manifests"), service, node);
+    let token = if args.iter().any(|a| a == "gateway") {
+        gateway_token(&dir.join("manifests"), service, node)
+    } else {
+        bootstrap_token(&dir.join("manifests"), service, node)
+    };
     Proc::spawn(
         name,
         proxy_command(Some(&log))

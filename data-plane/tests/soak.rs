@@ -159,7 +159,7 @@ async fn no_request_with_a_healthy_endpoint_is_lost_while_parts_die_and_return()
             ])
             .env(
                 "MESHWORK_BOOTSTRAP_TOKEN",
-                bootstrap_token(&dir.path().join("manifests"), "edge", "gw"),
+                gateway_token(&dir.path().join("manifests"), "edge", "gw"),
             ),
     );
     let c = client();

@@ -91,9 +91,12 @@ pub enum TokenCommand {
 
 #[derive(Debug, Args)]
 pub struct TokenArgs {
-    /// The service (or, for a gateway, the Gateway name) the proxy serves.
+    /// The service (or, with --gateway, the Gateway name) the proxy serves.
     #[arg(long)]
     pub service: String,
+    /// The token is for a gateway proxy of the Gateway named by --service (a gateway's identity is its own).
+    #[arg(long)]
+    pub gateway: bool,
     #[arg(long, default_value = "default")]
     pub namespace: String,
     /// Only a proxy with this node id may use the token.
@@ -142,9 +145,14 @@ pub fn run_token(cmd: TokenCommand) -> anyhow::Result<()> {
     let tokens = Tokens::load(&dir)?;
     let td = ca_trust_domain(root)
         .unwrap_or_else(|| meshwork_identity::DEFAULT_TRUST_DOMAIN.to_string());
+    let service = if args.gateway {
+        format!("gateway:{}", args.service)
+    } else {
+        args.service.clone()
+    };
     let token = tokens.mint(
         &args.namespace,
-        &args.service,
+        &service,
         args.node.as_deref(),
         args.ttl,
         &pin,

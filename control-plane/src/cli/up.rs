@@ -20,7 +20,7 @@ use clap::Args;
 use meshwork_manifest::model::{AppProtocol, ManifestSet, Run, Workload};
 use meshwork_manifest::process::shutdown_signal;
 use meshwork_manifest::source::{load_dir, watch_dir};
-use meshwork_manifest::translate::WORKLOAD_LABEL;
+use meshwork_manifest::translate::{ProxyRole, WORKLOAD_LABEL};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -230,12 +230,13 @@ impl Supervisor {
         &self,
         node: &str,
         admin: u16,
+        role: ProxyRole,
         namespace: &str,
         service: &str,
     ) -> anyhow::Result<Command> {
         let token = self
             .identities
-            .mint(namespace, service, Some(node), PROXY_TOKEN_TTL)
+            .mint(role, namespace, service, Some(node), PROXY_TOKEN_TTL)
             .with_context(|| format!("bootstrap token for {node}"))?;
         let mut cmd = Command::new(&self.proxy_bin);
         cmd.env(BOOTSTRAP_TOKEN_ENV, token);
@@ -257,7 +258,8 @@ impl Supervisor {
         let admin = free_port()?;
         match spec {
             ProcSpec::Gateway { name, namespace } => {
-                let mut cmd = self.proxy_command(node, admin, namespace, name)?;
+                let mut cmd =
+                    self.proxy_command(node, admin, ProxyRole::Gateway, namespace, name)?;
                 cmd.args([
                     "--role",
                     "gateway",
@@ -327,8 +329,13 @@ impl Supervisor {
                     .await
                     .with_context(|| format!("app {node}"))?;
 
-                let mut cmd =
-                    self.proxy_command(node, admin, &workload.meta.namespace, &workload.service)?;
+                let mut cmd = self.proxy_command(
+                    node,
+                    admin,
+                    ProxyRole::Sidecar,
+                    &workload.meta.namespace,
+                    &workload.service,
+                )?;
                 let protocol = match workload.protocol {
                     AppProtocol::Http => "http",
                     AppProtocol::Http2 => "http2",

@@ -33,6 +33,14 @@ pub fn trust_domain_of(set: &meshwork_manifest::model::ManifestSet) -> anyhow::R
 /// be in it, so no token or certificate can ever name them.
 pub const RESERVED_NAMESPACE: &str = "meshwork-system";
 
+/// What a token binds: the service of a sidecar, `gateway:<name>` for a gateway.
+fn bound(role: ProxyRole, service: &str) -> String {
+    match role {
+        ProxyRole::Sidecar => service.to_string(),
+        ProxyRole::Gateway => format!("gateway:{service}"),
+    }
+}
+
 /// Default lifetime of a proxy's certificate (Linkerd's and Istio's: 24 h).
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
@@ -88,9 +96,12 @@ impl Identities {
         &self.ca_sha256
     }
 
-    /// A bootstrap token for a proxy of `namespace/service` (bound to `node` if given).
+    /// A bootstrap token for a proxy of `role` serving `namespace/service` (a gateway: the Gateway's name), bound to
+    /// `node` if given. The role is part of what the token names, so a sidecar's token cannot make a gateway
+    /// identity nor a gateway's a service's.
     pub fn mint(
         &self,
+        role: ProxyRole,
         namespace: &str,
         service: &str,
         node: Option<&str>,
@@ -103,8 +114,14 @@ impl Identities {
             });
         }
         let td = self.trust_domain().as_str();
-        self.tokens
-            .mint(namespace, service, node, ttl, &self.ca_sha256, td)
+        self.tokens.mint(
+            namespace,
+            &bound(role, service),
+            node,
+            ttl,
+            &self.ca_sha256,
+            td,
+        )
     }
 
     /// The identity a proxy of `role` named `name` in `namespace` holds.
@@ -138,15 +155,17 @@ impl Identities {
         meshwork_identity::operator::control_plane_id(self.trust_domain())
     }
 
-    /// Spends `token` for `node` of `id`'s namespace and service.
+    /// Spends `token` for `node`, a proxy of `role` serving `namespace/service`.
     pub fn redeem(
         &self,
         token: &str,
+        role: ProxyRole,
         namespace: &str,
         service: &str,
         node: &str,
     ) -> Result<(), IdentityError> {
-        self.tokens.redeem(token, namespace, service, node)?;
+        self.tokens
+            .redeem(token, namespace, &bound(role, service), node)?;
         Ok(())
     }
 

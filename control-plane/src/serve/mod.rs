@@ -180,6 +180,7 @@ impl ControlPlane {
         self.identities
             .redeem(
                 &hello.bootstrap_token,
+                reg.role,
                 &reg.namespace,
                 &reg.service,
                 &reg.node_id,

@@ -14,6 +14,7 @@ use meshwork_identity::csr::WorkloadKey;
 use meshwork_identity::spiffe::{SpiffeId, TrustDomain};
 use meshwork_identity::tls::{control_client_config, ControlTrust, RotatingIdentity};
 use meshwork_manifest::model::ManifestSet;
+use meshwork_manifest::translate::ProxyRole;
 use meshwork_proto as pb;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -77,7 +78,13 @@ impl Served {
     /// A token for `node` of service `origin`.
     pub fn token(&self, service: &str, node: Option<&str>) -> String {
         self.ids
-            .mint("default", service, node, Duration::from_secs(60))
+            .mint(
+                ProxyRole::Sidecar,
+                "default",
+                service,
+                node,
+                Duration::from_secs(60),
+            )
             .unwrap()
     }
 

@@ -164,6 +164,18 @@ pub fn proxy_command(log: Option<&Path>) -> Command {
 /// `manifests` (its state directory is `manifests/.meshwork`). Waits (up to 20 s) for that control plane to have
 /// made its CA and token key. Give it to the proxy as `MESHWORK_BOOTSTRAP_TOKEN`.
 pub fn bootstrap_token(manifests: &Path, service: &str, node: &str) -> String {
+    token_create(manifests, &["--service", service, "--node", node])
+}
+
+/// Like [`bootstrap_token`], for a gateway proxy of the Gateway `gateway`.
+pub fn gateway_token(manifests: &Path, gateway: &str, node: &str) -> String {
+    token_create(
+        manifests,
+        &["--gateway", "--service", gateway, "--node", node],
+    )
+}
+
+fn token_create(manifests: &Path, args: &[&str]) -> String {
     let state = manifests.join(".meshwork");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !(state.join("ca.pem").exists() && state.join("token.key").exists()) {
@@ -175,15 +187,9 @@ pub fn bootstrap_token(manifests: &Path, service: &str, node: &str) -> String {
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = Command::new(bin("meshwork"))
-        .args([
-            "token",
-            "create",
-            "--service",
-            service,
-            "--node",
-            node,
-            "--state-dir",
-        ])
+        .args(["token", "create"])
+        .args(args)
+        .arg("--state-dir")
         .arg(&state)
         .output()
         .unwrap();
