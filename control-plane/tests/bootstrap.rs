@@ -241,70 +241,86 @@ async fn a_change_of_trust_domain_is_refused_while_running() {
     assert!(err.contains("needs a new CA"), "{err}");
 }
 
+/// The trust bundle a push carries, as a bundle.
+fn bundle_of(identity: &pb::Identity) -> meshwork_identity::TrustBundle {
+    let roots = identity
+        .trust_bundle
+        .iter()
+        .map(|c| c.clone().into())
+        .collect();
+    meshwork_identity::TrustBundle::from_der(roots).unwrap()
+}
+
 #[tokio::test]
-async fn a_ca_rotation_keeps_proxies_of_the_old_ca_until_they_renew() {
+async fn a_ca_rotation_in_two_phases_never_locks_a_proxy_out() {
     use meshwork_identity::ca::Authority;
     let td = TrustDomain::default();
-    let old = control_plane().await;
-    // A proxy certified by the old CA.
-    let old_cert = old.certificate(&id("origin"));
-    // The control plane restarted with a new CA, still trusting the old root for the overlap.
+    // Before: CA A. A proxy holds a certificate of A and trusts A only.
+    let before = control_plane().await;
+    let cert_a = before.certificate(&id("origin"));
+    let bundle_a = before.ids.authority().trust_bundle().clone();
     let new_state = tempfile::tempdir().unwrap();
-    let new_ca = Authority::load_or_create(new_state.path(), &td)
+    let ca_b = Authority::load_or_create(new_state.path(), &td).unwrap();
+    let root_b = ca_b.trust_bundle().clone();
+
+    // Phase 1: still signing with A, also trusting B. The proxy reconnects with its certificate and gets the bundle
+    // [A, B] on its first push (no CSR needed).
+    let phase1_state = tempfile::tempdir().unwrap();
+    let ca_a = Authority::load_or_create(before.state_dir(), &td)
         .unwrap()
-        .with_previous_roots(old.ids.authority().trust_bundle());
-    let new = support::serve_with(new_ca, new_state).await;
-    assert_eq!(new.ids.authority().trust_bundle().roots().len(), 2);
-    // The old certificate still proves the proxy; a CSR on that connection gets a certificate of the new CA, and
-    // the bundle it receives holds both roots.
-    let mut stream = open(
-        new.channel(Some(old_cert)).await,
-        hello("origin-1", "127.0.0.1:7001"),
-    )
-    .await
-    .unwrap();
+        .with_previous_roots(&root_b);
+    let phase1 = support::serve_with(ca_a, phase1_state).await;
+    let channel = phase1
+        .channel_trusting(bundle_a.clone(), cert_a.clone())
+        .await
+        .unwrap();
+    let mut stream = open(channel, hello("origin-1", "127.0.0.1:7001"))
+        .await
+        .unwrap();
     let first = next_push(&mut stream.pushes).await.unwrap();
-    let identity = first.identity.expect("a certificate for the CSR");
-    assert_eq!(identity.trust_bundle.len(), 2);
-    let new_root = &new.ids.authority().trust_bundle().roots()[0];
-    let bundle = meshwork_identity::TrustBundle::from_der(vec![new_root.clone()]).unwrap();
-    let chain: Vec<_> = identity.chain.iter().map(|c| c.clone().into()).collect();
-    let leaf = rustls::pki_types::CertificateDer::from(identity.chain[0].clone());
+    let bundle_ab = bundle_of(first.identity.as_ref().expect("the trust bundle"));
+    assert_eq!(bundle_ab.roots().len(), 2);
+    drop(stream);
+
+    // Phase 2: signing with B, still trusting A. The proxy (bundle [A, B], certificate of A) reconnects, and its
+    // next CSR gets a certificate of B.
+    let phase2 = support::serve_with(ca_b.with_previous_roots(&bundle_a), new_state).await;
+    let channel = phase2
+        .channel_trusting(bundle_ab, cert_a.clone())
+        .await
+        .unwrap();
+    let mut stream = open(channel, hello("origin-1", "127.0.0.1:7001"))
+        .await
+        .unwrap();
+    let renewed = next_push(&mut stream.pushes)
+        .await
+        .unwrap()
+        .identity
+        .unwrap();
+    let leaf: rustls::pki_types::CertificateDer = renewed.chain[0].clone().into();
     let parsed = rustls::server::ParsedCertificate::try_from(&leaf).unwrap();
     rustls::client::verify_server_cert_signed_by_trust_anchor(
         &parsed,
-        &bundle.root_store(),
-        &chain[1..],
+        &root_b.root_store(),
+        &[],
         rustls::pki_types::UnixTime::now(),
         rustls::crypto::ring::default_provider()
             .signature_verification_algorithms
             .all,
     )
-    .expect("the renewed certificate chains to the new root");
-    // Without the overlap, the old CA's certificate would be refused.
-    let strict_state = tempfile::tempdir().unwrap();
-    let strict = support::serve_with(
-        Authority::load_or_create(strict_state.path(), &td).unwrap(),
-        strict_state,
-    )
-    .await;
-    let other_old = old.certificate(&id("origin"));
-    let refused = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        match open(
-            strict.channel(Some(other_old)).await,
-            hello("origin-2", "127.0.0.1:7002"),
-        )
-        .await
-        {
-            Ok(mut s) => next_push(&mut s.pushes).await.map(|_| ()),
-            Err(e) => Err(e),
-        }
-    })
-    .await
-    .expect("bounded");
+    .expect("the new certificate chains to B");
+
+    // Skipping phase 1 is what locks proxies out: one that trusts only A refuses a control plane signed by B.
+    let skipped = phase2.channel_trusting(bundle_a, cert_a).await;
+    let refused = match skipped {
+        Err(_) => true,
+        Ok(channel) => open(channel, hello("origin-2", "127.0.0.1:7002"))
+            .await
+            .is_err(),
+    };
     assert!(
-        refused.is_err(),
-        "a certificate of an untrusted CA was accepted"
+        refused,
+        "a proxy trusting only the old root accepted the new CA"
     );
 }
 

@@ -88,10 +88,15 @@ impl MeshIdentity {
         Ok(csr)
     }
 
-    /// Installs the certificate the control plane sent for the pending key.
+    /// Installs the certificate the control plane sent for the pending key; a message without a chain updates
+    /// only the trust bundle of the current certificate (the control plane sends one on every connection, so a
+    /// new root reaches every proxy before anything is signed with it).
     pub fn install(&self, msg: &Issued) -> Result<Arc<Certified>, InstallError> {
         let id = SpiffeId::parse(&msg.spiffe_id)
             .map_err(|e| InstallError::Id(msg.spiffe_id.clone(), e.to_string()))?;
+        if msg.chain.is_empty() {
+            return self.update_bundle(msg);
+        }
         let chain: Vec<_> = msg
             .chain
             .iter()
@@ -159,6 +164,32 @@ impl MeshIdentity {
         next
     }
 
+    fn update_bundle(&self, msg: &Issued) -> Result<Arc<Certified>, InstallError> {
+        let current = self.current().ok_or(InstallError::NoPendingKey)?;
+        let roots = msg
+            .trust_bundle
+            .iter()
+            .map(|c| rustls::pki_types::CertificateDer::from(c.clone()))
+            .collect();
+        let bundle =
+            TrustBundle::from_der(roots).map_err(|e| InstallError::Bundle(e.to_string()))?;
+        if bundle.roots() == current.bundle.roots() {
+            return Ok(current);
+        }
+        // A new value, so configs built for the old bundle are rebuilt (they are cached per `Certified`).
+        let next = Arc::new(Certified {
+            id: current.id.clone(),
+            trust_domain: current.trust_domain.clone(),
+            bundle,
+            resolver: current.resolver.clone(),
+            not_before: current.not_before,
+            not_after: current.not_after,
+            installed: current.installed,
+        });
+        self.current.store(Some(next.clone()));
+        Ok(next)
+    }
+
     /// For `/config_dump`: who the proxy is and until when (never the key).
     pub fn dump(&self) -> serde_json::Value {
         match self.current() {
@@ -200,4 +231,70 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+    use std::time::Duration;
+
+    use meshwork_identity::Authority;
+
+    use super::*;
+
+    fn issued(ca: &Authority, mesh: &MeshIdentity, id: &SpiffeId) -> Issued {
+        let csr = mesh.new_csr(id).unwrap();
+        let cert = ca.issue(&csr, id, Duration::from_secs(3600)).unwrap();
+        Issued {
+            spiffe_id: id.to_string(),
+            chain: cert.chain.iter().map(|c| c.as_ref().to_vec()).collect(),
+            trust_bundle: ca
+                .trust_bundle()
+                .roots()
+                .iter()
+                .map(|r| r.as_ref().to_vec())
+                .collect(),
+            not_before: SystemTime::now(),
+            not_after: cert.not_after,
+        }
+    }
+
+    #[test]
+    fn a_bundle_alone_updates_the_roots_and_keeps_the_certificate() {
+        let td = TrustDomain::default();
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (ca_a, ca_b) = (
+            Authority::load_or_create(dir_a.path(), &td).unwrap(),
+            Authority::load_or_create(dir_b.path(), &td).unwrap(),
+        );
+        let id = SpiffeId::workload(&td, "default", "web").unwrap();
+        let mesh = MeshIdentity::default();
+        let first = mesh.install(&issued(&ca_a, &mesh, &id)).unwrap();
+        assert_eq!(first.bundle.roots().len(), 1);
+        let both = ca_a.with_previous_roots(ca_b.trust_bundle());
+        let bundle_only = Issued {
+            spiffe_id: id.to_string(),
+            chain: Vec::new(),
+            trust_bundle: both
+                .trust_bundle()
+                .roots()
+                .iter()
+                .map(|r| r.as_ref().to_vec())
+                .collect(),
+            not_before: SystemTime::UNIX_EPOCH,
+            not_after: SystemTime::UNIX_EPOCH,
+        };
+        let next = mesh.install(&bundle_only).unwrap();
+        assert_eq!(next.bundle.roots().len(), 2);
+        assert!(
+            Arc::ptr_eq(&next.resolver, &first.resolver),
+            "the certificate stays"
+        );
+        assert_eq!(next.not_after, first.not_after);
+        assert!(
+            !Arc::ptr_eq(&next, &first),
+            "a new value, so cached TLS configs are rebuilt"
+        );
+    }
 }

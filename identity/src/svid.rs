@@ -130,3 +130,10 @@ pub fn uri_sans(der: &[u8]) -> Result<Vec<String>, SvidError> {
         })
         .collect())
 }
+
+/// A certificate's notAfter (DER), if it parses.
+pub fn not_after(der: &[u8]) -> Option<std::time::SystemTime> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}

@@ -205,6 +205,23 @@ impl Identities {
         self.lifetime
     }
 
+    /// The trust bundle alone, for a proxy whose certificate stays (no chain).
+    pub fn bundle_message(&self, id: &SpiffeId) -> pb::Identity {
+        pb::Identity {
+            spiffe_id: id.to_string(),
+            chain: Vec::new(),
+            trust_bundle: self
+                .ca
+                .trust_bundle()
+                .roots()
+                .iter()
+                .map(|r| r.as_ref().to_vec())
+                .collect(),
+            not_after_unix_ms: 0,
+            not_before_unix_ms: 0,
+        }
+    }
+
     /// The authority itself (the control plane issues its own serving certificate with it).
     pub fn authority(&self) -> &Authority {
         &self.ca

@@ -365,11 +365,26 @@ impl pb::discovery_server::Discovery for ControlPlane {
         let id = self
             .authenticate(&hello, &reg, peer.as_ref().and_then(|p| p.identity.as_ref()))
             .inspect_err(|e| tracing::warn!(node = %reg.node_id, ?remote, error = %e.message(), "proxy refused"))?;
-        let identity = self.certify(&id, &hello.csr)?;
+        // Without a CSR (a proxy proving itself with its certificate), the trust bundle alone: a root added for
+        // a CA rotation reaches every proxy as soon as it reconnects.
+        let identity = match self.certify(&id, &hello.csr)? {
+            Some(issued) => Some(issued),
+            None => Some(self.identities.bundle_message(&id)),
+        };
         reg.spiffe_id = id.to_string();
-        if let Some(i) = &identity {
-            reg.cert_not_after_unix_ms = i.not_after_unix_ms;
-            reg.cert_issued_unix_ms = now_ms();
+        match identity.as_ref().filter(|i| !i.chain.is_empty()) {
+            Some(i) => {
+                reg.cert_not_after_unix_ms = i.not_after_unix_ms;
+                reg.cert_issued_unix_ms = now_ms();
+            }
+            // Proved by the certificate it holds: its expiry is that certificate's.
+            None => {
+                reg.cert_not_after_unix_ms = peer
+                    .as_ref()
+                    .and_then(|p| p.not_after)
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            }
         }
         let node = reg.node_id.clone();
         let conn_id = self.registry.register(reg.clone()).map_err(|e| {

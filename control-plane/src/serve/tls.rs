@@ -28,6 +28,8 @@ pub struct PeerInfo {
     pub remote: SocketAddr,
     /// The SPIFFE ID of the client certificate it presented (verified); `None`: it presented none.
     pub identity: Option<SpiffeId>,
+    /// That certificate's notAfter.
+    pub not_after: Option<std::time::SystemTime>,
 }
 
 /// One TLS connection from a proxy (or the operator's CLI).
@@ -78,9 +80,17 @@ pub fn incoming(
                 let _slot = slot;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let identity =
-                            meshwork_identity::tls::peer_identity(stream.get_ref().1, &td);
-                        let info = PeerInfo { remote, identity };
+                        let conn = stream.get_ref().1;
+                        let identity = meshwork_identity::tls::peer_identity(conn, &td);
+                        let not_after = conn
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|leaf| meshwork_identity::svid::not_after(leaf));
+                        let info = PeerInfo {
+                            remote,
+                            identity,
+                            not_after,
+                        };
                         let _ = tx.send(Ok(TlsConn { stream, info })).await;
                     }
                     Ok(Err(e)) => {

@@ -105,6 +105,29 @@ impl Served {
         self.connect(config).await
     }
 
+    /// A channel trusting the control plane by `bundle` (a proxy after bootstrap), presenting `cert`; Err if the
+    /// control plane's certificate does not verify.
+    pub async fn channel_trusting(
+        &self,
+        bundle: meshwork_identity::TrustBundle,
+        cert: Arc<RotatingIdentity>,
+    ) -> Result<tonic::transport::Channel, meshwork_identity::channel::ChannelError> {
+        let config = control_client_config(
+            Some(cert),
+            ControlTrust::Bundle(bundle),
+            &TrustDomain::default(),
+            control_plane_id(),
+        )
+        .unwrap();
+        meshwork_identity::channel::connect(&self.url, Arc::new(config), Duration::from_secs(5))
+            .await
+    }
+
+    /// The control plane's state directory.
+    pub fn state_dir(&self) -> &std::path::Path {
+        self._state.path()
+    }
+
     async fn connect(&self, config: rustls::ClientConfig) -> tonic::transport::Channel {
         meshwork_identity::channel::connect(&self.url, Arc::new(config), Duration::from_secs(5))
             .await

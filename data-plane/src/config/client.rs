@@ -211,6 +211,13 @@ impl Link<'_> {
             not_before: ms(identity.not_before_unix_ms),
             not_after: ms(identity.not_after_unix_ms),
         };
+        if issued.chain.is_empty() {
+            // The trust bundle only: the certificate (and when to renew it) stays.
+            if let Err(e) = self.mesh.install(&issued) {
+                tracing::warn!(error = %e, "could not take the trust bundle the control plane sent");
+            }
+            return None;
+        }
         match self.mesh.install(&issued) {
             Ok(c) => {
                 // Spent: from now on the certificate proves who this proxy is.
