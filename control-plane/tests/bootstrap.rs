@@ -406,3 +406,29 @@ async fn a_sidecars_token_cannot_make_a_gateway() {
     let msg = refused(&s, h, Code::Unauthenticated).await;
     assert!(msg.contains("not default/gateway:origin"), "{msg}");
 }
+
+#[tokio::test]
+async fn renewals_in_a_loop_are_cut_off() {
+    let s = control_plane().await;
+    let (mut stream, _) = bootstrap(&s, hello("origin-1", "127.0.0.1:7001"))
+        .await
+        .unwrap();
+    let renew = || {
+        let key = meshwork_identity::csr::WorkloadKey::generate().unwrap();
+        let csr = key.csr_der(&id("origin")).unwrap().as_ref().to_vec();
+        pb::ProxyMessage {
+            msg: Some(pb::proxy_message::Msg::Renew(pb::Renew { csr })),
+        }
+    };
+    stream.tx.send(renew()).await.unwrap();
+    assert!(next_push(&mut stream.pushes)
+        .await
+        .unwrap()
+        .identity
+        .is_some());
+    stream.tx.send(renew()).await.unwrap();
+    let err = next_push(&mut stream.pushes)
+        .await
+        .expect_err("a second renewal at once");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+}

@@ -207,6 +207,9 @@ impl ControlPlane {
     }
 }
 
+/// The shortest time between two renewals on one stream.
+const MIN_RENEWAL_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How long a new discovery stream has to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -512,6 +515,7 @@ async fn session(
     let mut pending_nonce = String::new();
     let mut pending_modules: Vec<String> = Vec::new();
     let mut closing = cp.closing.subscribe();
+    let mut last_renewal: Option<tokio::time::Instant> = None;
     if applied_version > 0 {
         // Keep answering the stream (so the proxy sees a live control plane) while the registry refills.
         let warm = tokio::time::sleep_until(cp.warm_until);
@@ -570,6 +574,13 @@ async fn session(
             r = endpoints_rx.changed() => if r.is_err() { break },
             msg = inbound.message() => match msg {
                 Ok(Some(pb::ProxyMessage { msg: Some(pb::proxy_message::Msg::Renew(renew)) })) => {
+                    // One signature per interval at most: a proxy renews at 50-70% of a lifetime of 10 s or more.
+                    if last_renewal.is_some_and(|t| t.elapsed() < MIN_RENEWAL_INTERVAL) {
+                        tracing::warn!(%node, "renewals too frequent; stream closed");
+                        let _ = tx.send(Err(Status::resource_exhausted("renewals too frequent: at most one per 5 s"))).await;
+                        break;
+                    }
+                    last_renewal = Some(tokio::time::Instant::now());
                     if !renew_identity(&cp, &node, conn_id, &id, &renew.csr, version, &tx).await {
                         break;
                     }
