@@ -432,3 +432,33 @@ async fn renewals_in_a_loop_are_cut_off() {
         .expect_err("a second renewal at once");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
 }
+
+#[tokio::test]
+async fn a_failed_bootstrap_does_not_spend_the_token() {
+    let s = control_plane().await;
+    let token = s.token("origin", Some("origin-1"));
+    // A CSR the CA refuses: refused, and the token is still good.
+    let mut bad = hello("origin-1", "127.0.0.1:7001");
+    bad.bootstrap_token = token.clone();
+    bad.csr = b"not a CSR".to_vec();
+    let mut client = pb::discovery_client::DiscoveryClient::new(s.channel(None).await);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(pb::ProxyMessage {
+        msg: Some(pb::proxy_message::Msg::Hello(bad)),
+    })
+    .await
+    .unwrap();
+    let err = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect_err("a bad CSR is refused");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let mut good = hello("origin-1", "127.0.0.1:7001");
+    good.bootstrap_token = token;
+    let mut stream = open(s.channel(None).await, good).await.unwrap();
+    assert!(next_push(&mut stream.pushes)
+        .await
+        .unwrap()
+        .identity
+        .is_some());
+}

@@ -164,9 +164,27 @@ impl Identities {
         service: &str,
         node: &str,
     ) -> Result<(), IdentityError> {
-        self.tokens
-            .redeem(token, namespace, &bound(role, service), node)?;
-        Ok(())
+        let grant = self.check_token(token, role, namespace, service, node)?;
+        self.spend(&grant)
+    }
+
+    /// Checks `token` as `redeem` does without spending it.
+    pub fn check_token(
+        &self,
+        token: &str,
+        role: ProxyRole,
+        namespace: &str,
+        service: &str,
+        node: &str,
+    ) -> Result<token::Grant, IdentityError> {
+        Ok(self
+            .tokens
+            .check(token, namespace, &bound(role, service), node)?)
+    }
+
+    /// Spends a checked token.
+    pub fn spend(&self, grant: &token::Grant) -> Result<(), IdentityError> {
+        Ok(self.tokens.spend(grant)?)
     }
 
     /// A certificate for `id` with the public key of `csr` (DER).

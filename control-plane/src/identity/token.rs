@@ -189,6 +189,20 @@ impl Tokens {
         service: &str,
         node: &str,
     ) -> Result<Grant, TokenError> {
+        let grant = self.check(token, namespace, service, node)?;
+        self.spend(&grant)?;
+        Ok(grant)
+    }
+
+    /// Everything `redeem` checks, without spending the token (the caller spends it with `spend` once what the
+    /// token was for has worked, so a failure after the check does not waste it).
+    pub fn check(
+        &self,
+        token: &str,
+        namespace: &str,
+        service: &str,
+        node: &str,
+    ) -> Result<Grant, TokenError> {
         let grant = self.verify(token)?;
         if grant.expires_unix <= unix_now() {
             return Err(TokenError::Expired);
@@ -205,7 +219,14 @@ impl Tokens {
                 hello: node.to_string(),
             });
         }
-        self.spend(&grant)?;
+        if self
+            .used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&grant.nonce)
+        {
+            return Err(TokenError::Used);
+        }
         Ok(grant)
     }
 
@@ -229,7 +250,8 @@ impl Tokens {
         parse_grant(&payload).ok_or(TokenError::Malformed)
     }
 
-    fn spend(&self, grant: &Grant) -> Result<(), TokenError> {
+    /// Marks the token of `grant` used (Err if it already was: two proxies racing with one token).
+    pub fn spend(&self, grant: &Grant) -> Result<(), TokenError> {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         if used.contains_key(&grant.nonce) {
             return Err(TokenError::Used);

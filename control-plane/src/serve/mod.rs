@@ -21,6 +21,7 @@ use meshwork_identity::csr::WorkloadKey;
 use meshwork_identity::spiffe::SpiffeId;
 use meshwork_identity::tls::RotatingIdentity;
 
+use crate::identity::token::Grant;
 use crate::identity::Identities;
 use crate::registry::{Registration, Registry};
 use tls::PeerInfo;
@@ -159,12 +160,13 @@ impl ControlPlane {
     /// Who the proxy saying `hello` on a connection that proved `peer` is: its client certificate's identity, or
     /// (without one) the identity its bootstrap token grants, which the token is spent for. Anything else is
     /// refused before the proxy is registered or sent anything.
+    /// With a token, also its grant: it is spent by the caller once the proxy is certified and registered.
     fn authenticate(
         &self,
         hello: &pb::Hello,
         reg: &Registration,
         peer: Option<&SpiffeId>,
-    ) -> Result<SpiffeId, Status> {
+    ) -> Result<(SpiffeId, Option<Grant>), Status> {
         let claimed = self
             .identities
             .identity_of(reg.role, &reg.namespace, &reg.service)
@@ -175,10 +177,11 @@ impl ControlPlane {
                     "the client certificate proves {proved}, but this Hello claims {claimed}"
                 )));
             }
-            return Ok(claimed);
+            return Ok((claimed, None));
         }
-        self.identities
-            .redeem(
+        let grant = self
+            .identities
+            .check_token(
                 &hello.bootstrap_token,
                 reg.role,
                 &reg.namespace,
@@ -191,7 +194,7 @@ impl ControlPlane {
                 "hello.csr: expected a certificate signing request with the bootstrap token",
             ));
         }
-        Ok(claimed)
+        Ok((claimed, Some(grant)))
     }
 
     /// A certificate for `id` from the proxy's CSR, as pushed, or `None` without a CSR.
@@ -365,7 +368,7 @@ impl pb::discovery_server::Discovery for ControlPlane {
             }
         };
         let mut reg = registration(&hello, remote)?;
-        let id = self
+        let (id, grant) = self
             .authenticate(&hello, &reg, peer.as_ref().and_then(|p| p.identity.as_ref()))
             .inspect_err(|e| tracing::warn!(node = %reg.node_id, ?remote, error = %e.message(), "proxy refused"))?;
         // Without a CSR (a proxy proving itself with its certificate), the trust bundle alone: a root added for
@@ -395,6 +398,13 @@ impl pb::discovery_server::Discovery for ControlPlane {
             Status::already_exists(e.to_string())
         })?;
         let guard = Deregister(self.registry.clone(), node, conn_id);
+        // Spent only now that the proxy is certified and registered (two proxies racing with one token: the second
+        // is refused here, and dropping `guard` deregisters it).
+        if let Some(grant) = grant {
+            self.identities
+                .spend(&grant)
+                .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        }
         let (tx, rx) = mpsc::channel(4);
         let cached = hello.cached_modules.iter().cloned().collect();
         tokio::spawn(session(
