@@ -5,6 +5,7 @@
 
 mod control;
 mod resolver;
+mod sessions;
 mod verify;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use rustls_pki_types::CertificateDer;
 
 pub use control::{control_client_config, control_server_config, ControlTrust};
 pub use resolver::RotatingIdentity;
+pub use sessions::{AgedSessions, MAX_SESSION_AGE};
 pub use verify::{PeerRejected, SvidClientVerifier, SvidServerVerifier};
 
 use crate::bundle::TrustBundle;
@@ -58,6 +60,8 @@ pub fn server_config(
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(identity);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // Resumption skips the client certificate check: bounded in age, so an expired peer makes a full handshake.
+    config.session_storage = AgedSessions::new(MAX_SESSION_AGE);
     Ok(config)
 }
 
