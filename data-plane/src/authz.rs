@@ -204,7 +204,14 @@ pub fn decide<'p>(policies: &'p [Policy], s: &Subject<'_>) -> (Decision, Vec<&'p
 #[derive(Default)]
 pub struct Stats {
     counts: Mutex<HashMap<(Arc<str>, &'static str), u64>>,
+    /// The second being logged (seconds since the epoch) and how many decisions were logged in it.
+    log_second: std::sync::atomic::AtomicU64,
+    logged: std::sync::atomic::AtomicU32,
 }
+
+/// Decisions logged per second at most (they are all counted): a client cannot flood the log with denied
+/// requests.
+pub const LOG_PER_SECOND: u32 = 20;
 
 pub const NO_ALLOW_MATCHED: &str = "(no ALLOW policy matched)";
 
@@ -212,6 +219,18 @@ impl Stats {
     pub fn count(&self, policy: &Arc<str>, outcome: &'static str) {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         *counts.entry((policy.clone(), outcome)).or_default() += 1;
+    }
+
+    /// Whether this decision may be logged (at most `LOG_PER_SECOND` a second; the rest are only counted).
+    pub fn may_log(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.log_second.swap(now, Relaxed) != now {
+            self.logged.store(0, Relaxed);
+        }
+        self.logged.fetch_add(1, Relaxed) < LOG_PER_SECOND
     }
 
     /// (policy, outcome, count), sorted.

@@ -369,6 +369,9 @@ fn authorize(
     let (decision, audited) = authz::decide(&snapshot.authorization, &subject);
     for policy in audited {
         stats.count(policy, "audit");
+        if !stats.may_log() {
+            continue;
+        }
         tracing::info!(%policy, method = %parts.method, path = parts.uri.path(), caller = %principal, "AuthorizationPolicy AUDIT matched");
     }
     match decision {
@@ -378,7 +381,9 @@ fn authorize(
                 .clone()
                 .unwrap_or_else(|| Arc::from(authz::NO_ALLOW_MATCHED));
             stats.count(&name, "deny");
-            tracing::info!(policy = %name, method = %parts.method, path = parts.uri.path(), caller = %principal, "request denied by AuthorizationPolicy");
+            if stats.may_log() {
+                tracing::info!(policy = %name, method = %parts.method, path = parts.uri.path(), caller = %principal, "request denied by AuthorizationPolicy");
+            }
             Err(ProxyError::Denied(policy))
         }
     }

@@ -252,22 +252,31 @@ impl Tokens {
 
     /// Marks the token of `grant` used (Err if it already was: two proxies racing with one token).
     pub fn spend(&self, grant: &Grant) -> Result<(), TokenError> {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        if used.contains_key(&grant.nonce) {
-            return Err(TokenError::Used);
-        }
-        if used.len() >= MAX_OUTSTANDING {
-            let now = unix_now();
-            used.retain(|_, exp| *exp > now);
-            if used.len() >= MAX_OUTSTANDING {
-                return Err(TokenError::Busy);
+        // Claimed under the lock, written to disk outside it (an fsync must not hold up other bootstraps); a
+        // failed write gives the claim back.
+        {
+            let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+            if used.contains_key(&grant.nonce) {
+                return Err(TokenError::Used);
             }
+            if used.len() >= MAX_OUTSTANDING {
+                let now = unix_now();
+                used.retain(|_, exp| *exp > now);
+                if used.len() >= MAX_OUTSTANDING {
+                    return Err(TokenError::Busy);
+                }
+            }
+            used.insert(grant.nonce.clone(), grant.expires_unix);
         }
         if let Some(path) = &self.ledger {
-            append(path, &format!("{} {}\n", grant.nonce, grant.expires_unix))
-                .map_err(|e| TokenError::Record(e.to_string()))?;
+            if let Err(e) = append(path, &format!("{} {}\n", grant.nonce, grant.expires_unix)) {
+                self.used
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&grant.nonce);
+                return Err(TokenError::Record(e.to_string()));
+            }
         }
-        used.insert(grant.nonce.clone(), grant.expires_unix);
         Ok(())
     }
 

@@ -396,3 +396,20 @@ fn a_header_sent_twice_is_matched_as_all_its_values() {
         Decision::Deny(None)
     );
 }
+
+#[test]
+fn decisions_are_logged_at_most_a_few_a_second_but_all_counted() {
+    let stats = Stats::default();
+    let name: Arc<str> = Arc::from("default/p");
+    let mut logged = 0;
+    for _ in 0..1000 {
+        stats.count(&name, "deny");
+        if stats.may_log() {
+            logged += 1;
+        }
+    }
+    // 1000 decisions within a second or two: at most two seconds' worth logged.
+    assert!(logged <= 2 * LOG_PER_SECOND, "{logged}");
+    assert!(logged >= 1);
+    assert_eq!(stats.snapshot(), vec![(name, "deny", 1000)]);
+}
