@@ -78,6 +78,12 @@ pub fn control_client_config(
             pin,
             provider: provider.clone(),
             trust_domain: trust_domain.clone(),
+            signatures: SvidServerVerifier::new(
+                Arc::new(RootCertStore::empty()),
+                provider.clone(),
+                trust_domain.clone(),
+                vec![control_plane.clone()],
+            ),
             control_plane,
         }),
     };
@@ -100,6 +106,8 @@ struct PinnedRootVerifier {
     provider: Arc<rustls::crypto::CryptoProvider>,
     trust_domain: TrustDomain,
     control_plane: SpiffeId,
+    /// For the handshake signatures, which do not depend on the roots: the same checks as after bootstrap.
+    signatures: SvidServerVerifier,
 }
 
 impl PinnedRootVerifier {
@@ -147,8 +155,7 @@ impl ServerCertVerifier for PinnedRootVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        let algs = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+        self.signatures.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -157,14 +164,11 @@ impl ServerCertVerifier for PinnedRootVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        let algs = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+        self.signatures.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.supported_verify_schemes()
     }
 }
 
