@@ -167,7 +167,11 @@ fn whole_stream(code: &[u8], digest: &str) {
         .unwrap();
     let _guard = tokio.enter();
     let plugins: Vec<_> = (0..5).map(|_| rt.plugin(digest, meta()).unwrap()).collect();
-    let peer: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let peer = meshwork_proxy::listener::Downstream {
+        addr: "127.0.0.1:40000".parse().unwrap(),
+        peer: None,
+        https: false,
+    };
     let req = http::Request::builder()
         .uri("/bench?x=1")
         .header("host", "bench")
@@ -202,8 +206,7 @@ fn whole_stream(code: &[u8], digest: &str) {
                         let (chain, _) = Chain::on_request(
                             &plugins[..n],
                             &mut rp,
-                            peer,
-                            None,
+                            &peer,
                             Some(&route),
                             Some(&route),
                             true,

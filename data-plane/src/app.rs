@@ -23,6 +23,7 @@ use crate::identity::MeshIdentity;
 use crate::listener;
 use crate::resilience::Registry;
 use crate::stack::{ListenerCtx, Mode};
+use crate::tls::serving::{ServingCerts, RELOAD_POLL};
 use crate::tls::TlsMetrics;
 use crate::upstream::Upstreams;
 
@@ -112,6 +113,9 @@ pub struct Applier {
     default_timeout: Option<Duration>,
     /// AuthorizationPolicy decisions, counted for /metrics.
     pub authz: Arc<crate::authz::Stats>,
+    /// Gateway HTTPS listeners' certificates, beside the snapshot.
+    serving: Arc<ServingCerts>,
+    tls: Arc<TlsMetrics>,
     manager: Mutex<ListenerManager>,
 }
 
@@ -124,6 +128,7 @@ impl Applier {
             return Ok(()); // a reconnect re-sent what we already serve
         }
         let snap = received.build(&self.wasm, &previous, &self.node_id)?;
+        let certificates = self.serving.prepare(&snap)?;
         let mut mgr = self.manager.lock().unwrap_or_else(|p| p.into_inner());
         let mut bound = Vec::new();
         if self.manage_listeners {
@@ -162,6 +167,7 @@ impl Applier {
             .collect();
         // The snapshot is accepted: bind its runtime state, then serve it.
         self.resilience.sync(&snap, &self.upstreams);
+        self.serving.commit(certificates);
         self.store.publish(snap);
         if self.manage_listeners {
             let retired: Vec<Arc<str>> = mgr
@@ -185,7 +191,11 @@ impl Applier {
                     source: None,
                     default_timeout: self.default_timeout,
                     proof: Default::default(),
-                    tls: None,
+                    termination: Some(listener::Termination::Https {
+                        certs: self.serving.clone(),
+                        listener: name.clone(),
+                        metrics: self.tls.clone(),
+                    }),
                     // A gateway enforces the policies that target its Gateway on every listener.
                     authorize: Some(self.authz.clone()),
                 });
@@ -278,6 +288,7 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
         identity,
         tls,
         authz: Arc::default(),
+        serving: Arc::default(),
     };
     let static_listeners = match opts.role {
         Role::Sidecar => sidecar_listeners(&opts, &shared, &stop_rx)?,
@@ -308,6 +319,8 @@ struct Shared {
     tls: Arc<TlsMetrics>,
     /// AuthorizationPolicy decisions, counted for /metrics.
     authz: Arc<crate::authz::Stats>,
+    /// Gateway HTTPS listeners' certificates (followed for changes on the control thread).
+    serving: Arc<ServingCerts>,
 }
 
 /// A sidecar's two fixed listeners: inbound (to the local app) and outbound (routed by the snapshot).
@@ -334,13 +347,13 @@ fn sidecar_listeners(
     ));
     let mut served = Vec::new();
     // Only the inbound listener enforces the AuthorizationPolicies that target this service, and only it takes mTLS.
-    for (addr, mode, source, authorize, tls) in [
+    for (addr, mode, source, authorize, termination) in [
         (
             inbound,
             Mode::Inbound(app_cluster),
             None,
             Some(shared.authz.clone()),
-            Some(inbound_tls),
+            Some(listener::Termination::Mesh(inbound_tls)),
         ),
         (outbound, Mode::Routed(outbound_name), source, None, None),
     ] {
@@ -355,7 +368,7 @@ fn sidecar_listeners(
             default_timeout: opts.default_timeout,
             proof: Default::default(),
             authorize,
-            tls,
+            termination,
         });
         served.push(tokio::spawn(listener::serve(
             l,
@@ -389,6 +402,8 @@ fn applier(opts: &Options, shared: &Shared) -> Arc<Applier> {
         budget: shared.budget.clone(),
         default_timeout: opts.default_timeout,
         authz: shared.authz.clone(),
+        serving: shared.serving.clone(),
+        tls: shared.tls.clone(),
         manager: Mutex::new(ListenerManager {
             data: Handle::current(),
             running: HashMap::new(),
@@ -410,6 +425,7 @@ async fn start_control_thread(
     let opts = opts.clone();
     let admin_state = admin_state(&opts, &applier, shared);
     let identity = shared.identity.clone();
+    let serving = shared.serving.clone();
     let admin_limits = Arc::new(listener::Limits {
         max_connections: ADMIN_CONNECTIONS,
         ..opts.limits.clone()
@@ -434,11 +450,23 @@ async fn start_control_thread(
                         return;
                     }
                 };
+                tokio::spawn(follow_certificate_files(serving));
                 run_source(opts, applier, identity, started_tx, leaving_rx).await;
             });
         })?;
     started_rx.await.context("control thread stopped")??;
     Ok(leaving_tx)
+}
+
+/// Reloads gateway certificates whose files changed, for the life of the process (file I/O off the runtime).
+async fn follow_certificate_files(serving: Arc<ServingCerts>) {
+    let mut tick = tokio::time::interval(RELOAD_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let serving = serving.clone();
+        let _ = tokio::task::spawn_blocking(move || serving.poll()).await;
+    }
 }
 
 fn admin_state(
@@ -454,6 +482,7 @@ fn admin_state(
         node_id: opts.node_id.clone(),
         identity: shared.identity.clone(),
         tls: shared.tls.clone(),
+        serving: shared.serving.clone(),
         authz: shared.authz.clone(),
         role: match opts.role {
             Role::Gateway => "gateway",

@@ -22,7 +22,7 @@ use crate::filter::{headers, path};
 use crate::listener::Downstream;
 use crate::resilience::{self, call::SOURCE_HEADER, Registry};
 use crate::router;
-use crate::tls::{self, VerifiedPeer, XFCC_HEADER};
+use crate::tls::{VerifiedPeer, XFCC_HEADER};
 use crate::upstream::body::{RequestBody, ResponseBody};
 use crate::upstream::client_body::ClientBody;
 use crate::upstream::{self, Upstreams};
@@ -51,9 +51,9 @@ pub struct ListenerCtx {
     pub default_timeout: Option<Duration>,
     /// The outbound listener's proof of `source`, made once per mesh key.
     pub proof: caller::ProofCache,
-    /// Sidecar inbound listeners: mTLS from mesh peers (with the proxy's identity; what the snapshot's mode
-    /// allows). `None` elsewhere, and everything stays plaintext.
-    pub tls: Option<Arc<tls::Inbound>>,
+    /// TLS before HTTP: mesh mTLS on a sidecar's inbound listener (what the snapshot's mode allows), the
+    /// operator's certificates on a gateway HTTPS listener. `None` (a sidecar's outbound listener): plaintext.
+    pub termination: Option<crate::listener::Termination>,
     /// Whether the snapshot's AuthorizationPolicies apply here (a sidecar's inbound listener, a gateway's
     /// listeners; not a sidecar's outbound one), and where their decisions are counted.
     pub authorize: Option<Arc<authz::Stats>>,
@@ -113,8 +113,7 @@ async fn route_and_forward(
     let (chain, verdict) = Chain::on_request(
         target.wasm,
         &mut parts,
-        peer,
-        downstream.peer.as_ref(),
+        &downstream,
         route_name,
         cluster_name,
         eos,
@@ -135,7 +134,7 @@ async fn route_and_forward(
     let cluster = target
         .cluster
         .ok_or_else(|| ProxyError::NoBackend(route.map_or("", |r| &r.name).to_string()))?;
-    prepare_headers(ctx, &snapshot, &mut parts, peer, verified);
+    prepare_headers(ctx, &snapshot, &mut parts, &downstream);
     let body = match route {
         Some(route) => {
             apply_request_filters(&mut parts, route);
@@ -423,9 +422,9 @@ fn prepare_headers(
     ctx: &ListenerCtx,
     snapshot: &Snapshot,
     parts: &mut http::request::Parts,
-    peer: SocketAddr,
-    verified: Option<&VerifiedPeer>,
+    downstream: &Downstream,
 ) {
+    let (peer, verified) = (downstream.addr, downstream.peer.as_deref());
     match &ctx.source {
         Some(v) => caller::state(
             &ctx.proof,
@@ -463,7 +462,7 @@ fn prepare_headers(
         }
     }
     headers::strip_hop_by_hop(&mut parts.headers, true);
-    headers::forwarding_headers(&mut parts.headers, peer.ip());
+    headers::forwarding_headers(&mut parts.headers, peer.ip(), downstream.https);
 }
 
 fn apply_request_filters(parts: &mut http::request::Parts, route: &Route) {

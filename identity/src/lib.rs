@@ -8,12 +8,14 @@
 //! 5. [`svid`]: [`check_svid`], the accept-side rules for any peer's leaf certificate.
 //! 6. [`tls`]: rustls server/client configs for mesh mTLS, the swappable [`RotatingIdentity`]
 //!    and [`peer_identity`].
+//! 7. [`serving`]: server certificates from the operator's files (gateway HTTPS listeners).
 
 pub mod bundle;
 pub mod ca;
 pub mod channel;
 pub mod csr;
 pub mod operator;
+pub mod serving;
 pub mod spiffe;
 pub mod svid;
 pub mod tls;

@@ -22,6 +22,8 @@ pub struct AdminState {
     pub identity: Arc<crate::identity::MeshIdentity>,
     /// mTLS handshakes between proxies, both sides.
     pub tls: Arc<crate::tls::TlsMetrics>,
+    /// Gateway HTTPS listeners' certificates (expiry, reloads).
+    pub serving: Arc<crate::tls::serving::ServingCerts>,
     /// AuthorizationPolicy decisions.
     pub authz: Arc<crate::authz::Stats>,
     pub role: &'static str,
@@ -280,6 +282,7 @@ fn metrics(state: &AdminState) -> String {
     state
         .tls
         .write(&mut out, state.identity.current().as_deref());
+    state.serving.write_metrics(&mut out);
     if let Some(cache) = state.wasm.existing().and_then(|w| w.cache.as_ref()) {
         let _ = writeln!(out, "# HELP meshwork_wasm_compile_cache_total Module compilations served from the on-disk cache (hit) or compiled (miss).");
         let _ = writeln!(out, "# TYPE meshwork_wasm_compile_cache_total counter");

@@ -229,6 +229,19 @@ pub struct Listener {
     pub name: Arc<str>,
     pub port: u16,
     pub vhosts: VirtualHosts,
+    /// Gateway API listener `hostname` (lowercase; exact or `*.suffix`): on HTTPS, the SNI it must cover.
+    pub hostname: Option<Arc<str>>,
+    /// HTTPS listeners: the certificates TLS is terminated with, in order (SNI picks; the first is the default).
+    pub tls: Option<Arc<[ServingFiles]>>,
+}
+
+/// A TLSCertificate as the proxy reads it: two files on this host (the loaded state lives in `tls::serving`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServingFiles {
+    /// `<namespace>/<name>` of the TLSCertificate.
+    pub name: Arc<str>,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 #[derive(Debug)]

@@ -17,7 +17,6 @@
 //! callout is never bypassed. Other callouts are sent in the background and answered to the stream context while it
 //! lives; a paused stream with none of its own left waits for those.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -31,7 +30,6 @@ use super::wasm::stream::{
     header_pairs, method_text, status_text, to_header_map, Headers, Pseudo, StreamData, Text,
 };
 use super::wasm::{PluginHandle, WasmError};
-use crate::tls::VerifiedPeer;
 use crate::upstream::body::{BoxError, ResponseBody};
 
 struct Active {
@@ -655,8 +653,7 @@ impl Chain {
     pub async fn on_request(
         plugins: &[Arc<PluginHandle>],
         parts: &mut request::Parts,
-        peer: SocketAddr,
-        peer_tls: Option<&Arc<VerifiedPeer>>,
+        downstream: &crate::listener::Downstream,
         route: Option<&Arc<str>>,
         cluster: Option<&Arc<str>>,
         end_of_stream: bool,
@@ -675,13 +672,19 @@ impl Chain {
             .uri
             .path_and_query()
             .map_or(Text::Borrowed("/"), |p| Text::Path(p.clone()));
+        // As Envoy: the scheme of the connection the request came on (mesh mTLS included).
+        let scheme = if downstream.https || downstream.peer.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         // The proxy's header map itself goes to the filters (and comes back after them): no copy per request.
         let mut headers = Headers {
             pseudo: Pseudo::new([
                 (Text::Borrowed(":method"), method_text(&parts.method)),
                 (Text::Borrowed(":path"), path),
                 (Text::Borrowed(":authority"), authority),
-                (Text::Borrowed(":scheme"), Text::Borrowed("http")),
+                (Text::Borrowed(":scheme"), Text::Borrowed(scheme)),
             ]),
             map: std::mem::take(&mut parts.headers),
             pseudo_changed: false,
@@ -698,8 +701,8 @@ impl Chain {
             let slot = plugin.pick_slot();
             let mut stream = pool::take();
             stream.request_headers = std::mem::take(&mut headers);
-            stream.source = Some(peer);
-            stream.peer_tls = peer_tls.cloned();
+            stream.source = Some(downstream.addr);
+            stream.peer_tls = downstream.peer.clone();
             stream.route_name = route.cloned();
             stream.cluster_name = cluster.cloned();
             stream.protocol = protocol;

@@ -112,7 +112,12 @@ fn plugin(module: &str, fail_open: bool) -> (Arc<PluginHandle>, Arc<Gate>) {
 async fn request(plugin: &Arc<PluginHandle>, path: &str, eos: bool) -> (Chain, Verdict) {
     let mut parts = http::Request::get(path).body(()).unwrap().into_parts().0;
     let plugins = std::slice::from_ref(plugin);
-    Chain::on_request(plugins, &mut parts, PEER, None, None, None, eos).await
+    let downstream = crate::listener::Downstream {
+        addr: PEER,
+        peer: None,
+        https: false,
+    };
+    Chain::on_request(plugins, &mut parts, &downstream, None, None, eos).await
 }
 
 /// Another stream makes the plugin's only instance trap: it is discarded, with every context on it.

@@ -15,6 +15,7 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static HTTP: HeaderValue = HeaderValue::from_static("http");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// Removes hop-by-hop headers (RFC 9110 7.6.1), including those named by `Connection`. `TE: trailers` survives on
 /// requests: gRPC needs it end to end.
@@ -57,9 +58,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) {
     }
 }
 
-/// Appends the peer to x-forwarded-for, sets x-forwarded-proto if absent, and gives the request an x-request-id
-/// if it has none (kept as is across hops, so every proxy and app logs the same id).
-pub fn forwarding_headers(headers: &mut HeaderMap, peer: IpAddr) {
+/// Appends the peer to x-forwarded-for, sets x-forwarded-proto (`https` when the client spoke TLS to this
+/// proxy's HTTPS listener, whatever it claimed; else `http` if absent), and gives the request an x-request-id if
+/// it has none (kept as is across hops, so every proxy and app logs the same id).
+pub fn forwarding_headers(headers: &mut HeaderMap, peer: IpAddr, https: bool) {
     let mut ip_buf = [0u8; 48];
     let ip = format_ip(peer, &mut ip_buf);
     let xff = match headers.get(&X_FORWARDED_FOR) {
@@ -75,7 +77,9 @@ pub fn forwarding_headers(headers: &mut HeaderMap, peer: IpAddr) {
     if let Ok(xff) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), xff);
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
+    if https {
+        headers.insert(X_FORWARDED_PROTO.clone(), HTTPS.clone());
+    } else if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HTTP.clone());
     }
     if !headers.contains_key(&X_REQUEST_ID) {
@@ -258,12 +262,12 @@ mod tests {
     fn forwarding() {
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
-        forwarding_headers(&mut h, "127.0.0.1".parse().unwrap());
+        forwarding_headers(&mut h, "127.0.0.1".parse().unwrap(), false);
         assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.0.0.1, 127.0.0.1");
         let id = h.get(&X_REQUEST_ID).unwrap().to_str().unwrap().to_string();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
-        forwarding_headers(&mut h, "127.0.0.2".parse().unwrap());
+        forwarding_headers(&mut h, "127.0.0.2".parse().unwrap(), false);
         assert_eq!(
             h.get(&X_REQUEST_ID).unwrap().to_str().unwrap(),
             id,

@@ -1,7 +1,8 @@
 //! Stages 1-2: bind, accept under a connection cap (the excess is refused with a 503; an accept that fails for
-//! lack of file descriptors backs off), one task per connection (on a sidecar's inbound listener, first mTLS or
-//! plaintext by sniffing: `tls`; then `conn`: HTTP/1.1 or HTTP/2 by detection, under the deadlines of `Limits`),
-//! graceful drain.
+//! lack of file descriptors backs off), one task per connection (first TLS where the listener has it: on a
+//! sidecar's inbound listener mTLS or plaintext by sniffing, on a gateway HTTPS listener TLS with the operator's
+//! certificates: `tls`; then `conn`: HTTP/1.1 or HTTP/2 by detection, under the deadlines of `Limits`), graceful
+//! drain.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,7 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::stack::{handle, ListenerCtx};
-use crate::tls::{Inbound, VerifiedPeer};
+use crate::tls::serving::ServingCerts;
+use crate::tls::{Inbound, TlsMetrics, VerifiedPeer};
 use crate::upstream::client_body::{BodyLimits, ClientBody};
 
 mod conn;
@@ -27,6 +29,21 @@ pub struct Downstream {
     pub addr: SocketAddr,
     /// The caller an mTLS handshake proved (sidecar inbound listeners); `None` on plaintext connections.
     pub peer: Option<Arc<VerifiedPeer>>,
+    /// The client spoke TLS to a gateway HTTPS listener (`x-forwarded-proto: https`, `:scheme` https).
+    pub https: bool,
+}
+
+/// What a listener does with a connection before HTTP.
+#[derive(Clone)]
+pub enum Termination {
+    /// A sidecar's inbound listener: mesh mTLS or, as the mode allows, plaintext (by sniffing).
+    Mesh(Arc<Inbound>),
+    /// A gateway listener: TLS with the operator's certificates while the snapshot makes it HTTPS, else plaintext.
+    Https {
+        certs: Arc<ServingCerts>,
+        listener: Arc<str>,
+        metrics: Arc<TlsMetrics>,
+    },
 }
 
 /// What a client may hold on a listener, and for how long (issue 11). The defaults follow Envoy's edge
@@ -108,7 +125,7 @@ pub async fn serve(
     limits: Arc<Limits>,
     budget: FdBudget,
 ) {
-    let tls = ctx.tls.clone();
+    let tls = ctx.termination.clone();
     let handler = move |req: Request<ClientBody>, downstream: Downstream| {
         let ctx = ctx.clone();
         async move { handle(&ctx, req, downstream).await }
@@ -117,7 +134,7 @@ pub async fn serve(
 }
 
 /// Accepts and serves connections with `handler`, under `limits`, until `stop`; then drains for up to `drain`.
-/// With `tls` (a sidecar's inbound listener), each connection is first sniffed for mTLS (see `tls.rs`).
+/// With `tls`, each connection first goes through it (see `tls.rs`).
 pub async fn serve_with<H, F, B>(
     listener: TcpListener,
     handler: H,
@@ -125,7 +142,7 @@ pub async fn serve_with<H, F, B>(
     drain: Duration,
     limits: Arc<Limits>,
     budget: FdBudget,
-    tls: Option<Arc<Inbound>>,
+    tls: Option<Termination>,
 ) where
     H: Fn(Request<ClientBody>, Downstream) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
@@ -182,25 +199,31 @@ pub async fn serve_with<H, F, B>(
             let plain = Downstream {
                 addr: peer,
                 peer: None,
+                https: false,
             };
-            match tls {
-                None => conn.serve(stream, plain, handler).await,
-                Some(tls) => {
-                    let deadline = accepted + limits.header_timeout;
-                    match tls::accept(&tls, stream, deadline).await {
-                        Some(tls::Accepted::Plaintext(stream)) => {
-                            conn.serve(stream, plain, handler).await
-                        }
-                        Some(tls::Accepted::Tls(stream, verified)) => {
-                            let downstream = Downstream {
-                                addr: peer,
-                                peer: Some(verified),
-                            };
-                            conn.serve(stream, downstream, handler).await
-                        }
-                        None => {}
-                    }
+            let Some(tls) = tls else {
+                conn.serve(stream, plain, handler).await;
+                drop(permits);
+                return;
+            };
+            let deadline = accepted + limits.header_timeout;
+            match tls::accept(&tls, stream, deadline).await {
+                Some(tls::Accepted::Plaintext(stream)) => conn.serve(stream, plain, handler).await,
+                Some(tls::Accepted::Mesh(stream, verified)) => {
+                    let downstream = Downstream {
+                        peer: Some(verified),
+                        ..plain
+                    };
+                    conn.serve(stream, downstream, handler).await
                 }
+                Some(tls::Accepted::Https(stream)) => {
+                    let downstream = Downstream {
+                        https: true,
+                        ..plain
+                    };
+                    conn.serve(stream, downstream, handler).await
+                }
+                None => {}
             }
             drop(permits);
         });

@@ -58,6 +58,7 @@ fn snapshot(routes: Vec<pb::Route>, domains: Vec<Vec<&str>>) -> Snapshot {
             name: "l".into(),
             port: 0,
             virtual_hosts,
+            ..Default::default()
         }],
         clusters: vec![pb::Cluster {
             name: "c".into(),
@@ -212,7 +213,7 @@ proptest! {
         let clusters: Vec<pb::Cluster> = (0..w.len()).map(|i| pb::Cluster { name: format!("c{i}"), protocol: 0, endpoints: vec![], policy: None }).collect();
         let mut r = route("r", pb::MatchType::MatchPrefix, "/", "", vec![], vec![]);
         r.backends = w.iter().enumerate().map(|(i, w)| pb::WeightedBackend { cluster: format!("c{i}"), weight: *w }).collect();
-        let pb = pb::Snapshot { listeners: vec![pb::Listener { name: "l".into(), port: 0, virtual_hosts: vec![pb::VirtualHost { name: "v".into(), domains: vec!["*".into()], routes: vec![r] }] }], clusters, ..Default::default() };
+        let pb = pb::Snapshot { listeners: vec![pb::Listener { name: "l".into(), port: 0, virtual_hosts: vec![pb::VirtualHost { name: "v".into(), domains: vec!["*".into()], routes: vec![r] }], ..Default::default() }], clusters, ..Default::default() };
         let s = Snapshot::from_proto(1, pb, Default::default()).unwrap();
         let route = &s.listeners.get("l").unwrap().vhosts.hosts[0].routes[0];
         for _ in 0..20 {

@@ -20,6 +20,8 @@ pub enum Side {
     Inbound,
     /// The client: this proxy connected to an upstream endpoint.
     Outbound,
+    /// The server of a gateway HTTPS listener (TLS from any client, no client certificate).
+    Https,
 }
 
 impl Side {
@@ -27,6 +29,7 @@ impl Side {
         match self {
             Side::Inbound => "inbound",
             Side::Outbound => "outbound",
+            Side::Https => "https",
         }
     }
 
@@ -37,8 +40,8 @@ impl Side {
 
 #[derive(Default)]
 pub struct TlsMetrics {
-    full: [AtomicU64; 2],
-    resumed: [AtomicU64; 2],
+    full: [AtomicU64; 3],
+    resumed: [AtomicU64; 3],
     failed: Mutex<BTreeMap<(Side, &'static str), u64>>,
     plaintext_refused: AtomicU64,
     plaintext_served: AtomicU64,
@@ -99,9 +102,9 @@ impl TlsMetrics {
 
     /// Appends the metrics in Prometheus text form; `own` is the proxy's certificate, if it has one.
     pub fn write(&self, out: &mut String, own: Option<&Certified>) {
-        let _ = writeln!(out, "# HELP meshwork_tls_handshakes_total mTLS handshakes between proxies, by side (inbound: this proxy was the server) and result (ok, resumed, or error with a reason).");
+        let _ = writeln!(out, "# HELP meshwork_tls_handshakes_total TLS handshakes, by side (inbound: mTLS from a mesh peer; outbound: mTLS to one; https: a gateway HTTPS listener) and result (ok, resumed, or error with a reason).");
         let _ = writeln!(out, "# TYPE meshwork_tls_handshakes_total counter");
-        for side in [Side::Inbound, Side::Outbound] {
+        for side in [Side::Inbound, Side::Outbound, Side::Https] {
             for (result, n) in [
                 ("ok", self.handshakes(side, false)),
                 ("resumed", self.handshakes(side, true)),

@@ -5,6 +5,7 @@
 //! The sides themselves: the sidecar inbound listener sniffs each connection and terminates mTLS
 //! (`listener/tls.rs`); the upstream connector originates it to endpoints that have an identity
 //! (`upstream/tls.rs`). Before the proxy holds a certificate (or in standalone mode) both stay plaintext.
+//! Gateway HTTPS listeners terminate TLS with the operator's certificates (`serving.rs`).
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use crate::config::ConfigStore;
 use crate::identity::{Certified, MeshIdentity};
 
 pub mod metrics;
+pub mod serving;
 #[cfg(test)]
 mod tests;
 

@@ -79,6 +79,27 @@ pub fn backend_permitted(grants: &[ReferenceGrant], route: &Route, b: &BackendRe
         })
 }
 
+/// May Gateway `g` terminate TLS with certificate `c` of another namespace? Only with a ReferenceGrant there from
+/// Gateways of `g`'s namespace to TLSCertificates (all, or this one).
+pub fn certificate_permitted(
+    grants: &[ReferenceGrant],
+    g: &Gateway,
+    c: &super::tls::CertificateRef,
+) -> bool {
+    grants
+        .iter()
+        .filter(|grant| grant.meta.namespace == c.namespace)
+        .any(|grant| {
+            grant.from.iter().any(|(group, kind, ns)| {
+                group == "gateway.networking.k8s.io" && kind == "Gateway" && *ns == g.meta.namespace
+            }) && grant.to.iter().any(|(group, kind, name)| {
+                group == "meshwork.dev"
+                    && kind == super::tls::KIND
+                    && name.as_ref().is_none_or(|n| *n == c.name)
+            })
+        })
+}
+
 /// Does `p` (a parentRef of `route`) attach the route to listener `l` of `gw`? The Gateway and namespace must
 /// match, `sectionName` and `port` (when given) must name this listener, and the listener must allow routes from
 /// the route's namespace.

@@ -7,6 +7,7 @@ pub mod mesh;
 pub mod policy;
 pub mod read;
 mod route;
+pub mod tls;
 pub mod wasm;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ pub use grant::ReferenceGrant;
 pub use mesh::{Mesh, MtlsMode};
 pub use policy::{PolicyTargetKind, TrafficPolicy};
 pub use route::*;
+pub use tls::{CertificateRef, ListenerTls, TlsCertificate};
 pub use wasm::{WasmPlugin, WasmTarget, WasmTargetKind};
 
 use crate::diag::Sink;
@@ -88,6 +90,10 @@ pub struct GatewayListener {
     pub port: u16,
     /// `allowedRoutes.namespaces.from: All`; the default (`Same`) admits routes of the Gateway's namespace only.
     pub routes_from_all_namespaces: bool,
+    /// `hostname`: the only host names (exact, or `*.suffix`) this listener serves; `None`: any.
+    pub hostname: Option<String>,
+    /// `protocol: HTTPS`: TLS terminated with these certificates; `None` for `protocol: HTTP`.
+    pub tls: Option<ListenerTls>,
     pub line: usize,
 }
 
@@ -108,6 +114,7 @@ pub struct ManifestSet {
     pub policies: Vec<TrafficPolicy>,
     pub reference_grants: Vec<ReferenceGrant>,
     pub authorization_policies: Vec<authz::AuthorizationPolicy>,
+    pub tls_certificates: Vec<TlsCertificate>,
 }
 
 impl ManifestSet {
@@ -122,6 +129,7 @@ impl ManifestSet {
             policies,
             reference_grants,
             authorization_policies,
+            tls_certificates,
         } = self;
         workloads.is_empty()
             && gateways.is_empty()
@@ -131,11 +139,12 @@ impl ManifestSet {
             && policies.is_empty()
             && reference_grants.is_empty()
             && authorization_policies.is_empty()
+            && tls_certificates.is_empty()
     }
 }
 
 const KINDS: &str =
-    "meshwork.dev/v1alpha1 Workload/Mesh/WasmPlugin/TrafficPolicy/AuthorizationPolicy, gateway.networking.k8s.io/v1 Gateway/HTTPRoute/GRPCRoute, gateway.networking.k8s.io/v1beta1 ReferenceGrant, security.istio.io/v1 (or v1beta1) AuthorizationPolicy";
+    "meshwork.dev/v1alpha1 Workload/Mesh/WasmPlugin/TrafficPolicy/AuthorizationPolicy/TLSCertificate, gateway.networking.k8s.io/v1 Gateway/HTTPRoute/GRPCRoute, gateway.networking.k8s.io/v1beta1 ReferenceGrant, security.istio.io/v1 (or v1beta1) AuthorizationPolicy";
 
 /// Parses one YAML document into `set`, reporting problems to `sink`.
 pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
@@ -157,7 +166,7 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
         (api.as_str(), kind.as_str()),
         (
             MESHWORK_API,
-            "Workload" | "Mesh" | "WasmPlugin" | "TrafficPolicy"
+            "Workload" | "Mesh" | "WasmPlugin" | "TrafficPolicy" | "TLSCertificate"
         ) | (GATEWAY_API, "Gateway" | "HTTPRoute" | "GRPCRoute")
             | (GATEWAY_API | GATEWAY_API_BETA, "ReferenceGrant")
             | (
@@ -220,6 +229,11 @@ pub fn parse_document(doc: &Node, sink: &mut Sink, set: &mut ManifestSet) {
         "ReferenceGrant" => {
             if let Some(g) = grant::parse(&mut r, meta, spec) {
                 set.reference_grants.push(g);
+            }
+        }
+        "TLSCertificate" => {
+            if let Some(c) = tls::parse_certificate(&mut r, meta, spec) {
+                set.tls_certificates.push(c);
             }
         }
         "Gateway" => {
@@ -449,7 +463,18 @@ fn parse_gateway(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Gateway>
     let mut listeners = Vec::new();
     for (i, n) in items.iter().enumerate() {
         let path = index("spec.listeners", i);
-        let Some(l) = r.obj(n, &path, &["name", "port", "protocol", "allowedRoutes"]) else {
+        let Some(l) = r.obj(
+            n,
+            &path,
+            &[
+                "name",
+                "port",
+                "protocol",
+                "allowedRoutes",
+                "hostname",
+                "tls",
+            ],
+        ) else {
             continue;
         };
         let name = r.req_string(
@@ -460,21 +485,64 @@ fn parse_gateway(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Gateway>
         let port = r
             .required(&l, "port", "a port number")
             .and_then(|p| r.int(p, &l.field("port"), 1, 65535));
-        if let Some(p) = l.get("protocol") {
-            r.choice(p, &l.field("protocol"), &["HTTP"]);
-        }
+        let https = match l.get("protocol") {
+            Some(p) => {
+                r.choice(p, &l.field("protocol"), &["HTTP", "HTTPS"])
+                    .as_deref()
+                    == Some("HTTPS")
+            }
+            None => false,
+        };
+        let hostname = listener_hostname(r, &l);
+        let tls = match (https, l.get("tls")) {
+            (true, Some(t)) => tls::parse_listener_tls(r, t, &l.field("tls"), &meta.namespace),
+            (true, None) => {
+                r.error(n.line, l.field("tls"), "required for protocol HTTPS: expected {mode: Terminate, certificateRefs: [...]}");
+                None
+            }
+            (false, Some(t)) => {
+                r.error(
+                    t.line,
+                    l.field("tls"),
+                    "only HTTPS listeners take tls: expected protocol: HTTPS, or no tls",
+                );
+                None
+            }
+            (false, None) => None,
+        };
         let all = match l.get("allowedRoutes") {
             Some(a) => allowed_from_all(r, a, &l.field("allowedRoutes"))?,
             None => false,
         };
         if let (Some(name), Some(port)) = (name, port) {
+            if https && tls.is_none() {
+                continue;
+            }
             listeners.push(GatewayListener {
                 name,
                 port: port as u16,
                 routes_from_all_namespaces: all,
+                hostname,
+                tls,
                 line: n.line,
             });
         }
     }
     Some(Gateway { meta, listeners })
+}
+
+fn listener_hostname(r: &mut Reader<'_>, l: &Obj<'_>) -> Option<String> {
+    let n = l.get("hostname")?;
+    let h = r.string(n, &l.field("hostname"))?;
+    if !valid_hostname(&h) {
+        r.error(
+            n.line,
+            l.field("hostname"),
+            format!(
+                "expected a host name such as \"shop.example.com\" or \"*.example.com\", got {h:?}"
+            ),
+        );
+        return None;
+    }
+    Some(h)
 }

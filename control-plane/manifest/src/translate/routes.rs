@@ -271,18 +271,22 @@ pub fn outbound_listener(set: &ManifestSet, own_ns: &str) -> pb::Listener {
         name: OUTBOUND_LISTENER.into(),
         port: 0,
         virtual_hosts,
+        ..Default::default()
     }
 }
 
-fn host_applies(route: &Route, host: &str) -> bool {
-    route.hostnames.is_empty()
-        || route.hostnames.iter().any(|h| {
+/// Whether a route with these host names (empty: any) serves `host` (a virtual host's name).
+fn names_apply(names: &[String], host: &str) -> bool {
+    names.is_empty()
+        || names.iter().any(|h| {
             h == host || (h.starts_with("*.") && !host.starts_with("*.") && host.ends_with(&h[1..]))
         })
 }
 
 /// A gateway's listeners, each with the routes attached to it (by Gateway, optionally by sectionName), grouped
-/// into virtual hosts by hostname.
+/// into virtual hosts by hostname. A listener `hostname` narrows them (Gateway API): a route without hostnames
+/// serves the listener's, a route with hostnames serves their intersections with it, and a route with none in
+/// common does not attach; requests for other hosts find no virtual host (404).
 pub fn gateway_listeners(set: &ManifestSet, ns: &str, name: &str) -> Vec<pb::Listener> {
     let Some(gw) = set
         .gateways
@@ -293,45 +297,100 @@ pub fn gateway_listeners(set: &ManifestSet, ns: &str, name: &str) -> Vec<pb::Lis
     };
     gw.listeners
         .iter()
-        .map(|l| {
-            let attached: Vec<&Route> = set
-                .routes
-                .iter()
-                .filter(|r| r.parent_refs.iter().any(|p| attaches(r, p, gw, l)))
-                .collect();
-            let mut hosts: BTreeSet<String> = attached
-                .iter()
-                .flat_map(|r| r.hostnames.iter().cloned())
-                .collect();
-            if attached.iter().any(|r| r.hostnames.is_empty()) {
-                hosts.insert("*".into());
+        .map(|l| pb::Listener {
+            name: l.name.clone(),
+            port: u32::from(l.port),
+            virtual_hosts: gateway_virtual_hosts(set, gw, l),
+            hostname: l.hostname.clone().unwrap_or_default(),
+            tls: l.tls.as_ref().map(|t| listener_tls(set, t)),
+        })
+        .collect()
+}
+
+fn gateway_virtual_hosts(
+    set: &ManifestSet,
+    gw: &crate::model::Gateway,
+    l: &crate::model::GatewayListener,
+) -> Vec<pb::VirtualHost> {
+    // Each attached route with the host names it serves on this listener (empty: any).
+    let attached: Vec<(&Route, Vec<String>)> = set
+        .routes
+        .iter()
+        .filter(|r| r.parent_refs.iter().any(|p| attaches(r, p, gw, l)))
+        .filter_map(|r| {
+            let Some(listener) = &l.hostname else {
+                return Some((r, r.hostnames.clone()));
+            };
+            if r.hostnames.is_empty() {
+                return Some((r, vec![listener.clone()]));
             }
-            let virtual_hosts = hosts
-                .into_iter()
-                .map(|host| {
-                    let routes: Vec<&Route> = attached
-                        .iter()
-                        .copied()
-                        .filter(|r| {
-                            host == "*" && r.hostnames.is_empty()
-                                || host != "*" && host_applies(r, &host)
-                        })
-                        .collect();
-                    pb::VirtualHost {
-                        name: host.clone(),
-                        domains: vec![host],
-                        routes: route_entries(&routes)
-                            .iter()
-                            .map(|e| route_proto(&set.reference_grants, e))
-                            .collect(),
-                    }
-                })
+            let common: Vec<String> = r
+                .hostnames
+                .iter()
+                .filter_map(|h| hostname_intersection(h, listener))
                 .collect();
-            pb::Listener {
-                name: l.name.clone(),
-                port: u32::from(l.port),
-                virtual_hosts,
+            (!common.is_empty()).then_some((r, common))
+        })
+        .collect();
+    let mut hosts: BTreeSet<String> = attached
+        .iter()
+        .flat_map(|(_, h)| h.iter().cloned())
+        .collect();
+    if attached.iter().any(|(_, h)| h.is_empty()) {
+        hosts.insert("*".into());
+    }
+    hosts
+        .into_iter()
+        .map(|host| {
+            let routes: Vec<&Route> = attached
+                .iter()
+                .filter(|(_, names)| {
+                    host == "*" && names.is_empty() || host != "*" && names_apply(names, &host)
+                })
+                .map(|(r, _)| *r)
+                .collect();
+            pb::VirtualHost {
+                name: host.clone(),
+                domains: vec![host],
+                routes: route_entries(&routes)
+                    .iter()
+                    .map(|e| route_proto(&set.reference_grants, e))
+                    .collect(),
             }
         })
         .collect()
+}
+
+/// The host names both a route hostname and a listener hostname cover (the more specific of the two), if any.
+/// Gateway API wildcards (`*.example.com`) cover any number of leading labels.
+pub fn hostname_intersection(route: &str, listener: &str) -> Option<String> {
+    let covers = |wild: &str, name: &str| {
+        wild.strip_prefix('*')
+            .is_some_and(|suffix| name.len() > suffix.len() && name.ends_with(suffix))
+    };
+    if route == listener || covers(listener, route) {
+        Some(route.to_string())
+    } else if covers(route, listener) {
+        Some(listener.to_string())
+    } else {
+        None
+    }
+}
+
+fn listener_tls(set: &ManifestSet, t: &crate::model::ListenerTls) -> pb::ListenerTls {
+    let certificates = t
+        .certificate_refs
+        .iter()
+        .filter_map(|c| {
+            set.tls_certificates
+                .iter()
+                .find(|t| t.meta.name == c.name && t.meta.namespace == c.namespace)
+        })
+        .map(|t| pb::ServingCertificate {
+            name: format!("{}/{}", t.meta.namespace, t.meta.name),
+            cert_file: t.cert_file.to_string_lossy().into_owned(),
+            key_file: t.key_file.to_string_lossy().into_owned(),
+        })
+        .collect();
+    pb::ListenerTls { certificates }
 }

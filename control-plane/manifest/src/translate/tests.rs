@@ -464,3 +464,134 @@ fn allowed_routes_selector_is_refused_with_a_reason() {
         "{err}"
     );
 }
+
+#[test]
+fn a_listener_hostname_narrows_the_routes_it_serves() {
+    let s = set(&format!(
+        "{BASE}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: shop-edge}}
+spec: {{listeners: [{{name: shop, port: 9443, hostname: '*.shop.test'}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: catch-all}}
+spec:
+  parentRefs: [{{name: shop-edge}}]
+  rules: [{{backendRefs: [{{name: web}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: named}}
+spec:
+  parentRefs: [{{name: shop-edge}}]
+  hostnames: [cart.shop.test, '*.test', other.example]
+  rules: [{{backendRefs: [{{name: api}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: elsewhere}}
+spec:
+  parentRefs: [{{name: shop-edge}}]
+  hostnames: [other.example]
+  rules: [{{backendRefs: [{{name: legacy}}]}}]
+"
+    ));
+    let snap = snapshot_for(
+        &s,
+        &[],
+        &ProxyKey {
+            role: ProxyRole::Gateway,
+            name: "shop-edge".into(),
+            namespace: "default".into(),
+        },
+    );
+    let l = &snap.listeners[0];
+    assert_eq!(l.hostname, "*.shop.test");
+    let vhosts: Vec<(&str, usize)> = l
+        .virtual_hosts
+        .iter()
+        .map(|v| (v.domains[0].as_str(), v.routes.len()))
+        .collect();
+    // No catch-all "*": the route without hostnames serves the listener's; `*.test` narrows to `*.shop.test`;
+    // other.example is outside the listener, so the route naming only it does not attach.
+    assert_eq!(vhosts, [("*.shop.test", 2), ("cart.shop.test", 2)]);
+    assert!(l.tls.is_none());
+}
+
+#[test]
+fn hostname_intersections_follow_the_gateway_api() {
+    use crate::translate::routes::hostname_intersection as meet;
+    assert_eq!(
+        meet("a.shop.test", "a.shop.test").as_deref(),
+        Some("a.shop.test")
+    );
+    assert_eq!(
+        meet("a.b.shop.test", "*.shop.test").as_deref(),
+        Some("a.b.shop.test")
+    );
+    assert_eq!(
+        meet("*.shop.test", "a.shop.test").as_deref(),
+        Some("a.shop.test")
+    );
+    assert_eq!(
+        meet("*.a.shop.test", "*.shop.test").as_deref(),
+        Some("*.a.shop.test")
+    );
+    assert_eq!(
+        meet("*.test", "*.shop.test").as_deref(),
+        Some("*.shop.test")
+    );
+    assert_eq!(meet("shop.test", "*.shop.test"), None);
+    assert_eq!(meet("a.shop.test", "b.shop.test"), None);
+    assert_eq!(meet("*.other.test", "*.shop.test"), None);
+}
+
+#[test]
+fn https_listeners_carry_their_certificate_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["shop.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.path().join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
+    let yaml = format!(
+        "{BASE}---
+apiVersion: meshwork.dev/v1alpha1
+kind: TLSCertificate
+metadata: {{name: shop}}
+spec: {{certFile: tls.crt, keyFile: {}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: shop-edge}}
+spec:
+  listeners:
+    - name: https
+      port: 9443
+      protocol: HTTPS
+      tls: {{mode: Terminate, certificateRefs: [{{kind: TLSCertificate, group: meshwork.dev, name: shop}}]}}
+",
+        dir.path().join("tls.key").display()
+    );
+    let s = load_texts(&[(dir.path().join("m.yaml"), yaml)]).unwrap();
+    let snap = snapshot_for(
+        &s,
+        &[],
+        &ProxyKey {
+            role: ProxyRole::Gateway,
+            name: "shop-edge".into(),
+            namespace: "default".into(),
+        },
+    );
+    let tls = snap.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.certificates.len(), 1);
+    let c = &tls.certificates[0];
+    assert_eq!(c.name, "default/shop");
+    // Relative paths are resolved against the manifest's directory, absolute ones kept.
+    assert_eq!(PathBuf::from(&c.cert_file), dir.path().join("tls.crt"));
+    assert_eq!(PathBuf::from(&c.key_file), dir.path().join("tls.key"));
+}

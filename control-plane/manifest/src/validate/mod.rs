@@ -40,6 +40,11 @@ pub fn validate(set: &ManifestSet) -> Vec<Diagnostic> {
             set.authorization_policies
                 .iter()
                 .map(|p| ("AuthorizationPolicy", &p.meta)),
+        )
+        .chain(
+            set.tls_certificates
+                .iter()
+                .map(|c| ("TLSCertificate", &c.meta)),
         );
     for (kind, meta) in objects {
         if meta.namespace == "meshwork-system" {
@@ -107,6 +112,11 @@ pub fn validate(set: &ManifestSet) -> Vec<Diagnostic> {
                     &format!("spec.listeners[{i}].name"),
                     format!("duplicate listener name {:?}", l.name),
                 ));
+            }
+            for c in l.tls.iter().flat_map(|t| &t.certificate_refs) {
+                if let Err(message) = certificate_ref_resolves(set, g, c) {
+                    out.push(diag(&g.meta, c.line, &c.field, message));
+                }
             }
             if let Some((other, other_listener)) = ports.insert(l.port, (&g.meta, &l.name)) {
                 out.push(diag(
@@ -314,3 +324,31 @@ fn authz_targets(
 
 #[cfg(test)]
 mod tests;
+
+/// A listener's certificate reference names a TLSCertificate, in the Gateway's namespace or, with a
+/// ReferenceGrant there from this Gateway's namespace, in another one.
+fn certificate_ref_resolves(
+    set: &ManifestSet,
+    g: &crate::model::Gateway,
+    c: &crate::model::CertificateRef,
+) -> Result<(), String> {
+    let exists = set
+        .tls_certificates
+        .iter()
+        .any(|t| t.meta.name == c.name && t.meta.namespace == c.namespace);
+    if !exists {
+        return Err(format!(
+            "unknown TLSCertificate {:?} in namespace {}",
+            c.name, c.namespace
+        ));
+    }
+    if c.namespace != g.meta.namespace
+        && !crate::model::grant::certificate_permitted(&set.reference_grants, g, c)
+    {
+        return Err(format!(
+            "TLSCertificate {}/{} is in another namespace: expected a ReferenceGrant in {} from Gateway in {} to TLSCertificate",
+            c.namespace, c.name, c.namespace, g.meta.namespace
+        ));
+    }
+    Ok(())
+}

@@ -150,7 +150,7 @@ metadata: {name: c}
         "bad.yaml:14: spec.protocol: expected one of http, http2, grpc, got \"spdy\"",
         "bad.yaml:14: spec.endpoints[0]: expected an IP:port address",
         "bad.yaml:19: spec.listeners[0].port: expected an integer from 1 to 65535, got \"70000\"",
-        "bad.yaml:19: spec.listeners[1].protocol: expected one of HTTP, got \"HTTPS\"",
+        "bad.yaml:19: spec.listeners[1].tls: required for protocol HTTPS: expected {mode: Terminate, certificateRefs: [...]}",
         "bad.yaml:22: kind: unsupported apiVersion/kind v1 ConfigMap",
     ] {
         assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
@@ -394,4 +394,164 @@ fn a_wasm_module_that_is_not_a_regular_file_is_refused_unread() {
         let expected = format!("plugins.yaml:6: spec.url: {url} is not a regular file");
         assert!(errs.iter().any(|e| e.starts_with(&expected)), "{errs:?}");
     }
+}
+
+/// A certificate and key for `shop.test` in `dir` (`tls.crt`, `tls.key`), and a key of another certificate
+/// (`other.key`).
+fn cert_files(dir: &std::path::Path) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["shop.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+    let other = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(dir.join("other.key"), other.serialize_pem()).unwrap();
+}
+
+/// The errors of a manifest `m.yaml` in a directory holding `cert_files`, with `gateway_listener` as the only
+/// listener of a Gateway and `certificate_spec` as the spec of TLSCertificate `shop`.
+fn tls_errors(certificate_spec: &str, gateway_listener: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    cert_files(dir.path());
+    let m = dir.path().join("m.yaml");
+    let text = format!(
+        "apiVersion: meshwork.dev/v1alpha1
+kind: TLSCertificate
+metadata: {{name: shop}}
+spec: {certificate_spec}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  listeners:
+    - {gateway_listener}
+"
+    );
+    match load_texts(&[(m.clone(), text)]) {
+        Ok(_) => Vec::new(),
+        Err(d) => {
+            d.0.iter()
+                .map(|e| {
+                    e.to_string()
+                        .replace(&format!("{}/", dir.path().display()), "")
+                })
+                .collect()
+        }
+    }
+}
+
+const GOOD_CERT: &str = "{certFile: tls.crt, keyFile: tls.key}";
+const REF: &str = "{kind: TLSCertificate, group: meshwork.dev, name: shop}";
+
+#[test]
+fn an_https_listener_with_a_good_certificate_loads() {
+    let listener = format!("{{name: https, port: 8443, protocol: HTTPS, hostname: shop.test, tls: {{mode: Terminate, certificateRefs: [{REF}]}}}}");
+    assert_eq!(tls_errors(GOOD_CERT, &listener), Vec::<String>::new());
+}
+
+#[test]
+fn a_key_of_another_certificate_names_key_file() {
+    let listener =
+        format!("{{name: https, port: 8443, protocol: HTTPS, tls: {{certificateRefs: [{REF}]}}}}");
+    let errors = tls_errors("{certFile: tls.crt, keyFile: other.key}", &listener);
+    assert_eq!(
+        errors,
+        ["m.yaml:4: spec.keyFile: the private key in other.key does not belong to the certificate in tls.crt"]
+    );
+}
+
+#[test]
+fn a_missing_certificate_file_names_cert_file() {
+    let listener =
+        format!("{{name: https, port: 8443, protocol: HTTPS, tls: {{certificateRefs: [{REF}]}}}}");
+    let errors = tls_errors("{certFile: absent.crt, keyFile: tls.key}", &listener);
+    assert!(
+        errors[0].starts_with("m.yaml:4: spec.certFile: absent.crt: cannot read:"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn https_listener_mistakes_are_named() {
+    let cases = [
+        (
+            "{name: https, port: 8443, protocol: HTTPS}".to_string(),
+            "m.yaml:11: spec.listeners[0].tls: required for protocol HTTPS",
+        ),
+        (
+            format!("{{name: h, port: 8080, tls: {{certificateRefs: [{REF}]}}}}"),
+            "m.yaml:11: spec.listeners[0].tls: only HTTPS listeners take tls",
+        ),
+        (
+            format!("{{name: h, port: 8443, protocol: HTTPS, tls: {{mode: Passthrough, certificateRefs: [{REF}]}}}}"),
+            "m.yaml:11: spec.listeners[0].tls.mode: expected Terminate, got \"Passthrough\"",
+        ),
+        (
+            "{name: h, port: 8443, protocol: HTTPS, tls: {certificateRefs: [{name: shop}]}}".to_string(),
+            "m.yaml:11: spec.listeners[0].tls.certificateRefs[0].kind: expected kind: TLSCertificate with group: meshwork.dev",
+        ),
+        (
+            "{name: h, port: 8443, protocol: HTTPS, tls: {certificateRefs: [{kind: TLSCertificate, group: meshwork.dev, name: nope}]}}".to_string(),
+            "m.yaml:11: spec.listeners[0].tls.certificateRefs[0]: unknown TLSCertificate \"nope\" in namespace default",
+        ),
+        (
+            "{name: h, port: 8443, protocol: HTTPS, tls: {certificateRefs: [{kind: TLSCertificate, group: meshwork.dev, name: shop, namespace: certs}]}}".to_string(),
+            "m.yaml:11: spec.listeners[0].tls.certificateRefs[0]: unknown TLSCertificate \"shop\" in namespace certs",
+        ),
+        (
+            format!("{{name: h, port: 8443, protocol: HTTPS, hostname: 'Shop_Test', tls: {{certificateRefs: [{REF}]}}}}"),
+            "m.yaml:11: spec.listeners[0].hostname: expected a host name",
+        ),
+        (
+            "{name: h, port: 8443, protocol: TLS}".to_string(),
+            "m.yaml:11: spec.listeners[0].protocol:",
+        ),
+    ];
+    for (listener, expected) in cases {
+        let errors = tls_errors(GOOD_CERT, &listener);
+        assert!(
+            errors.iter().any(|e| e.starts_with(expected)),
+            "{listener}: expected {expected:?}, got {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn a_certificate_of_another_namespace_needs_a_reference_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    cert_files(dir.path());
+    let text = |grant: &str| {
+        format!(
+            "apiVersion: meshwork.dev/v1alpha1
+kind: TLSCertificate
+metadata: {{name: shop, namespace: certs}}
+spec: {GOOD_CERT}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: web}}
+spec:
+  listeners:
+    - {{name: h, port: 8443, protocol: HTTPS, tls: {{certificateRefs: [{{kind: TLSCertificate, group: meshwork.dev, name: shop, namespace: certs}}]}}}}
+{grant}"
+        )
+    };
+    let load = |t: String| load_texts(&[(dir.path().join("m.yaml"), t)]);
+    let err = load(text("")).unwrap_err().to_string();
+    assert!(
+        err.contains("spec.listeners[0].tls.certificateRefs[0]: TLSCertificate certs/shop is in another namespace: expected a ReferenceGrant in certs from Gateway in web"),
+        "{err}"
+    );
+    let grant = "---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: web-gateways, namespace: certs}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: web}]
+  to: [{group: meshwork.dev, kind: TLSCertificate, name: shop}]
+";
+    assert!(load(text(grant)).is_ok());
 }

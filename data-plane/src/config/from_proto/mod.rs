@@ -310,7 +310,45 @@ fn listener(
         name: Arc::from(l.name.as_str()),
         port,
         vhosts,
+        hostname: Some(l.hostname.to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .map(Arc::from),
+        tls: l
+            .tls
+            .as_ref()
+            .map(|t| listener_tls(&l.name, t))
+            .transpose()?,
     })
+}
+
+fn listener_tls(
+    listener: &str,
+    t: &pb::ListenerTls,
+) -> Result<Arc<[ServingFiles]>, InvalidSnapshot> {
+    let path = format!("listener {listener}: tls");
+    if t.certificates.is_empty() {
+        return Err(invalid(path, "no certificate to terminate TLS with"));
+    }
+    t.certificates
+        .iter()
+        .map(|c| {
+            let (cert, key) = (
+                std::path::PathBuf::from(&c.cert_file),
+                std::path::PathBuf::from(&c.key_file),
+            );
+            if !cert.is_absolute() || !key.is_absolute() {
+                return Err(invalid(
+                    &path,
+                    format!("certificate {}: expected absolute file paths", c.name),
+                ));
+            }
+            Ok(ServingFiles {
+                name: Arc::from(c.name.as_str()),
+                cert,
+                key,
+            })
+        })
+        .collect()
 }
 
 impl Snapshot {

@@ -482,6 +482,7 @@ fn listener() -> BoxedStrategy<pb::Listener> {
             name,
             port,
             virtual_hosts,
+            ..Default::default()
         })
         .boxed()
 }

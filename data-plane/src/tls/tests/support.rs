@@ -27,6 +27,7 @@ use tokio::sync::{watch, Notify};
 use crate::config::snapshot::{Cluster, Endpoint, MtlsMode, Protocol, Snapshot};
 use crate::config::ConfigStore;
 use crate::identity::MeshIdentity;
+use crate::listener::Termination;
 use crate::listener::{self, FdBudget, Limits};
 use crate::resilience::Registry;
 use crate::stack::{ListenerCtx, Mode};
@@ -231,11 +232,11 @@ impl Sidecar {
             default_timeout: Some(BOUND),
             proof: Default::default(),
             authorize: Some(Arc::default()),
-            tls: Some(Arc::new(Inbound::new(
+            termination: Some(Termination::Mesh(Arc::new(Inbound::new(
                 identity.clone(),
                 store,
                 metrics.clone(),
-            ))),
+            )))),
         });
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();

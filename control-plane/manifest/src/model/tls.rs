@@ -1,0 +1,160 @@
+//! TLS at the gateway, as manifests say it: the `meshwork.dev/v1alpha1` TLSCertificate kind (a certificate chain
+//! and key in files on the proxy's host, Secret-like but holding paths, never key material), and a Gateway
+//! listener's `protocol: HTTPS` with `tls.mode: Terminate` and `certificateRefs` to TLSCertificates. The files are
+//! read and checked here (a bad pair is an error naming the file and the field); the proxy reads them again
+//! itself and follows them for changes.
+
+use std::path::{Path, PathBuf};
+
+use super::read::{index, Obj, Reader};
+use super::Meta;
+use crate::source::yaml::Node;
+
+pub const KIND: &str = "TLSCertificate";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsCertificate {
+    pub meta: Meta,
+    /// Absolute: a PEM chain, leaf first.
+    pub cert_file: PathBuf,
+    /// Absolute: the PEM private key of the leaf.
+    pub key_file: PathBuf,
+}
+
+/// A listener's `tls`: terminate with the certificates referred to (in order; SNI chooses among them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub certificate_refs: Vec<CertificateRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRef {
+    pub namespace: String,
+    pub name: String,
+    pub line: usize,
+    /// `spec.listeners[i].tls.certificateRefs[j]`, for errors found later (an unknown name).
+    pub field: String,
+}
+
+pub(super) fn parse_certificate(
+    r: &mut Reader<'_>,
+    meta: Meta,
+    spec: &Node,
+) -> Option<TlsCertificate> {
+    let s = r.obj(spec, "spec", &["certFile", "keyFile"])?;
+    let cert = r.req_string(
+        &s,
+        "certFile",
+        "a PEM certificate chain file, leaf first (absolute, or relative to this manifest)",
+    );
+    let key = r.req_string(
+        &s,
+        "keyFile",
+        "the PEM private key file of that certificate (absolute, or relative to this manifest)",
+    );
+    let (cert, key) = (cert?, key?);
+    let cert_file = file_path(&r.sink.file, &cert);
+    let key_file = file_path(&r.sink.file, &key);
+    if let Err(e) = meshwork_identity::serving::load(&cert_file, &key_file) {
+        let field = if e.path() == key_file {
+            "keyFile"
+        } else {
+            "certFile"
+        };
+        let line = s.get(field).map_or(s.line, |n| n.line);
+        r.error(line, format!("spec.{field}"), e.to_string());
+        return None;
+    }
+    Some(TlsCertificate {
+        meta,
+        cert_file,
+        key_file,
+    })
+}
+
+/// A path as a manifest gives it (relative to the manifest file), made absolute: the proxy reading it may run
+/// in another directory.
+fn file_path(manifest: &Path, given: &str) -> PathBuf {
+    let path = Path::new(given);
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        manifest.parent().unwrap_or(Path::new(".")).join(path)
+    };
+    std::path::absolute(&joined).unwrap_or(joined)
+}
+
+/// A listener's `tls` stanza (`path` is `spec.listeners[i].tls`); `ns` is the Gateway's namespace.
+pub(super) fn parse_listener_tls(
+    r: &mut Reader<'_>,
+    node: &Node,
+    path: &str,
+    ns: &str,
+) -> Option<ListenerTls> {
+    let t = r.obj(node, path, &["mode", "certificateRefs", "options"])?;
+    if let Some(m) = t.get("mode") {
+        let mode = r.string(m, &t.field("mode"))?;
+        if mode != "Terminate" {
+            r.error(
+                m.line,
+                t.field("mode"),
+                format!("expected Terminate, got {mode:?} (Passthrough needs a TLS listener, which Meshwork does not have yet)"),
+            );
+            return None;
+        }
+    }
+    if let Some(o) = t.get("options") {
+        r.string_map(o, &t.field("options"));
+    }
+    let node = r.required(
+        &t,
+        "certificateRefs",
+        "a list of references to TLSCertificates: {kind: TLSCertificate, group: meshwork.dev, name}",
+    )?;
+    let items = r.list(node, &t.field("certificateRefs"))?;
+    if items.is_empty() {
+        r.error(
+            node.line,
+            t.field("certificateRefs"),
+            "expected at least one certificate reference",
+        );
+        return None;
+    }
+    let mut refs = Vec::new();
+    for (i, n) in items.iter().enumerate() {
+        let field = index(&t.field("certificateRefs"), i);
+        if let Some(c) = r.obj(n, &field, &["group", "kind", "name", "namespace"]) {
+            refs.push(certificate_ref(r, &c, field, ns)?);
+        }
+    }
+    Some(ListenerTls {
+        certificate_refs: refs,
+    })
+}
+
+fn certificate_ref(
+    r: &mut Reader<'_>,
+    c: &Obj<'_>,
+    field: String,
+    ns: &str,
+) -> Option<CertificateRef> {
+    // The Gateway API's default is the core Secret; Meshwork reads certificates from files, so the kind is said.
+    let kind = r.opt_string(c, "kind").unwrap_or_else(|| "Secret".into());
+    let group = r.opt_string(c, "group").unwrap_or_default();
+    if kind != KIND || group != "meshwork.dev" {
+        r.error(
+            c.line,
+            format!("{field}.kind"),
+            format!("expected kind: TLSCertificate with group: meshwork.dev (certificates are files named by a TLSCertificate), got kind {kind:?} group {group:?}"),
+        );
+        return None;
+    }
+    let name = r.req_string(c, "name", "the name of a TLSCertificate")?;
+    let namespace = r.opt_string(c, "namespace").unwrap_or_else(|| ns.into());
+    Some(CertificateRef {
+        namespace,
+        name,
+        line: c.line,
+        field,
+    })
+}

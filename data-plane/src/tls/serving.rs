@@ -1,0 +1,282 @@
+//! TLS termination on gateway HTTPS listeners, as runtime state beside the snapshot: the certificates of every
+//! listener's TLSCertificates loaded from their files, one rustls server config per listener (SNI picks among
+//! its certificates; the first serves a ClientHello that names none of them), and the files followed for changes.
+//!
+//! A snapshot's certificates are loaded before it is published (`prepare`; a file that cannot be loaded is a
+//! NACK and the last good state stays); `commit` then serves them. `poll` re-reads files whose size, time or
+//! inode changed (an editor's save, `cp`, a Kubernetes-style symlink swap): a good pair replaces the served one
+//! for every handshake from then on (open connections keep theirs), a bad one is logged and counted and the last
+//! good certificate stays.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use meshwork_identity::serving::{self, dns_name_covers, ServingCert};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+use crate::config::snapshot::{ServingFiles, Snapshot};
+
+/// ALPN an HTTPS listener offers: HTTP/2 first, then HTTP/1.1.
+const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// How often certificate files are checked for changes (a `stat` of two files per certificate).
+pub const RELOAD_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What an HTTPS listener terminates TLS with.
+pub struct HttpsListener {
+    pub config: Arc<ServerConfig>,
+    /// The listener's `hostname` (lowercase): a ClientHello whose SNI it does not cover is refused.
+    pub hostname: Option<Arc<str>>,
+    files: Vec<ServingFiles>,
+}
+
+/// One TLSCertificate's files, what was last loaded from them, and when they last changed.
+struct Watched {
+    files: ServingFiles,
+    current: ArcSwap<ServingCert>,
+    stamp: Mutex<Option<Stamp>>,
+    reloaded: AtomicU64,
+    reload_failed: AtomicU64,
+}
+
+/// Size, modification time, inode and device of both files (following symlinks).
+type Stamp = [(u64, i64, i64, u64, u64); 2];
+
+fn stamp(files: &ServingFiles) -> Option<Stamp> {
+    let one = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ino(), m.dev()))
+    };
+    Some([one(&files.cert)?, one(&files.key)?])
+}
+
+impl Watched {
+    fn load(files: &ServingFiles) -> Result<Arc<Watched>, String> {
+        let seen = stamp(files);
+        let cert = serving::load(&files.cert, &files.key)
+            .map_err(|e| format!("certificate {}: {e}", files.name))?;
+        Ok(Arc::new(Watched {
+            files: files.clone(),
+            current: ArcSwap::from_pointee(cert),
+            stamp: Mutex::new(seen),
+            reloaded: AtomicU64::new(0),
+            reload_failed: AtomicU64::new(0),
+        }))
+    }
+
+    /// Re-reads the files if they changed since the last look.
+    fn poll(&self) {
+        let seen = stamp(&self.files);
+        {
+            let mut last = self.stamp.lock().unwrap_or_else(|p| p.into_inner());
+            if *last == seen {
+                return;
+            }
+            *last = seen;
+        }
+        match serving::load(&self.files.cert, &self.files.key) {
+            Ok(cert) => {
+                tracing::info!(certificate = %self.files.name, names = ?cert.names, "certificate files changed: reloaded");
+                self.current.store(Arc::new(cert));
+                self.reloaded.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(certificate = %self.files.name, error = %e, "certificate files changed but cannot be loaded: still serving the previous certificate");
+                self.reload_failed.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+/// SNI selection among a listener's certificates: an exact DNS name first, then a wildcard, else the first.
+#[derive(Debug)]
+struct SniResolver(Vec<Arc<Watched>>);
+
+impl std::fmt::Debug for Watched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watched")
+            .field("name", &self.files.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let first = self.0.first()?;
+        let chosen = hello
+            .server_name()
+            .map(str::to_ascii_lowercase)
+            .and_then(|sni| {
+                let has = |w: &&Arc<Watched>, exact: bool| {
+                    w.current.load().names.iter().any(|n| {
+                        if exact {
+                            *n == sni
+                        } else {
+                            dns_name_covers(n, &sni)
+                        }
+                    })
+                };
+                let exact = self.0.iter().find(|w| has(w, true));
+                exact.or_else(|| self.0.iter().find(|w| has(w, false)))
+            })
+            .unwrap_or(first);
+        Some(chosen.current.load().key.clone())
+    }
+}
+
+/// Does a Gateway API listener `hostname` (exact, or `*.suffix` covering any number of labels) cover `sni`?
+pub fn hostname_covers(hostname: &str, sni: &str) -> bool {
+    match hostname.strip_prefix('*') {
+        Some(suffix) => sni.len() > suffix.len() && sni.ends_with(suffix),
+        None => hostname == sni,
+    }
+}
+
+/// What a snapshot's HTTPS listeners need, loaded and not yet served.
+pub struct Prepared {
+    watched: HashMap<ServingFiles, Arc<Watched>>,
+    listeners: HashMap<Arc<str>, Arc<HttpsListener>>,
+}
+
+/// Every HTTPS listener's certificates and server config, by listener name.
+#[derive(Default)]
+pub struct ServingCerts {
+    watched: Mutex<HashMap<ServingFiles, Arc<Watched>>>,
+    listeners: ArcSwap<HashMap<Arc<str>, Arc<HttpsListener>>>,
+}
+
+impl ServingCerts {
+    /// Loads what `snap`'s HTTPS listeners need (files already loaded are reused, and a listener whose
+    /// certificates did not change keeps its config and session cache). An error names the listener, the
+    /// TLSCertificate and the file.
+    pub fn prepare(&self, snap: &Snapshot) -> Result<Prepared, String> {
+        let known = self
+            .watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let current = self.listeners.load();
+        let mut watched: HashMap<ServingFiles, Arc<Watched>> = HashMap::new();
+        let mut listeners = HashMap::new();
+        for l in snap.listeners.values() {
+            let Some(tls) = &l.tls else { continue };
+            let mut certs = Vec::with_capacity(tls.len());
+            for files in tls.iter() {
+                let w = match watched.get(files).or_else(|| known.get(files)) {
+                    Some(w) => w.clone(),
+                    None => {
+                        Watched::load(files).map_err(|e| format!("listener {}: {e}", l.name))?
+                    }
+                };
+                watched.insert(files.clone(), w.clone());
+                certs.push(w);
+            }
+            let unchanged = current
+                .get(&l.name)
+                .filter(|h| h.files == *tls.as_ref() && h.hostname == l.hostname)
+                .filter(|_| tls.iter().all(|f| known.contains_key(f)));
+            let https = match unchanged {
+                Some(h) => h.clone(),
+                None => Arc::new(HttpsListener {
+                    config: server_config(certs)
+                        .map_err(|e| format!("listener {}: tls: {e}", l.name))?,
+                    hostname: l.hostname.clone(),
+                    files: tls.to_vec(),
+                }),
+            };
+            listeners.insert(l.name.clone(), https);
+        }
+        Ok(Prepared { watched, listeners })
+    }
+
+    /// Serves what `prepare` loaded; certificates no listener uses any more are dropped.
+    pub fn commit(&self, p: Prepared) {
+        *self.watched.lock().unwrap_or_else(|p| p.into_inner()) = p.watched;
+        self.listeners.store(Arc::new(p.listeners));
+    }
+
+    /// The TLS an HTTPS listener terminates; `None` for a plaintext (HTTP) one.
+    pub fn listener(&self, name: &str) -> Option<Arc<HttpsListener>> {
+        self.listeners.load().get(name).cloned()
+    }
+
+    /// Reloads every certificate whose files changed (blocking file I/O: call it off the request path).
+    pub fn poll(&self) {
+        let watched: Vec<Arc<Watched>> = self
+            .watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for w in watched {
+            w.poll();
+        }
+    }
+
+    /// Appends expiry and reload counts per certificate in Prometheus text form.
+    pub fn write_metrics(&self, out: &mut String) {
+        let mut watched: Vec<Arc<Watched>> = self
+            .watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        if watched.is_empty() {
+            return;
+        }
+        watched.sort_by(|a, b| a.files.name.cmp(&b.files.name));
+        let _ = writeln!(out, "# HELP meshwork_tls_serving_certificate_expiry_seconds Seconds until a gateway listener's certificate (TLSCertificate) expires (negative: expired).");
+        let _ = writeln!(
+            out,
+            "# TYPE meshwork_tls_serving_certificate_expiry_seconds gauge"
+        );
+        for w in &watched {
+            let left = match w.current.load().not_after.duration_since(SystemTime::now()) {
+                Ok(d) => d.as_secs_f64(),
+                Err(e) => -e.duration().as_secs_f64(),
+            };
+            let _ = writeln!(
+                out,
+                "meshwork_tls_serving_certificate_expiry_seconds{{certificate=\"{}\"}} {left:.0}",
+                w.files.name
+            );
+        }
+        let _ = writeln!(out, "# HELP meshwork_tls_serving_certificate_reloads_total Reloads of a TLSCertificate's files after they changed, by result (error: the previous certificate stayed).");
+        let _ = writeln!(
+            out,
+            "# TYPE meshwork_tls_serving_certificate_reloads_total counter"
+        );
+        for w in &watched {
+            for (result, n) in [("ok", &w.reloaded), ("error", &w.reload_failed)] {
+                let _ = writeln!(
+                    out,
+                    "meshwork_tls_serving_certificate_reloads_total{{certificate=\"{}\",result=\"{result}\"}} {}",
+                    w.files.name,
+                    n.load(Relaxed)
+                );
+            }
+        }
+    }
+}
+
+/// TLS 1.2 and 1.3 (the clients of an edge listener are browsers and tools, not only mesh proxies), no client
+/// certificate, ALPN h2 then http/1.1, rustls' session resumption defaults.
+fn server_config(certs: Vec<Arc<Watched>>) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let mut config = ServerConfig::builder_with_provider(meshwork_identity::tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver(certs)));
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
