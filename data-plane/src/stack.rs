@@ -543,9 +543,7 @@ fn mirror(
         *req.uri_mut() = uri;
         *req.headers_mut() = parts.headers.clone();
         *req.version_mut() = upstream::version(m.cluster.protocol);
-        let fut = ctx
-            .upstreams
-            .request(m.cluster.protocol, endpoint.identity.as_ref(), req);
+        let fut = ctx.upstreams.request(m.cluster.protocol, endpoint, req);
         let cluster = m.cluster.name.clone();
         let limit = route
             .timeout

@@ -107,6 +107,20 @@ pub fn load(cert: &Path, key: &Path) -> Result<ServingCert, ServingCertError> {
     })
 }
 
+/// Reads CA certificates (PEM, one or more) to verify a server with.
+pub fn load_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, ServingCertError> {
+    let pem = read_bounded(path)?;
+    let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .filter_map(Result::ok)
+        .collect();
+    if roots.is_empty() {
+        return Err(ServingCertError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(roots)
+}
+
 fn read_bounded(path: &Path) -> Result<Vec<u8>, ServingCertError> {
     let read = |source| ServingCertError::Read {
         path: path.to_path_buf(),

@@ -22,7 +22,7 @@ pub enum Protocol {
     Http2,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     /// `addr` as a URI authority, so building the upstream URI does not re-parse it.
@@ -31,6 +31,17 @@ pub struct Endpoint {
     /// certificate) to a server that must prove exactly this ID. `None`: plaintext (no sidecar there, or mTLS
     /// DISABLED for it).
     pub identity: Option<SpiffeId>,
+    /// An endpoint outside the mesh that speaks TLS (a Workload's `spec.tls`): requests originate TLS to it.
+    /// Never set together with `identity`.
+    pub tls: Option<Arc<UpstreamTls>>,
+}
+
+/// TLS originated to an endpoint outside the mesh: the server must present a certificate valid for `sni`, issued
+/// by a CA of `ca_file` (PEM) or, without one, of the system's trust store. No client certificate.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    pub sni: Arc<str>,
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Endpoint {
@@ -41,6 +52,7 @@ impl Endpoint {
             authority: Authority::try_from(addr.to_string().as_str())
                 .unwrap_or_else(|_| Authority::from_static("0.0.0.0:0")),
             identity: None,
+            tls: None,
         }
     }
 }

@@ -72,15 +72,15 @@ impl Callouts for MeshCallouts {
             let endpoint = cluster
                 .any_endpoint()
                 .ok_or_else(|| format!("{} has no endpoint", cluster.name))?;
-            let identity = endpoint.identity.clone();
-            let endpoint = endpoint.authority.clone();
+            let endpoint = endpoint.clone();
             let method = get(&call.headers, ":method")
                 .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
                 .ok_or("bad :method")?;
             let path = get(&call.headers, ":path")
                 .and_then(|p| p.parse::<http::uri::PathAndQuery>().ok())
                 .ok_or("bad :path")?;
-            let uri = upstream::uri(endpoint, Some(&path)).ok_or("bad upstream URI")?;
+            let uri =
+                upstream::uri(endpoint.authority.clone(), Some(&path)).ok_or("bad upstream URI")?;
             let body = if call.body.is_empty() {
                 RequestBody::Empty
             } else {
@@ -103,7 +103,7 @@ impl Callouts for MeshCallouts {
             }
             let exchange = async {
                 let resp = upstreams
-                    .request(cluster.protocol, identity.as_ref(), req)
+                    .request(cluster.protocol, &endpoint, req)
                     .await
                     .map_err(|e| upstream::error::chain(&e))?;
                 let (parts, body) = resp.into_parts();

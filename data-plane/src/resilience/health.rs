@@ -104,7 +104,7 @@ async fn check_loop(
         };
         let checks = cluster.endpoints.iter().map(|e| {
             let uri = upstream::uri(e.authority.clone(), cfg.path.parse().ok().as_ref());
-            let identity = e.identity.clone();
+            let endpoint = e.clone();
             let upstreams = upstreams.clone();
             let protocol = cluster.protocol;
             let timeout = cfg.timeout;
@@ -113,11 +113,8 @@ async fn check_loop(
                 let mut req = Request::new(RequestBody::Empty);
                 *req.uri_mut() = uri;
                 *req.version_mut() = upstream::version(protocol);
-                match tokio::time::timeout(
-                    timeout,
-                    upstreams.request(protocol, identity.as_ref(), req),
-                )
-                .await
+                match tokio::time::timeout(timeout, upstreams.request(protocol, &endpoint, req))
+                    .await
                 {
                     Ok(Ok(resp)) => {
                         let ok = resp.status().is_success();

@@ -22,6 +22,8 @@ pub enum Side {
     Outbound,
     /// The server of a gateway HTTPS listener (TLS from any client, no client certificate).
     Https,
+    /// The client: TLS originated to an endpoint outside the mesh.
+    Egress,
 }
 
 impl Side {
@@ -30,6 +32,7 @@ impl Side {
             Side::Inbound => "inbound",
             Side::Outbound => "outbound",
             Side::Https => "https",
+            Side::Egress => "egress",
         }
     }
 
@@ -40,8 +43,8 @@ impl Side {
 
 #[derive(Default)]
 pub struct TlsMetrics {
-    full: [AtomicU64; 3],
-    resumed: [AtomicU64; 3],
+    full: [AtomicU64; 4],
+    resumed: [AtomicU64; 4],
     failed: Mutex<BTreeMap<(Side, &'static str), u64>>,
     plaintext_refused: AtomicU64,
     plaintext_served: AtomicU64,
@@ -102,9 +105,9 @@ impl TlsMetrics {
 
     /// Appends the metrics in Prometheus text form; `own` is the proxy's certificate, if it has one.
     pub fn write(&self, out: &mut String, own: Option<&Certified>) {
-        let _ = writeln!(out, "# HELP meshwork_tls_handshakes_total TLS handshakes, by side (inbound: mTLS from a mesh peer; outbound: mTLS to one; https: a gateway HTTPS listener) and result (ok, resumed, or error with a reason).");
+        let _ = writeln!(out, "# HELP meshwork_tls_handshakes_total TLS handshakes, by side (inbound: mTLS from a mesh peer; outbound: mTLS to one; https: a gateway HTTPS listener; egress: TLS originated to a system outside the mesh) and result (ok, resumed, or error with a reason).");
         let _ = writeln!(out, "# TYPE meshwork_tls_handshakes_total counter");
-        for side in [Side::Inbound, Side::Outbound, Side::Https] {
+        for side in [Side::Inbound, Side::Outbound, Side::Https, Side::Egress] {
             for (result, n) in [
                 ("ok", self.handshakes(side, false)),
                 ("resumed", self.handshakes(side, true)),
@@ -184,6 +187,9 @@ pub fn reason(err: &Error) -> &'static str {
                 "cert_not_yet_valid"
             }
             CertificateError::UnknownIssuer => "unknown_issuer",
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                "name_mismatch"
+            }
             CertificateError::BadSignature => "bad_signature",
             CertificateError::BadEncoding => "bad_encoding",
             CertificateError::Revoked => "revoked",

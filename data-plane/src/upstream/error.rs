@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use http::uri::Authority;
-use meshwork_identity::SpiffeId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -31,12 +30,14 @@ pub enum UpstreamError {
 #[error("no certificate to present for mTLS yet")]
 pub struct MtlsUnavailable;
 
-/// The mTLS handshake with an upstream endpoint failed (the server proved another identity, its chain did not
-/// verify, it refused ours, or it took too long): a connect failure, which retries and outlier detection handle.
+/// The TLS handshake with an upstream endpoint failed (mesh mTLS: the server proved another identity, its chain did
+/// not verify, it refused ours; egress: its certificate is not valid for the name or not from a trusted CA; or it
+/// took too long): a connect failure, which retries and outlier detection handle. `peer`: the SPIFFE ID or the
+/// server name it had to prove.
 #[derive(Debug, thiserror::Error)]
-#[error("mTLS handshake with {peer} failed ({reason})")]
-pub struct MtlsConnectError {
-    pub peer: SpiffeId,
+#[error("TLS handshake with {peer} failed ({reason})")]
+pub struct TlsConnectError {
+    pub peer: String,
     pub reason: &'static str,
     #[source]
     pub source: std::io::Error,

@@ -1,6 +1,7 @@
 //! Stage 7: upstream connections. One HTTP/1.1 and one HTTP/2 (h2c, prior knowledge) client per proxy, each with a
 //! keep-alive connection pool keyed by endpoint address, shared by every snapshot so a config change never drops
-//! pooled connections; and, for endpoints that prove an identity, mTLS clients per identity (`tls`).
+//! pooled connections; and TLS clients (`tls`): per identity for endpoints that prove one (mesh mTLS), per server
+//! name for endpoints outside the mesh that speak TLS.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,6 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use meshwork_identity::SpiffeId;
 
 pub mod body;
 pub mod client_body;
@@ -31,8 +31,8 @@ pub use error::UpstreamError;
 pub struct Upstreams {
     h1: Client<Connector, RequestBody>,
     h2: Client<Connector, RequestBody>,
-    /// Endpoints with an identity, once the proxy has a certificate (`None`: no identity here, all plaintext).
-    mtls: Option<Arc<tls::MtlsClients>>,
+    /// Endpoints with an identity (once the proxy has a certificate) and endpoints outside the mesh with TLS.
+    tls: Arc<tls::TlsClients>,
     /// Clients for clusters whose TrafficPolicy sets its own connect or idle timeout, by (connect, idle).
     tuned: Arc<Mutex<HashMap<(Duration, Duration), Upstreams>>>,
     connect_timeout: Duration,
@@ -98,42 +98,44 @@ impl Upstreams {
         connector.enforce_http(true);
         let h1 = client(Connector(connector.clone()), Protocol::Http1, idle);
         let h2 = client(Connector(connector), Protocol::Http2, idle);
-        let mtls = mesh.as_ref().map(|m| {
-            Arc::new(tls::MtlsClients::new(
-                m.identity.clone(),
-                m.metrics.clone(),
-                connect_timeout,
-                idle,
-            ))
-        });
+        let tls = Arc::new(tls::TlsClients::new(
+            mesh.as_ref().map(|m| m.identity.clone()),
+            mesh.as_ref().map(|m| m.metrics.clone()).unwrap_or_default(),
+            connect_timeout,
+            idle,
+        ));
         Upstreams {
             h1,
             h2,
-            mtls,
+            tls,
             tuned: Arc::default(),
             connect_timeout,
             mesh,
         }
     }
 
-    /// Sends `req` (an `http://` URI, see [`uri`]) to an endpoint: over mTLS when the endpoint has an `identity`
-    /// and this proxy has a certificate (the URI becomes `https://`, the server must prove that identity, and
-    /// `x-meshwork-source-proof` stays home), plaintext otherwise.
+    /// Sends `req` (an `http://` URI, see [`uri`]) to `endpoint`: over TLS to an endpoint outside the mesh that
+    /// speaks it; over mTLS when the endpoint has an `identity` and this proxy has a certificate (the server must
+    /// prove that identity); plaintext otherwise. Over TLS the URI becomes `https://` and
+    /// `x-meshwork-source-proof` stays home (a mesh peer learns the caller from the handshake; an outside system
+    /// has no use for it).
     pub fn request(
         &self,
         protocol: Protocol,
-        identity: Option<&SpiffeId>,
+        endpoint: &Endpoint,
         mut req: Request<RequestBody>,
     ) -> ResponseFuture {
-        if let (Some(peer), Some(mtls)) = (identity, &self.mtls) {
-            if mtls.ready() {
-                // The peer learns who calls from the handshake: the plaintext path's proof is not sent.
-                req.headers_mut().remove(crate::caller::PROOF_HEADER);
-                let mut parts = std::mem::take(req.uri_mut()).into_parts();
-                parts.scheme = Some(Scheme::HTTPS);
-                *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
-                return mtls.request(peer, protocol, req);
-            }
+        let target = match (&endpoint.tls, &endpoint.identity) {
+            (Some(t), _) => Some(tls::Target::External(t.clone())),
+            (None, Some(peer)) if self.tls.mesh_ready() => Some(tls::Target::Mesh(peer.clone())),
+            _ => None,
+        };
+        if let Some(target) = target {
+            req.headers_mut().remove(crate::caller::PROOF_HEADER);
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            parts.scheme = Some(Scheme::HTTPS);
+            *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+            return self.tls.request(target, protocol, req);
         }
         match protocol {
             Protocol::Http1 => self.h1.request(req),
@@ -174,7 +176,7 @@ pub async fn send(
     let mut req = Request::from_parts(parts, body);
     *req.uri_mut() = uri;
     *req.version_mut() = version(protocol);
-    let sent = clients.request(protocol, endpoint.identity.as_ref(), req);
+    let sent = clients.request(protocol, endpoint, req);
     sent.await.map_err(|source| {
         let (cluster, addr) = (cluster.clone(), authority.clone());
         if source.is_connect() {

@@ -69,7 +69,11 @@ pub enum Run {
         env: BTreeMap<String, String>,
     },
     /// An app outside the mesh (no sidecar): plain upstream addresses.
-    External { endpoints: Vec<String> },
+    External {
+        endpoints: Vec<String>,
+        /// `spec.tls`: requests to these endpoints originate TLS (egress to a system that speaks HTTPS).
+        tls: Option<tls::OriginateTls>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,6 +314,7 @@ fn parse_workload(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Workloa
             "env",
             "endpoints",
             "mtls",
+            "tls",
         ],
     )?;
     let service = r.req_string(
@@ -354,6 +359,9 @@ fn parse_workload(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Workloa
         .and_then(|n| mesh::parse_mtls(r, n, "spec.mtls"));
     let run = match (s.get("command"), s.get("endpoints")) {
         (Some(cmd), None) => {
+            if let Some(t) = s.get("tls") {
+                r.error(t.line, "spec.tls", "only meaningful with spec.endpoints: a workload meshwork runs is reached through its sidecar, over mesh mTLS");
+            }
             let (argv, shell) = match cmd.as_scalar() {
                 Some(line) => (vec![line.to_string()], true),
                 None => (r.string_list(cmd, "spec.command"), false),
@@ -398,7 +406,10 @@ fn parse_workload(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Workloa
                     "only meaningful with spec.command: an app outside the mesh has no sidecar, so its endpoints are always reached in plaintext",
                 );
             }
-            Run::External { endpoints }
+            let tls = s
+                .get("tls")
+                .and_then(|t| tls::parse_origination(r, t, "spec.tls"));
+            Run::External { endpoints, tls }
         }
         (Some(_), Some(_)) => {
             r.error(s.line, "spec", "expected either `command` (an app meshwork runs) or `endpoints` (an app outside the mesh), not both");

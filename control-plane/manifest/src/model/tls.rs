@@ -2,7 +2,7 @@
 //! and key in files on the proxy's host, Secret-like but holding paths, never key material), and a Gateway
 //! listener's `protocol: HTTPS` with `tls.mode: Terminate` and `certificateRefs` to TLSCertificates. The files are
 //! read and checked here (a bad pair is an error naming the file and the field); the proxy reads them again
-//! itself and follows them for changes.
+//! itself and follows them for changes. And TLS origination to endpoints outside the mesh (a Workload's `spec.tls`).
 
 use std::path::{Path, PathBuf};
 
@@ -157,4 +157,60 @@ fn certificate_ref(
         line: c.line,
         field,
     })
+}
+
+/// A Workload's `spec.tls` (endpoints outside the mesh): requests to them go over TLS, verifying the server for
+/// `sni` against `ca_file` or, without one, the system's roots (Istio's DestinationRule `tls.mode: SIMPLE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginateTls {
+    /// Sent as SNI and verified against the server's certificate.
+    pub sni: String,
+    /// Absolute: PEM CA certificates to verify the server with; `None`: the system's trust store.
+    pub ca_file: Option<PathBuf>,
+}
+
+pub(super) fn parse_origination(
+    r: &mut Reader<'_>,
+    node: &Node,
+    path: &str,
+) -> Option<OriginateTls> {
+    let t = r.obj(node, path, &["mode", "sni", "caCertificates"])?;
+    if let Some(m) = t.get("mode") {
+        let mode = r.string(m, &t.field("mode"))?;
+        if mode != "SIMPLE" {
+            r.error(
+                m.line,
+                t.field("mode"),
+                format!("expected SIMPLE (TLS verifying the server), got {mode:?} (client certificates to systems outside the mesh are not supported yet)"),
+            );
+            return None;
+        }
+    }
+    let sni = r.req_string(
+        &t,
+        "sni",
+        "the server's DNS name: sent as SNI and verified against its certificate",
+    )?;
+    let sni_line = t.get("sni").map_or(t.line, |n| n.line);
+    if !super::route::valid_hostname(&sni) || sni.starts_with("*.") {
+        r.error(
+            sni_line,
+            t.field("sni"),
+            format!("expected a DNS name such as \"legacy.example.com\", got {sni:?}"),
+        );
+        return None;
+    }
+    let ca_file = match t.get("caCertificates") {
+        None => None,
+        Some(n) => {
+            let given = r.string(n, &t.field("caCertificates"))?;
+            let file = file_path(&r.sink.file, &given);
+            if let Err(e) = meshwork_identity::serving::load_roots(&file) {
+                r.error(n.line, t.field("caCertificates"), e.to_string());
+                return None;
+            }
+            Some(file)
+        }
+    };
+    Some(OriginateTls { sni, ca_file })
 }

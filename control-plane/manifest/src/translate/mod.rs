@@ -278,15 +278,28 @@ fn cluster(
     let mut parts = name.splitn(3, '/');
     let (kind, ns, obj) = (parts.next()?, parts.next()?, parts.next()?);
     let mut endpoints: Vec<pb::Endpoint> = Vec::new();
-    // Static addresses have no sidecar: plaintext, no identity.
+    // Static addresses have no sidecar: no identity; plaintext unless the Workload originates TLS to them.
     let external = |w: &crate::model::Workload, endpoints: &mut Vec<pb::Endpoint>| {
-        if let Run::External { endpoints: addrs } = &w.run {
+        if let Run::External {
+            endpoints: addrs,
+            tls,
+        } = &w.run
+        {
+            let tls = tls.as_ref().map(|t| pb::UpstreamTls {
+                sni: t.sni.clone(),
+                ca_file: t
+                    .ca_file
+                    .as_ref()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            });
             for a in addrs {
                 endpoints.push(pb::Endpoint {
                     address: a.clone(),
                     labels: w.labels.clone().into_iter().collect(),
                     node_id: String::new(),
                     identity: String::new(),
+                    tls: tls.clone(),
                 });
             }
         }
@@ -296,6 +309,7 @@ fn cluster(
         labels: i.labels.clone().into_iter().collect(),
         node_id: i.node_id.clone(),
         identity: ids.of_instance(&i.namespace, &i.service),
+        tls: None,
     };
     let protocol;
     match kind {

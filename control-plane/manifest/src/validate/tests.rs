@@ -555,3 +555,81 @@ spec:
 ";
     assert!(load(text(grant)).is_ok());
 }
+
+#[test]
+fn workload_tls_origination_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    cert_files(dir.path());
+    let load = |tls: &str| {
+        let text = format!(
+            "apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {{name: legacy}}
+spec:
+  service: legacy
+  endpoints: ['127.0.0.1:9443']
+  tls: {tls}
+"
+        );
+        load_texts(&[(dir.path().join("m.yaml"), text)])
+            .map(|s| s.workloads[0].run.clone())
+            .map_err(|d| {
+                d.to_string()
+                    .replace(&format!("{}/", dir.path().display()), "")
+            })
+    };
+    match load("{sni: legacy.example, caCertificates: tls.crt}").unwrap() {
+        crate::model::Run::External { tls: Some(t), .. } => {
+            assert_eq!(t.sni, "legacy.example");
+            assert_eq!(t.ca_file, Some(dir.path().join("tls.crt")));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        load("{mode: SIMPLE, sni: legacy.example}").unwrap(),
+        crate::model::Run::External {
+            tls: Some(crate::model::tls::OriginateTls { ca_file: None, .. }),
+            ..
+        }
+    ));
+    for (tls, expected) in [
+        (
+            "{caCertificates: tls.crt}",
+            "m.yaml:7: spec.tls.sni: required field is missing",
+        ),
+        (
+            "{sni: '*.example'}",
+            "m.yaml:7: spec.tls.sni: expected a DNS name",
+        ),
+        (
+            "{mode: MUTUAL, sni: legacy.example}",
+            "m.yaml:7: spec.tls.mode: expected SIMPLE",
+        ),
+        (
+            "{sni: legacy.example, caCertificates: absent.pem}",
+            "m.yaml:7: spec.tls.caCertificates: absent.pem: cannot read",
+        ),
+        (
+            "{sni: legacy.example, caCertificates: tls.key}",
+            "m.yaml:7: spec.tls.caCertificates: tls.key: expected PEM `CERTIFICATE` blocks",
+        ),
+    ] {
+        let err = load(tls).unwrap_err();
+        assert!(
+            err.contains(expected),
+            "{tls}: expected {expected:?} in {err}"
+        );
+    }
+    let sidecar = "apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {name: app}
+spec: {service: app, command: app, tls: {sni: app.example}}
+";
+    let err = load_texts(&[(PathBuf::from("s.yaml"), sidecar.to_string())])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("spec.tls: only meaningful with spec.endpoints"),
+        "{err}"
+    );
+}

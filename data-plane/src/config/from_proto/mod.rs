@@ -74,6 +74,33 @@ fn header_mod(path: &str, m: &pb::HeaderModifier) -> Result<HeaderMod, InvalidSn
     })
 }
 
+fn upstream_tls(
+    path: &str,
+    address: &str,
+    t: &pb::UpstreamTls,
+) -> Result<Arc<UpstreamTls>, InvalidSnapshot> {
+    if rustls::pki_types::DnsName::try_from(t.sni.as_str()).is_err() {
+        return Err(invalid(
+            path,
+            format!("endpoint {address}: tls sni {:?} is not a DNS name", t.sni),
+        ));
+    }
+    let ca_file = match t.ca_file.as_str() {
+        "" => None,
+        f if std::path::Path::new(f).is_absolute() => Some(std::path::PathBuf::from(f)),
+        f => {
+            return Err(invalid(
+                path,
+                format!("endpoint {address}: tls ca_file {f:?} is not an absolute path"),
+            ))
+        }
+    };
+    Ok(Arc::new(UpstreamTls {
+        sni: Arc::from(t.sni.as_str()),
+        ca_file,
+    }))
+}
+
 fn cluster(c: &pb::Cluster) -> Result<Cluster, InvalidSnapshot> {
     let path = format!("clusters[{}]", c.name);
     let protocol = match pb::Protocol::try_from(c.protocol) {
@@ -102,10 +129,25 @@ fn cluster(c: &pb::Cluster) -> Result<Cluster, InvalidSnapshot> {
                     )
                 })?),
             };
+            let tls = e
+                .tls
+                .as_ref()
+                .map(|t| upstream_tls(&path, &e.address, t))
+                .transpose()?;
+            if tls.is_some() && identity.is_some() {
+                return Err(invalid(
+                    &path,
+                    format!(
+                        "endpoint {}: both a mesh identity and TLS origination",
+                        e.address
+                    ),
+                ));
+            }
             Ok(Endpoint {
                 addr,
                 authority,
                 identity,
+                tls,
             })
         })
         .collect::<Result<Vec<_>, InvalidSnapshot>>()?;

@@ -520,6 +520,7 @@ fn cluster() -> BoxedStrategy<pb::Cluster> {
             labels,
             node_id,
             identity,
+            tls: None,
         });
     (
         name(),

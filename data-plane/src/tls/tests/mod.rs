@@ -296,7 +296,7 @@ async fn a_server_proving_another_identity_is_refused_by_the_client() {
         panic!("a server proving another identity was accepted")
     };
     assert!(matches!(err, UpstreamError::Connect { .. }), "{err:?}");
-    let cause = error::find::<crate::upstream::error::MtlsConnectError>(&err).unwrap();
+    let cause = error::find::<crate::upstream::error::TlsConnectError>(&err).unwrap();
     assert_eq!(cause.reason, "server_not_allowed");
     assert_eq!(
         m.frontend
