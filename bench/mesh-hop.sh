@@ -60,6 +60,7 @@ stop() {
   rm -rf "$DIR"
 }
 trap 'stop; exit 0' TERM INT
+trap stop EXIT
 for _ in $(seq 200); do
   [[ -f "$DIR/manifests/.meshwork/ca.pem" && -f "$DIR/manifests/.meshwork/token.key" ]] && break
   sleep 0.05

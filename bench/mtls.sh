@@ -51,7 +51,9 @@ taskset -c 1 "$ROOT/bench/mesh-hop.sh" mtls 18111 18140 "$WORK/mesh.state" &
 PIDS+=($!)
 taskset -c 1 "$ROOT/bench/nginx-hop.sh" tls 18112 18150 "$WORK/nginx.state" &
 PIDS+=($!)
-for port in 18111 18112; do
+taskset -c 1 "$ROOT/bench/mesh-hop.sh" plain 18110 18130 "$WORK/plain.state" &
+PIDS+=($!)
+for port in 18110 18111 18112; do
   for _ in $(seq 300); do
     curl -sf -o /dev/null "http://127.0.0.1:$port/" && break
     sleep 0.1
@@ -74,3 +76,5 @@ $PROBE handshakes --target 127.0.0.1:18151 --pid "$BACK" --ca "$CERTS/ca.crt" --
 echo "== 1,000 idle mutual-TLS connections (one request each), server side"
 $PROBE idle --target 127.0.0.1:18141 --pid "$SIDECAR" --ca "$STATE/ca.pem" --cert "$WORK/probe.crt" --key "$WORK/probe.key" | sed 's/^/meshwork sidecar inbound: /'
 $PROBE idle --target 127.0.0.1:18151 --pid "$BACK" --ca "$CERTS/ca.crt" --cert "$CERTS/client.crt" --key "$CERTS/client.key" --server-name origin.mesh | sed 's/^/nginx (ssl_verify_client on): /'
+echo "== the same, plaintext (baseline)"
+$PROBE idle --plaintext --target 127.0.0.1:18131 --pid "$(get "$WORK/plain.state" sidecar)" | sed 's/^/meshwork sidecar inbound (mTLS DISABLED): /'

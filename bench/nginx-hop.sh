@@ -101,6 +101,7 @@ stop() {
   rm -rf "$DIR"
 }
 trap 'stop; exit 0' TERM INT
+trap stop EXIT
 nginx -p "$DIR/back" -c "$DIR/back/nginx.conf" &
 PIDS+=($!)
 nginx -p "$DIR/front" -c "$DIR/front/nginx.conf" &

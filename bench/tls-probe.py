@@ -4,6 +4,7 @@ full handshake with client certificates, and how much memory it holds per idle m
 
   tls-probe.py handshakes --target 127.0.0.1:P --pid PID --ca CA --cert C --key K [--seconds 10] [--workers 2]
   tls-probe.py idle       --target 127.0.0.1:P --pid PID --ca CA --cert C --key K [--connections 1000]
+  tls-probe.py idle       --target 127.0.0.1:P --pid PID --plaintext [--connections 1000]   (the same, no TLS)
 
 handshakes: fresh TCP connections, each a full TLS 1.3 handshake with a client certificate (no session reuse),
 closed right after, for --seconds, from --workers client processes; prints the rate achieved and the server's
@@ -133,13 +134,16 @@ def idle(args):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     host, port = args.target.rsplit(":", 1)
-    ctx = context(args)
+    ctx = None if args.plaintext else context(args)
     before = rss_kib(tree(args.pid))
     conns = []
     request = b"GET / HTTP/1.1\r\nhost: origin\r\n\r\n"
     try:
         for _ in range(args.connections):
-            s = connect(ctx, host, int(port), args.server_name)
+            if ctx is None:
+                s = socket.create_connection((host, int(port)), timeout=5)
+            else:
+                s = connect(ctx, host, int(port), args.server_name)
             s.sendall(request)
             got = b""
             while b"\r\n\r\n" not in got:  # headers, then the body by its length
@@ -175,14 +179,19 @@ def main():
     p.add_argument("mode", choices=["handshakes", "idle"])
     p.add_argument("--target", required=True)
     p.add_argument("--pid", type=int, required=True, help="the server's PID (its process tree is measured)")
-    p.add_argument("--ca", required=True)
-    p.add_argument("--cert", required=True)
-    p.add_argument("--key", required=True)
+    p.add_argument("--ca")
+    p.add_argument("--cert")
+    p.add_argument("--key")
+    p.add_argument("--plaintext", action="store_true", help="idle: plain TCP connections (a baseline)")
     p.add_argument("--server-name", default=None, help="SNI (default: none)")
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--connections", type=int, default=1000)
     args = p.parse_args()
+    if not args.plaintext and not (args.ca and args.cert and args.key):
+        p.error("--ca, --cert and --key are required (or --plaintext, with idle)")
+    if args.plaintext and args.mode != "idle":
+        p.error("--plaintext goes with idle only")
     sys.exit(handshakes(args) if args.mode == "handshakes" else idle(args))
 
 

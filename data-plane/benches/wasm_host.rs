@@ -167,10 +167,10 @@ fn whole_stream(code: &[u8], digest: &str) {
         .unwrap();
     let _guard = tokio.enter();
     let plugins: Vec<_> = (0..5).map(|_| rt.plugin(digest, meta()).unwrap()).collect();
-    let peer = meshwork_proxy::listener::Downstream {
+    let peer = meshwork_proxy::filter::chain::Connection {
         addr: "127.0.0.1:40000".parse().unwrap(),
         peer: None,
-        https: false,
+        tls: false,
     };
     let req = http::Request::builder()
         .uri("/bench?x=1")

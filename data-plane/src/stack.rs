@@ -16,7 +16,7 @@ use crate::config::snapshot::{Cluster, Route, Snapshot};
 use crate::config::ConfigStore;
 use crate::error::{self, ProxyError};
 use crate::filter::body::FilteredBody;
-use crate::filter::chain::{Chain, Verdict};
+use crate::filter::chain::{Chain, Connection, Verdict};
 use crate::filter::wasm::PluginHandle;
 use crate::filter::{headers, path};
 use crate::listener::Downstream;
@@ -113,7 +113,11 @@ async fn route_and_forward(
     let (chain, verdict) = Chain::on_request(
         target.wasm,
         &mut parts,
-        &downstream,
+        &Connection {
+            addr: peer,
+            peer: downstream.peer.as_ref(),
+            tls: downstream.https || downstream.peer.is_some(),
+        },
         route_name,
         cluster_name,
         eos,
@@ -462,7 +466,13 @@ fn prepare_headers(
         }
     }
     headers::strip_hop_by_hop(&mut parts.headers, true);
-    headers::forwarding_headers(&mut parts.headers, peer.ip(), downstream.https);
+    // Gateway listeners (the only ones terminating the operator's TLS) are the edge.
+    let edge = matches!(
+        ctx.termination,
+        Some(crate::listener::Termination::Https { .. })
+    );
+    let edge_tls = edge.then_some(downstream.https);
+    headers::forwarding_headers(&mut parts.headers, peer.ip(), edge_tls);
 }
 
 fn apply_request_filters(parts: &mut http::request::Parts, route: &Route) {

@@ -62,6 +62,9 @@ async fn standalone_gateway_follows_its_directory() {
     )
     .await;
     assert_eq!(get(&c, &format!("{base}/b"), &[]).await.status, 404);
+    // At the edge, x-forwarded-proto is the scheme the client spoke, not what it claims.
+    let claimed = get(&c, &format!("{base}/a"), &[("x-forwarded-proto", "https")]).await;
+    assert_eq!(claimed.json()["headers"]["x-forwarded-proto"], "http");
 
     write(dir.path(), "m.yaml", &manifests(gw, origin, "/b"));
     eventually(Duration::from_secs(10), "the edit to apply", || {

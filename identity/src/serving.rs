@@ -35,6 +35,8 @@ pub enum ServingCertError {
     },
     #[error("{path}: larger than {MAX_PEM_BYTES} bytes: expected a PEM file")]
     TooLarge { path: PathBuf },
+    #[error("{path}: not a regular file: expected a PEM file")]
+    NotAFile { path: PathBuf },
     #[error("{path}: expected PEM `CERTIFICATE` blocks (the leaf first), found none")]
     NoCertificate { path: PathBuf },
     #[error("{path}: the leaf certificate cannot be parsed: {reason}")]
@@ -53,6 +55,7 @@ impl ServingCertError {
         match self {
             ServingCertError::Read { path, .. }
             | ServingCertError::TooLarge { path }
+            | ServingCertError::NotAFile { path }
             | ServingCertError::NoCertificate { path }
             | ServingCertError::BadCertificate { path, .. }
             | ServingCertError::NoKey { path }
@@ -126,6 +129,13 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, ServingCertError> {
         path: path.to_path_buf(),
         source,
     };
+    // A FIFO or a device would block the open or the read forever: only regular files (symlinks followed).
+    let meta = std::fs::metadata(path).map_err(read)?;
+    if !meta.is_file() {
+        return Err(ServingCertError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
     let file = std::fs::File::open(path).map_err(read)?;
     let mut bytes = Vec::new();
     file.take(MAX_PEM_BYTES + 1)
@@ -141,6 +151,13 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, ServingCertError> {
 
 fn leaf_facts(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, SystemTime), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| e.to_string())?;
+    // A CA certificate is not a server's (and pointing a listener at the mesh CA's files must not serve its key).
+    if cert.is_ca() {
+        return Err(
+            "it is a CA certificate (basicConstraints cA=true): expected a server certificate"
+                .into(),
+        );
+    }
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -245,6 +262,28 @@ mod tests {
         assert!(matches!(
             load(&big, &c).unwrap_err(),
             ServingCertError::TooLarge { .. }
+        ));
+    }
+
+    #[test]
+    fn a_ca_certificate_or_a_fifo_is_refused() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["ca.example.test".to_string()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        let (d, c, k) = files(&ca.pem(), &key.serialize_pem());
+        let err = load(&c, &k).unwrap_err();
+        assert!(err.to_string().contains("CA certificate"), "{err}");
+        let fifo = d.path().join("fifo.crt");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        assert!(matches!(
+            load(&fifo, &k).unwrap_err(),
+            ServingCertError::NotAFile { .. }
         ));
     }
 

@@ -34,6 +34,9 @@ pub struct Endpoint {
     /// An endpoint outside the mesh that speaks TLS (a Workload's `spec.tls`): requests originate TLS to it.
     /// Never set together with `identity`.
     pub tls: Option<Arc<UpstreamTls>>,
+    /// A mesh proxy registered this endpoint (it is not a static address outside the mesh): only such an
+    /// endpoint is sent the caller's proof on a plaintext hop.
+    pub mesh_peer: bool,
 }
 
 /// TLS originated to an endpoint outside the mesh: the server must present a certificate valid for `sni`, issued
@@ -53,6 +56,7 @@ impl Endpoint {
                 .unwrap_or_else(|_| Authority::from_static("0.0.0.0:0")),
             identity: None,
             tls: None,
+            mesh_peer: false,
         }
     }
 }

@@ -646,6 +646,15 @@ fn local_response(stream: &mut StreamData) -> Option<Response<ResponseBody>> {
     Some(r)
 }
 
+/// The connection a request came on, as filters see it.
+pub struct Connection<'a> {
+    pub addr: std::net::SocketAddr,
+    /// The peer an mTLS handshake proved, if any.
+    pub peer: Option<&'a Arc<crate::tls::VerifiedPeer>>,
+    /// The client spoke TLS (a gateway HTTPS listener, or mesh mTLS): `:scheme` is `https`.
+    pub tls: bool,
+}
+
 impl Chain {
     /// Request headers through every filter. `Verdict::Respond` is a filter's own reply, `Verdict::Fail` a filter
     /// that failed, closed the stream or could never resume it.
@@ -653,7 +662,7 @@ impl Chain {
     pub async fn on_request(
         plugins: &[Arc<PluginHandle>],
         parts: &mut request::Parts,
-        downstream: &crate::listener::Downstream,
+        downstream: &Connection<'_>,
         route: Option<&Arc<str>>,
         cluster: Option<&Arc<str>>,
         end_of_stream: bool,
@@ -673,11 +682,7 @@ impl Chain {
             .path_and_query()
             .map_or(Text::Borrowed("/"), |p| Text::Path(p.clone()));
         // As Envoy: the scheme of the connection the request came on (mesh mTLS included).
-        let scheme = if downstream.https || downstream.peer.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = if downstream.tls { "https" } else { "http" };
         // The proxy's header map itself goes to the filters (and comes back after them): no copy per request.
         let mut headers = Headers {
             pseudo: Pseudo::new([
@@ -702,7 +707,7 @@ impl Chain {
             let mut stream = pool::take();
             stream.request_headers = std::mem::take(&mut headers);
             stream.source = Some(downstream.addr);
-            stream.peer_tls = downstream.peer.clone();
+            stream.peer_tls = downstream.peer.cloned();
             stream.route_name = route.cloned();
             stream.cluster_name = cluster.cloned();
             stream.protocol = protocol;

@@ -112,10 +112,10 @@ fn plugin(module: &str, fail_open: bool) -> (Arc<PluginHandle>, Arc<Gate>) {
 async fn request(plugin: &Arc<PluginHandle>, path: &str, eos: bool) -> (Chain, Verdict) {
     let mut parts = http::Request::get(path).body(()).unwrap().into_parts().0;
     let plugins = std::slice::from_ref(plugin);
-    let downstream = crate::listener::Downstream {
+    let downstream = super::chain::Connection {
         addr: PEER,
         peer: None,
-        https: false,
+        tls: false,
     };
     Chain::on_request(plugins, &mut parts, &downstream, None, None, eos).await
 }

@@ -58,10 +58,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) {
     }
 }
 
-/// Appends the peer to x-forwarded-for, sets x-forwarded-proto (`https` when the client spoke TLS to this
-/// proxy's HTTPS listener, whatever it claimed; else `http` if absent), and gives the request an x-request-id if
-/// it has none (kept as is across hops, so every proxy and app logs the same id).
-pub fn forwarding_headers(headers: &mut HeaderMap, peer: IpAddr, https: bool) {
+/// Appends the peer to x-forwarded-for, sets x-forwarded-proto, and gives the request an x-request-id if it has
+/// none (kept as is across hops, so every proxy and app logs the same id). `edge_tls`: at a gateway (the edge,
+/// where a client's claim is worth nothing) x-forwarded-proto is the scheme the client really spoke, whatever it
+/// sent (`Some(true)`: https, `Some(false)`: http); between mesh hops (`None`) the first proxy's value is kept and
+/// only a missing one is set to http.
+pub fn forwarding_headers(headers: &mut HeaderMap, peer: IpAddr, edge_tls: Option<bool>) {
     let mut ip_buf = [0u8; 48];
     let ip = format_ip(peer, &mut ip_buf);
     let xff = match headers.get(&X_FORWARDED_FOR) {
@@ -77,10 +79,17 @@ pub fn forwarding_headers(headers: &mut HeaderMap, peer: IpAddr, https: bool) {
     if let Ok(xff) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), xff);
     }
-    if https {
-        headers.insert(X_FORWARDED_PROTO.clone(), HTTPS.clone());
-    } else if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HTTP.clone());
+    match edge_tls {
+        Some(true) => {
+            headers.insert(X_FORWARDED_PROTO.clone(), HTTPS.clone());
+        }
+        Some(false) => {
+            headers.insert(X_FORWARDED_PROTO.clone(), HTTP.clone());
+        }
+        None if !headers.contains_key(&X_FORWARDED_PROTO) => {
+            headers.insert(X_FORWARDED_PROTO.clone(), HTTP.clone());
+        }
+        None => {}
     }
     if !headers.contains_key(&X_REQUEST_ID) {
         headers.insert(X_REQUEST_ID.clone(), request_id());
@@ -262,17 +271,40 @@ mod tests {
     fn forwarding() {
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
-        forwarding_headers(&mut h, "127.0.0.1".parse().unwrap(), false);
+        forwarding_headers(&mut h, "127.0.0.1".parse().unwrap(), None);
         assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.0.0.1, 127.0.0.1");
         let id = h.get(&X_REQUEST_ID).unwrap().to_str().unwrap().to_string();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
-        forwarding_headers(&mut h, "127.0.0.2".parse().unwrap(), false);
+        forwarding_headers(&mut h, "127.0.0.2".parse().unwrap(), None);
         assert_eq!(
             h.get(&X_REQUEST_ID).unwrap().to_str().unwrap(),
             id,
             "an existing id is kept"
         );
+    }
+
+    #[test]
+    fn the_edge_says_the_real_scheme_and_mesh_hops_keep_it() {
+        let proto = |sent: Option<&'static str>, edge_tls: Option<bool>| {
+            let mut h = HeaderMap::new();
+            if let Some(v) = sent {
+                h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(v));
+            }
+            forwarding_headers(&mut h, "127.0.0.1".parse().unwrap(), edge_tls);
+            h.get(&X_FORWARDED_PROTO)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        // A plaintext client claiming https at a gateway is corrected; a TLS one is https whatever it said.
+        assert_eq!(proto(Some("https"), Some(false)), "http");
+        assert_eq!(proto(Some("http"), Some(true)), "https");
+        assert_eq!(proto(None, Some(true)), "https");
+        // Between mesh hops the gateway's value stays.
+        assert_eq!(proto(Some("https"), None), "https");
+        assert_eq!(proto(None, None), "http");
     }
 
     #[test]

@@ -83,7 +83,17 @@ impl Watched {
             }
             *last = seen;
         }
-        match serving::load(&self.files.cert, &self.files.key) {
+        let loaded = serving::load(&self.files.cert, &self.files.key).and_then(|cert| {
+            // A replacement that expired (a rolled-back file, say) would be worse than the certificate served.
+            if cert.not_after < SystemTime::now() {
+                return Err(serving::ServingCertError::BadCertificate {
+                    path: self.files.cert.clone(),
+                    reason: "it has expired".into(),
+                });
+            }
+            Ok(cert)
+        });
+        match loaded {
             Ok(cert) => {
                 tracing::info!(certificate = %self.files.name, names = ?cert.names, "certificate files changed: reloaded");
                 self.current.store(Arc::new(cert));
@@ -111,25 +121,22 @@ impl std::fmt::Debug for Watched {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let first = self.0.first()?;
+        // Each certificate read once: a reload in between cannot pair one certificate's names with another's key.
+        let certs: Vec<Arc<ServingCert>> = self.0.iter().map(|w| w.current.load_full()).collect();
+        let first = certs.first()?;
         let chosen = hello
             .server_name()
             .map(str::to_ascii_lowercase)
             .and_then(|sni| {
-                let has = |w: &&Arc<Watched>, exact: bool| {
-                    w.current.load().names.iter().any(|n| {
-                        if exact {
-                            *n == sni
-                        } else {
-                            dns_name_covers(n, &sni)
-                        }
-                    })
-                };
-                let exact = self.0.iter().find(|w| has(w, true));
-                exact.or_else(|| self.0.iter().find(|w| has(w, false)))
+                let exact = certs.iter().find(|c| c.names.contains(&sni));
+                exact.or_else(|| {
+                    certs
+                        .iter()
+                        .find(|c| c.names.iter().any(|n| dns_name_covers(n, &sni)))
+                })
             })
             .unwrap_or(first);
-        Some(chosen.current.load().key.clone())
+        Some(chosen.key.clone())
     }
 }
 

@@ -116,9 +116,9 @@ impl Upstreams {
 
     /// Sends `req` (an `http://` URI, see [`uri`]) to `endpoint`: over TLS to an endpoint outside the mesh that
     /// speaks it; over mTLS when the endpoint has an `identity` and this proxy has a certificate (the server must
-    /// prove that identity); plaintext otherwise. Over TLS the URI becomes `https://` and
-    /// `x-meshwork-source-proof` stays home (a mesh peer learns the caller from the handshake; an outside system
-    /// has no use for it).
+    /// prove that identity); plaintext otherwise. Over TLS the URI becomes `https://`. `x-meshwork-source-proof`
+    /// goes only to a mesh peer on a plaintext hop: over mTLS the handshake says who calls, and a system outside
+    /// the mesh has no use for it (and could replay it).
     pub fn request(
         &self,
         protocol: Protocol,
@@ -130,8 +130,10 @@ impl Upstreams {
             (None, Some(peer)) if self.tls.mesh_ready() => Some(tls::Target::Mesh(peer.clone())),
             _ => None,
         };
-        if let Some(target) = target {
+        if target.is_some() || !endpoint.mesh_peer {
             req.headers_mut().remove(crate::caller::PROOF_HEADER);
+        }
+        if let Some(target) = target {
             let mut parts = std::mem::take(req.uri_mut()).into_parts();
             parts.scheme = Some(Scheme::HTTPS);
             *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();

@@ -174,20 +174,28 @@ struct ConnectorState {
 }
 
 impl ConnectorState {
-    /// The config for this target; a failure is counted like a failed handshake.
-    fn config(&self) -> Result<Arc<ClientConfig>, BoxError> {
-        match &self.target {
-            Target::Mesh(peer) => self.mesh_config(peer),
-            Target::External(t) => {
-                if let Some(c) = self.external.get() {
-                    return Ok(c.clone());
-                }
-                let built = external_config(t, self.protocol).map_err(|e| {
-                    self.metrics.handshake_failed(Side::Egress, "config");
-                    tracing::warn!(server = %t.sni, error = %e, "cannot build the TLS config for an endpoint outside the mesh");
-                    e
-                })?;
-                Ok(self.external.get_or_init(|| Arc::new(built)).clone())
+    /// The config for this target; a failure is counted like a failed handshake. An external target's is built
+    /// on a blocking thread (it reads a CA file or the system's trust store), once; a failure is retried on the
+    /// next connection.
+    async fn config(&self) -> Result<Arc<ClientConfig>, BoxError> {
+        let t = match &self.target {
+            Target::Mesh(peer) => return self.mesh_config(peer),
+            Target::External(t) => t,
+        };
+        if let Some(c) = self.external.get() {
+            return Ok(c.clone());
+        }
+        let (tls, protocol) = (t.clone(), self.protocol);
+        let built = tokio::task::spawn_blocking(move || external_config(&tls, protocol))
+            .await
+            .map_err(BoxError::from)
+            .and_then(|r| r);
+        match built {
+            Ok(c) => Ok(self.external.get_or_init(|| Arc::new(c)).clone()),
+            Err(e) => {
+                self.metrics.handshake_failed(Side::Egress, "config");
+                tracing::warn!(server = %t.sni, error = %e, "cannot build the TLS config for an endpoint outside the mesh");
+                Err(e)
             }
         }
     }
@@ -219,7 +227,7 @@ impl ConnectorState {
 
     async fn connect(&self, dst: Uri) -> Result<TlsUpstreamStream, BoxError> {
         use tower_service::Service;
-        let config = self.config()?;
+        let config = self.config().await?;
         let name = self.server_name(&dst).ok_or(super::UpstreamError::BadUri)?;
         let tcp = self.http.clone().call(dst.clone()).await?.into_inner();
         let handshake = TlsConnector::from(config).connect(name, tcp);

@@ -104,7 +104,14 @@ pub(super) fn parse_listener_tls(
         }
     }
     if let Some(o) = t.get("options") {
-        r.string_map(o, &t.field("options"));
+        if !r.string_map(o, &t.field("options")).is_empty() {
+            r.error(
+                o.line,
+                t.field("options"),
+                "implementation-specific TLS options are not supported: expected none",
+            );
+            return None;
+        }
     }
     let node = r.required(
         &t,

@@ -148,6 +148,7 @@ fn cluster(c: &pb::Cluster) -> Result<Cluster, InvalidSnapshot> {
                 authority,
                 identity,
                 tls,
+                mesh_peer: !e.node_id.is_empty(),
             })
         })
         .collect::<Result<Vec<_>, InvalidSnapshot>>()?;

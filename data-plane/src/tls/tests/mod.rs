@@ -223,6 +223,27 @@ async fn a_disabled_inbound_serves_plaintext_and_keeps_the_proven_source() {
 }
 
 #[tokio::test]
+async fn a_static_endpoint_outside_the_mesh_is_never_sent_the_proof() {
+    let m = mesh(MtlsMode::Disabled).await;
+    let mut headers = HeaderMap::new();
+    let key = Bytes::from_static(&MESH_KEY);
+    let source = HeaderValue::from_static("frontend.default");
+    caller::state(&ProofCache::default(), Some(&key), &source, &mut headers);
+    assert!(headers.contains_key(PROOF_HEADER));
+    // The app's address as a Workload's static `endpoints` would give it: no proxy registered it.
+    let outside = crate::config::snapshot::Endpoint::plain(m.app.addr);
+    let (status, _) = m
+        .frontend
+        .get_from(Protocol::Http1, &outside, "/", &headers)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let seen = m.app.last();
+    assert_eq!(header(&seen, &PROOF_HEADER), None);
+    assert_eq!(header(&seen, &SOURCE_HEADER), Some("frontend.default"));
+}
+
+#[tokio::test]
 async fn a_client_certificate_from_another_ca_is_refused() {
     let m = mesh(MtlsMode::Strict).await;
     let other = TestCa::new("other mesh");

@@ -286,8 +286,21 @@ impl Client {
         path: &str,
         headers: &HeaderMap,
     ) -> Result<(u16, String), UpstreamError> {
+        // A sidecar of the mesh (registered), so a plaintext hop carries the caller's proof.
         let mut endpoint = Endpoint::plain(addr);
         endpoint.identity = peer;
+        endpoint.mesh_peer = true;
+        self.get_from(protocol, &endpoint, path, headers).await
+    }
+
+    /// GET `path` from `endpoint` with `headers`; the status and body.
+    pub async fn get_from(
+        &self,
+        protocol: Protocol,
+        endpoint: &Endpoint,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<(u16, String), UpstreamError> {
         let mut req = Request::get(path).body(()).unwrap();
         *req.headers_mut() = headers.clone();
         req.headers_mut().insert(
@@ -300,7 +313,7 @@ impl Client {
             &self.upstreams,
             &cluster,
             protocol,
-            &endpoint,
+            endpoint,
             parts,
             RequestBody::Empty,
         );
