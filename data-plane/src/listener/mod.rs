@@ -108,11 +108,23 @@ fn raise_fd_limit() -> Option<u64> {
     Some(soft)
 }
 
+/// Connections the kernel queues for a listener before the proxy accepts them. The standard library's 128 is too
+/// few for a burst: once the queue is full, Linux drops the handshake's last ACK while the client already counts
+/// itself connected, and those connections trickle in seconds later as the SYN-ACK is retransmitted (1 s, 3 s,
+/// 7 s...), each then holding a slot until its own deadline; with a deeper queue the proxy sees a burst at once
+/// and refuses what is over its caps at once. (Envoy's default is 1024 too; the kernel caps it at somaxconn.)
+const LISTEN_BACKLOG: i32 = 1024;
+
 /// Binds a listening socket now (so a port clash is reported before any config is published); serving starts later.
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let l = std::net::TcpListener::bind(addr)?;
-    l.set_nonblocking(true)?;
-    Ok(l)
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As the standard library does on Unix: a restarted proxy can bind while old connections sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// Serves the request path until `stop` turns true, then stops accepting and gives open connections `drain` to

@@ -72,6 +72,27 @@ pub(super) fn parse_certificate(
     })
 }
 
+/// The certificate, key and CA files the manifest texts name (TLSCertificate `spec.certFile`/`keyFile`, Workload
+/// `spec.tls.caCertificates`), for the directory watcher: a file that appears or changes reloads the manifests,
+/// as a rebuilt Wasm module does.
+pub fn referenced_files(files: &[(PathBuf, String)]) -> Vec<PathBuf> {
+    use super::wasm::{field, for_each_spec_of, scalar};
+    let mut out = Vec::new();
+    for_each_spec_of(files, KIND, |file, _, spec| {
+        for key in ["certFile", "keyFile"] {
+            if let Some(p) = scalar(spec, key) {
+                out.push(file_path(file, p));
+            }
+        }
+    });
+    for_each_spec_of(files, "Workload", |file, _, spec| {
+        if let Some(ca) = field(spec, "tls").and_then(|t| scalar(t, "caCertificates")) {
+            out.push(file_path(file, ca));
+        }
+    });
+    out
+}
+
 /// A path as a manifest gives it (relative to the manifest file), made absolute: the proxy reading it may run
 /// in another directory.
 fn file_path(manifest: &Path, given: &str) -> PathBuf {

@@ -397,13 +397,22 @@ pub fn module_files(files: &[(PathBuf, String)]) -> Vec<PathBuf> {
 }
 
 /// Calls `f` with the file, the document and the `spec` of every WasmPlugin document that parses.
-fn for_each_spec(files: &[(PathBuf, String)], mut f: impl FnMut(&Path, &Node, &Node)) {
+fn for_each_spec(files: &[(PathBuf, String)], f: impl FnMut(&Path, &Node, &Node)) {
+    for_each_spec_of(files, "WasmPlugin", f)
+}
+
+/// Calls `f` with the file, the document and the `spec` of every document of `kind` that parses.
+pub(crate) fn for_each_spec_of(
+    files: &[(PathBuf, String)],
+    kind: &str,
+    mut f: impl FnMut(&Path, &Node, &Node),
+) {
     for (file, text) in files {
         let Ok(docs) = crate::source::yaml::parse_documents(text) else {
             continue;
         };
         for doc in &docs {
-            if field(doc, "kind").and_then(Node::as_scalar) != Some("WasmPlugin") {
+            if field(doc, "kind").and_then(Node::as_scalar) != Some(kind) {
                 continue;
             }
             if let Some(spec) = field(doc, "spec") {
@@ -413,7 +422,7 @@ fn for_each_spec(files: &[(PathBuf, String)], mut f: impl FnMut(&Path, &Node, &N
     }
 }
 
-fn field<'n>(n: &'n Node, k: &str) -> Option<&'n Node> {
+pub(crate) fn field<'n>(n: &'n Node, k: &str) -> Option<&'n Node> {
     match &n.kind {
         Kind::Map(entries) => entries
             .iter()
@@ -423,6 +432,6 @@ fn field<'n>(n: &'n Node, k: &str) -> Option<&'n Node> {
     }
 }
 
-fn scalar<'n>(n: &'n Node, k: &str) -> Option<&'n str> {
+pub(crate) fn scalar<'n>(n: &'n Node, k: &str) -> Option<&'n str> {
     field(n, k).and_then(Node::as_scalar)
 }

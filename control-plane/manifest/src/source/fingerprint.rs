@@ -1,6 +1,7 @@
 //! What the directory watcher compares between two polls: the manifest texts *and* the content of every Wasm
 //! module they reference (`spec.url`), so a module rebuilt in place is applied even when no manifest changes and
-//! the WasmPlugin gives no `sha256`.
+//! the WasmPlugin gives no `sha256`; and of every certificate, key and CA file they name, so a set refused for a
+//! missing or bad certificate is loaded again once the file is fixed. (Digests only: no content is kept.)
 //!
 //! A module is hashed again only when its size or modification time changed, or while that time is too recent to
 //! trust: a rewrite within the file system's timestamp granularity keeps both, so a module written in the last
@@ -40,7 +41,13 @@ impl Fingerprint {
         let texts = texts_digest(files);
         let refs = match self.refs.take() {
             Some((d, refs)) if d == texts => refs,
-            _ => module_files(files),
+            _ => {
+                let mut refs = module_files(files);
+                refs.extend(crate::model::tls::referenced_files(files));
+                refs.sort();
+                refs.dedup();
+                refs
+            }
         };
         let mut h = Sha256::new();
         h.update(texts);

@@ -278,3 +278,33 @@ fn following_never_opens_a_module_that_is_not_a_regular_file() {
         "expected the manifest error"
     );
 }
+
+/// A set refused for a missing certificate file is loaded once the file appears, with no manifest edit.
+#[test]
+fn a_missing_certificate_that_appears_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let certificate = "apiVersion: meshwork.dev/v1alpha1
+kind: TLSCertificate
+metadata: {name: shop}
+spec: {certFile: shop.crt, keyFile: shop.key}
+";
+    write(dir.path(), "m.yaml", GATEWAY);
+    let good = load_dir(dir.path()).unwrap();
+    let mut follow = Follow::new(dir.path().to_path_buf(), Some(good.digest));
+    write(dir.path(), "m.yaml", format!("{GATEWAY}---\n{certificate}"));
+    let err = err_text(follow.poll().expect("the edit is a change"));
+    assert!(err.contains("spec.certFile"), "{err}");
+    assert!(follow.poll().is_none(), "the same error is reported once");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["shop.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    write(dir.path(), "shop.key", key.serialize_pem());
+    write(dir.path(), "shop.crt", cert.pem());
+    let next = follow
+        .poll()
+        .expect("the certificate appearing is a change")
+        .unwrap();
+    assert_eq!(next.set.tls_certificates.len(), 1);
+}
