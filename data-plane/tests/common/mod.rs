@@ -368,10 +368,22 @@ impl Mesh {
         }
     }
 
+    /// The last 60 lines of `meshwork up`'s log, after every earlier line that reports an error or a panic (a
+    /// process's backtrace would otherwise push its error line out of the tail).
     pub fn log(&self) -> String {
         let text = std::fs::read_to_string(self.dir.join("up.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
+        let tail = lines.len().saturating_sub(60);
+        let errors = lines[..tail].iter().filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("error") || l.contains("panicked") || l.contains("exited")
+        });
+        let mut out: Vec<&str> = errors.copied().take(40).collect();
+        if !out.is_empty() {
+            out.push("[...]");
+        }
+        out.extend(&lines[tail..]);
+        out.join("\n")
     }
 }
 
