@@ -216,22 +216,8 @@ impl ServingCerts {
         self.listeners.load().get(name).cloned()
     }
 
-    /// Reloads every certificate whose files changed (blocking file I/O: call it off the request path).
-    pub fn poll(&self) {
-        let watched: Vec<Arc<Watched>> = self
-            .watched
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for w in watched {
-            w.poll();
-        }
-    }
-
-    /// Appends expiry and reload counts per certificate in Prometheus text form.
-    pub fn write_metrics(&self, out: &mut String) {
+    /// The certificates in use, by name (taken out of the lock: file I/O and formatting happen outside it).
+    fn in_use(&self) -> Vec<Arc<Watched>> {
         let mut watched: Vec<Arc<Watched>> = self
             .watched
             .lock()
@@ -239,10 +225,23 @@ impl ServingCerts {
             .values()
             .cloned()
             .collect();
+        watched.sort_by(|a, b| a.files.name.cmp(&b.files.name));
+        watched
+    }
+
+    /// Reloads every certificate whose files changed (blocking file I/O: call it off the request path).
+    pub fn poll(&self) {
+        for w in self.in_use() {
+            w.poll();
+        }
+    }
+
+    /// Appends expiry and reload counts per certificate in Prometheus text form.
+    pub fn write_metrics(&self, out: &mut String) {
+        let watched = self.in_use();
         if watched.is_empty() {
             return;
         }
-        watched.sort_by(|a, b| a.files.name.cmp(&b.files.name));
         let _ = writeln!(out, "# HELP meshwork_tls_serving_certificate_expiry_seconds Seconds until a gateway listener's certificate (TLSCertificate) expires (negative: expired).");
         let _ = writeln!(
             out,

@@ -523,29 +523,22 @@ spec:
 #[test]
 fn hostname_intersections_follow_the_gateway_api() {
     use crate::translate::routes::hostname_intersection as meet;
-    assert_eq!(
-        meet("a.shop.test", "a.shop.test").as_deref(),
-        Some("a.shop.test")
-    );
-    assert_eq!(
-        meet("a.b.shop.test", "*.shop.test").as_deref(),
-        Some("a.b.shop.test")
-    );
-    assert_eq!(
-        meet("*.shop.test", "a.shop.test").as_deref(),
-        Some("a.shop.test")
-    );
-    assert_eq!(
-        meet("*.a.shop.test", "*.shop.test").as_deref(),
-        Some("*.a.shop.test")
-    );
-    assert_eq!(
-        meet("*.test", "*.shop.test").as_deref(),
-        Some("*.shop.test")
-    );
-    assert_eq!(meet("shop.test", "*.shop.test"), None);
-    assert_eq!(meet("a.shop.test", "b.shop.test"), None);
-    assert_eq!(meet("*.other.test", "*.shop.test"), None);
+    for (route, listener, both) in [
+        ("a.shop.test", "a.shop.test", Some("a.shop.test")),
+        ("a.b.shop.test", "*.shop.test", Some("a.b.shop.test")),
+        ("*.shop.test", "a.shop.test", Some("a.shop.test")),
+        ("*.a.shop.test", "*.shop.test", Some("*.a.shop.test")),
+        ("*.test", "*.shop.test", Some("*.shop.test")),
+        ("shop.test", "*.shop.test", None),
+        ("a.shop.test", "b.shop.test", None),
+        ("*.other.test", "*.shop.test", None),
+    ] {
+        assert_eq!(
+            meet(route, listener).as_deref(),
+            both,
+            "{route} ∩ {listener}"
+        );
+    }
 }
 
 #[test]
