@@ -161,27 +161,45 @@ struct Supervisor {
 }
 
 fn free_port() -> std::io::Result<u16> {
-    // Bind-then-release: another process could take the port in between; on a developer machine that is rare, and
-    // a clash shows up as a clear bind error from the app or proxy. Within one `up`, a port is never handed out
-    // twice: the kernel readily gives a just-released ephemeral port to the next bind, and a mesh of dozens of
-    // proxies (4 ports each) did hit that.
+    // Bind-then-release: another process could take the port in between. The port is drawn below the kernel's
+    // ephemeral range (ip_local_port_range), so the source port of some outgoing connection (thousands of them in
+    // a busy local mesh, and they come from that range) cannot take it before the app or proxy binds it; that
+    // clash made sidecars fail to start. Within one `up`, a port is never handed out twice.
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for _ in 0..100 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        if !given.contains(&port) {
-            given.push(port);
-            return Ok(port);
+    let (lo, hi) = below_ephemeral_range();
+    for _ in 0..200 {
+        let port = if lo < hi {
+            let mut b = [0u8; 2];
+            getrandom::fill(&mut b).map_err(|e| std::io::Error::other(e.to_string()))?;
+            lo + u16::from_le_bytes(b) % (hi - lo)
+        } else {
+            std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port()
+        };
+        if given.contains(&port) || std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
         }
+        given.push(port);
+        return Ok(port);
     }
     Err(std::io::Error::new(
         std::io::ErrorKind::AddrInUse,
-        "no fresh local port after 100 tries",
+        "no fresh local port after 200 tries",
     ))
+}
+
+/// Ports for `up` to hand out: from 20000 up to the start of the kernel's ephemeral range (32768 by default on
+/// Linux); an empty range (an unusual setting) falls back to the kernel's choice.
+fn below_ephemeral_range() -> (u16, u16) {
+    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    (20000, start)
 }
 
 fn say(line: String) {

@@ -36,13 +36,32 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A port nobody listens on right now (bound and released), for a process the test starts to listen on.
+/// A port nobody listens on right now (bound and released), for a process the test starts to listen on. Drawn
+/// below the kernel's ephemeral range, so the source port of an outgoing connection (tests make thousands, and
+/// they come from that range) cannot take it before the process binds it; never the same twice in one test binary.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let mut given = GIVEN.lock().unwrap();
+    for _ in 0..200 {
+        let port = if start > 20000 {
+            fastrand::u16(20000..start)
+        } else {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free local port after 200 tries");
 }
 
 /// A child process stopped with SIGTERM (then SIGKILL) when dropped.
