@@ -286,3 +286,146 @@ fn server_config(certs: Vec<Arc<Watched>>) -> Result<Arc<ServerConfig>, rustls::
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::snapshot::{Listener, VirtualHosts};
+
+    /// A self-signed certificate for `name` written to `dir/<file>.crt` and `.key`.
+    fn files(dir: &Path, file: &str, name: &str) -> ServingFiles {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k): (PathBuf, PathBuf) = (
+            dir.join(format!("{file}.crt")),
+            dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        ServingFiles {
+            name: Arc::from(format!("default/{file}")),
+            cert: c,
+            key: k,
+        }
+    }
+
+    fn snapshot(listeners: &[(&str, Option<&str>, Option<Vec<ServingFiles>>)]) -> Snapshot {
+        let mut snap = Snapshot::empty();
+        for (name, hostname, tls) in listeners {
+            let l = Listener {
+                name: Arc::from(*name),
+                port: 0,
+                vhosts: VirtualHosts::default(),
+                hostname: hostname.map(Arc::from),
+                tls: tls.clone().map(Arc::from),
+            };
+            snap.listeners.insert(l.name.clone(), l);
+        }
+        snap
+    }
+
+    fn apply(certs: &ServingCerts, snap: &Snapshot) {
+        let prepared = certs.prepare(snap).unwrap();
+        certs.commit(prepared);
+    }
+
+    #[test]
+    fn an_unchanged_listener_keeps_its_config_and_a_changed_one_gets_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = files(dir.path(), "a", "a.example.test");
+        let certs = ServingCerts::default();
+        apply(&certs, &snapshot(&[("https", None, Some(vec![a.clone()]))]));
+        let first = certs.listener("https").unwrap();
+        // The same certificates and hostname: the same config (and session cache).
+        apply(&certs, &snapshot(&[("https", None, Some(vec![a.clone()]))]));
+        assert!(Arc::ptr_eq(&first, &certs.listener("https").unwrap()));
+        // Only the hostname changes: a new entry that carries it.
+        apply(
+            &certs,
+            &snapshot(&[("https", Some("a.example.test"), Some(vec![a.clone()]))]),
+        );
+        let narrowed = certs.listener("https").unwrap();
+        assert!(!Arc::ptr_eq(&first, &narrowed));
+        assert_eq!(narrowed.hostname.as_deref(), Some("a.example.test"));
+        // Another certificate: a new config.
+        let b = files(dir.path(), "b", "b.example.test");
+        apply(
+            &certs,
+            &snapshot(&[("https", Some("a.example.test"), Some(vec![b]))]),
+        );
+        assert!(!Arc::ptr_eq(&narrowed, &certs.listener("https").unwrap()));
+    }
+
+    #[test]
+    fn https_to_http_and_back_on_one_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = files(dir.path(), "a", "a.example.test");
+        let certs = ServingCerts::default();
+        apply(&certs, &snapshot(&[("web", None, Some(vec![a.clone()]))]));
+        assert!(certs.listener("web").is_some());
+        // The same listener made HTTP: no TLS for its next connections, and its certificate is no longer followed.
+        apply(&certs, &snapshot(&[("web", None, None)]));
+        assert!(certs.listener("web").is_none());
+        assert!(certs.in_use().is_empty());
+        apply(&certs, &snapshot(&[("web", None, Some(vec![a]))]));
+        assert!(certs.listener("web").is_some());
+        assert_eq!(certs.in_use().len(), 1);
+    }
+
+    #[test]
+    fn a_certificate_that_cannot_be_loaded_fails_the_snapshot_and_keeps_what_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = files(dir.path(), "a", "a.example.test");
+        let certs = ServingCerts::default();
+        apply(&certs, &snapshot(&[("https", None, Some(vec![a.clone()]))]));
+        let served = certs.listener("https").unwrap();
+        let missing = ServingFiles {
+            name: Arc::from("default/missing"),
+            cert: dir.path().join("missing.crt"),
+            key: dir.path().join("missing.key"),
+        };
+        let err = certs
+            .prepare(&snapshot(&[("https", None, Some(vec![missing]))]))
+            .err()
+            .unwrap();
+        assert!(
+            err.starts_with("listener https: certificate default/missing: "),
+            "{err}"
+        );
+        assert!(Arc::ptr_eq(&served, &certs.listener("https").unwrap()));
+    }
+
+    #[test]
+    fn a_symlink_swap_is_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = files(dir.path(), "old", "a.example.test");
+        let new = files(dir.path(), "new", "a.example.test");
+        let link = |f: &ServingFiles| {
+            let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+            for (target, l) in [(&f.cert, &c), (&f.key, &k)] {
+                let tmp = l.with_extension("tmp");
+                std::os::unix::fs::symlink(target, &tmp).unwrap();
+                std::fs::rename(&tmp, l).unwrap();
+            }
+            ServingFiles {
+                name: Arc::from("default/linked"),
+                cert: c,
+                key: k,
+            }
+        };
+        let linked = link(&old);
+        let certs = ServingCerts::default();
+        apply(&certs, &snapshot(&[("https", None, Some(vec![linked]))]));
+        let before = certs.in_use()[0].current.load_full();
+        link(&new);
+        certs.poll();
+        let after = certs.in_use()[0].current.load_full();
+        assert_ne!(before.key.cert[0], after.key.cert[0]);
+        assert_eq!(certs.in_use()[0].reloaded.load(Relaxed), 1);
+    }
+}
