@@ -314,7 +314,10 @@ mod tests {
         }
     }
 
-    fn snapshot(listeners: &[(&str, Option<&str>, Option<Vec<ServingFiles>>)]) -> Snapshot {
+    /// A listener for `snapshot`: name, hostname, certificates (`None`: HTTP).
+    type Spec<'a> = (&'a str, Option<&'a str>, Option<Vec<ServingFiles>>);
+
+    fn snapshot(listeners: &[Spec<'_>]) -> Snapshot {
         let mut snap = Snapshot::empty();
         for (name, hostname, tls) in listeners {
             let l = Listener {
