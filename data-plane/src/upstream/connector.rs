@@ -11,13 +11,18 @@ use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 #[derive(Clone)]
 pub struct Connector(pub HttpConnector);
 
-/// A connected TCP stream that reports nothing beyond being connected.
-pub struct Plain(TokioIo<TcpStream>);
+/// A connected upstream stream as hyper's client wants it: I/O passed through to `T`; what it reports of itself
+/// (`Connection`) is per `T` (here plaintext TCP, which reports nothing beyond being connected; TLS in `tls.rs`).
+pub struct Stream<T>(pub(super) TokioIo<T>);
+
+/// A plaintext upstream connection.
+pub type Plain = Stream<TcpStream>;
 
 type Connecting = Pin<Box<dyn Future<Output = Result<Plain, BoxError>> + Send>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -33,7 +38,7 @@ impl tower_service::Service<Uri> for Connector {
 
     fn call(&mut self, dst: Uri) -> Connecting {
         let connecting = self.0.call(dst);
-        Box::pin(async move { Ok(Plain(connecting.await?)) })
+        Box::pin(async move { Ok(Stream(connecting.await?)) })
     }
 }
 
@@ -43,7 +48,7 @@ impl Connection for Plain {
     }
 }
 
-impl Read for Plain {
+impl<T: AsyncRead + AsyncWrite + Unpin> Read for Stream<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -53,7 +58,7 @@ impl Read for Plain {
     }
 }
 
-impl Write for Plain {
+impl<T: AsyncRead + AsyncWrite + Unpin> Write for Stream<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

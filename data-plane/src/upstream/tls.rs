@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::Uri;
-use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioIo;
@@ -31,6 +30,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::body::{BoxError, RequestBody};
+use super::connector::Stream;
 use super::error::{MtlsUnavailable, TlsConnectError};
 use crate::config::snapshot::{Protocol, UpstreamTls};
 use crate::identity::MeshIdentity;
@@ -248,7 +248,7 @@ impl ConnectorState {
         };
         let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         self.metrics.handshake_ok(side, resumed);
-        Ok(TlsUpstreamStream(TokioIo::new(Box::new(stream))))
+        Ok(Stream(TokioIo::new(Box::new(stream))))
     }
 }
 
@@ -317,10 +317,11 @@ impl tower_service::Service<Uri> for TlsUpstream {
     }
 }
 
-/// An established TLS connection to an upstream endpoint.
-pub(super) struct TlsUpstreamStream(TokioIo<Box<TlsStream<TcpStream>>>);
+/// An established TLS connection to an upstream endpoint (I/O as for plaintext: `connector::Stream`).
+pub(super) type TlsUpstreamStream = Stream<Box<TlsStream<TcpStream>>>;
 
 impl Connection for TlsUpstreamStream {
+    /// HTTP/2 when ALPN chose it.
     fn connected(&self) -> Connected {
         let (_, conn) = self.0.inner().get_ref();
         if conn.alpn_protocol() == Some(b"h2") {
@@ -328,46 +329,6 @@ impl Connection for TlsUpstreamStream {
         } else {
             Connected::new()
         }
-    }
-}
-
-impl Read for TlsUpstreamStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl Write for TlsUpstreamStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
     }
 }
 
