@@ -320,12 +320,14 @@ fn sanitize(
     verified: Option<&VerifiedPeer>,
 ) {
     headers::strip_hop_by_hop(headers, true);
-    headers.remove(XFCC_HEADER);
     if !matches!(ctx.mode, Mode::Inbound(_)) {
-        headers.remove(SOURCE_HEADER);
-        headers.remove(caller::PROOF_HEADER);
+        headers::remove_all(
+            headers,
+            &[&XFCC_HEADER, &SOURCE_HEADER, &caller::PROOF_HEADER],
+        );
         return;
     }
+    headers::remove_all(headers, &[&XFCC_HEADER]);
     match verified {
         Some(peer) => {
             headers.remove(caller::PROOF_HEADER);
@@ -438,8 +440,8 @@ fn prepare_headers(
         ),
         // Not even a filter speaks for the caller here.
         None if !matches!(ctx.mode, Mode::Inbound(_)) => {
-            parts.headers.remove(SOURCE_HEADER);
-            parts.headers.remove(caller::PROOF_HEADER);
+            let claims = [&SOURCE_HEADER, &caller::PROOF_HEADER];
+            headers::remove_all(&mut parts.headers, &claims);
         }
         // Inbound: the app never sees a proof (a filter may not forge one for the next hop either), and sees a
         // client certificate only as this proxy verified it.
@@ -453,7 +455,7 @@ fn prepare_headers(
     }
     if !matches!(ctx.mode, Mode::Inbound(_)) {
         // Only an inbound sidecar speaks of a client certificate, and only to its app.
-        parts.headers.remove(XFCC_HEADER);
+        headers::remove_all(&mut parts.headers, &[&XFCC_HEADER]);
     }
     // An HTTP/2 request carries its host in :authority; an HTTP/1.1 upstream needs a Host header.
     if !parts.headers.contains_key(header::HOST) {

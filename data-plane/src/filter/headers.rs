@@ -58,6 +58,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) {
     }
 }
 
+/// Removes `names`. One pass over the message's (usually few) names comes first, so that the usual case, none of
+/// them present, costs no hash lookup per name (`HeaderMap::remove` hashes its argument even when absent).
+pub fn remove_all(headers: &mut HeaderMap, names: &[&HeaderName]) {
+    if headers.keys().any(|k| names.contains(&k)) {
+        for name in names {
+            headers.remove(*name);
+        }
+    }
+}
+
 /// Appends the peer to x-forwarded-for, sets x-forwarded-proto, and gives the request an x-request-id if it has
 /// none (kept as is across hops, so every proxy and app logs the same id). `edge_tls`: at a gateway (the edge,
 /// where a client's claim is worth nothing) x-forwarded-proto is the scheme the client really spoke, whatever it
@@ -235,6 +245,24 @@ mod tests {
             rewrite_path("/x", &PathRewrite::Full("/y".into()), &m),
             "/y"
         );
+    }
+
+    #[test]
+    fn remove_all_removes_every_name_when_one_is_present() {
+        let (a, b) = (
+            HeaderName::from_static("x-a"),
+            HeaderName::from_static("x-b"),
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_all(&mut h, &[&a, &b]);
+        assert_eq!(h.len(), 1, "nothing named is present: nothing goes");
+        h.insert(&b, HeaderValue::from_static("1"));
+        h.append(&b, HeaderValue::from_static("2"));
+        h.insert(&a, HeaderValue::from_static("1"));
+        remove_all(&mut h, &[&a, &b]);
+        assert!(!h.contains_key(&a) && !h.contains_key(&b), "{h:?}");
+        assert!(h.contains_key("x-kept"));
     }
 
     #[test]

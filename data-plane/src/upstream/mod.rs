@@ -130,7 +130,13 @@ impl Upstreams {
             (None, Some(peer)) if self.tls.mesh_ready() => Some(tls::Target::Mesh(peer.clone())),
             _ => None,
         };
-        if target.is_some() || !endpoint.mesh_peer {
+        // A scan of the few names first: `remove` hashes its argument even when (as nearly always) it is absent.
+        let has_proof = || {
+            req.headers()
+                .keys()
+                .any(|k| k == crate::caller::PROOF_HEADER)
+        };
+        if (target.is_some() || !endpoint.mesh_peer) && has_proof() {
             req.headers_mut().remove(crate::caller::PROOF_HEADER);
         }
         if let Some(target) = target {
