@@ -17,6 +17,8 @@
 # The control plane is started detached (it is not in this script's process tree, so the harness's CPU and memory
 # figures are the two proxies' alone) and stopped with the proxies. STATE_FILE, if given, receives the state
 # directory (CA, for bench/tls-probe.py) and the PIDs: "state=DIR sidecar=PID gateway=PID".
+# MESHWORK_BENCH_WRAP, if set, is a command prefix for both proxies (bench/instructions.sh --hop puts each under
+# valgrind with it); "{name}" in it becomes "sidecar" or "gateway".
 set -euo pipefail
 MODE="$1"; PORT="$2"; BASE="$3"; STATE_FILE="${4:-}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -68,12 +70,15 @@ done
 token() { "$BIN/meshwork" token create --state-dir "$DIR/manifests/.meshwork" "$@"; }
 SIDECAR_TOKEN="$(token --service origin --node origin-0)"
 GATEWAY_TOKEN="$(token --gateway --service client --node client-0)"
-MESHWORK_BOOTSTRAP_TOKEN="$SIDECAR_TOKEN" "$BIN/meshwork-proxy" --workers 1 \
+WRAP="${MESHWORK_BENCH_WRAP:-}"
+# shellcheck disable=SC2086 # WRAP is a command prefix, split into words on purpose
+MESHWORK_BOOTSTRAP_TOKEN="$SIDECAR_TOKEN" ${WRAP//\{name\}/sidecar} "$BIN/meshwork-proxy" --workers 1 \
   --control-plane "http://127.0.0.1:$BASE" --role sidecar --service origin --node-id origin-0 \
   --inbound "127.0.0.1:$((BASE + 1))" --outbound "127.0.0.1:$((BASE + 2))" --app 127.0.0.1:18080 \
   --admin "127.0.0.1:$((BASE + 4))" &
 PIDS+=($!)
-MESHWORK_BOOTSTRAP_TOKEN="$GATEWAY_TOKEN" "$BIN/meshwork-proxy" --workers 1 \
+# shellcheck disable=SC2086
+MESHWORK_BOOTSTRAP_TOKEN="$GATEWAY_TOKEN" ${WRAP//\{name\}/gateway} "$BIN/meshwork-proxy" --workers 1 \
   --control-plane "http://127.0.0.1:$BASE" --role gateway --service client --node-id client-0 \
   --admin "127.0.0.1:$((BASE + 3))" &
 PIDS+=($!)

@@ -23,6 +23,7 @@ use crate::identity::MeshIdentity;
 use crate::listener;
 use crate::resilience::Registry;
 use crate::stack::{ListenerCtx, Mode};
+use crate::telemetry::HttpMetrics;
 use crate::tls::serving::{ServingCerts, RELOAD_POLL};
 use crate::tls::TlsMetrics;
 use crate::upstream::Upstreams;
@@ -116,6 +117,8 @@ pub struct Applier {
     /// Gateway HTTPS listeners' certificates, beside the snapshot.
     serving: Arc<ServingCerts>,
     tls: Arc<TlsMetrics>,
+    /// Request metrics of every listener.
+    pub http: Arc<HttpMetrics>,
     manager: Mutex<ListenerManager>,
 }
 
@@ -198,6 +201,7 @@ impl Applier {
                     }),
                     // A gateway enforces the policies that target its Gateway on every listener.
                     authorize: Some(self.authz.clone()),
+                    metrics: self.http.listener(name.clone()),
                 });
                 let (drain, limits, budget) =
                     (self.drain, self.limits.clone(), self.budget.clone());
@@ -289,6 +293,7 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
         tls,
         authz: Arc::default(),
         serving: Arc::default(),
+        http: Arc::default(),
     };
     let static_listeners = match opts.role {
         Role::Sidecar => sidecar_listeners(&opts, &shared, &stop_rx)?,
@@ -321,6 +326,8 @@ struct Shared {
     authz: Arc<crate::authz::Stats>,
     /// Gateway HTTPS listeners' certificates (followed for changes on the control thread).
     serving: Arc<ServingCerts>,
+    /// Request metrics of every listener.
+    http: Arc<HttpMetrics>,
 }
 
 /// A sidecar's two fixed listeners: inbound (to the local app) and outbound (routed by the snapshot).
@@ -337,7 +344,7 @@ fn sidecar_listeners(
         opts.app_protocol,
         vec![Endpoint::plain(app)],
     ));
-    let outbound_name = Arc::from(meshwork_manifest::translate::OUTBOUND_LISTENER);
+    let outbound_name: Arc<str> = Arc::from(meshwork_manifest::translate::OUTBOUND_LISTENER);
     // The outbound listener states the calling service (what server-side limits keyed by it read).
     let source = http::HeaderValue::from_str(&format!("{}.{}", opts.service, opts.namespace)).ok();
     let inbound_tls = Arc::new(crate::tls::Inbound::new(
@@ -347,15 +354,23 @@ fn sidecar_listeners(
     ));
     let mut served = Vec::new();
     // Only the inbound listener enforces the AuthorizationPolicies that target this service, and only it takes mTLS.
-    for (addr, mode, source, authorize, termination) in [
+    for (addr, mode, source, authorize, termination, name) in [
         (
             inbound,
             Mode::Inbound(app_cluster),
             None,
             Some(shared.authz.clone()),
             Some(listener::Termination::Mesh(inbound_tls)),
+            Arc::from("inbound"),
         ),
-        (outbound, Mode::Routed(outbound_name), source, None, None),
+        (
+            outbound,
+            Mode::Routed(outbound_name.clone()),
+            source,
+            None,
+            None,
+            outbound_name,
+        ),
     ] {
         let socket = listener::bind(addr).with_context(|| format!("bind {addr}"))?;
         let l = tokio::net::TcpListener::from_std(socket)?;
@@ -369,6 +384,7 @@ fn sidecar_listeners(
             proof: Default::default(),
             authorize,
             termination,
+            metrics: shared.http.listener(name),
         });
         served.push(tokio::spawn(listener::serve(
             l,
@@ -404,6 +420,7 @@ fn applier(opts: &Options, shared: &Shared) -> Arc<Applier> {
         authz: shared.authz.clone(),
         serving: shared.serving.clone(),
         tls: shared.tls.clone(),
+        http: shared.http.clone(),
         manager: Mutex::new(ListenerManager {
             data: Handle::current(),
             running: HashMap::new(),
@@ -484,6 +501,7 @@ fn admin_state(
         tls: shared.tls.clone(),
         serving: shared.serving.clone(),
         authz: shared.authz.clone(),
+        http: shared.http.clone(),
         role: match opts.role {
             Role::Gateway => "gateway",
             Role::Sidecar => "sidecar",

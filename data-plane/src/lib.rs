@@ -29,5 +29,6 @@ pub mod listener;
 pub mod resilience;
 pub mod router;
 pub mod stack;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;

@@ -22,6 +22,7 @@ use crate::filter::{headers, path};
 use crate::listener::Downstream;
 use crate::resilience::{self, call::SOURCE_HEADER, Registry};
 use crate::router;
+use crate::telemetry::{Exchange, ListenerMetrics, Observed};
 use crate::tls::{VerifiedPeer, XFCC_HEADER};
 use crate::upstream::body::{RequestBody, ResponseBody};
 use crate::upstream::client_body::ClientBody;
@@ -57,6 +58,8 @@ pub struct ListenerCtx {
     /// Whether the snapshot's AuthorizationPolicies apply here (a sidecar's inbound listener, a gateway's
     /// listeners; not a sidecar's outbound one), and where their decisions are counted.
     pub authorize: Option<Arc<authz::Stats>>,
+    /// Where this listener's requests are counted and timed.
+    pub metrics: ListenerMetrics,
 }
 
 /// How long a mirrored request may take when neither its route nor the proxy sets a request timeout.
@@ -66,11 +69,13 @@ pub async fn handle(
     ctx: &ListenerCtx,
     req: Request<ClientBody>,
     downstream: Downstream,
-) -> Response<ResponseBody> {
-    match route_and_forward(ctx, req, downstream).await {
+) -> Response<Observed<ResponseBody>> {
+    let mut exchange = ctx.metrics.begin(req.method());
+    let resp = match route_and_forward(ctx, req, downstream, &mut exchange).await {
         Ok(resp) => resp,
         Err(e) => error::reply(&e),
-    }
+    };
+    exchange.respond(resp)
 }
 
 /// Where a request goes: the route it matched (none on a sidecar's inbound listener), the filters that run on it
@@ -85,6 +90,7 @@ async fn route_and_forward(
     ctx: &ListenerCtx,
     req: Request<ClientBody>,
     downstream: Downstream,
+    exchange: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (peer, verified) = (downstream.addr, downstream.peer.as_deref());
     // The snapshot is loaded once: this request finishes on it even if a new one is published meanwhile.
@@ -110,6 +116,7 @@ async fn route_and_forward(
     let eos = http_body::Body::is_end_stream(&body);
     let route_name = target.route.map(|r| &r.name);
     let cluster_name = target.cluster.map(|c| &c.name);
+    exchange.target(route_name, cluster_name);
     let (chain, verdict) = Chain::on_request(
         target.wasm,
         &mut parts,

@@ -26,6 +26,8 @@ pub struct AdminState {
     pub serving: Arc<crate::tls::serving::ServingCerts>,
     /// AuthorizationPolicy decisions.
     pub authz: Arc<crate::authz::Stats>,
+    /// Request metrics of every listener (golden metrics).
+    pub http: Arc<crate::telemetry::HttpMetrics>,
     pub role: &'static str,
     /// Set when the proxy is shutting down: `/ready` answers 503 so load balancers stop sending here.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
@@ -314,6 +316,7 @@ fn metrics(state: &AdminState) -> String {
             label(&name)
         );
     }
+    state.http.encode(&mut out);
     out
 }
 

@@ -1,0 +1,336 @@
+//! Golden metrics of the requests a proxy serves, per listener, route and destination service: duration (its
+//! count is the request rate, its status label the error rate), response body size and requests in flight. Named
+//! after the OpenTelemetry HTTP semantic conventions (`http.server.request.duration` is exported as
+//! `http_server_request_duration_seconds_bucket/_sum/_count`), kept in a prometheus-client registry.
+//!
+//! A request is an [`Exchange`] from its arrival; it is recorded once, when its response body has been sent, or
+//! when it is dropped (the client went away: status 0 if no response was made). Every label comes from the
+//! configuration (listener, route and service names) or is bounded (the method is one of the standard ones or
+//! `_OTHER`, the status a number), so the families stay bounded by the configuration.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Buf;
+use http::{Method, Response};
+use http_body::{Body, Frame, SizeHint};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use tokio::time::Instant;
+
+/// The label set of a served request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// A gateway listener's name, or `inbound` / `outbound` on a sidecar.
+    pub listener: Arc<str>,
+    /// The HTTPRoute (or GRPCRoute) rule the request matched; empty when none did or none applies (inbound).
+    pub route: Arc<str>,
+    /// The service the request was sent to; empty when it was answered before that (no route, denied...).
+    pub destination_service: Arc<str>,
+    pub http_request_method: &'static str,
+    /// 0: the client went away before any response was made.
+    pub http_response_status_code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: Arc<str>,
+}
+
+/// Histogram buckets in seconds: OpenTelemetry's defaults for `http.server.request.duration` below 10 s, with
+/// finer ones under 5 ms, where a mesh hop's latency lives.
+const DURATION_BUCKETS: [f64; 17] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
+    1.0, 2.5, 10.0,
+];
+
+#[derive(Clone, Copy)]
+struct Buckets(&'static [f64]);
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+/// Body size buckets in bytes: powers of 4 from 64 B to 16 MiB.
+const SIZE_BUCKETS: [f64; 10] = [
+    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+];
+
+/// The proxy's request metrics, shared by its listeners and read by `/metrics`.
+pub struct HttpMetrics {
+    registry: Registry,
+    duration: Family<RequestLabels, Histogram, Buckets>,
+    response_size: Family<RequestLabels, Histogram, Buckets>,
+    active: Family<ListenerLabels, Gauge>,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpMetrics {
+    pub fn new() -> Self {
+        let duration = Family::new_with_constructor(Buckets(&DURATION_BUCKETS));
+        let response_size = Family::new_with_constructor(Buckets(&SIZE_BUCKETS));
+        let active = Family::<ListenerLabels, Gauge>::default();
+        let mut registry = Registry::default();
+        registry.register_with_unit(
+            "http_server_request_duration",
+            "Duration of requests served, from arrival to the end of the response body",
+            Unit::Seconds,
+            duration.clone(),
+        );
+        registry.register_with_unit(
+            "http_server_response_body_size",
+            "Size of the response bodies sent",
+            Unit::Bytes,
+            response_size.clone(),
+        );
+        registry.register(
+            "http_server_active_requests",
+            "Requests in flight",
+            active.clone(),
+        );
+        Self {
+            registry,
+            duration,
+            response_size,
+            active,
+        }
+    }
+
+    /// The metrics of one listener, its in-flight gauge resolved once.
+    pub fn listener(self: &Arc<Self>, name: Arc<str>) -> ListenerMetrics {
+        let active = self.active.get_or_create_owned(&ListenerLabels {
+            listener: name.clone(),
+        });
+        ListenerMetrics {
+            metrics: self.clone(),
+            name,
+            active,
+        }
+    }
+
+    /// Appends the families in the Prometheus text format (OpenMetrics without its `# EOF`, so that more
+    /// families may follow).
+    pub fn encode(&self, out: &mut String) {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_ok() {
+            out.push_str(text.strip_suffix("# EOF\n").unwrap_or(&text));
+        }
+    }
+
+    fn record(&self, labels: &RequestLabels, seconds: f64, response_bytes: u64) {
+        self.duration.get_or_create(labels).observe(seconds);
+        self.response_size
+            .get_or_create(labels)
+            .observe(response_bytes as f64);
+    }
+}
+
+/// What one listener records into.
+pub struct ListenerMetrics {
+    metrics: Arc<HttpMetrics>,
+    name: Arc<str>,
+    active: Gauge,
+}
+
+impl ListenerMetrics {
+    /// A request has arrived.
+    pub fn begin(&self, method: &Method) -> Exchange {
+        self.active.inc();
+        Exchange {
+            metrics: self.metrics.clone(),
+            active: self.active.clone(),
+            labels: RequestLabels {
+                listener: self.name.clone(),
+                route: empty(),
+                destination_service: empty(),
+                http_request_method: method_label(method),
+                http_response_status_code: 0,
+            },
+            start: Instant::now(),
+            response_bytes: 0,
+        }
+    }
+}
+
+fn empty() -> Arc<str> {
+    static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| Arc::from("")).clone()
+}
+
+/// The standard methods by name, anything else as `_OTHER` (as the OpenTelemetry conventions say), so that a
+/// client inventing methods cannot grow the families.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    }
+}
+
+/// A request being served: recorded once, when dropped (by [`Observed`] after the response body, or by the
+/// request path if the client went away first).
+pub struct Exchange {
+    metrics: Arc<HttpMetrics>,
+    active: Gauge,
+    labels: RequestLabels,
+    start: Instant,
+    response_bytes: u64,
+}
+
+impl Exchange {
+    /// Where the request was sent: its route (if one matched) and destination service.
+    pub fn target(&mut self, route: Option<&Arc<str>>, service: Option<&Arc<str>>) {
+        if let Some(r) = route {
+            self.labels.route = r.clone();
+        }
+        if let Some(s) = service {
+            self.labels.destination_service = s.clone();
+        }
+    }
+
+    /// The response is made: the exchange ends with its body.
+    pub fn respond<B>(mut self, resp: Response<B>) -> Response<Observed<B>> {
+        self.labels.http_response_status_code = resp.status().as_u16();
+        resp.map(|body| Observed {
+            body,
+            exchange: Some(self),
+        })
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.active.dec();
+        let seconds = self.start.elapsed().as_secs_f64();
+        self.metrics
+            .record(&self.labels, seconds, self.response_bytes);
+    }
+}
+
+/// A response body that ends its exchange when it has been sent (or dropped), counting its bytes.
+pub struct Observed<B> {
+    body: B,
+    exchange: Option<Exchange>,
+}
+
+impl<B: Body + Unpin> Body for Observed<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let r = Pin::new(&mut self.body).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(frame))) => {
+                let n = frame.data_ref().map_or(0, |d| d.remaining() as u64);
+                if let Some(e) = self.exchange.as_mut() {
+                    e.response_bytes += n;
+                }
+                if self.body.is_end_stream() {
+                    self.exchange = None;
+                }
+            }
+            Poll::Ready(_) => self.exchange = None,
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    fn text(m: &HttpMetrics) -> String {
+        let mut out = String::new();
+        m.encode(&mut out);
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_is_recorded_once_with_its_labels_duration_and_body_size() {
+        let m = Arc::new(HttpMetrics::new());
+        let l = m.listener(Arc::from("edge"));
+        let mut e = l.begin(&Method::GET);
+        assert!(text(&m).contains("http_server_active_requests{listener=\"edge\"} 1"));
+        e.target(Some(&Arc::from("shop")), Some(&Arc::from("backend")));
+        tokio::time::advance(std::time::Duration::from_millis(30)).await;
+        let resp = e.respond(
+            Response::builder()
+                .status(503)
+                .body(Full::new(bytes::Bytes::from("x".repeat(300))))
+                .unwrap_or_default(),
+        );
+        let body = resp.into_body().collect().await;
+        assert_eq!(body.map(|b| b.to_bytes().len()).unwrap_or(0), 300);
+        let t = text(&m);
+        let labels = "listener=\"edge\",route=\"shop\",destination_service=\"backend\",http_request_method=\"GET\",http_response_status_code=\"503\"";
+        assert!(
+            t.contains(&format!(
+                "http_server_request_duration_seconds_count{{{labels}}} 1"
+            )),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!(
+                "http_server_response_body_size_bytes_bucket{{le=\"256.0\",{labels}}} 0"
+            )),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!(
+                "http_server_response_body_size_bytes_bucket{{le=\"1024.0\",{labels}}} 1"
+            )),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!(
+                "http_server_response_body_size_bytes_sum{{{labels}}} 300.0"
+            )),
+            "{t}"
+        );
+        assert!(
+            t.contains("http_server_active_requests{listener=\"edge\"} 0"),
+            "{t}"
+        );
+        assert!(!t.contains("# EOF"), "more families follow: {t}");
+    }
+
+    #[test]
+    fn a_request_dropped_before_its_response_counts_as_status_0() {
+        let m = Arc::new(HttpMetrics::new());
+        let l = m.listener(Arc::from("outbound"));
+        drop(l.begin(&Method::from_bytes(b"BREW").unwrap_or_default()));
+        let t = text(&m);
+        assert!(t.contains("http_server_request_duration_seconds_count{listener=\"outbound\",route=\"\",destination_service=\"\",http_request_method=\"_OTHER\",http_response_status_code=\"0\"} 1"), "{t}");
+    }
+}

@@ -1,0 +1,111 @@
+//! Golden metrics (issue 13): a known mix of requests through gateway -> backend sidecar -> app gives exact
+//! request counts per label set at both proxies, with histograms whose buckets agree with their counts.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+
+/// `name{labels} value` lines of one family, by their label text.
+fn series(text: &str, name: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+        .filter_map(|rest| {
+            let (labels, value) = rest.rsplit_once("} ")?;
+            Some((labels.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The requests counted by `http_server_request_duration_seconds_count` at `listener` with this method and
+/// status (0 if none).
+fn count(text: &str, listener: &str, method: &str, status: u16) -> f64 {
+    series(text, "http_server_request_duration_seconds_count")
+        .into_iter()
+        .filter(|(l, _)| {
+            l.contains(&format!("listener=\"{listener}\""))
+                && l.contains(&format!("http_request_method=\"{method}\""))
+                && l.contains(&format!("http_response_status_code=\"{status}\""))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_mix_of_requests_is_counted_exactly_at_every_hop() {
+    let mesh = Mesh::start(gateway_to_backend).await;
+    let c = client();
+    let (gw_admin, backend_admin) = (mesh.admin("gateway-edge"), mesh.admin("backend-0"));
+    let gw_before = metrics(&c, &gw_admin).await;
+    let be_before = metrics(&c, &backend_admin).await;
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", mesh.gw);
+    for _ in 0..3 {
+        assert_eq!(
+            get(&c, &url("/ok"), &[("host", "backend")]).await.status,
+            200
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            get(&c, &url("/status/404"), &[("host", "backend")])
+                .await
+                .status,
+            404
+        );
+    }
+    let posted = send(
+        &c,
+        "POST",
+        &url("/status/503"),
+        &[("host", "backend")],
+        "x".repeat(100).into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(posted.status, 503);
+    let gw = metrics(&c, &gw_admin).await;
+    let be = metrics(&c, &backend_admin).await;
+
+    for (what, before, after, listener) in [
+        ("gateway", &gw_before, &gw, "http"),
+        ("backend sidecar", &be_before, &be, "inbound"),
+    ] {
+        for (method, status, n) in [("GET", 200, 3.0), ("GET", 404, 2.0), ("POST", 503, 1.0)] {
+            let seen =
+                count(after, listener, method, status) - count(before, listener, method, status);
+            assert_eq!(
+                seen, n,
+                "{what}: {method} {status} counted {seen} times, not {n}:\n{after}"
+            );
+        }
+    }
+    // The gateway knows the route and the service it sent them to.
+    let gw_series = series(&gw, "http_server_request_duration_seconds_count");
+    assert!(
+        gw_series.keys().any(
+            |l| l.contains("destination_service=\"service/default/backend\"")
+                && l.contains("http_response_status_code=\"200\"")
+        ),
+        "{gw_series:?}"
+    );
+    // Each histogram's +Inf bucket is its count; the response sizes were counted for the same requests.
+    for text in [&gw, &be] {
+        let counts = series(text, "http_server_request_duration_seconds_count");
+        let inf: BTreeMap<String, f64> =
+            series(text, "http_server_request_duration_seconds_bucket")
+                .into_iter()
+                .filter_map(|(l, v)| Some((l.strip_prefix("le=\"+Inf\",")?.to_string(), v)))
+                .collect();
+        assert_eq!(counts, inf, "{text}");
+        let sizes = series(text, "http_server_response_body_size_bytes_count");
+        assert_eq!(counts, sizes, "{text}");
+        assert!(
+            text.contains("# TYPE http_server_request_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(text.contains("http_server_active_requests{"), "{text}");
+    }
+}
