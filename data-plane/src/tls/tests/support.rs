@@ -232,7 +232,7 @@ impl Sidecar {
             default_timeout: Some(BOUND),
             proof: Default::default(),
             authorize: Some(Arc::default()),
-            metrics: Arc::new(crate::telemetry::HttpMetrics::new()).listener("inbound".into()),
+            metrics: crate::telemetry::HttpMetrics::new().listener("inbound".into()),
             termination: Some(Termination::Mesh(Arc::new(Inbound::new(
                 identity.clone(),
                 store,
