@@ -1,7 +1,8 @@
 //! The proxy's own replies, in one place: every error of the request path becomes a status and a short
 //! `text/plain` body here (`meshwork: <what happened>`), and so do the layers' deliberate answers (429 with its
 //! rate-limit headers, a circuit breaker's fallback, an injected fault, a redirect). Replies never carry internal
-//! addresses, error chains or backtraces: those go to the log.
+//! addresses, error chains or backtraces: those go to the log. Beside each status, the access log's
+//! `response_flags` for it (`flag`): why the request ended the way it did.
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -64,6 +65,47 @@ pub fn reply(err: &ProxyError) -> Response<ResponseBody> {
         // Envoy's RBAC reply; which policy denied goes to the log and /metrics, not to the client.
         ProxyError::Denied(_) => text(StatusCode::FORBIDDEN, "RBAC: access denied"),
         ProxyError::BadPath(e) => text(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+/// `response_flags` of a request a Wasm filter answered itself (it denied it, or replied from its own logic).
+pub const FILTER_REPLIED: &str = "FR";
+
+/// The access log's `response_flags` for an error of the request path (the codes are Envoy's where Envoy has
+/// one; docs/observability.md lists them all).
+pub fn flag(err: &ProxyError) -> &'static str {
+    match err {
+        ProxyError::NoRoute { .. } => "NR",
+        ProxyError::NotConfigured(_) | ProxyError::NoBackend(_) => "NC",
+        ProxyError::NoEndpoint(_) => "UH",
+        ProxyError::Call(e) => call_flag(e),
+        ProxyError::Filter(_) => "FF",
+        ProxyError::ClientBody(e) => client_body_flag(e),
+        ProxyError::BadPath(_) => "DPE",
+        ProxyError::Denied(_) => "RBAC",
+    }
+}
+
+fn call_flag(err: &CallError) -> &'static str {
+    match err {
+        CallError::Upstream(UpstreamError::Connect { .. }) => "UF",
+        CallError::Upstream(UpstreamError::Failed { source, .. }) => {
+            find::<ClientBodyFailed>(source).map_or("UC", client_body_flag)
+        }
+        CallError::Upstream(UpstreamError::BadUri) => "DPE",
+        CallError::Timeout(_) => "UT",
+        CallError::NoEndpoint(_) => "UH",
+        CallError::BulkheadFull { .. } | CallError::CircuitOpen(_) => "UO",
+        CallError::RateLimited { .. } => "RL",
+        CallError::FaultAbort(_) => "FI",
+        CallError::RequestBody(e) => find::<ClientBodyFailed>(&**e).map_or("DPE", client_body_flag),
+    }
+}
+
+fn client_body_flag(err: &ClientBodyFailed) -> &'static str {
+    match err {
+        ClientBodyFailed::TooSlow(_) => "DT",
+        ClientBodyFailed::Read(_) | ClientBodyFailed::TooLarge(_) => "DPE",
     }
 }
 

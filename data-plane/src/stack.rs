@@ -73,9 +73,25 @@ pub async fn handle(
     let mut exchange = ctx.metrics.begin(req.method());
     let resp = match route_and_forward(ctx, req, downstream, &mut exchange).await {
         Ok(resp) => resp,
-        Err(e) => error::reply(&e),
+        Err(e) => {
+            exchange.flag(error::flag(&e));
+            error::reply(&e)
+        }
     };
     exchange.respond(resp)
+}
+
+/// The caller as the access log names it: the mTLS peer's SPIFFE ID, else the service this sidecar's outbound
+/// listener speaks for (a plaintext caller's own claim is not logged as its identity).
+fn caller(ctx: &ListenerCtx, verified: Option<&VerifiedPeer>) -> Option<String> {
+    match verified {
+        Some(peer) => Some(peer.id.to_string()),
+        None => ctx
+            .source
+            .as_ref()
+            .and_then(|s| s.to_str().ok())
+            .map(str::to_string),
+    }
 }
 
 /// Where a request goes: the route it matched (none on a sidecar's inbound listener), the filters that run on it
@@ -96,6 +112,9 @@ async fn route_and_forward(
     // The snapshot is loaded once: this request finishes on it even if a new one is published meanwhile.
     let snapshot = ctx.store.load();
     let (mut parts, body) = req.into_parts();
+    if let Some(log) = &snapshot.access_log {
+        exchange.log(log, &parts, peer, caller(ctx, verified));
+    }
     if let Some(e) = body.declared_too_large() {
         return Err(e.into());
     }
@@ -132,7 +151,10 @@ async fn route_and_forward(
     .await;
     match verdict {
         Verdict::Continue => {}
-        Verdict::Respond(r) => return Ok(r),
+        Verdict::Respond(r) => {
+            exchange.flag(error::FILTER_REPLIED);
+            return Ok(r);
+        }
         Verdict::Fail(e) => return Err(e.into()),
     }
     if let Some((route, redirect)) = target
@@ -146,6 +168,7 @@ async fn route_and_forward(
         .cluster
         .ok_or_else(|| ProxyError::NoBackend(route.map_or("", |r| &r.name).to_string()))?;
     prepare_headers(ctx, &snapshot, &mut parts, &downstream);
+    exchange.request_id(&parts.headers);
     let body = match route {
         Some(route) => {
             apply_request_filters(&mut parts, route);

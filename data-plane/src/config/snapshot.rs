@@ -280,6 +280,8 @@ pub struct Snapshot {
     pub inbound_mtls: MtlsMode,
     /// AuthorizationPolicies this proxy enforces (sidecars: on the inbound listener; gateways: on every listener).
     pub authorization: Vec<crate::authz::Policy>,
+    /// The Mesh's `spec.accessLog` (None: no access log).
+    pub access_log: Option<Arc<AccessLogConfig>>,
     /// What was received, for /config_dump.
     pub source: pb::Snapshot,
 }
@@ -298,7 +300,25 @@ impl Snapshot {
             trust_domain: None,
             inbound_mtls: MtlsMode::default(),
             authorization: Vec::new(),
+            access_log: None,
             source: pb::Snapshot::default(),
         }
+    }
+}
+
+/// `spec.accessLog` of the Mesh, as the proxy applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    pub json: bool,
+    /// `stdout`, `stderr`, or an absolute file path (appended to).
+    pub path: Arc<str>,
+    /// The share of requests logged, in parts per million.
+    pub sampling_ppm: u32,
+}
+
+impl AccessLogConfig {
+    /// Whether this request is one of the sampled ones.
+    pub fn sampled(&self) -> bool {
+        self.sampling_ppm >= 1_000_000 || fastrand::u32(..1_000_000) < self.sampling_ppm
     }
 }

@@ -14,7 +14,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
 use bytes::Buf;
-use http::{Method, Response};
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use http::{HeaderValue, Method, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -25,6 +28,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use rustc_hash::FxBuildHasher;
 use tokio::time::Instant;
+
+use super::access_log::{AccessLog, AccessLogConfig, Entry};
 
 /// The label set of a served request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -129,6 +134,8 @@ pub struct HttpMetrics {
     registry: Registry,
     served: Arc<Served>,
     active: Family<ListenerLabels, Gauge>,
+    /// Where exchanges that were sampled for the access log go when they end.
+    pub access_log: Arc<AccessLog>,
 }
 
 impl Default for HttpMetrics {
@@ -141,8 +148,10 @@ impl HttpMetrics {
     pub fn new() -> Self {
         let served = Arc::new(Served::default());
         let active = Family::<ListenerLabels, Gauge>::default();
+        let access_log = Arc::new(AccessLog::default());
         let mut registry = Registry::default();
         registry.register_collector(Box::new(served.clone()));
+        registry.register_collector(Box::new(access_log.clone()));
         registry.register(
             "http_server_active_requests",
             "Requests in flight",
@@ -152,6 +161,7 @@ impl HttpMetrics {
             registry,
             served,
             active,
+            access_log,
         }
     }
 
@@ -162,6 +172,7 @@ impl HttpMetrics {
         });
         ListenerMetrics(Arc::new(Listener {
             served: self.served.clone(),
+            access_log: self.access_log.clone(),
             name,
             active,
         }))
@@ -179,6 +190,7 @@ impl HttpMetrics {
 
 struct Listener {
     served: Arc<Served>,
+    access_log: Arc<AccessLog>,
     name: Arc<str>,
     active: Gauge,
 }
@@ -201,6 +213,8 @@ impl ListenerMetrics {
             listener: self.0.clone(),
             start: Instant::now(),
             response_bytes: 0,
+            flags: NO_FLAGS,
+            log: None,
         }
     }
 }
@@ -229,9 +243,83 @@ pub struct Exchange {
     labels: RequestLabels,
     start: Instant,
     response_bytes: u64,
+    /// Why it ended the way it did (for the access log): `-` unless something went wrong.
+    flags: &'static str,
+    /// What the access log needs beyond the labels; only for a request sampled for it.
+    log: Option<Box<LogStart>>,
+}
+
+/// The `response_flags` of an exchange that went as asked.
+pub const NO_FLAGS: &str = "-";
+/// The client went away before its response had been sent.
+pub const CLIENT_GONE: &str = "DC";
+
+/// The access log's view of a request's arrival.
+struct LogStart {
+    config: Arc<AccessLogConfig>,
+    start: SystemTime,
+    method: Method,
+    version: Version,
+    authority: Option<String>,
+    path: String,
+    request_id: Option<HeaderValue>,
+    source: Option<String>,
+    downstream: SocketAddr,
 }
 
 impl Exchange {
+    /// Samples the request for the access log `config` asks for, noting what arrived.
+    pub fn log(
+        &mut self,
+        config: &Arc<AccessLogConfig>,
+        parts: &http::request::Parts,
+        downstream: SocketAddr,
+        source: Option<String>,
+    ) {
+        if !config.sampled() {
+            return;
+        }
+        let authority = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+        self.log = Some(Box::new(LogStart {
+            config: config.clone(),
+            start: SystemTime::now() - self.start.elapsed(),
+            method: parts.method.clone(),
+            version: parts.version,
+            authority: authority.map(str::to_string),
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            // The client's, until the proxy forwards the request with one of its own (`request_id`).
+            request_id: parts
+                .headers
+                .get(&crate::filter::headers::X_REQUEST_ID)
+                .cloned(),
+            source,
+            downstream,
+        }));
+    }
+
+    /// The request id the request is forwarded with (the client's, or the one this proxy gave it).
+    pub fn request_id(&mut self, headers: &http::HeaderMap) {
+        if let Some(log) = self.log.as_mut() {
+            log.request_id = headers.get(&crate::filter::headers::X_REQUEST_ID).cloned();
+        }
+    }
+
+    /// Why the request ends the way it does (the first reason given counts).
+    pub fn flag(&mut self, flags: &'static str) {
+        if self.flags == NO_FLAGS {
+            self.flags = flags;
+        }
+    }
+
     /// Where the request was sent: its route (if one matched) and destination service.
     pub fn target(&mut self, route: Option<&Arc<str>>, service: Option<&Arc<str>>) {
         self.labels.route = route.cloned();
@@ -251,10 +339,33 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         self.listener.active.dec();
-        let seconds = self.start.elapsed().as_secs_f64();
+        if self.labels.http_response_status_code == 0 {
+            self.flag(CLIENT_GONE);
+        }
+        let elapsed = self.start.elapsed();
         self.listener
             .served
-            .record(&self.labels, seconds, self.response_bytes);
+            .record(&self.labels, elapsed.as_secs_f64(), self.response_bytes);
+        if let Some(log) = self.log.take() {
+            self.listener.access_log.submit(Entry {
+                config: log.config,
+                start: log.start,
+                duration: elapsed,
+                request_id: log.request_id,
+                method: log.method,
+                version: log.version,
+                authority: log.authority,
+                path: log.path,
+                listener: self.labels.listener.clone(),
+                route: self.labels.route.clone(),
+                destination_service: self.labels.destination_service.clone(),
+                source: log.source,
+                downstream: log.downstream,
+                status: self.labels.http_response_status_code,
+                bytes_sent: self.response_bytes,
+                flags: self.flags,
+            });
+        }
     }
 }
 
@@ -295,6 +406,15 @@ impl<B: Body + Unpin> Body for Observed<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl<B> Drop for Observed<B> {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away (or the connection broke) mid-response.
+        if let Some(e) = self.exchange.as_mut() {
+            e.flag(CLIENT_GONE);
+        }
     }
 }
 

@@ -1,6 +1,9 @@
 //! What the proxy reports about the requests it serves, beside the request path (never in its way): the golden
-//! metrics (rate, errors and duration per listener, route and destination service, in `metrics.rs`).
+//! metrics (rate, errors and duration per listener, route and destination service, in `metrics.rs`) and the
+//! access log (`access_log.rs`), both fed by one record per request (`metrics::Exchange`).
 
+pub mod access_log;
 pub mod metrics;
 
+pub use access_log::AccessLog;
 pub use metrics::{Exchange, HttpMetrics, ListenerMetrics, Observed};

@@ -76,6 +76,19 @@ pub struct Mesh {
     pub mtls: MtlsMode,
     /// `spec.identity.certificateLifetime` (default 24h, from 1m to 90 days): the lifetime of proxy certificates.
     pub certificate_lifetime: Duration,
+    /// `spec.accessLog` (default: none).
+    pub access_log: Option<AccessLog>,
+}
+
+/// `spec.accessLog`: one line per request from every proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    /// `format: json` (default) or `text`.
+    pub json: bool,
+    /// `path`: `stdout` (default), `stderr` or an absolute file path.
+    pub path: String,
+    /// `sampling`: the share of requests logged (0 to 1, default 1), in parts per million.
+    pub sampling_ppm: u32,
 }
 
 impl Mesh {
@@ -86,12 +99,17 @@ impl Mesh {
             trust_domain: None,
             mtls: MtlsMode::default(),
             certificate_lifetime: DEFAULT_CERTIFICATE_LIFETIME,
+            access_log: None,
         }
     }
 }
 
 pub(super) fn parse_mesh(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Mesh> {
-    let obj = r.obj(spec, "spec", &["trustDomain", "mtls", "identity"])?;
+    let obj = r.obj(
+        spec,
+        "spec",
+        &["trustDomain", "mtls", "identity", "accessLog"],
+    )?;
     let mut mesh = Mesh::with_defaults(meta);
     let mut ok = true;
     mesh.trust_domain = r.opt_string(&obj, "trustDomain");
@@ -123,7 +141,83 @@ pub(super) fn parse_mesh(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<
             None => ok = false,
         }
     }
+    if let Some(node) = obj.get("accessLog") {
+        match parse_access_log(r, node, &obj.field("accessLog")) {
+            Some(log) => mesh.access_log = log,
+            None => ok = false,
+        }
+    }
     ok.then_some(mesh)
+}
+
+/// The Mesh's `accessLog` block: `{enabled, format: json | text, path: stdout | stderr | /absolute/file,
+/// sampling: 0..1}`. `Some(None)`: valid and off.
+fn parse_access_log(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Option<AccessLog>> {
+    let obj = r.obj(node, path, &["enabled", "format", "path", "sampling"])?;
+    let mut ok = true;
+    let enabled = match obj.get("enabled") {
+        None => true,
+        Some(n) => match n.as_scalar() {
+            Some("true") => true,
+            Some("false") => false,
+            _ => {
+                r.error(
+                    n.line,
+                    obj.field("enabled"),
+                    format!("expected true or false, got {}", n.describe()),
+                );
+                ok = false;
+                true
+            }
+        },
+    };
+    let json = match obj.get("format") {
+        None => true,
+        Some(n) => match r.choice(n, &obj.field("format"), &["json", "text"]) {
+            Some(f) => f == "json",
+            None => {
+                ok = false;
+                true
+            }
+        },
+    };
+    let file = r
+        .opt_string(&obj, "path")
+        .unwrap_or_else(|| "stdout".to_string());
+    if !matches!(file.as_str(), "stdout" | "stderr") && !std::path::Path::new(&file).is_absolute() {
+        let line = obj.get("path").map_or(obj.line, |n| n.line);
+        r.error(
+            line,
+            obj.field("path"),
+            format!("expected stdout, stderr or an absolute file path, got {file:?}"),
+        );
+        ok = false;
+    }
+    let sampling_ppm = match obj.get("sampling") {
+        None => 1_000_000,
+        Some(n) => match n.as_scalar().and_then(|v| v.parse::<f64>().ok()) {
+            Some(v) if (0.0..=1.0).contains(&v) => (v * 1_000_000.0).round() as u32,
+            _ => {
+                r.error(
+                    n.line,
+                    obj.field("sampling"),
+                    format!(
+                        "expected a share of requests from 0 to 1, such as 0.1, got {}",
+                        n.describe()
+                    ),
+                );
+                ok = false;
+                0
+            }
+        },
+    };
+    ok.then(|| {
+        enabled.then_some(AccessLog {
+            json,
+            path: file,
+            sampling_ppm,
+        })
+    })
 }
 
 /// An `mtls` block (Mesh or Workload): `{mode: STRICT | PERMISSIVE | DISABLED}`.

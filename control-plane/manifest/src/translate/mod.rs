@@ -98,6 +98,7 @@ pub fn snapshot_for(set: &ManifestSet, instances: &[Instance], proxy: &ProxyKey)
         trust_domain: trust_domain(set).to_string(),
         inbound_mtls: proto_mtls(inbound_mtls) as i32,
         authorization: authz::policies_for(set, proxy),
+        access_log: access_log(set),
     };
     attach_wasm(set, proxy, &mut snapshot);
     // Filters may call any mesh service (`proxy_http_call`), so a proxy that runs filters knows them all.
@@ -371,4 +372,18 @@ pub fn proto_protocol(p: AppProtocol) -> pb::Protocol {
         AppProtocol::Http2 => pb::Protocol::Http2,
         AppProtocol::Grpc => pb::Protocol::Grpc,
     }
+}
+
+/// The Mesh's access log settings, for every proxy.
+fn access_log(set: &ManifestSet) -> Option<pb::AccessLog> {
+    let log = set.meshes.first()?.access_log.as_ref()?;
+    let format = match log.json {
+        true => pb::AccessLogFormat::AccessLogJson,
+        false => pb::AccessLogFormat::AccessLogText,
+    };
+    Some(pb::AccessLog {
+        format: format as i32,
+        path: log.path.clone(),
+        sampling_ppm: log.sampling_ppm,
+    })
 }

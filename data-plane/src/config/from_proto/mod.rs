@@ -451,6 +451,7 @@ impl Snapshot {
             }
         };
         let authorization = authz::policies(&pb.authorization)?;
+        let access_log = pb.access_log.as_ref().map(access_log).transpose()?;
         Ok(Snapshot {
             version,
             authorization,
@@ -462,7 +463,40 @@ impl Snapshot {
             trust_domain,
             inbound_mtls,
             plugins,
+            access_log,
             source: pb,
         })
     }
+}
+
+/// The Mesh's access log settings: a known format, a path the proxy can write to by name, a share of requests.
+fn access_log(pb: &pb::AccessLog) -> Result<Arc<AccessLogConfig>, InvalidSnapshot> {
+    let json = match pb::AccessLogFormat::try_from(pb.format) {
+        Ok(pb::AccessLogFormat::AccessLogJson) => true,
+        Ok(pb::AccessLogFormat::AccessLogText) => false,
+        Err(_) => {
+            return Err(invalid(
+                "access_log.format",
+                format!("unknown format {}", pb.format),
+            ))
+        }
+    };
+    let path = pb.path.as_str();
+    if !matches!(path, "stdout" | "stderr") && !std::path::Path::new(path).is_absolute() {
+        return Err(invalid(
+            "access_log.path",
+            format!("expected stdout, stderr or an absolute file path, got {path:?}"),
+        ));
+    }
+    if pb.sampling_ppm > 1_000_000 {
+        return Err(invalid(
+            "access_log.sampling_ppm",
+            format!("expected at most 1000000, got {}", pb.sampling_ppm),
+        ));
+    }
+    Ok(Arc::new(AccessLogConfig {
+        json,
+        path: Arc::from(path),
+        sampling_ppm: pb.sampling_ppm,
+    }))
 }

@@ -537,6 +537,27 @@ fn cluster() -> BoxedStrategy<pb::Cluster> {
         .boxed()
 }
 
+fn access_log() -> BoxedStrategy<pb::AccessLog> {
+    (
+        prop_oneof![4 => 0..2i32, 1 => any::<i32>()],
+        pick(&[
+            "stdout",
+            "stderr",
+            "/var/log/a.log",
+            "relative.log",
+            "",
+            "../x",
+        ]),
+        prop_oneof![3 => 0..=1_000_000u32, 1 => any::<u32>()],
+    )
+        .prop_map(|(format, path, sampling_ppm)| pb::AccessLog {
+            format,
+            path,
+            sampling_ppm,
+        })
+        .boxed()
+}
+
 fn snapshot() -> BoxedStrategy<pb::Snapshot> {
     let wasm = prop_oneof![4 => Just(Vec::new()), 1 => prop::collection::vec(name(), 1..3)];
     let parts = (
@@ -554,10 +575,11 @@ fn snapshot() -> BoxedStrategy<pb::Snapshot> {
             "a b",
         ]),
         prop_oneof![4 => 0..3i32, 1 => any::<i32>()],
+        some(access_log()),
     );
     parts
         .prop_map(
-            |(listeners, clusters, inbound_wasm, inbound_rate_limit, mesh_key, td, mtls)| {
+            |(listeners, clusters, inbound_wasm, inbound_rate_limit, mesh_key, td, mtls, log)| {
                 pb::Snapshot {
                     listeners,
                     clusters,
@@ -568,6 +590,7 @@ fn snapshot() -> BoxedStrategy<pb::Snapshot> {
                     trust_domain: td,
                     inbound_mtls: mtls,
                     authorization: Vec::new(),
+                    access_log: log,
                 }
             },
         )
@@ -590,6 +613,16 @@ fn check(
     // Compared encoded: a NaN (a ratio, a percentage) is not equal to itself.
     prop_assert_eq!(snap.source.encode_to_vec(), pb.encode_to_vec());
     prop_assert_eq!(snap.listeners.len(), pb.listeners.len());
+    match (&pb.access_log, &snap.access_log) {
+        (None, None) => {}
+        (Some(p), Some(a)) => {
+            prop_assert_eq!(a.json, p.format == 0);
+            prop_assert_eq!(&*a.path, p.path.as_str());
+            prop_assert!(a.path.starts_with('/') || ["stdout", "stderr"].contains(&&*a.path));
+            prop_assert!(a.sampling_ppm == p.sampling_ppm && a.sampling_ppm <= 1_000_000);
+        }
+        (p, a) => prop_assert!(false, "access log {:?} built as {:?}", p, a),
+    }
     prop_assert!(snap.clusters.len() <= pb.clusters.len());
     for listener in snap.listeners.values() {
         for route in listener.vhosts.hosts.iter().flat_map(|h| &h.routes) {

@@ -219,3 +219,62 @@ fn the_example_in_the_manifest_docs_loads() {
     );
     assert_eq!(set.workloads[0].mtls, Some(MtlsMode::Permissive));
 }
+
+#[test]
+fn access_log_settings_are_read_with_their_defaults() {
+    let read = |spec: &str| load(&mesh(spec)).map(|s| s.meshes[0].access_log.clone());
+    assert_eq!(read("{}").unwrap(), None, "off unless asked for");
+    let on = read("{accessLog: {}}").unwrap().unwrap();
+    assert!(on.json);
+    assert_eq!((on.path.as_str(), on.sampling_ppm), ("stdout", 1_000_000));
+    let text = read("{accessLog: {format: text, path: /var/log/mesh.log, sampling: 0.25}}")
+        .unwrap()
+        .unwrap();
+    assert!(!text.json);
+    assert_eq!(
+        (text.path.as_str(), text.sampling_ppm),
+        ("/var/log/mesh.log", 250_000)
+    );
+    assert_eq!(
+        read("{accessLog: {enabled: false, format: text}}").unwrap(),
+        None
+    );
+}
+
+#[test]
+fn bad_access_log_settings_are_refused_naming_the_field() {
+    for (spec, field, expected) in [
+        (
+            "{accessLog: {format: yaml}}",
+            "spec.accessLog.format",
+            "json",
+        ),
+        (
+            "{accessLog: {path: logs/access.log}}",
+            "spec.accessLog.path",
+            "absolute file path",
+        ),
+        (
+            "{accessLog: {sampling: 1.5}}",
+            "spec.accessLog.sampling",
+            "from 0 to 1",
+        ),
+        (
+            "{accessLog: {sampling: all}}",
+            "spec.accessLog.sampling",
+            "from 0 to 1",
+        ),
+        (
+            "{accessLog: {enabled: yes}}",
+            "spec.accessLog.enabled",
+            "true or false",
+        ),
+        ("{accessLog: {level: info}}", "spec.accessLog", "level"),
+    ] {
+        let e = errors(&mesh(spec)).join("\n");
+        assert!(
+            e.contains("m.yaml:4") && e.contains(field) && e.contains(expected),
+            "{spec}: {e}"
+        );
+    }
+}

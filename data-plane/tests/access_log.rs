@@ -1,0 +1,164 @@
+//! Access logs (issue 13): with the Mesh's `spec.accessLog` on, every proxy writes one JSON line per request,
+//! checked here field by field for a request that went through (gateway and backend sidecar, one request id) and
+//! for ones the proxy or the upstream ended (response flags).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// The log's lines once at least `n` are there (at most 10 s).
+async fn lines(path: &Path, n: usize) -> Vec<Value> {
+    eventually(Duration::from_secs(10), "access log lines", || async {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        (lines.len() >= n).then_some(lines)
+    })
+    .await
+}
+
+fn find<'a>(lines: &'a [Value], listener: &str, request_id: &str) -> &'a Value {
+    lines
+        .iter()
+        .find(|l| l["listener"] == listener && l["request_id"] == request_id)
+        .unwrap_or_else(|| panic!("no {listener} line for {request_id}: {lines:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_logged_field_by_field_with_its_response_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let mesh = Mesh::start(|gw| {
+        format!(
+            r#"
+apiVersion: meshwork.dev/v1alpha1
+kind: Mesh
+metadata: {{name: mesh}}
+spec: {{accessLog: {{path: "{log}"}}}}
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {{name: backend}}
+spec: {{service: backend, command: meshwork-demo echo}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec: {{listeners: [{{name: http, port: {gw}}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: all}}
+spec:
+  parentRefs: [{{name: edge}}]
+  hostnames: [backend]
+  rules: [{{backendRefs: [{{name: backend}}]}}]
+"#,
+            log = log.display()
+        )
+    })
+    .await;
+    let c = client();
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", mesh.gw);
+    let before = std::time::SystemTime::now();
+    let ok = get(
+        &c,
+        &url("/ok?q=1"),
+        &[("host", "backend"), ("x-request-id", "req-ok")],
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    let failed = get(
+        &c,
+        &url("/status/503"),
+        &[("host", "backend"), ("x-request-id", "req-503")],
+    )
+    .await;
+    assert_eq!(failed.status, 503);
+    let lost = get(
+        &c,
+        &url("/x"),
+        &[("host", "nowhere"), ("x-request-id", "req-nr")],
+    )
+    .await;
+    assert_eq!(lost.status, 404);
+    // Gateway: three lines; backend sidecar: two (the third never left the gateway).
+    let all = lines(&log, 5).await;
+
+    let gw = find(&all, "http", "req-ok");
+    let start = time::OffsetDateTime::parse(
+        gw["start_time"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let start = std::time::SystemTime::from(start);
+    assert!(start + Duration::from_millis(5) >= before, "{gw}");
+    assert_eq!(gw["method"], "GET");
+    assert_eq!(gw["authority"], "backend");
+    assert_eq!(gw["path"], "/ok?q=1");
+    assert_eq!(gw["protocol"], "HTTP/1.1");
+    assert_eq!(gw["status"], 200);
+    assert_eq!(gw["response_flags"], "-");
+    assert!(gw["duration_ms"].as_f64().unwrap() > 0.0, "{gw}");
+    assert_eq!(gw["bytes_sent"], ok.body.len() as u64, "{gw}");
+    assert_eq!(gw["route"], "HTTPRoute/default/all/rule/0/match/0");
+    assert_eq!(gw["destination_service"], "service/default/backend");
+    assert_eq!(
+        gw["source"],
+        Value::Null,
+        "a client outside the mesh has no identity"
+    );
+    assert!(
+        gw["downstream_address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{gw}"
+    );
+
+    // The same request at the backend's sidecar: same id, the gateway as the verified caller.
+    let inbound = find(&all, "inbound", "req-ok");
+    assert_eq!(inbound["status"], 200);
+    assert_eq!(inbound["path"], "/ok?q=1");
+    assert_eq!(inbound["destination_service"], "local-app/backend");
+    assert_eq!(
+        inbound["source"],
+        "spiffe://cluster.local/ns/default/gateway/edge"
+    );
+
+    // The upstream's own 503 is no proxy decision: no flag.
+    let upstream_503 = find(&all, "http", "req-503");
+    assert_eq!(
+        (
+            upstream_503["status"].as_u64(),
+            upstream_503["response_flags"].as_str()
+        ),
+        (Some(503), Some("-"))
+    );
+    // No route: the gateway answered itself.
+    let nr = find(&all, "http", "req-nr");
+    assert_eq!(nr["status"], 404);
+    assert_eq!(nr["response_flags"], "NR");
+    assert_eq!(nr["route"], Value::Null);
+    assert_eq!(nr["destination_service"], Value::Null);
+    assert!(!all
+        .iter()
+        .any(|l| l["listener"] == "inbound" && l["request_id"] == "req-nr"));
+    let m = metrics(&c, &mesh.admin("gateway-edge")).await;
+    assert!(
+        m.contains("meshwork_access_log_lines_total{result=\"written\"} 3"),
+        "{m}"
+    );
+    assert!(
+        m.contains("meshwork_access_log_lines_total{result=\"dropped\"} 0"),
+        "{m}"
+    );
+}
