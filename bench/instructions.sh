@@ -11,6 +11,7 @@
 #
 #   bench/instructions.sh --against /path/to/other/meshwork-proxy [--rounds 3] [--requests 6000] [--rate 300]
 #                         [--other-args "--default-request-timeout 0s"]   # arguments for the other build only
+#                         [--other-manifests bench/manifests-accesslog]   # manifests for the other build only
 #       # meshwork-proxy as a plain gateway (bench/manifests), this tree's build against another build
 #   bench/instructions.sh --hop [--rounds 3] [--requests 6000] [--rate 300]
 #       # one mesh hop (bench/mesh-hop.sh: client proxy -> sidecar -> origin), plaintext against mutual TLS; the
@@ -23,11 +24,12 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SHARED_BENCH="${MESHWORK_SHARED_BENCH:-$ROOT/../shared/bench}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-OTHER="" OTHER_ARGS="" HOP=0 ROUNDS=3 REQUESTS=6000 RATE=300
+OTHER="" OTHER_ARGS="" OTHER_MANIFESTS="$ROOT/bench/manifests" HOP=0 ROUNDS=3 REQUESTS=6000 RATE=300
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --against) OTHER="$2"; shift 2 ;;
     --other-args) OTHER_ARGS="$2"; shift 2 ;;
+    --other-manifests) OTHER_MANIFESTS="$(cd "$2" && pwd)"; shift 2 ;;
     --hop) HOP=1; shift ;;
     --rounds) ROUNDS="$2"; shift 2 ;;
     --requests) REQUESTS="$2"; shift 2 ;;
@@ -105,12 +107,12 @@ print(f"{name} {rnd} {ok} {total} {total / ok:.0f}")
 PY
 }
 
-# measure NAME BIN ROUND [ARGS...]: one meshwork-proxy as a plain gateway (bench/manifests) under callgrind.
+# measure NAME BIN MANIFESTS ROUND [ARGS...]: one meshwork-proxy as a plain gateway under callgrind.
 measure() {
-  local name="$1" bin="$2" round="$3" cg="$OUT/$1-$3.callgrind"
-  shift 3
+  local name="$1" bin="$2" manifests="$3" round="$4" cg="$OUT/$1-$4.callgrind"
+  shift 4
   env MESHWORK_LOG=off taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$cg" \
-    "$bin" --workers 1 --manifests "$ROOT/bench/manifests" --admin 127.0.0.1:18119 "$@" >"$OUT/$name-$round.log" 2>&1 &
+    "$bin" --workers 1 --manifests "$manifests" --admin 127.0.0.1:18119 "$@" >"$OUT/$name-$round.log" 2>&1 &
   local pid=$!
   PIDS+=("$pid")
   wait_ready http://127.0.0.1:18119/ready 300
@@ -143,9 +145,9 @@ for round in $(seq 1 "$ROUNDS"); do
     measure_hop plain "$round"
     measure_hop mtls "$round"
   else
-    measure meshwork "$OURS" "$round"
+    measure meshwork "$OURS" "$ROOT/bench/manifests" "$round"
     # shellcheck disable=SC2086 # OTHER_ARGS is a list of arguments
-    measure other "$OTHER" "$round" $OTHER_ARGS
+    measure other "$OTHER" "$OTHER_MANIFESTS" "$round" $OTHER_ARGS
   fi
 done | tee "$OUT/results.txt"
 echo "raw data: $OUT"

@@ -260,8 +260,8 @@ struct LogStart {
     start: SystemTime,
     method: Method,
     version: Version,
-    authority: Option<String>,
-    path: String,
+    uri: http::Uri,
+    host: Option<HeaderValue>,
     request_id: Option<HeaderValue>,
     source: Option<String>,
     downstream: SocketAddr,
@@ -279,23 +279,13 @@ impl Exchange {
         if !config.sampled() {
             return;
         }
-        let authority = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
-            parts
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        });
         self.log = Some(Box::new(LogStart {
             config: config.clone(),
             start: SystemTime::now() - self.start.elapsed(),
             method: parts.method.clone(),
             version: parts.version,
-            authority: authority.map(str::to_string),
-            path: parts
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string(),
+            uri: parts.uri.clone(),
+            host: parts.headers.get(http::header::HOST).cloned(),
             // The client's, until the proxy forwards the request with one of its own (`request_id`).
             request_id: parts
                 .headers
@@ -354,8 +344,8 @@ impl Drop for Exchange {
                 request_id: log.request_id,
                 method: log.method,
                 version: log.version,
-                authority: log.authority,
-                path: log.path,
+                uri: log.uri,
+                host: log.host,
                 listener: self.labels.listener.clone(),
                 route: self.labels.route.clone(),
                 destination_service: self.labels.destination_service.clone(),
