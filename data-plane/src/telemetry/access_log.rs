@@ -256,23 +256,33 @@ fn push_addr(out: &mut String, addr: SocketAddr) {
     push_num(out, addr.port().into());
 }
 
-/// A JSON string (quoted and escaped), or `null`.
+/// A JSON string (quoted and escaped), or `null`. Runs of bytes that need no escaping (nearly all of them) are
+/// copied whole.
 fn push_json(out: &mut String, v: Option<&str>) {
     let Some(v) = v else {
         out.push_str("null");
         return;
     };
     out.push('"');
-    for c in v.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    let bytes = v.as_bytes();
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0..=0x1f | 0x7f => "",
+            _ => continue,
+        };
+        // `i` is at an ASCII byte, so both slices end on character boundaries.
+        out.push_str(&v[run..i]);
+        if escaped.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escaped);
         }
+        run = i + 1;
     }
+    out.push_str(&v[run..]);
     out.push('"');
 }
 
