@@ -123,7 +123,7 @@ fn unknown_fields_under_mtls_and_identity_are_refused_by_name() {
     );
     assert_eq!(
         errors(&mesh("{tls: {}}")),
-        ["m.yaml:4: spec.tls: unknown or unsupported field (supported here: trustDomain, mtls, identity)"]
+        ["m.yaml:4: spec.tls: unknown or unsupported field (supported here: trustDomain, mtls, identity, accessLog)"]
     );
 }
 
