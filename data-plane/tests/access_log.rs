@@ -162,3 +162,125 @@ spec:
         "{m}"
     );
 }
+
+/// The configuration versions the mesh's two proxies (gateway and backend sidecar) have applied.
+async fn versions(c: &HttpClient, mesh: &Mesh) -> Vec<u64> {
+    let mut all = Vec::new();
+    for node in ["gateway-edge", "backend-0"] {
+        let m = metrics(c, &mesh.admin(node)).await;
+        let v = m
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("meshwork_config_version ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0);
+        all.push(v);
+    }
+    all
+}
+
+/// Writes the mesh's manifests with `access_log` and waits until both proxies have applied a newer snapshot.
+async fn change(c: &HttpClient, mesh: &Mesh, access_log: &str) {
+    let before = versions(c, mesh).await;
+    write(&mesh.dir, "mesh.yaml", &manifests(mesh.gw, access_log));
+    eventually(
+        Duration::from_secs(15),
+        "both proxies to apply the change",
+        || async {
+            let now = versions(c, mesh).await;
+            now.iter().zip(&before).all(|(n, b)| n > b).then_some(())
+        },
+    )
+    .await;
+}
+
+fn manifests(gw: u16, access_log: &str) -> String {
+    format!(
+        r#"
+apiVersion: meshwork.dev/v1alpha1
+kind: Mesh
+metadata: {{name: mesh}}
+spec: {{accessLog: {access_log}}}
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {{name: backend}}
+spec: {{service: backend, command: meshwork-demo echo}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec: {{listeners: [{{name: http, port: {gw}}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: all}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{backendRefs: [{{name: backend}}]}}]
+"#
+    )
+}
+
+/// `spec.accessLog` edited while the mesh runs: the next requests follow it (another file and format, then off),
+/// with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_to_the_access_log_applies_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let (json, text) = (dir.path().join("json.log"), dir.path().join("text.log"));
+    let first = format!("{{path: \"{}\"}}", json.display());
+    let mesh = Mesh::start(|gw| manifests(gw, &first)).await;
+    let c = client();
+    let url = format!("http://127.0.0.1:{}/live", mesh.gw);
+    let send = |id: String| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let r = get(&c, &url, &[("host", "backend"), ("x-request-id", &id)]).await;
+            assert_eq!(r.status, 200);
+        }
+    };
+    send("in-json".into()).await;
+    lines(&json, 2).await;
+
+    let second = format!("{{format: text, path: \"{}\"}}", text.display());
+    change(&c, &mesh, &second).await;
+    send("in-text".into()).await;
+    let text_lines = eventually(Duration::from_secs(10), "a text line", || async {
+        let t = std::fs::read_to_string(&text).unwrap_or_default();
+        t.contains("\"in-text\"").then_some(t)
+    })
+    .await;
+    let line = text_lines
+        .lines()
+        .find(|l| l.contains("\"in-text\"") && l.contains(" http "))
+        .unwrap();
+    assert!(
+        line.starts_with('[') && line.contains("\"GET /live HTTP/1.1\" 200 - "),
+        "{line}"
+    );
+    let json_now = std::fs::read_to_string(&json).unwrap();
+    assert!(
+        !json_now.contains("in-text"),
+        "the old file got a line after the change: {json_now}"
+    );
+
+    change(&c, &mesh, "{enabled: false}").await;
+    send("after-off".into()).await;
+    // Proven by order rather than by waiting: turned on again into a third file, a later request's line there means
+    // every earlier line was written (one writer, in order, flushed on each change of file).
+    let third = dir.path().join("third.log");
+    change(&c, &mesh, &format!("{{path: \"{}\"}}", third.display())).await;
+    send("marker".into()).await;
+    let third_lines = lines(&third, 1).await;
+    assert!(third_lines.iter().any(|l| l["request_id"] == "marker"));
+    for (name, path) in [("json", &json), ("text", &text), ("third", &third)] {
+        let t = std::fs::read_to_string(path).unwrap();
+        assert!(
+            !t.contains("after-off"),
+            "{name}: a line was written while the access log was off: {t}"
+        );
+    }
+}
