@@ -180,9 +180,14 @@ async fn route_and_forward(
     let filtered = matches!(body, RequestBody::Filtered(_));
     // 5-7. Hand-off. The proxy's own error answers (503, 504...) go through the response filters too, as Envoy's
     //      local replies do.
-    let resp = hand_off(ctx, route, cluster, parts, body, peer)
-        .await
-        .unwrap_or_else(|e| error::reply(&e));
+    let handed = hand_off(ctx, route, cluster, parts, body, peer, exchange.tried()).await;
+    let resp = match handed {
+        Ok(resp) => resp,
+        Err(e) => {
+            exchange.flag(error::flag(&e));
+            error::reply(&e)
+        }
+    };
     // A filter that answered from its request-body callback: its reply, not the upstream's (aborted) answer.
     if let Some(reply) = filtered.then(|| chain.body_reply()).flatten() {
         return Ok(reply);
@@ -246,6 +251,7 @@ async fn hand_off(
     parts: http::request::Parts,
     body: RequestBody,
     peer: SocketAddr,
+    tried: Option<&resilience::Tried>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let resp = match route {
         Some(route) => {
@@ -256,6 +262,7 @@ async fn hand_off(
                 peer,
                 route_policy: route_policy.as_deref(),
                 route_timeout: route.timeout.or(ctx.default_timeout),
+                tried,
             };
             let balancer = ctx.resilience.balancer(cluster);
             resilience::call(&ctx.upstreams, &balancer, req).await?
@@ -264,6 +271,9 @@ async fn hand_off(
             let endpoint = cluster
                 .any_endpoint()
                 .ok_or_else(|| ProxyError::NoEndpoint(cluster.name.to_string()))?;
+            if let Some(tried) = tried {
+                tried.attempt(endpoint.addr);
+            }
             let sent = upstream::send(
                 &ctx.upstreams,
                 &cluster.name,

@@ -36,6 +36,8 @@ fn find<'a>(lines: &'a [Value], listener: &str, request_id: &str) -> &'a Value {
 async fn every_request_is_logged_field_by_field_with_its_response_flags() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
+    // Nothing listens there: attempts to it fail to connect.
+    let dead = free_port();
     let mesh = Mesh::start(|gw| {
         format!(
             r#"
@@ -61,6 +63,19 @@ spec:
   parentRefs: [{{name: edge}}]
   hostnames: [backend]
   rules: [{{backendRefs: [{{name: backend}}]}}]
+---
+apiVersion: meshwork.dev/v1alpha1
+kind: Workload
+metadata: {{name: dead}}
+spec: {{service: dead, endpoints: ["127.0.0.1:{dead}"]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: dead}}
+spec:
+  parentRefs: [{{name: edge}}]
+  hostnames: [dead]
+  rules: [{{backendRefs: [{{name: dead}}]}}]
 "#,
             log = log.display()
         )
@@ -90,8 +105,15 @@ spec:
     )
     .await;
     assert_eq!(lost.status, 404);
-    // Gateway: three lines; backend sidecar: two (the third never left the gateway).
-    let all = lines(&log, 5).await;
+    let refused = get(
+        &c,
+        &url("/x"),
+        &[("host", "dead"), ("x-request-id", "req-uf")],
+    )
+    .await;
+    assert_eq!(refused.status, 503);
+    // Gateway: four lines; backend sidecar: two (the other two never reached it).
+    let all = lines(&log, 6).await;
 
     let gw = find(&all, "http", "req-ok");
     let start = time::OffsetDateTime::parse(
@@ -123,6 +145,10 @@ spec:
             .starts_with("127.0.0.1:"),
         "{gw}"
     );
+    // One attempt, to the backend's sidecar (its inbound address, as registered).
+    assert_eq!(gw["attempts"], 1, "{gw}");
+    let backend_inbound = mesh.node("backend-0").get("inbound").to_string();
+    assert_eq!(gw["upstream_address"], backend_inbound.as_str(), "{gw}");
 
     // The same request at the backend's sidecar: same id, the gateway as the verified caller.
     let inbound = find(&all, "inbound", "req-ok");
@@ -152,9 +178,24 @@ spec:
     assert!(!all
         .iter()
         .any(|l| l["listener"] == "inbound" && l["request_id"] == "req-nr"));
+    // Nothing listening upstream: the gateway's 503 says so, with the endpoint it tried.
+    let uf = find(&all, "http", "req-uf");
+    assert_eq!(
+        (uf["status"].as_u64(), uf["response_flags"].as_str()),
+        (Some(503), Some("UF")),
+        "{uf}"
+    );
+    assert_eq!(
+        uf["upstream_address"],
+        format!("127.0.0.1:{dead}").as_str(),
+        "{uf}"
+    );
+    assert!(uf["attempts"].as_u64().unwrap() >= 1, "{uf}");
+    assert_eq!(nr["attempts"], 0);
+    assert_eq!(nr["upstream_address"], Value::Null);
     let m = metrics(&c, &mesh.admin("gateway-edge")).await;
     assert!(
-        m.contains("meshwork_access_log_lines_total{result=\"written\"} 3"),
+        m.contains("meshwork_access_log_lines_total{result=\"written\"} 4"),
         "{m}"
     );
     assert!(

@@ -76,6 +76,38 @@ pub struct Request<'a> {
     pub route_policy: Option<&'a ClusterRuntime>,
     /// The HTTPRoute's own request timeout, used when no policy sets `timeouts.request`.
     pub route_timeout: Option<Duration>,
+    /// Where the attempts are noted, when someone (the access log) wants to know.
+    pub tried: Option<&'a Tried>,
+}
+
+/// How many attempts a request took and the endpoint of the last one, as the layers made them.
+#[derive(Debug, Default)]
+pub struct Tried {
+    attempts: std::sync::atomic::AtomicU32,
+    last: std::sync::Mutex<Option<SocketAddr>>,
+}
+
+impl Tried {
+    /// An attempt is being made at `endpoint`.
+    pub fn attempt(&self, endpoint: SocketAddr) {
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(endpoint);
+    }
+
+    pub fn attempts(&self) -> u32 {
+        self.attempts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn last(&self) -> Option<SocketAddr> {
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Calls the upstream service `b` through every layer, in the order the module documents.
@@ -123,6 +155,7 @@ pub async fn call(
         retry,
         timeouts,
         deadline,
+        tried: req.tried,
     };
     attempts.run(req, probe, slot).await
 }
@@ -144,6 +177,7 @@ struct Attempts<'a> {
     retry: &'a RetryPolicy,
     timeouts: Timeouts,
     deadline: Deadline,
+    tried: Option<&'a Tried>,
 }
 
 impl<'a> Attempts<'a> {
@@ -216,6 +250,9 @@ impl<'a> Attempts<'a> {
         let cluster = &self.b.cluster;
         let (endpoint, state) = (&cluster.endpoints[i], &*self.b.states[i]);
         let _in_flight = InFlight::new(state);
+        if let Some(tried) = self.tried {
+            tried.attempt(endpoint.addr);
+        }
         let started = Instant::now();
         let fut = upstream::send(
             self.clients,

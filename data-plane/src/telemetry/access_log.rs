@@ -41,6 +41,10 @@ pub struct Entry {
     /// The caller: the mTLS peer's SPIFFE ID, or the service this sidecar's outbound listener speaks for.
     pub source: Option<String>,
     pub downstream: SocketAddr,
+    /// The endpoint of the last attempt upstream, if one was made.
+    pub upstream: Option<SocketAddr>,
+    /// Attempts made upstream (retries included; 0: none was made).
+    pub attempts: u32,
     /// 0: the client went away before a response was made.
     pub status: u16,
     pub bytes_sent: u64,
@@ -364,6 +368,13 @@ fn format_entry(e: &Entry, clock: &mut Clock, out: &mut String) {
         }
         out.push(' ');
         push_addr(out, e.downstream);
+        out.push(' ');
+        match e.upstream {
+            Some(a) => push_addr(out, a),
+            None => out.push('-'),
+        }
+        out.push(' ');
+        push_num(out, e.attempts.into());
         out.push('\n');
         return;
     }
@@ -397,7 +408,18 @@ fn format_entry(e: &Entry, clock: &mut Clock, out: &mut String) {
     push_json(out, e.source.as_deref());
     out.push_str(",\"downstream_address\":\"");
     push_addr(out, e.downstream);
-    out.push_str("\"}\n");
+    out.push_str("\",\"upstream_address\":");
+    match e.upstream {
+        Some(a) => {
+            out.push('"');
+            push_addr(out, a);
+            out.push('"');
+        }
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"attempts\":");
+    push_num(out, e.attempts.into());
+    out.push_str("}\n");
 }
 
 #[cfg(test)]
@@ -425,6 +447,8 @@ mod tests {
             downstream: "127.0.0.1:5000"
                 .parse()
                 .unwrap_or(SocketAddr::from(([0; 4], 0))),
+            upstream: Some(SocketAddr::from(([10, 0, 0, 7], 8080))),
+            attempts: 2,
             status: 503,
             bytes_sent: 12,
             flags: "UH",
@@ -447,6 +471,8 @@ mod tests {
         );
         assert_eq!(v["destination_service"], serde_json::Value::Null);
         assert_eq!(v["downstream_address"], "127.0.0.1:5000");
+        assert_eq!(v["upstream_address"], "10.0.0.7:8080");
+        assert_eq!(v["attempts"], 2);
     }
 
     #[test]
@@ -455,7 +481,7 @@ mod tests {
         format_entry(&entry(false), &mut Clock::default(), &mut line);
         assert_eq!(
             line,
-            "[2025-12-01T00:00:00.123Z] \"POST /cart?x=1 HTTP/1.1\" 503 UH 12 1.500 \"abc\" \"shop.example\\\"\" http HTTPRoute/default/shop/rule/0/match/0 - - 127.0.0.1:5000\n"
+            "[2025-12-01T00:00:00.123Z] \"POST /cart?x=1 HTTP/1.1\" 503 UH 12 1.500 \"abc\" \"shop.example\\\"\" http HTTPRoute/default/shop/rule/0/match/0 - - 127.0.0.1:5000 10.0.0.7:8080 2\n"
         );
     }
 
@@ -519,6 +545,8 @@ mod escaping {
             destination_service: None,
             source: None,
             downstream: SocketAddr::from(([127, 0, 0, 1], 1)),
+            upstream: None,
+            attempts: 0,
             status: 200,
             bytes_sent: 0,
             flags: "-",

@@ -30,6 +30,7 @@ use rustc_hash::FxBuildHasher;
 use tokio::time::Instant;
 
 use super::access_log::{AccessLog, AccessLogConfig, Entry};
+use crate::resilience::Tried;
 
 /// The label set of a served request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -265,6 +266,8 @@ struct LogStart {
     request_id: Option<HeaderValue>,
     source: Option<String>,
     downstream: SocketAddr,
+    /// The attempts the layers made upstream.
+    tried: Tried,
 }
 
 impl Exchange {
@@ -293,7 +296,13 @@ impl Exchange {
                 .cloned(),
             source,
             downstream,
+            tried: Tried::default(),
         }));
+    }
+
+    /// Where the layers note their attempts (only for a request sampled for the access log).
+    pub fn tried(&self) -> Option<&Tried> {
+        self.log.as_ref().map(|l| &l.tried)
     }
 
     /// The request id the request is forwarded with (the client's, or the one this proxy gave it).
@@ -351,6 +360,8 @@ impl Drop for Exchange {
                 destination_service: self.labels.destination_service.clone(),
                 source: log.source,
                 downstream: log.downstream,
+                upstream: log.tried.last(),
+                attempts: log.tried.attempts(),
                 status: self.labels.http_response_status_code,
                 bytes_sent: self.response_bytes,
                 flags: self.flags,
