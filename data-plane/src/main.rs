@@ -25,6 +25,10 @@ enum AppProtocolArg {
 #[derive(Debug, Parser)]
 #[command(name = "meshwork-proxy", version)]
 struct Args {
+    /// The proxy's own log (stderr): `text` or `json` (one object per line). Access logs are configured in the
+    /// Mesh kind instead.
+    #[arg(long, env = "MESHWORK_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     /// Control plane URL (e.g. http://127.0.0.1:15010).
     #[arg(
         long,
@@ -181,8 +185,8 @@ fn bootstrap_token(file: Option<&std::path::Path>) -> anyhow::Result<app::Secret
 const BOOTSTRAP_TOKEN_ENV: &str = "MESHWORK_BOOTSTRAP_TOKEN";
 
 fn main() -> anyhow::Result<()> {
-    meshwork_manifest::process::init_tracing("info");
     let args = Args::parse();
+    meshwork_manifest::process::init_tracing("info", args.log_format == "json");
     let limits = limits(&args);
     let (source, default_role) = match (args.control_plane, args.manifests) {
         (Some(url), None) => (Source::ControlPlane(url), None),

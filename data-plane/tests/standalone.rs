@@ -287,3 +287,46 @@ spec:
     );
     proxy.stop(Duration::from_secs(10));
 }
+
+/// `--log-format json`: the proxy's own log is one JSON object per line (what log collectors parse), its events
+/// with their level and message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_logs_json_lines_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gw, origin, admin) = (free_port(), free_port(), free_port());
+    write(dir.path(), "m.yaml", &manifests(gw, origin, "/a"));
+    let log_path = dir.path().join("proxy.log");
+    let _proxy = Proc::spawn(
+        "proxy",
+        proxy_command(Some(&log_path))
+            .env("MESHWORK_LOG", "info")
+            .arg("--manifests")
+            .arg(dir.path())
+            .args(["--log-format", "json", "--workers", "1"])
+            .args(["--admin", &format!("127.0.0.1:{admin}")]),
+    );
+    let lines = eventually(
+        Duration::from_secs(15),
+        "the proxy's start-up line",
+        || async {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            text.contains("meshwork-proxy started").then_some(text)
+        },
+    )
+    .await;
+    for line in lines.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+    let started = lines
+        .lines()
+        .find(|l| l.contains("meshwork-proxy started"))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(started).unwrap();
+    assert_eq!(v["level"], "INFO");
+    assert_eq!(v["fields"]["message"], "meshwork-proxy started");
+}

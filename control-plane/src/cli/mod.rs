@@ -24,6 +24,9 @@ use meshwork_manifest::process::init_tracing;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// This process's log (stderr), and with `meshwork up` its proxies': `text` or `json` (one object per line).
+    #[arg(long, global = true, env = "MESHWORK_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,18 +68,21 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 pub fn run(cli: Cli) -> ExitCode {
+    let json = cli.log_format == "json";
     let result = match cli.command {
         Command::Validate { dir } => return validate(&dir),
         Command::Plugin(cmd) => plugin::run(cmd),
         Command::Token(cmd) => identity::run_token(cmd),
         Command::Up(args) => {
-            init_tracing("meshwork=info,meshwork_control=info,warn");
+            // The proxies `meshwork up` starts read it from the environment they inherit (set before any thread).
+            std::env::set_var(meshwork_manifest::process::LOG_FORMAT_ENV, &cli.log_format);
+            init_tracing("meshwork=info,meshwork_control=info,warn", json);
             runtime()
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| rt.block_on(up::run(args)))
         }
         Command::Control(args) => {
-            init_tracing("info");
+            init_tracing("info", json);
             runtime()
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| rt.block_on(control::run(args)))
