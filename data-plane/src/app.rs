@@ -280,7 +280,9 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
     let resilience = Arc::new(Registry::default());
     let identity = Arc::new(MeshIdentity::default());
     let tls = Arc::new(TlsMetrics::default());
-    let upstreams = Upstreams::with_mtls(opts.connect_timeout, identity.clone(), tls.clone());
+    let http = Arc::new(HttpMetrics::new());
+    let upstreams = Upstreams::with_mtls(opts.connect_timeout, identity.clone(), tls.clone())
+        .timed(http.calls.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Shared {
         store,
@@ -293,7 +295,7 @@ async fn main_async(opts: Options) -> anyhow::Result<()> {
         tls,
         authz: Arc::default(),
         serving: Arc::default(),
-        http: Arc::default(),
+        http,
     };
     let static_listeners = match opts.role {
         Role::Sidecar => sidecar_listeners(&opts, &shared, &stop_rx)?,

@@ -251,7 +251,7 @@ async fn hand_off(
     parts: http::request::Parts,
     body: RequestBody,
     peer: SocketAddr,
-    tried: Option<&resilience::Tried>,
+    tried: Option<&crate::telemetry::Tried>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let resp = match route {
         Some(route) => {

@@ -1,5 +1,6 @@
-//! Golden metrics (issue 13): a known mix of requests through gateway -> backend sidecar -> app gives exact
-//! request counts per label set at both proxies, with histograms whose buckets agree with their counts.
+//! Golden metrics (issue 13): a known mix of requests through gateway -> backend sidecar -> app, one of them
+//! retried, gives exact request counts per label set at both proxies (requests served, and attempts made upstream
+//! one per retry), with histograms whose buckets agree with their counts.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -36,7 +37,20 @@ fn count(text: &str, listener: &str, method: &str, status: u16) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_known_mix_of_requests_is_counted_exactly_at_every_hop() {
-    let mesh = Mesh::start(gateway_to_backend).await;
+    let mesh = Mesh::start(|gw| {
+        format!(
+            "{}---
+apiVersion: meshwork.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: backend}}
+spec:
+  targetRef: {{kind: Service, name: backend}}
+  retry: {{attempts: 2, on: [5xx], backoff: {{base: 5ms, max: 10ms}}}}
+",
+            gateway_to_backend(gw)
+        )
+    })
+    .await;
     let c = client();
     let (gw_admin, backend_admin) = (mesh.admin("gateway-edge"), mesh.admin("backend-0"));
     let gw_before = metrics(&c, &gw_admin).await;
@@ -56,6 +70,9 @@ async fn a_known_mix_of_requests_is_counted_exactly_at_every_hop() {
             404
         );
     }
+    // Retried twice (a GET answered 503): one request served, three attempts.
+    let retried = get(&c, &url("/status/503"), &[("host", "backend")]).await;
+    assert_eq!(retried.status, 503);
     let posted = send(
         &c,
         "POST",
@@ -73,7 +90,13 @@ async fn a_known_mix_of_requests_is_counted_exactly_at_every_hop() {
         ("gateway", &gw_before, &gw, "http"),
         ("backend sidecar", &be_before, &be, "inbound"),
     ] {
-        for (method, status, n) in [("GET", 200, 3.0), ("GET", 404, 2.0), ("POST", 503, 1.0)] {
+        let retried = if listener == "http" { 1.0 } else { 3.0 };
+        for (method, status, n) in [
+            ("GET", 200, 3.0),
+            ("GET", 404, 2.0),
+            ("POST", 503, 1.0),
+            ("GET", 503, retried),
+        ] {
             let seen =
                 count(after, listener, method, status) - count(before, listener, method, status);
             assert_eq!(
@@ -81,6 +104,26 @@ async fn a_known_mix_of_requests_is_counted_exactly_at_every_hop() {
                 "{what}: {method} {status} counted {seen} times, not {n}:\n{after}"
             );
         }
+    }
+    // The gateway's attempts upstream: one each, three for the retried request.
+    for (method, status, n) in [
+        ("GET", 200, 3.0),
+        ("GET", 404, 2.0),
+        ("POST", 503, 1.0),
+        ("GET", 503, 3.0),
+    ] {
+        let attempts = |text: &str| -> f64 {
+            let labels = format!("destination_service=\"service/default/backend\",http_request_method=\"{method}\",http_response_status_code=\"{status}\",error_type=\"\"");
+            series(text, "http_client_request_duration_seconds_count")
+                .get(&labels)
+                .copied()
+                .unwrap_or(0.0)
+        };
+        let seen = attempts(&gw) - attempts(&gw_before);
+        assert_eq!(
+            seen, n,
+            "gateway attempts {method} {status}: {seen}, not {n}:\n{gw}"
+        );
     }
     // The gateway knows the route and the service it sent them to.
     let gw_series = series(&gw, "http_server_request_duration_seconds_count");

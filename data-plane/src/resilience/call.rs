@@ -77,37 +77,7 @@ pub struct Request<'a> {
     /// The HTTPRoute's own request timeout, used when no policy sets `timeouts.request`.
     pub route_timeout: Option<Duration>,
     /// Where the attempts are noted, when someone (the access log) wants to know.
-    pub tried: Option<&'a Tried>,
-}
-
-/// How many attempts a request took and the endpoint of the last one, as the layers made them.
-#[derive(Debug, Default)]
-pub struct Tried {
-    attempts: std::sync::atomic::AtomicU32,
-    last: std::sync::Mutex<Option<SocketAddr>>,
-}
-
-impl Tried {
-    /// An attempt is being made at `endpoint`.
-    pub fn attempt(&self, endpoint: SocketAddr) {
-        self.attempts
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        *self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(endpoint);
-    }
-
-    pub fn attempts(&self) -> u32 {
-        self.attempts.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub fn last(&self) -> Option<SocketAddr> {
-        *self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+    pub tried: Option<&'a crate::telemetry::Tried>,
 }
 
 /// Calls the upstream service `b` through every layer, in the order the module documents.
@@ -177,7 +147,7 @@ struct Attempts<'a> {
     retry: &'a RetryPolicy,
     timeouts: Timeouts,
     deadline: Deadline,
-    tried: Option<&'a Tried>,
+    tried: Option<&'a crate::telemetry::Tried>,
 }
 
 impl<'a> Attempts<'a> {

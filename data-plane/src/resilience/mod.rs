@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::policy::{BulkheadConfig, Policy};
-pub use call::{call, CallError, Request, Tried};
+pub use call::{call, CallError, Request};
 pub use registry::{Balancer, Registry};
 
 /// What each layer did, per upstream service (or per inbound listener for server-side rate limits).

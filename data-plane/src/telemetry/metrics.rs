@@ -30,7 +30,7 @@ use rustc_hash::FxBuildHasher;
 use tokio::time::Instant;
 
 use super::access_log::{AccessLog, AccessLogConfig, Entry};
-use crate::resilience::Tried;
+use super::upstream::{CallMetrics, Tried};
 
 /// The label set of a served request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,7 +53,7 @@ struct ListenerLabels {
 
 /// Histogram buckets in seconds: OpenTelemetry's defaults for `http.server.request.duration` below 10 s, with
 /// finer ones under 5 ms, where a mesh hop's latency lives.
-const DURATION_BUCKETS: [f64; 17] = [
+pub(super) const DURATION_BUCKETS: [f64; 17] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
     1.0, 2.5, 10.0,
 ];
@@ -137,6 +137,8 @@ pub struct HttpMetrics {
     active: Family<ListenerLabels, Gauge>,
     /// Where exchanges that were sampled for the access log go when they end.
     pub access_log: Arc<AccessLog>,
+    /// Attempts upstream (recorded by the upstream clients).
+    pub calls: Arc<CallMetrics>,
 }
 
 impl Default for HttpMetrics {
@@ -153,6 +155,8 @@ impl HttpMetrics {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(served.clone()));
         registry.register_collector(Box::new(access_log.clone()));
+        let calls = Arc::new(CallMetrics::default());
+        registry.register_collector(Box::new(calls.clone()));
         registry.register(
             "http_server_active_requests",
             "Requests in flight",
@@ -163,6 +167,7 @@ impl HttpMetrics {
             served,
             active,
             access_log,
+            calls,
         }
     }
 
@@ -222,7 +227,7 @@ impl ListenerMetrics {
 
 /// The standard methods by name, anything else as `_OTHER` (as the OpenTelemetry conventions say), so that a
 /// client inventing methods cannot grow the families.
-fn method_label(m: &Method) -> &'static str {
+pub(super) fn method_label(m: &Method) -> &'static str {
     match *m {
         Method::GET => "GET",
         Method::POST => "POST",

@@ -22,6 +22,7 @@ mod tls;
 
 use crate::config::snapshot::{Endpoint, Protocol};
 use crate::identity::MeshIdentity;
+use crate::telemetry::CallMetrics;
 use crate::tls::TlsMetrics;
 use body::RequestBody;
 use connector::Connector;
@@ -37,6 +38,8 @@ pub struct Upstreams {
     tuned: Arc<Mutex<HashMap<(Duration, Duration), Upstreams>>>,
     connect_timeout: Duration,
     mesh: Option<Mesh>,
+    /// Where each request sent is timed (none in unit tests that do not look).
+    calls: Option<Arc<CallMetrics>>,
 }
 
 /// What mTLS clients are made with.
@@ -72,6 +75,12 @@ impl Upstreams {
         Self::with_timeouts(connect_timeout, IDLE, Some(Mesh { identity, metrics }))
     }
 
+    /// These clients, timing every request they send in `calls`.
+    pub fn timed(mut self, calls: Arc<CallMetrics>) -> Self {
+        self.calls = Some(calls);
+        self
+    }
+
     /// The clients for a cluster's `timeouts.connect` / `timeouts.idle` (the defaults when unset). Each distinct
     /// pair gets its own pools, made once.
     pub fn tuned(&self, connect: Option<Duration>, idle: Option<Duration>) -> Upstreams {
@@ -87,7 +96,11 @@ impl Upstreams {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.entry(key)
-            .or_insert_with(|| Self::with_timeouts(key.0, key.1, self.mesh.clone()))
+            .or_insert_with(|| {
+                let mut tuned = Self::with_timeouts(key.0, key.1, self.mesh.clone());
+                tuned.calls = self.calls.clone();
+                tuned
+            })
             .clone()
     }
 
@@ -111,6 +124,7 @@ impl Upstreams {
             tuned: Arc::default(),
             connect_timeout,
             mesh,
+            calls: None,
         }
     }
 
@@ -181,11 +195,22 @@ pub async fn send(
 ) -> Result<Response<Incoming>, UpstreamError> {
     let authority = &endpoint.authority;
     let uri = uri(authority.clone(), parts.uri.path_and_query()).ok_or(UpstreamError::BadUri)?;
+    let timer = clients
+        .calls
+        .as_ref()
+        .map(|m| m.start(cluster, &parts.method));
     let mut req = Request::from_parts(parts, body);
     *req.uri_mut() = uri;
     *req.version_mut() = version(protocol);
-    let sent = clients.request(protocol, endpoint, req);
-    sent.await.map_err(|source| {
+    let sent = clients.request(protocol, endpoint, req).await;
+    if let Some(timer) = timer {
+        match &sent {
+            Ok(resp) => timer.answered(resp.status().as_u16()),
+            Err(e) if e.is_connect() => timer.failed("connect"),
+            Err(_) => timer.failed("failed"),
+        }
+    }
+    sent.map_err(|source| {
         let (cluster, addr) = (cluster.clone(), authority.clone());
         if source.is_connect() {
             UpstreamError::Connect {
