@@ -331,9 +331,10 @@ impl Exchange {
     }
 
     /// The response is made: the exchange ends with its body.
-    pub fn respond<B>(mut self, resp: Response<B>) -> Response<Observed<B>> {
+    pub fn respond<B: Body>(mut self, resp: Response<B>) -> Response<Observed<B>> {
         self.labels.http_response_status_code = resp.status().as_u16();
         resp.map(|body| Observed {
+            empty: body.is_end_stream(),
             body,
             exchange: Some(self),
         })
@@ -379,6 +380,8 @@ impl Drop for Exchange {
 pub struct Observed<B> {
     body: B,
     exchange: Option<Exchange>,
+    /// The body had nothing to send from the start.
+    empty: bool,
 }
 
 impl<B: Body + Unpin> Body for Observed<B> {
@@ -417,8 +420,9 @@ impl<B: Body + Unpin> Body for Observed<B> {
 
 impl<B> Drop for Observed<B> {
     fn drop(&mut self) {
-        // Dropped before its end: the client went away (or the connection broke) mid-response.
-        if let Some(e) = self.exchange.as_mut() {
+        // Dropped before its end: the client went away (or the connection broke) mid-response. A body that was
+        // empty from the start (204, HEAD, a redirect) is never polled: it ended, nobody left.
+        if let (Some(e), false) = (self.exchange.as_mut(), self.empty) {
             e.flag(CLIENT_GONE);
         }
     }
@@ -482,6 +486,56 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("# EOF"), "more families follow: {t}");
+    }
+
+    /// The access log lines `responses` leave when their bodies are dropped unpolled (as hyper drops a body already
+    /// at its end, or one whose client left), read back from a real log file.
+    fn flags_when_dropped_unpolled(responses: Vec<Response<Full<bytes::Bytes>>>) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("access.log");
+        let config = Arc::new(AccessLogConfig {
+            json: true,
+            path: Arc::from(path.to_string_lossy().as_ref()),
+            sampling_ppm: 1_000_000,
+        });
+        let m = HttpMetrics::new();
+        let l = m.listener(Arc::from("edge"));
+        let n = responses.len();
+        for resp in responses {
+            let mut e = l.begin(&Method::GET);
+            let parts = http::Request::get("/")
+                .body(())
+                .unwrap_or_default()
+                .into_parts()
+                .0;
+            e.log(&config, &parts, SocketAddr::from(([127, 0, 0, 1], 1)), None);
+            drop(e.respond(resp));
+        }
+        // The writer wakes every 100 ms; a bounded wait for its lines.
+        for _ in 0..100 {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() == n {
+                return text
+                    .lines()
+                    .map(|l| {
+                        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+                        v["response_flags"].as_str().unwrap_or("?").to_string()
+                    })
+                    .collect();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("the access log lines did not come");
+    }
+
+    #[test]
+    fn an_empty_response_is_not_a_client_that_left_but_an_unsent_body_is() {
+        let empty = Response::builder()
+            .status(204)
+            .body(Full::new(bytes::Bytes::new()));
+        let unsent = Response::new(Full::new(bytes::Bytes::from_static(b"not sent")));
+        let flags = flags_when_dropped_unpolled(vec![empty.unwrap_or_default(), unsent]);
+        assert_eq!(flags, ["-", "DC"]);
     }
 
     #[test]
