@@ -11,7 +11,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendE
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderValue, Method, Version};
+use http::{Method, Version};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -23,18 +23,29 @@ pub use crate::config::snapshot::AccessLogConfig;
 /// Lines waiting to be written; beyond this, lines are dropped (and counted).
 const QUEUE: usize = 4096;
 
+/// The most bytes of one client-sent field (path, authority, request id) a line carries: queued lines own copies
+/// of what they log, so the queue's memory is bounded (about `QUEUE` x 3 x this at worst), and no request's whole
+/// header block stays alive while its line waits.
+pub const MAX_FIELD: usize = 2048;
+
+/// A client-sent field as a line carries it: at most `MAX_FIELD` bytes, bytes that are not UTF-8 shown as U+FFFD
+/// (a client cannot hide a field by sending them).
+pub fn bounded(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_FIELD)]).into_owned()
+}
+
 /// What one request leaves in the log.
 pub struct Entry {
     pub config: Arc<AccessLogConfig>,
     pub start: SystemTime,
     pub duration: Duration,
-    pub request_id: Option<HeaderValue>,
+    pub request_id: Option<String>,
     pub method: Method,
     pub version: Version,
-    /// As the client sent it: path and query, and the authority if it was in the request line (HTTP/2, absolute
-    /// form), else `host`.
-    pub uri: http::Uri,
-    pub host: Option<HeaderValue>,
+    /// As the client sent them (at most `MAX_FIELD` bytes each): the authority (from the request line, else
+    /// `host`) and the path with its query.
+    pub authority: Option<String>,
+    pub path: String,
     pub listener: Arc<str>,
     pub route: Option<Arc<str>>,
     pub destination_service: Option<Arc<str>>,
@@ -330,12 +341,9 @@ fn version(v: Version) -> &'static str {
 /// One line, newline-terminated. Written field by field (not through `serde_json::Value`, which cost ten times as
 /// much per line, counted with `bench/instructions.sh`).
 fn format_entry(e: &Entry, clock: &mut Clock, out: &mut String) {
-    let request_id = e.request_id.as_ref().and_then(|v| v.to_str().ok());
-    let authority = match e.uri.authority() {
-        Some(a) => Some(a.as_str()),
-        None => e.host.as_ref().and_then(|h| h.to_str().ok()),
-    };
-    let path = e.uri.path_and_query().map_or("/", |p| p.as_str());
+    let request_id = e.request_id.as_deref();
+    let authority = e.authority.as_deref();
+    let path = e.path.as_str();
     if !e.config.json {
         out.push('[');
         clock.write(e.start, out);
@@ -435,11 +443,11 @@ mod tests {
             }),
             start: SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_547_200_123),
             duration: Duration::from_micros(1500),
-            request_id: Some(HeaderValue::from_static("abc")),
+            request_id: Some("abc".into()),
             method: Method::POST,
             version: Version::HTTP_11,
-            uri: http::Uri::from_static("/cart?x=1"),
-            host: Some(HeaderValue::from_static("shop.example\"")),
+            authority: Some("shop.example\"".into()),
+            path: "/cart?x=1".into(),
             listener: Arc::from("http"),
             route: Some(Arc::from("HTTPRoute/default/shop/rule/0/match/0")),
             destination_service: None,
@@ -509,8 +517,8 @@ mod escaping {
     #[test]
     fn what_a_client_sends_cannot_break_a_line() {
         let mut e = tests_entry();
-        e.host = Some(HeaderValue::from_static("a\t\"b\\"));
-        e.request_id = Some(HeaderValue::from_static("x\" y"));
+        e.authority = Some(bounded(b"a\t\"b\\"));
+        e.request_id = Some("x\" y".into());
         let mut line = String::new();
         format_entry(&e, &mut Clock::default(), &mut line);
         assert_eq!(line.matches('\n').count(), 1);
@@ -538,8 +546,8 @@ mod escaping {
             request_id: None,
             method: Method::GET,
             version: Version::HTTP_2,
-            uri: http::Uri::from_static("/"),
-            host: None,
+            authority: None,
+            path: "/".into(),
             listener: Arc::from("http"),
             route: None,
             destination_service: None,

@@ -29,7 +29,7 @@ use prometheus_client::registry::{Registry, Unit};
 use rustc_hash::FxBuildHasher;
 use tokio::time::Instant;
 
-use super::access_log::{AccessLog, AccessLogConfig, Entry};
+use super::access_log::{bounded, AccessLog, AccessLogConfig, Entry};
 use super::upstream::{CallMetrics, Tried};
 
 /// The label set of a served request.
@@ -188,8 +188,34 @@ impl HttpMetrics {
     /// families may follow).
     pub fn encode(&self, out: &mut String) {
         let mut text = String::new();
-        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_ok() {
-            out.push_str(text.strip_suffix("# EOF\n").unwrap_or(&text));
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            return;
+        }
+        // OpenMetrics names a counter family without `_total` in its HELP and TYPE lines; the text format this
+        // endpoint is served as (0.0.4) names it as its samples are named, or Prometheus takes them as untyped.
+        let mut counters = Vec::new();
+        for line in text.lines() {
+            if line == "# EOF" {
+                continue;
+            }
+            if let Some(name) = line
+                .strip_prefix("# TYPE ")
+                .and_then(|l| l.strip_suffix(" counter"))
+            {
+                counters.push(name.to_string());
+            }
+        }
+        for line in text.lines().filter(|l| *l != "# EOF") {
+            let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+                let rest = line.strip_prefix(p)?;
+                let name = counters.iter().find(|c| {
+                    rest.strip_prefix(c.as_str())
+                        .is_some_and(|r| r.starts_with(' '))
+                })?;
+                Some(format!("{p}{name}_total{}", &rest[name.len()..]))
+            });
+            out.push_str(renamed.as_deref().unwrap_or(line));
+            out.push('\n');
         }
     }
 }
@@ -266,9 +292,9 @@ struct LogStart {
     start: SystemTime,
     method: Method,
     version: Version,
-    uri: http::Uri,
-    host: Option<HeaderValue>,
-    request_id: Option<HeaderValue>,
+    authority: Option<String>,
+    path: String,
+    request_id: Option<String>,
     source: Option<String>,
     downstream: SocketAddr,
     /// The attempts the layers made upstream.
@@ -292,13 +318,28 @@ impl Exchange {
             start: SystemTime::now() - self.start.elapsed(),
             method: parts.method.clone(),
             version: parts.version,
-            uri: parts.uri.clone(),
-            host: parts.headers.get(http::header::HOST).cloned(),
+            authority: parts
+                .uri
+                .authority()
+                .map(|a| a.as_str().as_bytes())
+                .or_else(|| {
+                    parts
+                        .headers
+                        .get(http::header::HOST)
+                        .map(HeaderValue::as_bytes)
+                })
+                .map(bounded),
+            path: bounded(
+                parts
+                    .uri
+                    .path_and_query()
+                    .map_or(b"/", |p| p.as_str().as_bytes()),
+            ),
             // The client's, until the proxy forwards the request with one of its own (`request_id`).
             request_id: parts
                 .headers
                 .get(&crate::filter::headers::X_REQUEST_ID)
-                .cloned(),
+                .map(|v| bounded(v.as_bytes())),
             source,
             downstream,
             tried: Tried::default(),
@@ -313,7 +354,9 @@ impl Exchange {
     /// The request id the request is forwarded with (the client's, or the one this proxy gave it).
     pub fn request_id(&mut self, headers: &http::HeaderMap) {
         if let Some(log) = self.log.as_mut() {
-            log.request_id = headers.get(&crate::filter::headers::X_REQUEST_ID).cloned();
+            log.request_id = headers
+                .get(&crate::filter::headers::X_REQUEST_ID)
+                .map(|v| bounded(v.as_bytes()));
         }
     }
 
@@ -333,8 +376,19 @@ impl Exchange {
     /// The response is made: the exchange ends with its body.
     pub fn respond<B: Body>(mut self, resp: Response<B>) -> Response<Observed<B>> {
         self.labels.http_response_status_code = resp.status().as_u16();
+        // Its length, when it is known: hyper drops a body once it has written that much, without polling it to
+        // its end. A HEAD answer's body is never sent at all.
+        let declared = resp
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse().ok());
+        let expected = match self.labels.http_request_method {
+            "HEAD" => Some(0),
+            _ => declared.or(resp.body().size_hint().exact()),
+        };
         resp.map(|body| Observed {
             empty: body.is_end_stream(),
+            expected,
             body,
             exchange: Some(self),
         })
@@ -359,8 +413,8 @@ impl Drop for Exchange {
                 request_id: log.request_id,
                 method: log.method,
                 version: log.version,
-                uri: log.uri,
-                host: log.host,
+                authority: log.authority,
+                path: log.path,
                 listener: self.labels.listener.clone(),
                 route: self.labels.route.clone(),
                 destination_service: self.labels.destination_service.clone(),
@@ -382,6 +436,16 @@ pub struct Observed<B> {
     exchange: Option<Exchange>,
     /// The body had nothing to send from the start.
     empty: bool,
+    /// The bytes it has to send, if known (Content-Length, or the body's exact size).
+    expected: Option<u64>,
+}
+
+impl<B> Observed<B> {
+    /// Whatever it had to send has been sent (the client cannot have left mid-response).
+    fn complete(&self) -> bool {
+        let sent = self.exchange.as_ref().map_or(0, |e| e.response_bytes);
+        self.empty || self.expected.is_some_and(|n| sent >= n)
+    }
 }
 
 impl<B: Body + Unpin> Body for Observed<B> {
@@ -399,7 +463,7 @@ impl<B: Body + Unpin> Body for Observed<B> {
                 if let Some(e) = self.exchange.as_mut() {
                     e.response_bytes += n;
                 }
-                if self.body.is_end_stream() {
+                if self.body.is_end_stream() || self.complete() {
                     self.exchange = None;
                 }
             }
@@ -422,7 +486,8 @@ impl<B> Drop for Observed<B> {
     fn drop(&mut self) {
         // Dropped before its end: the client went away (or the connection broke) mid-response. A body that was
         // empty from the start (204, HEAD, a redirect) is never polled: it ended, nobody left.
-        if let (Some(e), false) = (self.exchange.as_mut(), self.empty) {
+        let complete = self.complete();
+        if let (Some(e), false) = (self.exchange.as_mut(), complete) {
             e.flag(CLIENT_GONE);
         }
     }
@@ -486,11 +551,29 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("# EOF"), "more families follow: {t}");
+        // Counters named as the 0.0.4 text format names them (as their samples are).
+        assert!(
+            t.contains("# TYPE meshwork_access_log_lines_total counter\n"),
+            "{t}"
+        );
+        assert!(t.contains("# HELP meshwork_access_log_lines_total "), "{t}");
+        assert!(
+            t.contains("# TYPE http_server_request_duration_seconds histogram\n"),
+            "{t}"
+        );
     }
 
     /// The access log lines `responses` leave when their bodies are dropped unpolled (as hyper drops a body already
     /// at its end, or one whose client left), read back from a real log file.
     fn flags_when_dropped_unpolled(responses: Vec<Response<Full<bytes::Bytes>>>) -> Vec<String> {
+        flags_when_dropped(responses, 0)
+    }
+
+    /// The same, after polling each body `polls` times (a frame each time, if it has one ready).
+    fn flags_when_dropped<B: Body + Unpin>(
+        responses: Vec<Response<B>>,
+        polls: usize,
+    ) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("access.log");
         let config = Arc::new(AccessLogConfig {
@@ -509,7 +592,12 @@ mod tests {
                 .into_parts()
                 .0;
             e.log(&config, &parts, SocketAddr::from(([127, 0, 0, 1], 1)), None);
-            drop(e.respond(resp));
+            let mut body = e.respond(resp).into_body();
+            let waker = std::task::Waker::noop();
+            for _ in 0..polls {
+                let _ = Pin::new(&mut body).poll_frame(&mut Context::from_waker(waker));
+            }
+            drop(body);
         }
         // The writer wakes every 100 ms; a bounded wait for its lines.
         for _ in 0..100 {
@@ -535,6 +623,37 @@ mod tests {
             .body(Full::new(bytes::Bytes::new()));
         let unsent = Response::new(Full::new(bytes::Bytes::from_static(b"not sent")));
         let flags = flags_when_dropped_unpolled(vec![empty.unwrap_or_default(), unsent]);
+        assert_eq!(flags, ["-", "DC"]);
+    }
+
+    /// A body that yields one chunk and then never says it has ended (as a streaming upstream body can).
+    struct OneChunk(Option<bytes::Bytes>);
+
+    impl Body for OneChunk {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
+            match self.0.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    #[test]
+    fn a_body_sent_to_its_declared_length_is_complete_though_never_polled_to_its_end() {
+        let sent = |declared: &str| {
+            Response::builder()
+                .header("content-length", declared)
+                .body(OneChunk(Some(bytes::Bytes::from_static(b"12345678"))))
+                .unwrap_or_else(|_| Response::new(OneChunk(None)))
+        };
+        // All 8 declared bytes went out: complete. 9 declared, 8 sent: the client left mid-body.
+        let flags = flags_when_dropped(vec![sent("8"), sent("9")], 1);
         assert_eq!(flags, ["-", "DC"]);
     }
 
