@@ -190,9 +190,11 @@ async fn route_and_forward(
     };
     // A filter that answered from its request-body callback: its reply, not the upstream's (aborted) answer.
     if let Some(reply) = filtered.then(|| chain.body_reply()).flatten() {
+        // Its answer replaces whatever the aborted hand-off ended with.
+        exchange.reflag(error::FILTER_REPLIED);
         return Ok(reply);
     }
-    Ok(through_response_filters(chain, resp).await)
+    Ok(through_response_filters(chain, resp, exchange).await)
 }
 
 /// A sidecar's inbound listener: everything goes to the local app, after the server-side rate limit (a
@@ -329,13 +331,21 @@ fn body_is_empty(body: &RequestBody) -> bool {
 async fn through_response_filters(
     mut chain: Chain,
     resp: Response<ResponseBody>,
+    exchange: &mut Exchange,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
     let eos = http_body::Body::is_end_stream(&body);
     match chain.on_response(&mut parts, eos).await {
         Verdict::Continue => {}
-        Verdict::Respond(r) => return r,
-        Verdict::Fail(e) => return error::reply(&e.into()),
+        Verdict::Respond(r) => {
+            exchange.reflag(error::FILTER_REPLIED);
+            return r;
+        }
+        Verdict::Fail(e) => {
+            let e = e.into();
+            exchange.reflag(error::flag(&e));
+            return error::reply(&e);
+        }
     }
     match chain.response_body_filter() {
         Some(filter) if !eos => {

@@ -360,6 +360,12 @@ impl Exchange {
         }
     }
 
+    /// Why the request ends the way it does, replacing an earlier reason (a filter's answer replaces the reply it
+    /// stopped).
+    pub fn reflag(&mut self, flags: &'static str) {
+        self.flags = flags;
+    }
+
     /// Why the request ends the way it does (the first reason given counts).
     pub fn flag(&mut self, flags: &'static str) {
         if self.flags == NO_FLAGS {
