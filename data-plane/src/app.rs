@@ -571,4 +571,7 @@ async fn shut_down(
     for l in static_listeners.into_iter().chain(applier.stop_all()) {
         let _ = l.await;
     }
+    // The last requests' access log lines (the writer otherwise writes every 100 ms).
+    let access_log = applier.http.access_log.clone();
+    let _ = tokio::task::spawn_blocking(move || access_log.close(Duration::from_secs(2))).await;
 }

@@ -6,9 +6,10 @@ use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use http::{Method, Version};
@@ -66,8 +67,16 @@ pub struct Entry {
 /// The proxy's access log writer (started on first use) and its counters.
 #[derive(Debug, Default)]
 pub struct AccessLog {
-    queue: OnceLock<SyncSender<Entry>>,
+    writer: OnceLock<Writer>,
     counters: Arc<Counters>,
+    /// Set by `close`: the writer writes what is queued and ends.
+    closing: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+struct Writer {
+    queue: SyncSender<Entry>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 #[derive(Debug, Default)]
@@ -80,8 +89,8 @@ pub struct Counters {
 impl AccessLog {
     /// Queues a line; drops it (counted) if the writer is behind.
     pub fn submit(&self, entry: Entry) {
-        let queue = self.queue.get_or_init(|| self.start());
-        match queue.try_send(entry) {
+        let writer = self.writer.get_or_init(|| self.start());
+        match writer.queue.try_send(entry) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.counters.dropped.fetch_add(1, Relaxed);
@@ -93,16 +102,50 @@ impl AccessLog {
         &self.counters
     }
 
-    fn start(&self) -> SyncSender<Entry> {
+    /// At shutdown: the writer writes what is queued and ends; waits for it at most `limit`.
+    pub fn close(&self, limit: Duration) {
+        self.closing.store(true, Relaxed);
+        let Some(writer) = self.writer.get() else {
+            return;
+        };
+        let thread = writer
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(thread) = thread else {
+            return;
+        };
+        thread.thread().unpark();
+        let step = Duration::from_millis(5);
+        for _ in 0..limit.as_millis() / step.as_millis() {
+            if thread.is_finished() {
+                break;
+            }
+            std::thread::sleep(step);
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+        }
+    }
+
+    fn start(&self) -> Writer {
         let (tx, rx) = sync_channel(QUEUE);
-        let counters = self.counters.clone();
+        let (counters, closing) = (self.counters.clone(), self.closing.clone());
         let spawned = std::thread::Builder::new()
             .name("meshwork-access-log".into())
-            .spawn(move || write_lines(&rx, &counters));
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the access log writer; access log lines are dropped");
+            .spawn(move || write_lines(&rx, &counters, &closing));
+        let thread = match spawned {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the access log writer; access log lines are dropped");
+                None
+            }
+        };
+        Writer {
+            queue: tx,
+            thread: Mutex::new(thread),
         }
-        tx
     }
 }
 
@@ -139,12 +182,16 @@ struct Target {
 /// means a request never has to wake the writer: queueing a line costs no system call.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
-fn write_lines(rx: &Receiver<Entry>, counters: &Counters) {
+fn write_lines(rx: &Receiver<Entry>, counters: &Counters, closing: &AtomicBool) {
     let mut target: Option<Target> = None;
     let mut clock = Clock::default();
     let mut line = String::new();
     loop {
-        std::thread::sleep(FLUSH_INTERVAL);
+        // Woken early (unparked) only by `close`.
+        let last = closing.load(Relaxed);
+        if !last {
+            std::thread::park_timeout(FLUSH_INTERVAL);
+        }
         loop {
             let entry = match rx.try_recv() {
                 Ok(entry) => entry,
@@ -172,6 +219,9 @@ fn write_lines(rx: &Receiver<Entry>, counters: &Counters) {
             counter.fetch_add(1, Relaxed);
         }
         flush(&mut target, counters);
+        if last {
+            return;
+        }
     }
 }
 
@@ -559,5 +609,48 @@ mod escaping {
             bytes_sent: 0,
             flags: "-",
         }
+    }
+}
+
+#[cfg(test)]
+mod closing {
+    use super::*;
+
+    #[test]
+    fn close_writes_what_is_queued_before_the_proxy_exits() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("access.log");
+        let log = AccessLog::default();
+        let config = Arc::new(AccessLogConfig {
+            json: true,
+            path: Arc::from(path.to_string_lossy().as_ref()),
+            sampling_ppm: 1_000_000,
+        });
+        for status in [200, 503] {
+            log.submit(Entry {
+                config: config.clone(),
+                start: SystemTime::UNIX_EPOCH,
+                duration: Duration::ZERO,
+                request_id: None,
+                method: Method::GET,
+                version: Version::HTTP_11,
+                authority: None,
+                path: "/".into(),
+                listener: Arc::from("http"),
+                route: None,
+                destination_service: None,
+                source: None,
+                downstream: SocketAddr::from(([127, 0, 0, 1], 1)),
+                upstream: None,
+                attempts: 0,
+                status,
+                bytes_sent: 0,
+                flags: "-",
+            });
+        }
+        log.close(Duration::from_secs(5));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert_eq!(log.counters().written.load(Relaxed), 2);
     }
 }
