@@ -32,38 +32,22 @@ fn find<'a>(lines: &'a [Value], listener: &str, request_id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {listener} line for {request_id}: {lines:#?}"))
 }
 
+/// GET `path` through the gateway at `gw`, for `host`, with this `x-request-id`.
+async fn send_as(c: &HttpClient, gw: u16, host: &str, path: &str, request_id: &str) -> Resp {
+    let url = format!("http://127.0.0.1:{gw}{path}");
+    get(c, &url, &[("host", host), ("x-request-id", request_id)]).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_is_logged_field_by_field_with_its_response_flags() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
     // Nothing listens there: attempts to it fail to connect.
     let dead = free_port();
+    let access_log = format!("{{path: \"{}\"}}", log.display());
     let mesh = Mesh::start(|gw| {
         format!(
-            r#"
-apiVersion: meshwork.dev/v1alpha1
-kind: Mesh
-metadata: {{name: mesh}}
-spec: {{accessLog: {{path: "{log}"}}}}
----
-apiVersion: meshwork.dev/v1alpha1
-kind: Workload
-metadata: {{name: backend}}
-spec: {{service: backend, command: meshwork-demo echo}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: edge}}
-spec: {{listeners: [{{name: http, port: {gw}}}]}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: all}}
-spec:
-  parentRefs: [{{name: edge}}]
-  hostnames: [backend]
-  rules: [{{backendRefs: [{{name: backend}}]}}]
----
+            r#"{base}---
 apiVersion: meshwork.dev/v1alpha1
 kind: Workload
 metadata: {{name: dead}}
@@ -77,40 +61,19 @@ spec:
   hostnames: [dead]
   rules: [{{backendRefs: [{{name: dead}}]}}]
 "#,
-            log = log.display()
+            base = manifests(gw, &access_log)
         )
     })
     .await;
     let c = client();
-    let url = |path: &str| format!("http://127.0.0.1:{}{path}", mesh.gw);
     let before = std::time::SystemTime::now();
-    let ok = get(
-        &c,
-        &url("/ok?q=1"),
-        &[("host", "backend"), ("x-request-id", "req-ok")],
-    )
-    .await;
+    let ok = send_as(&c, mesh.gw, "backend", "/ok?q=1", "req-ok").await;
     assert_eq!(ok.status, 200);
-    let failed = get(
-        &c,
-        &url("/status/503"),
-        &[("host", "backend"), ("x-request-id", "req-503")],
-    )
-    .await;
+    let failed = send_as(&c, mesh.gw, "backend", "/status/503", "req-503").await;
     assert_eq!(failed.status, 503);
-    let lost = get(
-        &c,
-        &url("/x"),
-        &[("host", "nowhere"), ("x-request-id", "req-nr")],
-    )
-    .await;
+    let lost = send_as(&c, mesh.gw, "nowhere", "/x", "req-nr").await;
     assert_eq!(lost.status, 404);
-    let refused = get(
-        &c,
-        &url("/x"),
-        &[("host", "dead"), ("x-request-id", "req-uf")],
-    )
-    .await;
+    let refused = send_as(&c, mesh.gw, "dead", "/x", "req-uf").await;
     assert_eq!(refused.status, 503);
     // Gateway: four lines; backend sidecar: two (the other two never reached it).
     let all = lines(&log, 6).await;
@@ -261,6 +224,7 @@ kind: HTTPRoute
 metadata: {{name: all}}
 spec:
   parentRefs: [{{name: edge}}]
+  hostnames: [backend]
   rules: [{{backendRefs: [{{name: backend}}]}}]
 "#
     )
@@ -275,20 +239,17 @@ async fn a_change_to_the_access_log_applies_live() {
     let first = format!("{{path: \"{}\"}}", json.display());
     let mesh = Mesh::start(|gw| manifests(gw, &first)).await;
     let c = client();
-    let url = format!("http://127.0.0.1:{}/live", mesh.gw);
-    let send = |id: String| {
-        let (c, url) = (c.clone(), url.clone());
-        async move {
-            let r = get(&c, &url, &[("host", "backend"), ("x-request-id", &id)]).await;
-            assert_eq!(r.status, 200);
-        }
+    let gw = mesh.gw;
+    let send = |id: &'static str| {
+        let c = c.clone();
+        async move { assert_eq!(send_as(&c, gw, "backend", "/live", id).await.status, 200) }
     };
-    send("in-json".into()).await;
+    send("in-json").await;
     lines(&json, 2).await;
 
     let second = format!("{{format: text, path: \"{}\"}}", text.display());
     change(&c, &mesh, &second).await;
-    send("in-text".into()).await;
+    send("in-text").await;
     let text_lines = eventually(Duration::from_secs(10), "a text line", || async {
         let t = std::fs::read_to_string(&text).unwrap_or_default();
         t.contains("\"in-text\"").then_some(t)
@@ -309,12 +270,12 @@ async fn a_change_to_the_access_log_applies_live() {
     );
 
     change(&c, &mesh, "{enabled: false}").await;
-    send("after-off".into()).await;
+    send("after-off").await;
     // Proven by order rather than by waiting: turned on again into a third file, a later request's line there means
     // every earlier line was written (one writer, in order, flushed on each change of file).
     let third = dir.path().join("third.log");
     change(&c, &mesh, &format!("{{path: \"{}\"}}", third.display())).await;
-    send("marker".into()).await;
+    send("marker").await;
     let third_lines = lines(&third, 1).await;
     assert!(third_lines.iter().any(|l| l["request_id"] == "marker"));
     for (name, path) in [("json", &json), ("text", &text), ("third", &third)] {

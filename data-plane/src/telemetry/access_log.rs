@@ -558,39 +558,11 @@ mod tests {
         };
         assert!(!(0..1000).any(|_| none.sampled()));
     }
-}
 
-#[cfg(test)]
-mod escaping {
-    use super::*;
-
-    #[test]
-    fn what_a_client_sends_cannot_break_a_line() {
-        let mut e = tests_entry();
-        e.authority = Some(bounded(b"a\t\"b\\"));
-        e.request_id = Some("x\" y".into());
-        let mut line = String::new();
-        format_entry(&e, &mut Clock::default(), &mut line);
-        assert_eq!(line.matches('\n').count(), 1);
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        assert_eq!(v["authority"], "a\t\"b\\", "{line}");
-        assert_eq!(v["request_id"], "x\" y", "{line}");
-        e.config = Arc::new(AccessLogConfig {
-            json: false,
-            ..(*e.config).clone()
-        });
-        line.clear();
-        format_entry(&e, &mut Clock::default(), &mut line);
-        assert!(line.contains(r#" "x\" y" "a\u{9}\"b\\" "#), "{line}");
-    }
-
-    fn tests_entry() -> Entry {
+    /// A plain GET line: the fields a test does not care about at their simplest.
+    fn plain_entry(config: Arc<AccessLogConfig>, status: u16) -> Entry {
         Entry {
-            config: Arc::new(AccessLogConfig {
-                json: true,
-                path: Arc::from("stdout"),
-                sampling_ppm: 1_000_000,
-            }),
+            config,
             start: SystemTime::UNIX_EPOCH,
             duration: Duration::ZERO,
             request_id: None,
@@ -605,16 +577,28 @@ mod escaping {
             downstream: SocketAddr::from(([127, 0, 0, 1], 1)),
             upstream: None,
             attempts: 0,
-            status: 200,
+            status,
             bytes_sent: 0,
             flags: "-",
         }
     }
-}
 
-#[cfg(test)]
-mod closing {
-    use super::*;
+    #[test]
+    fn what_a_client_sends_cannot_break_a_line() {
+        let mut e = plain_entry(entry(true).config, 200);
+        e.authority = Some(bounded(b"a\t\"b\\"));
+        e.request_id = Some("x\" y".into());
+        let mut line = String::new();
+        format_entry(&e, &mut Clock::default(), &mut line);
+        assert_eq!(line.matches('\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        assert_eq!(v["authority"], "a\t\"b\\", "{line}");
+        assert_eq!(v["request_id"], "x\" y", "{line}");
+        e.config = entry(false).config;
+        line.clear();
+        format_entry(&e, &mut Clock::default(), &mut line);
+        assert!(line.contains(r#" "x\" y" "a\u{9}\"b\\" "#), "{line}");
+    }
 
     #[test]
     fn close_writes_what_is_queued_before_the_proxy_exits() {
@@ -627,26 +611,7 @@ mod closing {
             sampling_ppm: 1_000_000,
         });
         for status in [200, 503] {
-            log.submit(Entry {
-                config: config.clone(),
-                start: SystemTime::UNIX_EPOCH,
-                duration: Duration::ZERO,
-                request_id: None,
-                method: Method::GET,
-                version: Version::HTTP_11,
-                authority: None,
-                path: "/".into(),
-                listener: Arc::from("http"),
-                route: None,
-                destination_service: None,
-                source: None,
-                downstream: SocketAddr::from(([127, 0, 0, 1], 1)),
-                upstream: None,
-                attempts: 0,
-                status,
-                bytes_sent: 0,
-                flags: "-",
-            });
+            log.submit(plain_entry(config.clone(), status));
         }
         log.close(Duration::from_secs(5));
         let text = std::fs::read_to_string(&path).unwrap_or_default();
