@@ -99,6 +99,7 @@ pub fn snapshot_for(set: &ManifestSet, instances: &[Instance], proxy: &ProxyKey)
         inbound_mtls: proto_mtls(inbound_mtls) as i32,
         authorization: authz::policies_for(set, proxy),
         access_log: access_log(set),
+        tracing: None,
     };
     attach_wasm(set, proxy, &mut snapshot);
     // Filters may call any mesh service (`proxy_http_call`), so a proxy that runs filters knows them all.

@@ -591,6 +591,7 @@ fn snapshot() -> BoxedStrategy<pb::Snapshot> {
                     inbound_mtls: mtls,
                     authorization: Vec::new(),
                     access_log: log,
+                    tracing: None,
                 }
             },
         )
