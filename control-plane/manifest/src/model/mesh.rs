@@ -1,7 +1,11 @@
-//! The Mesh kind (mesh-wide identity and mTLS settings) and the `mtls` block a Workload may override it with.
+//! The Mesh kind (mesh-wide identity, mTLS, access log and tracing settings) and the `mtls` block a Workload may
+//! override it with. The tracing block is read in `mesh/tracing.rs`.
+
+mod tracing;
 
 use std::time::Duration;
 
+pub use self::tracing::{Propagator, Tracing, TracingProtocol};
 use super::read::{Obj, Reader};
 use super::Meta;
 use crate::source::yaml::Node;
@@ -78,6 +82,9 @@ pub struct Mesh {
     pub certificate_lifetime: Duration,
     /// `spec.accessLog` (default: none).
     pub access_log: Option<AccessLog>,
+    /// `spec.tracing`. None (no block): each proxy's OTEL_* environment decides alone; a block with
+    /// `enabled: false` turns tracing off for every proxy, whatever its environment says.
+    pub tracing: Option<Tracing>,
 }
 
 /// `spec.accessLog`: one line per request from every proxy.
@@ -100,6 +107,7 @@ impl Mesh {
             mtls: MtlsMode::default(),
             certificate_lifetime: DEFAULT_CERTIFICATE_LIFETIME,
             access_log: None,
+            tracing: None,
         }
     }
 }
@@ -108,7 +116,7 @@ pub(super) fn parse_mesh(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<
     let obj = r.obj(
         spec,
         "spec",
-        &["trustDomain", "mtls", "identity", "accessLog"],
+        &["trustDomain", "mtls", "identity", "accessLog", "tracing"],
     )?;
     let mut mesh = Mesh::with_defaults(meta);
     let mut ok = true;
@@ -147,6 +155,12 @@ pub(super) fn parse_mesh(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<
             None => ok = false,
         }
     }
+    if let Some(node) = obj.get("tracing") {
+        match tracing::parse_tracing(r, node, &obj.field("tracing")) {
+            Some(t) => mesh.tracing = Some(t),
+            None => ok = false,
+        }
+    }
     ok.then_some(mesh)
 }
 
@@ -155,22 +169,10 @@ pub(super) fn parse_mesh(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<
 fn parse_access_log(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Option<AccessLog>> {
     let obj = r.obj(node, path, &["enabled", "format", "path", "sampling"])?;
     let mut ok = true;
-    let enabled = match obj.get("enabled") {
-        None => true,
-        Some(n) => match n.as_scalar() {
-            Some("true") => true,
-            Some("false") => false,
-            _ => {
-                r.error(
-                    n.line,
-                    obj.field("enabled"),
-                    format!("expected true or false, got {}", n.describe()),
-                );
-                ok = false;
-                true
-            }
-        },
-    };
+    let enabled = enabled(r, &obj).unwrap_or_else(|| {
+        ok = false;
+        true
+    });
     let json = match obj.get("format") {
         None => true,
         Some(n) => match r.choice(n, &obj.field("format"), &["json", "text"]) {
@@ -193,23 +195,12 @@ fn parse_access_log(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Optio
         );
         ok = false;
     }
-    let sampling_ppm = match obj.get("sampling") {
-        None => 1_000_000,
-        Some(n) => match n.as_scalar().and_then(|v| v.parse::<f64>().ok()) {
-            Some(v) if (0.0..=1.0).contains(&v) => (v * 1_000_000.0).round() as u32,
-            _ => {
-                r.error(
-                    n.line,
-                    obj.field("sampling"),
-                    format!(
-                        "expected a share of requests from 0 to 1, such as 0.1, got {}",
-                        n.describe()
-                    ),
-                );
-                ok = false;
-                0
-            }
-        },
+    let sampling_ppm = match share(r, &obj, "sampling", "requests") {
+        Some(ppm) => ppm.unwrap_or(1_000_000),
+        None => {
+            ok = false;
+            0
+        }
     };
     ok.then(|| {
         enabled.then_some(AccessLog {
@@ -218,6 +209,46 @@ fn parse_access_log(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Optio
             sampling_ppm,
         })
     })
+}
+
+/// A block's `enabled: true | false` (default true); None (reported) when it is neither.
+fn enabled(r: &mut Reader<'_>, obj: &Obj<'_>) -> Option<bool> {
+    let Some(n) = obj.get("enabled") else {
+        return Some(true);
+    };
+    match n.as_scalar() {
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        _ => {
+            r.error(
+                n.line,
+                obj.field("enabled"),
+                format!("expected true or false, got {}", n.describe()),
+            );
+            None
+        }
+    }
+}
+
+/// `key`: a share of `what` from 0 to 1, in parts per million. `Some(None)`: left out; None: invalid (reported).
+fn share(r: &mut Reader<'_>, obj: &Obj<'_>, key: &str, what: &str) -> Option<Option<u32>> {
+    let Some(n) = obj.get(key) else {
+        return Some(None);
+    };
+    match n.as_scalar().and_then(|v| v.parse::<f64>().ok()) {
+        Some(v) if (0.0..=1.0).contains(&v) => Some(Some((v * 1_000_000.0).round() as u32)),
+        _ => {
+            r.error(
+                n.line,
+                obj.field(key),
+                format!(
+                    "expected a share of {what} from 0 to 1, such as 0.1, got {}",
+                    n.describe()
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// An `mtls` block (Mesh or Workload): `{mode: STRICT | PERMISSIVE | DISABLED}`.

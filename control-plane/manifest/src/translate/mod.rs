@@ -9,6 +9,8 @@ mod mtls;
 mod routes;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tracing_tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -99,7 +101,7 @@ pub fn snapshot_for(set: &ManifestSet, instances: &[Instance], proxy: &ProxyKey)
         inbound_mtls: proto_mtls(inbound_mtls) as i32,
         authorization: authz::policies_for(set, proxy),
         access_log: access_log(set),
-        tracing: None,
+        tracing: tracing(set),
     };
     attach_wasm(set, proxy, &mut snapshot);
     // Filters may call any mesh service (`proxy_http_call`), so a proxy that runs filters knows them all.
@@ -386,5 +388,43 @@ fn access_log(set: &ManifestSet) -> Option<pb::AccessLog> {
         format: format as i32,
         path: log.path.clone(),
         sampling_ppm: log.sampling_ppm,
+    })
+}
+
+/// The Mesh's tracing settings, for every proxy. No block: None, each proxy's OTEL_* environment decides alone;
+/// `enabled: false`: tracing off, and nothing else is sent. Fields left out stay empty (the environment's).
+fn tracing(set: &ManifestSet) -> Option<pb::Tracing> {
+    use crate::model::mesh::TracingProtocol;
+    let t = set.meshes.first()?.tracing.as_ref()?;
+    if !t.enabled {
+        return Some(pb::Tracing {
+            enabled: false,
+            ..pb::Tracing::default()
+        });
+    }
+    let protocol = match t.protocol {
+        None => pb::TracingProtocol::Unset,
+        Some(TracingProtocol::Grpc) => pb::TracingProtocol::Grpc,
+        Some(TracingProtocol::HttpProtobuf) => pb::TracingProtocol::HttpProtobuf,
+    };
+    Some(pb::Tracing {
+        enabled: true,
+        endpoint: t.endpoint.clone().unwrap_or_default(),
+        protocol: protocol as i32,
+        sampling_ppm: t.sampling_ppm,
+        propagators: t
+            .propagators
+            .iter()
+            .map(|p| p.as_str().to_string())
+            .collect(),
+        // A BTreeMap: sorted by key.
+        resource_attributes: t
+            .resource_attributes
+            .iter()
+            .map(|(key, value)| pb::ResourceAttribute {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect(),
     })
 }

@@ -8,12 +8,12 @@ use crate::model::{ManifestSet, MtlsMode};
 use crate::source::files::load_texts;
 
 /// The set `text` loads to (as file `m.yaml`), or every error.
-fn load(text: &str) -> Result<ManifestSet, Vec<String>> {
+pub(super) fn load(text: &str) -> Result<ManifestSet, Vec<String>> {
     load_texts(&[(PathBuf::from("m.yaml"), text.to_string())])
         .map_err(|d| d.0.iter().map(ToString::to_string).collect())
 }
 
-fn errors(text: &str) -> Vec<String> {
+pub(super) fn errors(text: &str) -> Vec<String> {
     match load(text) {
         Ok(_) => panic!("loaded without errors:\n{text}"),
         Err(e) => e,
@@ -21,7 +21,7 @@ fn errors(text: &str) -> Vec<String> {
 }
 
 /// A Mesh with `spec` (flow style, on line 4).
-fn mesh(spec: &str) -> String {
+pub(super) fn mesh(spec: &str) -> String {
     format!(
         "apiVersion: meshwork.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: mesh}}\nspec: {spec}\n"
     )
@@ -123,7 +123,7 @@ fn unknown_fields_under_mtls_and_identity_are_refused_by_name() {
     );
     assert_eq!(
         errors(&mesh("{tls: {}}")),
-        ["m.yaml:4: spec.tls: unknown or unsupported field (supported here: trustDomain, mtls, identity, accessLog)"]
+        ["m.yaml:4: spec.tls: unknown or unsupported field (supported here: trustDomain, mtls, identity, accessLog, tracing)"]
     );
 }
 
