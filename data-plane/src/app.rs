@@ -23,6 +23,7 @@ use crate::identity::MeshIdentity;
 use crate::listener;
 use crate::resilience::Registry;
 use crate::stack::{ListenerCtx, Mode};
+use crate::telemetry::trace;
 use crate::telemetry::HttpMetrics;
 use crate::tls::serving::{ServingCerts, RELOAD_POLL};
 use crate::tls::TlsMetrics;
@@ -119,6 +120,8 @@ pub struct Applier {
     tls: Arc<TlsMetrics>,
     /// Request metrics of every listener.
     pub http: Arc<HttpMetrics>,
+    /// The proxy's OpenTelemetry environment, under the Mesh's tracing settings.
+    trace_env: trace::settings::Env,
     manager: Mutex<ListenerManager>,
 }
 
@@ -130,7 +133,8 @@ impl Applier {
         if received.same_as(&previous) {
             return Ok(()); // a reconnect re-sent what we already serve
         }
-        let snap = received.build(&self.wasm, &previous, &self.node_id)?;
+        let mut snap = received.build(&self.wasm, &previous, &self.node_id)?;
+        snap.tracing = trace::settings::resolve(snap.mesh_tracing.as_ref(), &self.trace_env);
         let certificates = self.serving.prepare(&snap)?;
         let mut mgr = self.manager.lock().unwrap_or_else(|p| p.into_inner());
         let mut bound = Vec::new();
@@ -423,11 +427,31 @@ fn applier(opts: &Options, shared: &Shared) -> Arc<Applier> {
         serving: shared.serving.clone(),
         tls: shared.tls.clone(),
         http: shared.http.clone(),
+        trace_env: trace_env(opts, &shared.http),
         manager: Mutex::new(ListenerManager {
             data: Handle::current(),
             running: HashMap::new(),
         }),
     })
+}
+
+/// Reads the proxy's `OTEL_*` variables (saying which it cannot read, and ignoring those) and names the proxy in
+/// its spans.
+fn trace_env(opts: &Options, http: &HttpMetrics) -> trace::settings::Env {
+    let (env, problems) = trace::settings::Env::read(|name| std::env::var(name).ok());
+    for problem in problems {
+        tracing::warn!("ignoring an OpenTelemetry variable: {problem}");
+    }
+    http.tracer.identify(trace::export::Identity {
+        service: opts.service.clone(),
+        namespace: opts.namespace.clone(),
+        node_id: opts.node_id.clone(),
+        role: match opts.role {
+            Role::Gateway => "gateway",
+            Role::Sidecar => "sidecar",
+        },
+    });
+    env
 }
 
 /// The admin listener and the config source, on a runtime of their own (see the module docs). Returns once the
@@ -574,4 +598,7 @@ async fn shut_down(
     // The last requests' access log lines (the writer otherwise writes every 100 ms).
     let access_log = applier.http.access_log.clone();
     let _ = tokio::task::spawn_blocking(move || access_log.close(Duration::from_secs(2))).await;
+    // And the last spans (within the exporter's timeout, at most 5 s).
+    let tracer = applier.http.tracer.clone();
+    let _ = tokio::task::spawn_blocking(move || tracer.close(Duration::from_secs(5))).await;
 }

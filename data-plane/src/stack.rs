@@ -22,7 +22,7 @@ use crate::filter::{headers, path};
 use crate::listener::Downstream;
 use crate::resilience::{self, call::SOURCE_HEADER, Registry};
 use crate::router;
-use crate::telemetry::{Exchange, ListenerMetrics, Observed};
+use crate::telemetry::{Arrival, Exchange, Journal, ListenerMetrics, Observed};
 use crate::tls::{VerifiedPeer, XFCC_HEADER};
 use crate::upstream::body::{RequestBody, ResponseBody};
 use crate::upstream::client_body::ClientBody;
@@ -112,9 +112,22 @@ async fn route_and_forward(
     // The snapshot is loaded once: this request finishes on it even if a new one is published meanwhile.
     let snapshot = ctx.store.load();
     let (mut parts, body) = req.into_parts();
-    if let Some(log) = &snapshot.access_log {
-        exchange.log(log, &parts, peer, caller(ctx, verified));
-    }
+    let is_routed = matches!(ctx.mode, Mode::Routed(_));
+    // A sidecar's outbound listener is the one routed listener without TLS termination.
+    let outbound = is_routed && ctx.termination.is_none();
+    exchange.observe(
+        snapshot.access_log.as_ref(),
+        snapshot.tracing.as_ref(),
+        &Arrival {
+            parts: &parts,
+            downstream: peer,
+            source: &|| caller(ctx, verified),
+            https: downstream.https || verified.is_some(),
+            // Gateways and inbound listeners serve; gateways and outbound listeners call.
+            server_span: !outbound,
+            client_spans: is_routed,
+        },
+    );
     if let Some(e) = body.declared_too_large() {
         return Err(e.into());
     }
@@ -147,6 +160,7 @@ async fn route_and_forward(
         route_name,
         cluster_name,
         eos,
+        exchange.recording(),
     )
     .await;
     match verdict {
@@ -180,7 +194,8 @@ async fn route_and_forward(
     let filtered = matches!(body, RequestBody::Filtered(_));
     // 5-7. Hand-off. The proxy's own error answers (503, 504...) go through the response filters too, as Envoy's
     //      local replies do.
-    let handed = hand_off(ctx, route, cluster, parts, body, peer, exchange.tried()).await;
+    let journal = exchange.journal().map(|j| &**j);
+    let handed = hand_off(ctx, route, cluster, parts, body, peer, journal).await;
     let resp = match handed {
         Ok(resp) => resp,
         Err(e) => {
@@ -253,7 +268,7 @@ async fn hand_off(
     parts: http::request::Parts,
     body: RequestBody,
     peer: SocketAddr,
-    tried: Option<&crate::telemetry::Tried>,
+    journal: Option<&Journal>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let resp = match route {
         Some(route) => {
@@ -264,7 +279,7 @@ async fn hand_off(
                 peer,
                 route_policy: route_policy.as_deref(),
                 route_timeout: route.timeout.or(ctx.default_timeout),
-                tried,
+                journal,
             };
             let balancer = ctx.resilience.balancer(cluster);
             resilience::call(&ctx.upstreams, &balancer, req).await?
@@ -273,8 +288,9 @@ async fn hand_off(
             let endpoint = cluster
                 .any_endpoint()
                 .ok_or_else(|| ProxyError::NoEndpoint(cluster.name.to_string()))?;
-            if let Some(tried) = tried {
-                tried.attempt(endpoint.addr);
+            let mut parts = parts;
+            if let Some(journal) = journal {
+                journal.attempt(endpoint.addr, &mut parts.headers);
             }
             let sent = upstream::send(
                 &ctx.upstreams,

@@ -1,6 +1,7 @@
 //! The applied configuration: immutable, validated, with everything the request path needs precomputed
 //! (compiled regexes, parsed header names and values, routes pointing straight at their clusters).
 
+use crate::telemetry::trace::{MeshTracing, TraceConfig};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -282,6 +283,11 @@ pub struct Snapshot {
     pub authorization: Vec<crate::authz::Policy>,
     /// The Mesh's `spec.accessLog` (None: no access log).
     pub access_log: Option<Arc<AccessLogConfig>>,
+    /// The Mesh's `spec.tracing`, as pushed (None: the Mesh says nothing; the environment decides).
+    pub mesh_tracing: Option<MeshTracing>,
+    /// The tracing this proxy does: the Mesh's settings over its OpenTelemetry environment (None: none). Set
+    /// by the proxy when it applies the snapshot (`Applier`), not by the conversion from protobuf.
+    pub tracing: Option<Arc<TraceConfig>>,
     /// What was received, for /config_dump.
     pub source: pb::Snapshot,
 }
@@ -301,6 +307,8 @@ impl Snapshot {
             inbound_mtls: MtlsMode::default(),
             authorization: Vec::new(),
             access_log: None,
+            mesh_tracing: None,
+            tracing: None,
             source: pb::Snapshot::default(),
         }
     }

@@ -30,6 +30,7 @@ use super::wasm::stream::{
     header_pairs, method_text, status_text, to_header_map, Headers, Pseudo, StreamData, Text,
 };
 use super::wasm::{PluginHandle, WasmError};
+use crate::telemetry::Journal;
 use crate::upstream::body::{BoxError, ResponseBody};
 
 struct Active {
@@ -48,6 +49,8 @@ struct Active {
     response_headers: bool,
     /// Callouts of this stream's being answered in the background (made only when one is).
     background: Option<Arc<Background>>,
+    /// The request's journal when its trace is recorded: each callback's time goes there.
+    journal: Option<Arc<Journal>>,
 }
 
 /// A stream's callouts in flight in the background: a stream waiting on its filter with no callout of its own to
@@ -131,10 +134,17 @@ fn send_in_background(active: &Shared, index: usize, calls: Vec<Callout>) {
                 if a.stream.context_id != call.context_id {
                     return;
                 }
-                let r = a.plugin.run(a.slot, Some(a.instance), |i| {
-                    i.on_http_call_response(Some(&mut a.stream), &call, response)?;
-                    Ok(i.take_calls())
-                });
+                let r = timed(
+                    a.journal.as_ref(),
+                    &a.plugin,
+                    "on_http_call_response",
+                    || {
+                        a.plugin.run(a.slot, Some(a.instance), |i| {
+                            i.on_http_call_response(Some(&mut a.stream), &call, response)?;
+                            Ok(i.take_calls())
+                        })
+                    },
+                );
                 match r {
                     Ok(Some((more, _))) => more,
                     _ => Vec::new(),
@@ -230,11 +240,19 @@ async fn settle(mut h: impl Holder, calls: Vec<Callout>) -> Settled {
         };
         let response = callout::answer(plugin.shared_callouts(), call.clone()).await;
         let delivered = h.with(|a| {
-            let result = a.plugin.run(a.slot, Some(a.instance), |i| {
-                let stream = (call.context_id == a.stream.context_id).then_some(&mut a.stream);
-                i.on_http_call_response(stream, &call, response)?;
-                Ok((i.take_calls(), i.closed()))
-            });
+            let result = timed(
+                a.journal.as_ref(),
+                &a.plugin,
+                "on_http_call_response",
+                || {
+                    a.plugin.run(a.slot, Some(a.instance), |i| {
+                        let stream =
+                            (call.context_id == a.stream.context_id).then_some(&mut a.stream);
+                        i.on_http_call_response(stream, &call, response)?;
+                        Ok((i.take_calls(), i.closed()))
+                    })
+                },
+            );
             match outcome(result) {
                 Ok(((_, true), _)) => Err(Settled::Fail(FilterError::Closed(
                     a.plugin.meta.name.clone(),
@@ -493,9 +511,16 @@ impl BodyFilter {
             };
             *slot = Some(std::mem::take(&mut pairs));
             a.stream.trailers_dirty = false;
-            let r = a.plugin.run(a.slot, Some(a.instance), |i| {
-                i.on_trailers(&mut a.stream, response)?;
-                Ok(i.take_calls())
+            let callback = if response {
+                "on_response_trailers"
+            } else {
+                "on_request_trailers"
+            };
+            let r = timed(a.journal.as_ref(), &a.plugin, callback, || {
+                a.plugin.run(a.slot, Some(a.instance), |i| {
+                    i.on_trailers(&mut a.stream, response)?;
+                    Ok(i.take_calls())
+                })
             });
             let slot = if response {
                 &mut a.stream.response_trailers
@@ -558,9 +583,16 @@ fn offer_body(
     } else {
         a.stream.request_body = held;
     }
-    let r = a.plugin.run(a.slot, Some(a.instance), |i| {
-        let action = i.on_body(&mut a.stream, response, end_of_stream)?;
-        Ok((action, i.take_calls()))
+    let callback = if response {
+        "on_response_body"
+    } else {
+        "on_request_body"
+    };
+    let r = timed(a.journal.as_ref(), &a.plugin, callback, || {
+        a.plugin.run(a.slot, Some(a.instance), |i| {
+            let action = i.on_body(&mut a.stream, response, end_of_stream)?;
+            Ok((action, i.take_calls()))
+        })
     });
     let back = if response {
         a.stream.response_body.take()
@@ -666,6 +698,7 @@ impl Chain {
         route: Option<&Arc<str>>,
         cluster: Option<&Arc<str>>,
         end_of_stream: bool,
+        journal: Option<&Arc<Journal>>,
     ) -> (Chain, Verdict) {
         if plugins.is_empty() {
             return (Chain::default(), Verdict::Continue);
@@ -711,18 +744,20 @@ impl Chain {
             stream.route_name = route.cloned();
             stream.cluster_name = cluster.cloned();
             stream.protocol = protocol;
-            let result = plugin.run(slot, None, |inst| {
-                inst.new_context(&mut stream)?;
-                let action = inst.on_headers(&mut stream, false, end_of_stream)?;
-                Ok(Callback {
-                    action,
-                    closed: inst.closed(),
-                    calls: inst.take_calls(),
-                    request_body: inst.has_body_callback(false),
-                    response_body: inst.has_body_callback(true),
-                    request_trailers: inst.has_trailers_callback(false),
-                    response_trailers: inst.has_trailers_callback(true),
-                    response_headers: inst.has_headers_callback(true),
+            let result = timed(journal, plugin, "on_request_headers", || {
+                plugin.run(slot, None, |inst| {
+                    inst.new_context(&mut stream)?;
+                    let action = inst.on_headers(&mut stream, false, end_of_stream)?;
+                    Ok(Callback {
+                        action,
+                        closed: inst.closed(),
+                        calls: inst.take_calls(),
+                        request_body: inst.has_body_callback(false),
+                        response_body: inst.has_body_callback(true),
+                        request_trailers: inst.has_trailers_callback(false),
+                        response_trailers: inst.has_trailers_callback(true),
+                        response_headers: inst.has_headers_callback(true),
+                    })
                 })
             });
             let (cb, instance) = match outcome(result) {
@@ -739,7 +774,7 @@ impl Chain {
                     }
                 }
             };
-            let mut a = cb.active(plugin, slot, instance, stream);
+            let mut a = cb.active(plugin, slot, instance, stream, journal);
             let step = after_request_headers(&mut a, cb).await;
             headers = std::mem::take(&mut a.stream.request_headers);
             dirty |= a.stream.request_dirty;
@@ -886,6 +921,7 @@ impl Callback {
         slot: usize,
         instance: u64,
         stream: Box<StreamData>,
+        journal: Option<&Arc<Journal>>,
     ) -> Active {
         Active {
             plugin: plugin.clone(),
@@ -898,6 +934,7 @@ impl Callback {
             response_trailers: self.response_trailers,
             response_headers: self.response_headers,
             background: None,
+            journal: journal.cloned(),
         }
     }
 }
@@ -926,9 +963,11 @@ async fn on_response_headers(a: &mut Active, end_of_stream: bool) -> Step {
     if !a.response_headers {
         return Step::Next(Vec::new());
     }
-    let result = a.plugin.run(a.slot, Some(a.instance), |inst| {
-        let action = inst.on_headers(&mut a.stream, true, end_of_stream)?;
-        Ok((action, inst.take_calls()))
+    let result = timed(a.journal.as_ref(), &a.plugin, "on_response_headers", || {
+        a.plugin.run(a.slot, Some(a.instance), |inst| {
+            let action = inst.on_headers(&mut a.stream, true, end_of_stream)?;
+            Ok((action, inst.take_calls()))
+        })
     });
     let (action, calls) = match outcome(result) {
         Ok((done, _)) => done,
@@ -947,6 +986,23 @@ async fn on_response_headers(a: &mut Active, end_of_stream: bool) -> Step {
     }
     a.stream.resumed = false;
     Step::Next(calls)
+}
+
+/// Runs a filter callback, noting its time in the request's trace when it is recorded (two clock reads; nothing
+/// when it is not).
+fn timed<T>(
+    journal: Option<&Arc<Journal>>,
+    plugin: &PluginHandle,
+    callback: &'static str,
+    f: impl FnOnce() -> T,
+) -> T {
+    let Some(journal) = journal else {
+        return f();
+    };
+    let start = std::time::Instant::now();
+    let r = f();
+    journal.filter_ran(&plugin.meta.name, callback, start.elapsed());
+    r
 }
 
 /// Ends filters' stream contexts: `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`.

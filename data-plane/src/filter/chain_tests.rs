@@ -117,7 +117,7 @@ async fn request(plugin: &Arc<PluginHandle>, path: &str, eos: bool) -> (Chain, V
         peer: None,
         tls: false,
     };
-    Chain::on_request(plugins, &mut parts, &downstream, None, None, eos).await
+    Chain::on_request(plugins, &mut parts, &downstream, None, None, eos, None).await
 }
 
 /// Another stream makes the plugin's only instance trap: it is discarded, with every context on it.

@@ -33,6 +33,8 @@ use super::{clock, inc, Balancer, ClusterRuntime};
 use crate::config::policy::{
     Abort, FaultConfig, HashOn, LimitKey, RequestPolicy, RetryPolicy, Timeouts,
 };
+use crate::telemetry::trace::span::{Attributes, Value};
+use crate::telemetry::Journal;
 use crate::upstream::body::{BoxError, RequestBody, ResponseBody};
 use crate::upstream::{self, UpstreamError, Upstreams};
 
@@ -76,8 +78,8 @@ pub struct Request<'a> {
     pub route_policy: Option<&'a ClusterRuntime>,
     /// The HTTPRoute's own request timeout, used when no policy sets `timeouts.request`.
     pub route_timeout: Option<Duration>,
-    /// Where the attempts are noted, when someone (the access log) wants to know.
-    pub tried: Option<&'a crate::telemetry::Tried>,
+    /// Where the attempts and the layers' decisions are noted, when the request is logged or traced.
+    pub journal: Option<&'a Journal>,
 }
 
 /// Calls the upstream service `b` through every layer, in the order the module documents.
@@ -92,20 +94,23 @@ pub async fn call(
     let pick =
         |has: fn(&RequestPolicy) -> bool| own.filter(|p| has(p)).unwrap_or(&rt.policy.request);
     inc(&rt.counters.requests);
+    let journal = req.journal;
     // 1. Fault injection.
     if let Some(f) = &pick(|p| p.fault.is_some()).fault {
-        inject_fault(f, &req.parts, rt).await?;
+        inject_fault(f, &req.parts, rt, journal).await?;
     }
     // 2. Client-side rate limit (the route's bucket when the route's policy has one).
     let limiter = match req.route_policy {
         Some(route) if route.policy.request.rate_limit.is_some() => route,
         _ => rt,
     };
-    rate_limit(limiter, &req.parts, req.peer).await?;
+    rate_limit(limiter, &req.parts, req.peer)
+        .await
+        .inspect_err(|_| note(journal, "rate_limited", Vec::new))?;
     // 3. Circuit breaker. A half-open probe that never reports (the client went away, a timeout) gives its slot
     //    back when `slot` drops.
     let mut slot = ProbeSlot::default();
-    let probe = admit(rt, &mut slot)?;
+    let probe = admit(rt, &mut slot).inspect_err(|_| note(journal, "circuit_open", Vec::new))?;
     // 4. The total timeout, as a deadline.
     let timeouts = pick(|p| p.timeouts.is_some()).timeouts.unwrap_or_default();
     let total = timeouts.request.or(req.route_timeout);
@@ -125,7 +130,7 @@ pub async fn call(
         retry,
         timeouts,
         deadline,
-        tried: req.tried,
+        journal,
     };
     attempts.run(req, probe, slot).await
 }
@@ -147,7 +152,7 @@ struct Attempts<'a> {
     retry: &'a RetryPolicy,
     timeouts: Timeouts,
     deadline: Deadline,
-    tried: Option<&'a crate::telemetry::Tried>,
+    journal: Option<&'a Journal>,
 }
 
 impl<'a> Attempts<'a> {
@@ -180,12 +185,19 @@ impl<'a> Attempts<'a> {
             }
             if !rt.budget.try_withdraw(Instant::now()) {
                 inc(&rt.counters.budget_exhausted);
+                note(self.journal, "retry_budget_exhausted", Vec::new);
                 return hold_slot(result, held);
             }
             drop(held);
             self.back_off(retry_no, result).await?;
             retry_no += 1;
             inc(&rt.counters.retries);
+            note(self.journal, "retry", || {
+                vec![
+                    ("meshwork.retry.number", Value::Int(retry_no.into())),
+                    ("meshwork.retry.after", Value::Static(outcome.describe())),
+                ]
+            });
             // An attempt that opened the circuit ends the retries: the breaker decides again.
             probe = admit(rt, &mut slot)?;
         }
@@ -213,16 +225,16 @@ impl<'a> Attempts<'a> {
     /// it in flight until it ends, however it ends. The deadline passing ends the whole call (Err).
     async fn attempt(
         &self,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: RequestBody,
         i: usize,
     ) -> Result<(AttemptResult, Outcome), CallError> {
         let cluster = &self.b.cluster;
         let (endpoint, state) = (&cluster.endpoints[i], &*self.b.states[i]);
         let _in_flight = InFlight::new(state);
-        if let Some(tried) = self.tried {
-            tried.attempt(endpoint.addr);
-        }
+        let noted = self
+            .journal
+            .map(|j| (j, j.attempt(endpoint.addr, &mut parts.headers)));
         let started = Instant::now();
         let fut = upstream::send(
             self.clients,
@@ -246,12 +258,18 @@ impl<'a> Attempts<'a> {
                 Ok(r) => r,
                 Err(_) => {
                     state.observe(PENALTY, clock::now_nanos());
+                    if let Some((j, n)) = noted {
+                        j.outcome(n, 0, Some("timeout"));
+                    }
                     return Err(self.deadline.passed(&self.b.rt));
                 }
             },
             (_, None) => fut.await,
         };
         let outcome = Outcome::of(&result);
+        if let Some((j, n)) = noted {
+            j.outcome(n, outcome.status.unwrap_or(0), outcome.error_type());
+        }
         let elapsed = Instant::now() - started;
         let rtt = if outcome.penalised() {
             PENALTY.max(elapsed)
@@ -266,7 +284,12 @@ impl<'a> Attempts<'a> {
     fn record(&self, i: usize, outcome: &Outcome, probe: bool, slot: &mut ProbeSlot<'a>) {
         let rt = &self.b.rt;
         if let Some(status) = outcome.outlier_status() {
-            rt.observe_outlier(&self.b.states, i, status);
+            if rt.observe_outlier(&self.b.states, i, status) {
+                let endpoint = self.b.cluster.endpoints[i].addr;
+                note(self.journal, "endpoint_ejected", || {
+                    vec![("network.peer.address", Value::Owned(endpoint.to_string()))]
+                });
+            }
         }
         if let (Some(breaker), true) = (&rt.breaker, outcome.kind != retry::Kind::Local) {
             rt.breaker_moved(breaker.record(Instant::now(), !outcome.failed(), probe));
@@ -374,6 +397,7 @@ async fn inject_fault(
     f: &FaultConfig,
     parts: &http::request::Parts,
     rt: &ClusterRuntime,
+    journal: Option<&Journal>,
 ) -> Result<(), CallError> {
     if let Some((name, value)) = &f.header {
         match parts.headers.get(name) {
@@ -383,10 +407,18 @@ async fn inject_fault(
     }
     if f.delay_percent > 0.0 && fastrand::f64() * 100.0 < f.delay_percent {
         inc(&rt.counters.fault_delays);
+        let delay = f.delay;
+        note(journal, "fault_delay", || {
+            vec![(
+                "meshwork.fault.delay_ms",
+                Value::Int(delay.as_millis().min(i64::MAX as u128) as i64),
+            )]
+        });
         tokio::time::sleep(f.delay).await;
     }
     if f.abort_percent > 0.0 && fastrand::f64() * 100.0 < f.abort_percent {
         inc(&rt.counters.fault_aborts);
+        note(journal, "fault_abort", Vec::new);
         if let Some(abort) = &f.abort {
             return Err(CallError::FaultAbort(abort.clone()));
         }
@@ -500,6 +532,13 @@ async fn drain_response(resp: Response<ResponseBody>) {
     use http_body_util::BodyExt;
     let mut body = resp.into_body();
     while let Some(Ok(_)) = body.frame().await {}
+}
+
+/// Notes a layer's decision on a traced request.
+fn note(journal: Option<&Journal>, name: &'static str, attributes: impl FnOnce() -> Attributes) {
+    if let Some(j) = journal {
+        j.event(name, attributes);
+    }
 }
 
 fn clone_parts(p: &http::request::Parts) -> http::request::Parts {

@@ -135,7 +135,7 @@ impl Fixture {
             peer: "127.0.0.1:40000".parse().unwrap(),
             route_policy: None,
             route_timeout: None,
-            tried: None,
+            journal: None,
         };
         call(&self.clients, &self.balancer, req).await
     }

@@ -67,6 +67,34 @@ impl Outcome {
         }
     }
 
+    /// Why no response came, as OpenTelemetry's `error.type` says it; None with a response.
+    pub fn error_type(&self) -> Option<&'static str> {
+        match self.kind {
+            Kind::Answered => None,
+            Kind::ConnectFailure => Some("connect"),
+            Kind::RefusedStream => Some("refused_stream"),
+            Kind::Reset => Some("reset"),
+            Kind::Timeout => Some("timeout"),
+            Kind::Local => Some("local"),
+        }
+    }
+
+    /// What a retry follows, in a word: the status class or the failure.
+    pub fn describe(&self) -> &'static str {
+        match (self.kind, self.status) {
+            (Kind::Answered, Some(500..=599)) => "5xx",
+            (Kind::Answered, Some(400..=499)) => "4xx",
+            (Kind::Answered, _) => "response",
+            (k, _) => Outcome {
+                kind: k,
+                status: None,
+                grpc_status: None,
+            }
+            .error_type()
+            .unwrap_or("failure"),
+        }
+    }
+
     /// A failure of the upstream (5xx or no answer): what the breaker and outlier detection count.
     pub fn failed(&self) -> bool {
         match self.kind {

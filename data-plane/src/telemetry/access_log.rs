@@ -14,6 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use http::{Method, Version};
 
+use super::trace::TraceId;
+
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -40,6 +42,8 @@ pub struct Entry {
     pub config: Arc<AccessLogConfig>,
     pub start: SystemTime,
     pub duration: Duration,
+    /// The trace the request belongs to, when the proxy traces (sampled or not).
+    pub trace_id: Option<TraceId>,
     pub request_id: Option<String>,
     pub method: Method,
     pub version: Version,
@@ -433,12 +437,26 @@ fn format_entry(e: &Entry, clock: &mut Clock, out: &mut String) {
         }
         out.push(' ');
         push_num(out, e.attempts.into());
+        out.push(' ');
+        match &e.trace_id {
+            Some(t) => out.push_str(&t.hex()),
+            None => out.push('-'),
+        }
         out.push('\n');
         return;
     }
     out.push_str("{\"start_time\":\"");
     clock.write(e.start, out);
-    out.push_str("\",\"request_id\":");
+    out.push_str("\",\"trace_id\":");
+    match &e.trace_id {
+        Some(t) => {
+            out.push('"');
+            out.push_str(&t.hex());
+            out.push('"');
+        }
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"request_id\":");
     push_json(out, request_id);
     out.push_str(",\"method\":");
     push_json(out, Some(e.method.as_str()));
@@ -493,6 +511,7 @@ mod tests {
             }),
             start: SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_547_200_123),
             duration: Duration::from_micros(1500),
+            trace_id: Some(TraceId([0xab; 16])),
             request_id: Some("abc".into()),
             method: Method::POST,
             version: Version::HTTP_11,
@@ -531,6 +550,7 @@ mod tests {
         assert_eq!(v["downstream_address"], "127.0.0.1:5000");
         assert_eq!(v["upstream_address"], "10.0.0.7:8080");
         assert_eq!(v["attempts"], 2);
+        assert_eq!(v["trace_id"], "abababababababababababababababab");
     }
 
     #[test]
@@ -539,7 +559,7 @@ mod tests {
         format_entry(&entry(false), &mut Clock::default(), &mut line);
         assert_eq!(
             line,
-            "[2025-12-01T00:00:00.123Z] \"POST /cart?x=1 HTTP/1.1\" 503 UH 12 1.500 \"abc\" \"shop.example\\\"\" http HTTPRoute/default/shop/rule/0/match/0 - - 127.0.0.1:5000 10.0.0.7:8080 2\n"
+            "[2025-12-01T00:00:00.123Z] \"POST /cart?x=1 HTTP/1.1\" 503 UH 12 1.500 \"abc\" \"shop.example\\\"\" http HTTPRoute/default/shop/rule/0/match/0 - - 127.0.0.1:5000 10.0.0.7:8080 2 abababababababababababababababab\n"
         );
     }
 
@@ -565,6 +585,7 @@ mod tests {
             config,
             start: SystemTime::UNIX_EPOCH,
             duration: Duration::ZERO,
+            trace_id: None,
             request_id: None,
             method: Method::GET,
             version: Version::HTTP_2,

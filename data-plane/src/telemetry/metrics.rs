@@ -30,7 +30,9 @@ use rustc_hash::FxBuildHasher;
 use tokio::time::Instant;
 
 use super::access_log::{bounded, AccessLog, AccessLogConfig, Entry};
-use super::upstream::{CallMetrics, Tried};
+use super::journal::Journal;
+use super::trace::{self, Finished, TraceConfig, Traced, Tracer};
+use super::upstream::CallMetrics;
 
 /// The label set of a served request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -137,6 +139,8 @@ pub struct HttpMetrics {
     active: Family<ListenerLabels, Gauge>,
     /// Where exchanges that were sampled for the access log go when they end.
     pub access_log: Arc<AccessLog>,
+    /// Where the spans of traced requests go when they end.
+    pub tracer: Arc<Tracer>,
     /// Attempts upstream (recorded by the upstream clients).
     pub calls: Arc<CallMetrics>,
 }
@@ -155,6 +159,8 @@ impl HttpMetrics {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(served.clone()));
         registry.register_collector(Box::new(access_log.clone()));
+        let tracer = Arc::new(Tracer::default());
+        registry.register_collector(Box::new(tracer.clone()));
         let calls = Arc::new(CallMetrics::default());
         registry.register_collector(Box::new(calls.clone()));
         registry.register(
@@ -167,6 +173,7 @@ impl HttpMetrics {
             served,
             active,
             access_log,
+            tracer,
             calls,
         }
     }
@@ -179,6 +186,7 @@ impl HttpMetrics {
         ListenerMetrics(Arc::new(Listener {
             served: self.served.clone(),
             access_log: self.access_log.clone(),
+            tracer: self.tracer.clone(),
             name,
             active,
         }))
@@ -223,6 +231,7 @@ impl HttpMetrics {
 struct Listener {
     served: Arc<Served>,
     access_log: Arc<AccessLog>,
+    tracer: Arc<Tracer>,
     name: Arc<str>,
     active: Gauge,
 }
@@ -246,7 +255,7 @@ impl ListenerMetrics {
             start: Instant::now(),
             response_bytes: 0,
             flags: NO_FLAGS,
-            log: None,
+            detail: None,
         }
     }
 }
@@ -278,7 +287,7 @@ pub struct Exchange {
     /// Why it ended the way it did (for the access log): `-` unless something went wrong.
     flags: &'static str,
     /// What the access log needs beyond the labels; only for a request sampled for it.
-    log: Option<Box<LogStart>>,
+    detail: Option<Box<Detail>>,
 }
 
 /// The `response_flags` of an exchange that went as asked.
@@ -287,8 +296,10 @@ pub const NO_FLAGS: &str = "-";
 pub const CLIENT_GONE: &str = "DC";
 
 /// The access log's view of a request's arrival.
-struct LogStart {
-    config: Arc<AccessLogConfig>,
+/// What is kept of a request that is logged or traced (most requests are neither: no allocation for them).
+struct Detail {
+    /// Set when the request is sampled for the access log.
+    log: Option<Arc<AccessLogConfig>>,
     start: SystemTime,
     method: Method,
     version: Version,
@@ -297,24 +308,41 @@ struct LogStart {
     request_id: Option<String>,
     source: Option<String>,
     downstream: SocketAddr,
-    /// The attempts the layers made upstream.
-    tried: Tried,
+    https: bool,
+    journal: Arc<Journal>,
+}
+
+/// Where a request came from, for its access log line and its spans.
+pub struct Arrival<'a> {
+    pub parts: &'a http::request::Parts,
+    pub downstream: SocketAddr,
+    /// The caller, as far as the proxy knows it (see `stack::caller`); made only if needed.
+    pub source: &'a dyn Fn() -> Option<String>,
+    /// The connection is TLS.
+    pub https: bool,
+    /// This proxy makes a server span for the request (a gateway, a sidecar's inbound listener).
+    pub server_span: bool,
+    /// ... and a client span per attempt upstream (a gateway, a sidecar's outbound listener).
+    pub client_spans: bool,
 }
 
 impl Exchange {
-    /// Samples the request for the access log `config` asks for, noting what arrived.
-    pub fn log(
+    /// Decides whether the request is logged (the access log's sampling) and traced (the trace context it came
+    /// with, else the sampler); keeps what those need.
+    pub fn observe(
         &mut self,
-        config: &Arc<AccessLogConfig>,
-        parts: &http::request::Parts,
-        downstream: SocketAddr,
-        source: Option<String>,
+        log: Option<&Arc<AccessLogConfig>>,
+        tracing: Option<&Arc<TraceConfig>>,
+        arrival: &Arrival<'_>,
     ) {
-        if !config.sampled() {
+        let log = log.filter(|c| c.sampled()).cloned();
+        let trace = tracing.map(|c| Traced::begin(c, &arrival.parts.headers, arrival.server_span));
+        if log.is_none() && trace.is_none() {
             return;
         }
-        self.log = Some(Box::new(LogStart {
-            config: config.clone(),
+        let parts = arrival.parts;
+        self.detail = Some(Box::new(Detail {
+            log,
             start: SystemTime::now() - self.start.elapsed(),
             method: parts.method.clone(),
             version: parts.version,
@@ -340,20 +368,25 @@ impl Exchange {
                 .headers
                 .get(&crate::filter::headers::X_REQUEST_ID)
                 .map(|v| bounded(v.as_bytes())),
-            source,
-            downstream,
-            tried: Tried::default(),
+            source: (arrival.source)(),
+            downstream: arrival.downstream,
+            https: arrival.https,
+            journal: Arc::new(Journal::new(trace, arrival.client_spans)),
         }));
     }
 
-    /// Where the layers note their attempts (only for a request sampled for the access log).
-    pub fn tried(&self) -> Option<&Tried> {
-        self.log.as_ref().map(|l| &l.tried)
+    /// The request's journal, when it is logged or traced.
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.detail.as_ref().map(|d| &d.journal)
     }
 
-    /// The request id the request is forwarded with (the client's, or the one this proxy gave it).
+    /// The journal, if the request is traced and sampled (what filters time their callbacks into).
+    pub fn recording(&self) -> Option<&Arc<Journal>> {
+        self.journal().filter(|j| j.recording())
+    }
+
     pub fn request_id(&mut self, headers: &http::HeaderMap) {
-        if let Some(log) = self.log.as_mut() {
+        if let Some(log) = self.detail.as_mut() {
             log.request_id = headers
                 .get(&crate::filter::headers::X_REQUEST_ID)
                 .map(|v| bounded(v.as_bytes()));
@@ -411,32 +444,70 @@ impl Drop for Exchange {
         self.listener
             .served
             .record(&self.labels, elapsed.as_secs_f64(), self.response_bytes);
-        if let Some(log) = self.log.take() {
-            self.listener.access_log.submit(Entry {
-                config: log.config,
-                start: log.start,
-                duration: elapsed,
-                request_id: log.request_id,
-                method: log.method,
-                version: log.version,
-                authority: log.authority,
-                path: log.path,
-                listener: self.labels.listener.clone(),
-                route: self.labels.route.clone(),
-                destination_service: self.labels.destination_service.clone(),
-                source: log.source,
-                downstream: log.downstream,
-                upstream: log.tried.last(),
-                attempts: log.tried.attempts(),
-                status: self.labels.http_response_status_code,
-                bytes_sent: self.response_bytes,
-                flags: self.flags,
-            });
+        if let Some(detail) = self.detail.take() {
+            self.report(*detail, elapsed);
         }
     }
 }
 
-/// A response body that ends its exchange when it has been sent (or dropped), counting its bytes.
+impl Exchange {
+    /// A logged or traced request has ended: its line and its spans go to their writers.
+    fn report(&self, d: Detail, elapsed: std::time::Duration) {
+        let listener = &self.listener;
+        if let Some(config) = d
+            .journal
+            .trace()
+            .filter(|t| t.sampled)
+            .map(|t| t.config.clone())
+        {
+            let finished = Finished {
+                method: self.labels.http_request_method,
+                path: &d.path,
+                authority: d.authority.as_deref(),
+                scheme: if d.https { "https" } else { "http" },
+                version: d.version,
+                listener: &self.labels.listener,
+                route: self.labels.route.as_ref(),
+                destination: self.labels.destination_service.as_ref(),
+                source: d.source.as_deref(),
+                downstream: d.downstream,
+                request_id: d.request_id.as_deref(),
+                status: self.labels.http_response_status_code,
+                flags: self.flags,
+                start: d.start,
+                end: d.start + elapsed,
+            };
+            listener
+                .tracer
+                .submit(&config, trace::spans(&d.journal, &finished));
+        }
+        let Some(config) = d.log else {
+            return;
+        };
+        listener.access_log.submit(Entry {
+            config,
+            start: d.start,
+            duration: elapsed,
+            trace_id: d.journal.trace().map(|t| t.trace_id),
+            request_id: d.request_id,
+            method: d.method,
+            version: d.version,
+            authority: d.authority,
+            path: d.path,
+            listener: self.labels.listener.clone(),
+            route: self.labels.route.clone(),
+            destination_service: self.labels.destination_service.clone(),
+            source: d.source,
+            downstream: d.downstream,
+            upstream: d.journal.last(),
+            attempts: d.journal.attempts(),
+            status: self.labels.http_response_status_code,
+            bytes_sent: self.response_bytes,
+            flags: self.flags,
+        });
+    }
+}
+
 pub struct Observed<B> {
     body: B,
     exchange: Option<Exchange>,
@@ -597,7 +668,18 @@ mod tests {
                 .unwrap_or_default()
                 .into_parts()
                 .0;
-            e.log(&config, &parts, SocketAddr::from(([127, 0, 0, 1], 1)), None);
+            e.observe(
+                Some(&config),
+                None,
+                &Arrival {
+                    parts: &parts,
+                    downstream: SocketAddr::from(([127, 0, 0, 1], 1)),
+                    source: &|| None,
+                    https: false,
+                    server_span: true,
+                    client_spans: false,
+                },
+            );
             let mut body = e.respond(resp).into_body();
             let waker = std::task::Waker::noop();
             for _ in 0..polls {

@@ -4,9 +4,12 @@
 //! (`upstream.rs`). Nothing here calls into the request path; the request path writes here.
 
 pub mod access_log;
+pub mod journal;
 pub mod metrics;
+pub mod trace;
 pub mod upstream;
 
 pub use access_log::AccessLog;
-pub use metrics::{Exchange, HttpMetrics, ListenerMetrics, Observed};
-pub use upstream::{CallMetrics, Tried};
+pub use journal::Journal;
+pub use metrics::{Arrival, Exchange, HttpMetrics, ListenerMetrics, Observed};
+pub use upstream::CallMetrics;

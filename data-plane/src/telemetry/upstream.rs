@@ -1,12 +1,9 @@
 //! What the proxy records about its calls upstream: each attempt's duration by destination service, method and
-//! status (`http_client_request_duration_seconds`, OpenTelemetry's `http.client.request.duration`), and, for a
-//! request sampled for the access log, how many attempts it took and where the last one went ([`Tried`]). The
-//! resilience layers and the upstream clients write here; nothing here calls them.
+//! status (`http_client_request_duration_seconds`, OpenTelemetry's `http.client.request.duration`). The upstream
+//! clients write here; nothing here calls them.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use http::Method;
 use prometheus_client::collector::Collector;
@@ -18,29 +15,6 @@ use rustc_hash::FxBuildHasher;
 use tokio::time::Instant;
 
 use super::metrics::{method_label, DURATION_BUCKETS};
-
-/// How many attempts a request took and the endpoint of the last one, as the layers made them.
-#[derive(Debug, Default)]
-pub struct Tried {
-    attempts: AtomicU32,
-    last: Mutex<Option<SocketAddr>>,
-}
-
-impl Tried {
-    /// An attempt is being made at `endpoint`.
-    pub fn attempt(&self, endpoint: SocketAddr) {
-        self.attempts.fetch_add(1, Relaxed);
-        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(endpoint);
-    }
-
-    pub fn attempts(&self) -> u32 {
-        self.attempts.load(Relaxed)
-    }
-
-    pub fn last(&self) -> Option<SocketAddr> {
-        *self.last.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
 
 /// The label set of one attempt upstream.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

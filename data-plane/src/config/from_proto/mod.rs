@@ -1,6 +1,8 @@
 //! pb::Snapshot -> Snapshot. Protobuf stays at this boundary; every check a proxy can make is made here, so a
 //! snapshot that cannot be applied is NACKed with the reason and the previous one keeps serving.
 
+use crate::telemetry::trace::settings::Protocol as TraceProtocol;
+use crate::telemetry::trace::{MeshTracing, Propagators};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -452,6 +454,7 @@ impl Snapshot {
         };
         let authorization = authz::policies(&pb.authorization)?;
         let access_log = pb.access_log.as_ref().map(access_log).transpose()?;
+        let mesh_tracing = pb.tracing.as_ref().map(tracing).transpose()?;
         Ok(Snapshot {
             version,
             authorization,
@@ -464,9 +467,76 @@ impl Snapshot {
             inbound_mtls,
             plugins,
             access_log,
+            mesh_tracing,
+            tracing: None,
             source: pb,
         })
     }
+}
+
+/// The Mesh's tracing settings: an http(s) collector URL, a known protocol, a share, known propagators, sane
+/// resource attributes (the control plane checked them; a proxy does not take them on trust).
+fn tracing(pb: &pb::Tracing) -> Result<MeshTracing, InvalidSnapshot> {
+    let endpoint = Some(pb.endpoint.clone()).filter(|e| !e.is_empty());
+    if let Some(e) = &endpoint {
+        let ok = e
+            .parse::<http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        if !ok {
+            return Err(invalid(
+                "tracing.endpoint",
+                format!("expected an http:// or https:// URL, got {e:?}"),
+            ));
+        }
+    }
+    let protocol = match pb::TracingProtocol::try_from(pb.protocol) {
+        Ok(pb::TracingProtocol::Unset) => None,
+        Ok(pb::TracingProtocol::Grpc) => Some(TraceProtocol::Grpc),
+        Ok(pb::TracingProtocol::HttpProtobuf) => Some(TraceProtocol::HttpProtobuf),
+        Err(_) => {
+            return Err(invalid(
+                "tracing.protocol",
+                format!("unknown protocol {}", pb.protocol),
+            ))
+        }
+    };
+    if pb.sampling_ppm.is_some_and(|s| s > 1_000_000) {
+        return Err(invalid(
+            "tracing.sampling_ppm",
+            format!("expected at most 1000000, got {:?}", pb.sampling_ppm),
+        ));
+    }
+    let propagators = match pb.propagators.is_empty() {
+        true => None,
+        false => Some(
+            Propagators::parse(pb.propagators.iter().map(String::as_str))
+                .map_err(|e| invalid("tracing.propagators", e))?,
+        ),
+    };
+    if pb.resource_attributes.len() > 64
+        || pb
+            .resource_attributes
+            .iter()
+            .any(|a| a.key.is_empty() || a.key.len() > 256 || a.value.len() > 256)
+    {
+        return Err(invalid(
+            "tracing.resource_attributes",
+            "expected at most 64 attributes with keys of 1 to 256 bytes and values of at most 256"
+                .to_string(),
+        ));
+    }
+    Ok(MeshTracing {
+        enabled: pb.enabled,
+        endpoint,
+        protocol,
+        sampling_ppm: pb.sampling_ppm,
+        propagators,
+        resource: pb
+            .resource_attributes
+            .iter()
+            .map(|a| (a.key.clone(), a.value.clone()))
+            .collect(),
+    })
 }
 
 /// The Mesh's access log settings: a known format, a path the proxy can write to by name, a share of requests.
