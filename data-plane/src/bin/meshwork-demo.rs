@@ -201,8 +201,13 @@ async fn call_via_proxy(
     tokio::spawn(conn);
     let mut req = Request::get(url).body(http_body_util::Empty::<Bytes>::new())?;
     for (k, v) in headers {
-        // Propagate the request's own context (ids, user) as apps in a mesh are expected to.
-        if k.as_str().starts_with("x-") && k != "x-forwarded-for" && k != "x-forwarded-proto" {
+        // Propagate the request's own context (ids, user) as apps in a mesh are expected to, and its trace
+        // context as an instrumented app does (W3C, B3 in both forms, baggage): this app makes no span of its
+        // own, so its call continues from the span its inbound sidecar made for the request.
+        let trace_context = matches!(k.as_str(), "traceparent" | "tracestate" | "b3" | "baggage");
+        if trace_context
+            || (k.as_str().starts_with("x-") && k != "x-forwarded-for" && k != "x-forwarded-proto")
+        {
             req.headers_mut().append(k.clone(), v.clone());
         }
     }

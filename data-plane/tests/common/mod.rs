@@ -259,10 +259,19 @@ impl Mesh {
 
     /// Like [`Mesh::start`], with more arguments for `meshwork up`.
     pub async fn start_with(args: &[&str], manifests: impl FnOnce(u16) -> String) -> Mesh {
+        Self::start_with_env(args, &[], manifests).await
+    }
+
+    /// Like [`Mesh::start_with`], with environment variables for `meshwork up` (which its proxies inherit).
+    pub async fn start_with_env(
+        args: &[&str],
+        env: &[(&str, &str)],
+        manifests: impl FnOnce(u16) -> String,
+    ) -> Mesh {
         let tmp = tempfile::tempdir().unwrap();
         let gw = free_port();
         write(tmp.path(), "mesh.yaml", &manifests(gw));
-        let mut mesh = Self::launch(tmp.path(), true, args).await;
+        let mut mesh = Self::launch(tmp.path(), true, args, env).await;
         mesh.gw = gw;
         mesh.tmp = Some(tmp);
         mesh
@@ -270,10 +279,10 @@ impl Mesh {
 
     /// `meshwork up DIR` on manifests the test has written (and keeps); waits for its `ready:` line.
     pub async fn up(dir: &Path) -> Mesh {
-        Self::launch(dir, false, &[]).await
+        Self::launch(dir, false, &[], &[]).await
     }
 
-    async fn launch(dir: &Path, owns_dir: bool, args: &[&str]) -> Mesh {
+    async fn launch(dir: &Path, owns_dir: bool, args: &[&str], env: &[(&str, &str)]) -> Mesh {
         let log = std::fs::File::create(dir.join("up.log")).unwrap();
         let mut cmd = Command::new(bin("meshwork"));
         cmd.arg("up")
@@ -285,6 +294,7 @@ impl Mesh {
                 "60",
             ])
             .args(args)
+            .envs(env.iter().copied())
             .env("MESHWORK_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));

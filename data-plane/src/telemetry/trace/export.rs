@@ -190,6 +190,8 @@ fn run(rx: &Receiver<Batch>, identity: &Identity, counters: &Counters, closing: 
                 let same = current.as_ref().is_some_and(|c| *c.config == *batch.config);
                 if !same {
                     send(&runtime, &mut current, &mut pending, counters, &mut warned);
+                    // The gRPC channel is made inside the runtime it will run on.
+                    let _entered = runtime.enter();
                     current = Some(exporter_for(batch.config, identity));
                 }
                 pending.extend(batch.spans);
