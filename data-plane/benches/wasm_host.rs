@@ -210,6 +210,7 @@ fn whole_stream(code: &[u8], digest: &str) {
                             Some(&route),
                             Some(&route),
                             true,
+                            None,
                         )
                         .await;
                         chains.push(chain);

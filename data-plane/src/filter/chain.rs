@@ -999,7 +999,7 @@ fn timed<T>(
     let Some(journal) = journal else {
         return f();
     };
-    let start = std::time::Instant::now();
+    let start = tokio::time::Instant::now();
     let r = f();
     journal.filter_ran(&plugin.meta.name, callback, start.elapsed());
     r
