@@ -8,6 +8,7 @@
 #   bench/run.sh --wasm          # meshwork-proxy with 0, 1 and 5 header-only Wasm filters (meshwork-plugin-sdk), 1 such
 #                                # filter written with the official proxy-wasm crate, and nginx, in one run
 #   bench/run.sh --resilience    # meshwork-proxy with no policy and with a TrafficPolicy using every feature (and nginx)
+#   bench/run.sh --observability # all off, access log on, tracing at 1% and 100% (live OTLP receiver), and nginx
 #   bench/run.sh --against BIN   # meshwork-proxy next to another meshwork-proxy binary BIN (e.g. built from an older
 #                                # commit: what a change costs) and nginx, in one run
 #   (bench/retry-storm.sh: upstream load under a 50% failing upstream, retry budget on and off)
@@ -35,6 +36,27 @@ if [[ "${1:-}" == "--resilience" ]]; then
     --extra "name=meshwork port=18110 cmd=$PROXY --manifests $ROOT/bench/manifests --admin 127.0.0.1:18119" \
     --extra "name=meshwork-policy port=18112 cmd=$PROXY --manifests $ROOT/bench/manifests-policy --admin 127.0.0.1:18122" \
     "$@"
+fi
+if [[ "${1:-}" == "--observability" ]]; then
+  # Issue 13: all off (metrics only: they are always on), access log on, tracing at 1% and at 100% with a live
+  # OTLP/HTTP receiver (bench/otlp-sink.py), next to nginx. Each variant on its own port.
+  shift
+  OBS_DIR="$(mktemp -d)"
+  for v in accesslog:18116 trace1:18117 trace100:18118; do
+    mkdir -p "$OBS_DIR/${v%%:*}"
+    cp "$ROOT/bench/manifests-${v%%:*}/mesh.yaml" "$OBS_DIR/${v%%:*}/"
+    sed "s/port: 18110/port: ${v##*:}/" "$ROOT/bench/manifests/bench.yaml" > "$OBS_DIR/${v%%:*}/bench.yaml"
+  done
+  python3 "$ROOT/bench/otlp-sink.py" 18130 &
+  SINK=$!
+  trap 'kill $SINK 2>/dev/null || true' EXIT
+  "$SHARED_BENCH/run.sh" --only nginx,meshwork,meshwork-accesslog,meshwork-trace1,meshwork-trace100 \
+    --extra "name=meshwork port=18110 cmd=$PROXY --manifests $ROOT/bench/manifests --admin 127.0.0.1:18119" \
+    --extra "name=meshwork-accesslog port=18116 cmd=$PROXY --manifests $OBS_DIR/accesslog --admin 127.0.0.1:18126" \
+    --extra "name=meshwork-trace1 port=18117 cmd=$PROXY --manifests $OBS_DIR/trace1 --admin 127.0.0.1:18127" \
+    --extra "name=meshwork-trace100 port=18118 cmd=$PROXY --manifests $OBS_DIR/trace100 --admin 127.0.0.1:18128" \
+    "$@"
+  exit $?
 fi
 if [[ "${1:-}" == "--against" ]]; then
   OTHER="$2"; shift 2

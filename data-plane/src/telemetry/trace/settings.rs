@@ -77,12 +77,26 @@ impl Env {
     pub fn read(var: impl Fn(&str) -> Option<String>) -> (Env, Vec<String>) {
         let mut problems = Vec::new();
         let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        let mut endpoint = |name: &str| {
+            let v = var(name)?;
+            if v.trim().starts_with("http://") {
+                return Some(v.trim().to_string());
+            }
+            problems.push(format!(
+                "{name}: expected an http:// URL (the exporter has no TLS yet), got {v:?}"
+            ));
+            None
+        };
+        let (traces_endpoint, endpoint) = (
+            endpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            endpoint("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        );
         let mut env = Env {
             disabled: var("OTEL_SDK_DISABLED")
                 .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
                 || var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim() == "none"),
-            traces_endpoint: var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
-            endpoint: var("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            traces_endpoint,
+            endpoint,
             ..Env::default()
         };
         let protocol = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
@@ -454,7 +468,9 @@ mod tests {
             ("OTEL_PROPAGATORS", "jaeger"),
             ("OTEL_BSP_SCHEDULE_DELAY", "soon"),
             ("OTEL_RESOURCE_ATTRIBUTES", "novalue"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
         ]);
+        assert_eq!(e.endpoint, None);
         assert_eq!(e.protocol, None);
         assert_eq!(e.sampler, None);
         let text = problems.join("\n");
@@ -464,6 +480,7 @@ mod tests {
             "OTEL_PROPAGATORS",
             "OTEL_BSP_SCHEDULE_DELAY",
             "OTEL_RESOURCE_ATTRIBUTES",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
         ] {
             assert!(text.contains(name), "{name} not in {text}");
         }

@@ -27,7 +27,7 @@ pub struct Tracing {
     /// `enabled` (default true): false turns tracing off for every proxy, whatever its environment says (the other
     /// fields are still checked, but not sent).
     pub enabled: bool,
-    /// `endpoint`: the OTLP collector, an absolute `http://` or `https://` URL (OTEL_EXPORTER_OTLP_*ENDPOINT).
+    /// `endpoint`: the OTLP collector, an absolute `http://` URL (OTEL_EXPORTER_OTLP_*ENDPOINT).
     pub endpoint: Option<String>,
     /// `protocol`: `grpc` or `http/protobuf` (OTEL_EXPORTER_OTLP_PROTOCOL).
     pub protocol: Option<TracingProtocol>,
@@ -125,6 +125,14 @@ fn endpoint(r: &mut Reader<'_>, obj: &Obj<'_>) -> Option<Option<String>> {
     };
     let field = obj.field("endpoint");
     let url = r.string(n, &field)?;
+    if url.starts_with("https://") {
+        r.error(
+            n.line,
+            field,
+            format!("an https:// collector is not supported yet (the proxies' exporter has no TLS): use http://, got {url:?}"),
+        );
+        return None;
+    }
     if valid_endpoint(&url) {
         return Some(Some(url));
     }
@@ -132,20 +140,17 @@ fn endpoint(r: &mut Reader<'_>, obj: &Obj<'_>) -> Option<Option<String>> {
         n.line,
         field,
         format!(
-            "expected an absolute http:// or https:// URL with a host, such as http://127.0.0.1:4317 (grpc) or \
+            "expected an absolute http:// URL with a host, such as http://127.0.0.1:4317 (grpc) or \
              http://collector:4318/v1/traces (http/protobuf), got {url:?}"
         ),
     );
     None
 }
 
-/// An absolute `http://` or `https://` URL: a host (a name, an IPv4 address or a bracketed IPv6 address), an
+/// An absolute `http://` URL: a host (a name, an IPv4 address or a bracketed IPv6 address), an
 /// optional port from 1 to 65535, then any path; no user info, no whitespace.
 fn valid_endpoint(url: &str) -> bool {
-    let Some(rest) = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-    else {
+    let Some(rest) = url.strip_prefix("http://") else {
         return false;
     };
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
