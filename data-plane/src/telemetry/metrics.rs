@@ -341,6 +341,23 @@ impl Exchange {
             return;
         }
         let parts = arrival.parts;
+        // An unsampled trace only passes its context on: what the line and the spans say is not kept for it.
+        if log.is_none() && trace.as_ref().is_some_and(|t| !t.sampled) {
+            self.detail = Some(Box::new(Detail {
+                log,
+                start: SystemTime::UNIX_EPOCH,
+                method: Method::GET,
+                version: parts.version,
+                authority: None,
+                path: String::new(),
+                request_id: None,
+                source: None,
+                downstream: arrival.downstream,
+                https: false,
+                journal: Arc::new(Journal::new(trace, arrival.client_spans)),
+            }));
+            return;
+        }
         self.detail = Some(Box::new(Detail {
             log,
             start: SystemTime::now() - self.start.elapsed(),
@@ -386,7 +403,11 @@ impl Exchange {
     }
 
     pub fn request_id(&mut self, headers: &http::HeaderMap) {
-        if let Some(log) = self.detail.as_mut() {
+        let kept = self
+            .detail
+            .as_mut()
+            .filter(|d| d.log.is_some() || d.journal.recording());
+        if let Some(log) = kept {
             log.request_id = headers
                 .get(&crate::filter::headers::X_REQUEST_ID)
                 .map(|v| bounded(v.as_bytes()));
