@@ -8,6 +8,7 @@
 //! 4. [`cli`]: `meshwork up | control | validate | status | plugin`.
 
 pub mod cli;
+pub mod dashboard;
 pub mod identity;
 pub mod registry;
 pub mod serve;

@@ -24,6 +24,7 @@ use meshwork_manifest::translate::{ProxyRole, WORKLOAD_LABEL};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::dashboard::Dashboard;
 use crate::identity::Identities;
 use crate::serve::ControlPlane;
 
@@ -48,6 +49,13 @@ pub struct UpArgs {
     /// How long to wait for every proxy to ACK its first snapshot.
     #[arg(long, default_value = "60")]
     pub ready_timeout_secs: u64,
+    /// Where the built-in dashboard (and its OTLP trace receiver) listens; port 0: a free port, printed as
+    /// `dashboard: http://...`.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub dashboard: SocketAddr,
+    /// No dashboard (and no trace receiver: spans go only where the Mesh or OTEL_* say).
+    #[arg(long)]
+    pub no_dashboard: bool,
     #[command(flatten)]
     pub identity: super::IdentityArgs,
 }
@@ -145,6 +153,8 @@ fn desired(set: &ManifestSet) -> BTreeMap<String, ProcSpec> {
 
 struct Running {
     spec: ProcSpec,
+    /// Its proxy's admin address (what the dashboard reads metrics from).
+    admin: SocketAddr,
     /// Sidecar/gateway proxy first, then the app (if any): stopped in reverse order.
     children: Vec<Child>,
 }
@@ -158,6 +168,9 @@ struct Supervisor {
     proxy_log: String,
     path_env: std::ffi::OsString,
     running: BTreeMap<String, Running>,
+    /// The built-in dashboard (unless `--no-dashboard`): it is told which proxies run, and receives their spans
+    /// unless the environment names a collector.
+    dashboard: Option<(Dashboard, SocketAddr)>,
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -264,6 +277,11 @@ impl Supervisor {
             .arg(node)
             .arg("--admin")
             .arg(format!("127.0.0.1:{admin}"));
+        if let Some((_, addr)) = &self.dashboard {
+            for (k, v) in dashboard_tracing_env(*addr) {
+                cmd.env(k, v);
+            }
+        }
         cmd.env("MESHWORK_LOG", &self.proxy_log)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -296,6 +314,7 @@ impl Supervisor {
                 ));
                 Ok(Running {
                     spec: spec.clone(),
+                    admin: SocketAddr::from(([127, 0, 0, 1], admin)),
                     children: vec![child],
                 })
             }
@@ -390,6 +409,7 @@ impl Supervisor {
                 ));
                 Ok(Running {
                     spec: spec.clone(),
+                    admin: SocketAddr::from(([127, 0, 0, 1], admin)),
                     children: vec![proxy, app_child],
                 })
             }
@@ -398,6 +418,30 @@ impl Supervisor {
 
     /// Starts what is desired and not running, stops what runs and is no longer desired. A changed instance is
     /// replaced rolling: the new one starts (and takes over the node id in the registry) before the old one stops.
+    /// Tells the dashboard which proxies run now.
+    fn publish_nodes(&self) {
+        let Some((dashboard, _)) = &self.dashboard else {
+            return;
+        };
+        let nodes = self
+            .running
+            .iter()
+            .map(|(node, r)| {
+                let (service, gateway) = match &r.spec {
+                    ProcSpec::Replica { workload, .. } => (workload.service.clone(), false),
+                    ProcSpec::Gateway { name, .. } => (name.clone(), true),
+                };
+                crate::dashboard::topology::Node {
+                    node: node.clone(),
+                    service,
+                    gateway,
+                    admin: r.admin,
+                }
+            })
+            .collect();
+        dashboard.topology.set_nodes(nodes);
+    }
+
     async fn reconcile(&mut self, set: &ManifestSet) -> Vec<String> {
         let want = desired(set);
         let stale: Vec<String> = self
@@ -411,6 +455,7 @@ impl Supervisor {
             .filter_map(|n| self.running.remove(&n).map(|r| (n, r)))
             .collect();
         let failed = self.start_missing(want).await;
+        self.publish_nodes();
         futures_util::future::join_all(retiring.into_iter().map(|(node, r)| stop_owned(node, r)))
             .await;
         failed
@@ -548,6 +593,43 @@ fn gateway_urls(set: &ManifestSet) -> Vec<String> {
         .collect()
 }
 
+/// Binds and starts the dashboard, and says where it is.
+async fn start_dashboard(
+    cp: &ControlPlane,
+    addr: SocketAddr,
+) -> anyhow::Result<(Dashboard, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("bind the dashboard on {addr} (use --dashboard to pick another address, or --no-dashboard)"))?;
+    let bound = listener.local_addr()?;
+    let dashboard = Dashboard::new(cp.clone());
+    dashboard.start(listener);
+    say(format!("dashboard: http://{bound}"));
+    Ok((dashboard, bound))
+}
+
+/// The proxies' spans go to the dashboard's receiver, unless `up`'s own environment names a collector (which
+/// its proxies inherit), and are sent every second (OpenTelemetry's default 5 s is slow for a live page) unless
+/// the environment says otherwise. A Mesh's `spec.tracing` still overrides all of it.
+fn dashboard_tracing_env(addr: SocketAddr) -> Vec<(&'static str, String)> {
+    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    let mut env = Vec::new();
+    if !set("OTEL_EXPORTER_OTLP_ENDPOINT") && !set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        env.push((
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            format!("http://{addr}/v1/traces"),
+        ));
+        env.push((
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "http/protobuf".to_string(),
+        ));
+    }
+    if !set("OTEL_BSP_SCHEDULE_DELAY") {
+        env.push(("OTEL_BSP_SCHEDULE_DELAY", "1000".to_string()));
+    }
+    env
+}
+
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let dir = args
         .dir
@@ -583,6 +665,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         identities.trust_domain(),
     )?;
     say(format!("control plane: {cp_addr}"));
+    let dashboard = match args.no_dashboard {
+        true => None,
+        false => Some(start_dashboard(&cp, args.dashboard).await?),
+    };
 
     let mut sup = Supervisor {
         cp_url: format!("http://{cp_addr}"),
@@ -592,6 +678,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         proxy_log: args.proxy_log.clone(),
         path_env: app_path(),
         running: BTreeMap::new(),
+        dashboard,
     };
     let limit = Duration::from_secs(args.ready_timeout_secs);
     let shutdown = shutdown_signal();

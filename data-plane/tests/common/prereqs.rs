@@ -1,7 +1,7 @@
 //! What the end-to-end tests need besides Rust, installed on first use so that `cargo test --workspace` works on a
 //! fresh machine by itself: the `wasm32-wasip1` target (through rustup, as wasm-pack does), and for the C filter
-//! clang, lld, wasi-libc and the wasm32 compiler runtime (Debian packages, through apt-get as root or with
-//! `sudo -n`). Each check is cheap when the thing is already there; a failure says what to install by hand.
+//! clang, lld, wasi-libc and the wasm32 compiler runtime, and for the dashboard test a headless Chromium (Debian
+//! packages, through apt-get as root or with `sudo -n`). Each check is cheap when the thing is already there; a failure says what to install by hand.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -65,6 +65,23 @@ pub fn c_toolchain() {
             still.join(" ")
         );
     });
+}
+
+/// Debian's Chromium, for the tests that load a page in a real browser. Returns the program to run.
+pub fn chromium() -> &'static str {
+    static DONE: OnceLock<&'static str> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let found = || ["chromium", "chromium-browser"].into_iter().find(|p| on_path(p));
+        if let Some(p) = found() {
+            return p;
+        }
+        eprintln!("installing chromium for the dashboard test (apt-get)");
+        let installed = apt_get(&["update", "-qq"]) && apt_get(&["install", "-y", "-qq", "chromium"]);
+        match (installed, found()) {
+            (true, Some(p)) => p,
+            _ => panic!("the dashboard test needs a headless Chromium (apt-get install chromium); installing it failed"),
+        }
+    })
 }
 
 fn missing_c_packages() -> Vec<&'static str> {
