@@ -412,6 +412,12 @@ fn applier(opts: &Options, shared: &Shared) -> Arc<Applier> {
         upstreams: shared.upstreams.clone(),
     };
     let _ = wasm.shared.callouts.set(Arc::new(callouts));
+    shared
+        .http
+        .register_collector(Box::new(crate::telemetry::wasm::WasmMetrics {
+            store: shared.store.clone(),
+            shared: wasm.shared.clone(),
+        }));
     Arc::new(Applier {
         store: shared.store.clone(),
         wasm,

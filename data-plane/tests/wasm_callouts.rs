@@ -165,14 +165,16 @@ async fn ext_authz_callouts_pause_and_resume_requests() {
         let (c, admin) = (c.clone(), admin.clone());
         async move {
             let m = metrics(&c, &admin).await;
-            m.contains(r#"meshwork_wasm_filter_metric{name="ext_authz.allowed",type="counter"} 43"#)
+            m.contains("meshwork_filter_ext_authz_allowed_total 43")
                 .then_some(m)
         }
     })
     .await;
+    // Each filter-defined metric is a typed family of its own.
     for line in [
-        r#"meshwork_wasm_filter_metric{name="ext_authz.denied",type="counter"} 1"#,
-        r#"meshwork_wasm_filter_metric{name="ext_authz.failed",type="counter"} 1"#,
+        "# TYPE meshwork_filter_ext_authz_allowed_total counter",
+        "meshwork_filter_ext_authz_denied_total 1",
+        "meshwork_filter_ext_authz_failed_total 1",
     ] {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }

@@ -24,6 +24,9 @@ pub struct ControlArgs {
     /// before they are pushed anything (longer than the proxies' 5 s maximum reconnect backoff).
     #[arg(long, default_value = "6s", value_parser = |s: &str| parse_duration(s).map_err(str::to_string))]
     pub warmup: Duration,
+    /// Where the control plane's own Prometheus metrics are served (`GET /metrics`, plain HTTP); unset: nowhere.
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
     #[command(flatten)]
     pub identity: super::IdentityArgs,
 }
@@ -69,6 +72,13 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     let _pointer = super::Pointer::write(addr, &state_dir, &td)?;
     tracing::info!(%addr, trust_domain = %td, state_dir = %state_dir.display(), "control plane serving");
     tokio::spawn(follow(cp.clone(), args.manifests.clone(), loaded.digest));
+    if let Some(addr) = args.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("bind --metrics {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "control plane metrics at /metrics");
+        tokio::spawn(crate::serve::metrics::serve_http(listener, cp.clone()));
+    }
     let tls = cp.tls().context("the control plane's own certificate")?;
     cp.serve(listener, tls, shutdown_signal()).await?;
     Ok(())

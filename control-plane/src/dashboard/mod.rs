@@ -94,6 +94,10 @@ impl Dashboard {
         let path = req.uri().path().to_string();
         match (req.method(), path.as_str()) {
             (&Method::POST, "/v1/traces") => self.receive(req).await,
+            (&Method::GET, "/metrics") => Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                .body(Full::new(Bytes::from(self.cp.metrics_text())))
+                .unwrap_or_default(),
             (&Method::GET, "/") => {
                 let query = query_param(req.uri().query().unwrap_or(""), "q");
                 html(StatusCode::OK, self.overview(&query))

@@ -2,6 +2,7 @@
 //! its certificate, versions, nonces, ACK/NACK, push only when that proxy's snapshot changed), and the Status RPC
 //! (for the operator's identity only).
 
+pub mod metrics;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -50,6 +51,8 @@ pub struct ControlPlane {
     mesh_key: Vec<u8>,
     /// The mesh CA and the bootstrap tokens.
     pub identities: Arc<Identities>,
+    /// What the control plane reports about itself (`/metrics`).
+    pub metrics: Arc<metrics::CpMetrics>,
 }
 
 impl ControlPlane {
@@ -72,6 +75,7 @@ impl ControlPlane {
             closing: watch::channel(false).0,
             mesh_key: mesh_key(),
             identities,
+            metrics: Arc::default(),
         }
     }
 
@@ -84,6 +88,12 @@ impl ControlPlane {
                 rejected: Vec::new(),
             });
         });
+        self.metrics.changed(self.desired.borrow().generation);
+    }
+
+    /// The control plane's families in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        metrics::text(&self.metrics.registry(self.registry.clone()))
     }
 
     /// Whether this running control plane can apply `set`: a new trust domain needs a new CA, so a change of the
@@ -148,8 +158,14 @@ impl ControlPlane {
             shutdown.await;
             closing.send_replace(true);
         };
+        // grpc.health.v1 beside the discovery service: SERVING for "" and for meshwork.v1.Discovery while up.
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_serving::<pb::discovery_server::DiscoveryServer<ControlPlane>>()
+            .await;
         let served = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+            .add_service(health)
             .add_service(self.service())
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
@@ -571,12 +587,18 @@ async fn session(
             }
             cp.registry
                 .update(&node, conn_id, |r| r.sent_version = version);
+            let pushes = match key.role {
+                ProxyRole::Sidecar => &cp.metrics.pushes_sidecar,
+                ProxyRole::Gateway => &cp.metrics.pushes_gateway,
+            };
+            pushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::debug!(%node, version, "pushed snapshot");
             last_sent = Some(snapshot);
         }
         let generation = set.generation;
         cp.registry
             .update(&node, conn_id, |r| r.synced_generation = generation);
+        cp.metrics.check_converged(&cp.registry);
         tokio::select! {
             // Mapped to (): the guard `wait_for` returns is not Send, and the select's output lives across awaits.
             _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => break,
@@ -664,9 +686,16 @@ fn handle_reply(
         Msg::Ack(ack) if ack.nonce == pending_nonce => {
             cp.registry
                 .update(node, conn_id, |r| r.acked_version = ack.version);
+            cp.metrics
+                .acks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            cp.metrics.check_converged(&cp.registry);
             return true;
         }
         Msg::Nack(nack) if nack.nonce == pending_nonce => {
+            cp.metrics
+                .nacks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(%node, version = nack.version, reason = %nack.reason, "proxy rejected snapshot (NACK)");
             cp.registry.update(node, conn_id, |r| {
                 r.last_nack = Some((nack.version, nack.reason.clone()))

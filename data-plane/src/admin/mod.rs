@@ -242,7 +242,6 @@ fn resilience_metrics(out: &mut String, registry: &crate::resilience::Registry) 
 /// Prometheus text format: Wasm filter failures by plugin and kind, and the metrics filters defined.
 fn metrics(state: &AdminState) -> String {
     use std::fmt::Write;
-    use std::sync::atomic::Ordering::Relaxed;
     let snap = state.store.load();
     let mut out = String::new();
     let _ = writeln!(
@@ -259,26 +258,6 @@ fn metrics(state: &AdminState) -> String {
             "meshwork_authz_decisions_total{{policy=\"{}\",outcome=\"{outcome}\"}} {n}",
             label(&policy)
         );
-    }
-    let _ = writeln!(out, "# HELP meshwork_wasm_failures_total Wasm filter calls that failed (the instance was discarded).");
-    let _ = writeln!(out, "# TYPE meshwork_wasm_failures_total counter");
-    let mut names: Vec<&String> = snap.plugins.keys().collect();
-    names.sort();
-    for name in names {
-        let f = &snap.plugins[name].failures;
-        for (kind, v) in [
-            ("trap", &f.trap),
-            ("timeout", &f.timeout),
-            ("oom", &f.oom),
-            ("other", &f.other),
-        ] {
-            let _ = writeln!(
-                out,
-                "meshwork_wasm_failures_total{{plugin=\"{}\",kind=\"{kind}\"}} {}",
-                label(name),
-                v.load(Relaxed)
-            );
-        }
     }
     resilience_metrics(&mut out, &state.resilience);
     state
@@ -297,23 +276,6 @@ fn metrics(state: &AdminState) -> String {
             out,
             "meshwork_wasm_compile_cache_total{{result=\"miss\"}} {}",
             cache.cache_misses()
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP meshwork_wasm_filter_metric Metrics defined by Wasm filters (proxy_define_metric)."
-    );
-    let _ = writeln!(out, "# TYPE meshwork_wasm_filter_metric untyped");
-    for (name, ty, value) in state.wasm.shared.metrics() {
-        let ty = match ty {
-            0 => "counter",
-            1 => "gauge",
-            _ => "histogram",
-        };
-        let _ = writeln!(
-            out,
-            "meshwork_wasm_filter_metric{{name=\"{}\",type=\"{ty}\"}} {value}",
-            label(&name)
         );
     }
     state.http.encode(&mut out);

@@ -134,7 +134,8 @@ impl Collector for Served {
 
 /// The proxy's request metrics, shared by its listeners and read by `/metrics`.
 pub struct HttpMetrics {
-    registry: Registry,
+    /// Behind a lock so that collectors can be added after start (the Wasm runtime's); scrapes are rare.
+    registry: std::sync::Mutex<Registry>,
     served: Arc<Served>,
     active: Family<ListenerLabels, Gauge>,
     /// Where exchanges that were sampled for the access log go when they end.
@@ -169,13 +170,21 @@ impl HttpMetrics {
             active.clone(),
         );
         Self {
-            registry,
+            registry: std::sync::Mutex::new(registry),
             served,
             active,
             access_log,
             tracer,
             calls,
         }
+    }
+
+    /// Adds families read at scrape time (the Wasm filters', made once the runtime exists).
+    pub fn register_collector(&self, collector: Box<dyn Collector>) {
+        self.registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .register_collector(collector);
     }
 
     /// The metrics of one listener, its in-flight gauge resolved once.
@@ -196,7 +205,8 @@ impl HttpMetrics {
     /// families may follow).
     pub fn encode(&self, out: &mut String) {
         let mut text = String::new();
-        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+        let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
             return;
         }
         // OpenMetrics names a counter family without `_total` in its HELP and TYPE lines; the text format this

@@ -8,6 +8,7 @@ pub mod journal;
 pub mod metrics;
 pub mod trace;
 pub mod upstream;
+pub mod wasm;
 
 pub use access_log::AccessLog;
 pub use journal::Journal;

@@ -260,6 +260,7 @@ impl WasmRuntime {
             slots,
             next: AtomicUsize::new(0),
             failures: Default::default(),
+            calls: prometheus_client::metrics::histogram::Histogram::new(CALL_BUCKETS),
         });
         if let Some(period) = tick {
             spawn_ticker(&handle, period);
@@ -428,6 +429,11 @@ pub struct Failures {
     pub other: AtomicU64,
 }
 
+/// Buckets of `meshwork_wasm_call_duration_seconds`: a header callback takes microseconds; 5 ms is a slow one.
+const CALL_BUCKETS: [f64; 12] = [
+    0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.025, 0.1,
+];
+
 /// A configured plugin: compiled module, configuration, and a few ready instances.
 pub struct PluginHandle {
     pub meta: Arc<PluginMeta>,
@@ -438,6 +444,8 @@ pub struct PluginHandle {
     slots: Vec<Mutex<Option<PluginInstance>>>,
     next: AtomicUsize,
     pub failures: Failures,
+    /// How long each call into the filter took (`meshwork_wasm_call_duration_seconds`).
+    pub calls: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl std::fmt::Debug for PluginHandle {
@@ -487,7 +495,10 @@ impl PluginHandle {
             return Ok(None);
         };
         let id = instance.id;
-        match f(instance) {
+        let started = tokio::time::Instant::now();
+        let result = f(instance);
+        self.calls.observe(started.elapsed().as_secs_f64());
+        match result {
             Ok(v) => Ok(Some((v, id))),
             Err(e) => {
                 *guard = None;

@@ -402,7 +402,7 @@ async fn tick_timers_follow_the_requested_period_and_stop_with_the_plugin() {
     let rt = WasmRuntime::new(1, None).unwrap();
     let ticks = |rt: &WasmRuntime| {
         rt.shared
-            .metrics()
+            .metric_values()
             .iter()
             .find(|m| m.0 == "ticks")
             .map_or(0, |m| m.2)
@@ -483,4 +483,57 @@ fn filters_see_the_mtls_peer_of_the_connection() {
     }
     assert_eq!(property_of("connection.mtls", Some(peer)).0, 1);
     assert_eq!(property_of("connection.mtls", None).0, 0);
+}
+
+/// Filter-defined metrics keep their type: a histogram observes each recorded value (and refuses increments and
+/// reads of a single value), `record` adds to a counter; each is exported as its own typed family.
+#[tokio::test]
+async fn filter_metrics_are_exported_as_typed_families() {
+    let code = wat::parse_str(
+        r#"(module
+  (import "env" "proxy_define_metric" (func $def (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_record_metric" (func $rec (param i32 i64) (result i32)))
+  (import "env" "proxy_increment_metric" (func $inc (param i32 i64) (result i32)))
+  (import "env" "proxy_get_metric" (func $get (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "lat.ms")
+  (data (i32.const 32) "hits")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $def (i32.const 2) (i32.const 16) (i32.const 6) (i32.const 100)))
+    (drop (call $def (i32.const 0) (i32.const 32) (i32.const 4) (i32.const 104)))
+    (drop (call $rec (i32.load (i32.const 100)) (i64.const 3)))
+    (drop (call $rec (i32.load (i32.const 100)) (i64.const 700)))
+    (drop (call $rec (i32.load (i32.const 104)) (i64.const 5)))
+    (drop (call $rec (i32.load (i32.const 104)) (i64.const 5)))
+    (i32.and
+      (i32.eq (call $inc (i32.load (i32.const 100)) (i64.const 1)) (i32.const 2))
+      (i32.eq (call $get (i32.load (i32.const 100)) (i32.const 200)) (i32.const 2)))))"#,
+    )
+    .unwrap();
+    let rt = WasmRuntime::new(1, None).unwrap();
+    let plugin = load(&rt, &code, b"");
+    assert!(
+        plugin.is_ok(),
+        "configure saw BAD_ARGUMENT for both histogram misuses"
+    );
+    let http = crate::telemetry::HttpMetrics::new();
+    http.register_collector(Box::new(crate::telemetry::wasm::WasmMetrics {
+        store: Arc::new(crate::config::ConfigStore::default()),
+        shared: rt.shared.clone(),
+    }));
+    let mut text = String::new();
+    http.encode(&mut text);
+    for line in [
+        "# TYPE meshwork_filter_lat_ms histogram",
+        "meshwork_filter_lat_ms_bucket{le=\"5.0\"} 1",
+        "meshwork_filter_lat_ms_bucket{le=\"1000.0\"} 2",
+        "meshwork_filter_lat_ms_count 2",
+        "meshwork_filter_lat_ms_sum 703.0",
+        "# TYPE meshwork_filter_hits_total counter",
+        "meshwork_filter_hits_total 10",
+    ] {
+        assert!(text.contains(line), "{line} missing in\n{text}");
+    }
 }

@@ -1,15 +1,60 @@
-//! Metrics: `proxy_define_metric`, `proxy_increment_metric`, `proxy_record_metric` and `proxy_get_metric`.
-//! Counters (type 0), gauges (1) and histograms (2, which keep only the last value), proxy-wide, exported on the
-//! admin /metrics endpoint. Defining a (name, type) again returns the same id, so every instance (and every
-//! plugin) that defines it adds to one metric; an id is the index + 1.
+//! Metrics: `proxy_define_metric`, `proxy_increment_metric`, `proxy_record_metric` and `proxy_get_metric`, with
+//! Envoy's semantics: counters (type 0) only go up (`record` adds), gauges (1) are set or moved, histograms (2)
+//! observe every recorded value. Proxy-wide: defining a (name, type) again returns the same id, so every instance
+//! (and every plugin) that defines it adds to one metric; an id is the index + 1. Each is exported on the admin
+//! `/metrics` as a typed family of its own (`filter_metrics.rs`). At most `MAX_METRICS` are defined.
 
 use std::sync::PoisonError;
 
+use prometheus_client::metrics::histogram::Histogram;
 use wasmtime::Linker;
 
 use super::{index_of, st, HostState, C, R};
 use crate::filter::wasm::abi::status;
 use crate::filter::wasm::memory::{read_string, write_u32, write_u64};
+
+/// Metrics filters may define in all (a filter defining names from request data must not grow the table
+/// without end); further definitions fail with INTERNAL_FAILURE.
+pub const MAX_METRICS: usize = 1024;
+
+/// Buckets of filter-defined histograms, in the filter's own unit (commonly milliseconds or bytes).
+pub const HISTOGRAM_BUCKETS: [f64; 16] = [
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0,
+    50000.0, 100000.0,
+];
+
+/// One metric a filter defined.
+#[derive(Debug)]
+pub struct Defined {
+    pub name: String,
+    pub value: Value,
+}
+
+#[derive(Debug)]
+pub enum Value {
+    Counter(i64),
+    Gauge(i64),
+    Histogram(Histogram),
+}
+
+impl Value {
+    fn of_type(ty: i32) -> Option<Value> {
+        match ty {
+            0 => Some(Value::Counter(0)),
+            1 => Some(Value::Gauge(0)),
+            2 => Some(Value::Histogram(Histogram::new(HISTOGRAM_BUCKETS))),
+            _ => None,
+        }
+    }
+
+    pub fn type_id(&self) -> i32 {
+        match self {
+            Value::Counter(_) => 0,
+            Value::Gauge(_) => 1,
+            Value::Histogram(_) => 2,
+        }
+    }
+}
 
 pub(super) fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     l.func_wrap("env", "proxy_define_metric", define)?;
@@ -20,9 +65,9 @@ pub(super) fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
 }
 
 fn define(mut c: C<'_>, ty: i32, np: i32, nn: i32, out: i32) -> R {
-    if !(0..=2).contains(&ty) {
+    let Some(value) = Value::of_type(ty) else {
         return Ok(status::BAD_ARGUMENT);
-    }
+    };
     let name = ok_or_status!(read_string(&mut c, np, nn));
     let id = {
         let shared = c.data().shared.clone();
@@ -30,10 +75,14 @@ fn define(mut c: C<'_>, ty: i32, np: i32, nn: i32, out: i32) -> R {
             .metrics
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match m.iter().position(|(n, t, _)| *n == name && *t == ty) {
+        match m
+            .iter()
+            .position(|d| d.name == name && d.value.type_id() == ty)
+        {
             Some(i) => i,
+            None if m.len() >= MAX_METRICS => return Ok(status::INTERNAL_FAILURE),
             None => {
-                m.push((name, ty, 0));
+                m.push(Defined { name, value });
                 m.len() - 1
             }
         }
@@ -41,38 +90,47 @@ fn define(mut c: C<'_>, ty: i32, np: i32, nn: i32, out: i32) -> R {
     Ok(st(write_u32(&mut c, out, id as u32 + 1)))
 }
 
-/// A counter only goes up: a negative delta is BAD_ARGUMENT (the spec's own example of that status).
+/// A counter only goes up: a negative delta is BAD_ARGUMENT (the spec's own example of that status); a histogram
+/// is recorded, not incremented.
 fn increment(c: C<'_>, id: i32, delta: i64) -> R {
     let shared = c.data().shared.clone();
     let mut m = shared
         .metrics
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    match index_of(id).and_then(|i| m.get_mut(i)) {
-        Some((_, 0, _)) if delta < 0 => Ok(status::BAD_ARGUMENT),
-        Some((_, _, v)) => {
+    let Some(d) = index_of(id).and_then(|i| m.get_mut(i)) else {
+        return Ok(status::NOT_FOUND);
+    };
+    match &mut d.value {
+        Value::Counter(_) if delta < 0 => Ok(status::BAD_ARGUMENT),
+        Value::Counter(v) | Value::Gauge(v) => {
             *v = v.saturating_add(delta);
             Ok(status::OK)
         }
-        None => Ok(status::NOT_FOUND),
+        Value::Histogram(_) => Ok(status::BAD_ARGUMENT),
     }
 }
 
+/// A gauge is set, a histogram observes the value, a counter adds it (never a negative one).
 fn record(c: C<'_>, id: i32, value: i64) -> R {
     let shared = c.data().shared.clone();
     let mut m = shared
         .metrics
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    match index_of(id).and_then(|i| m.get_mut(i)) {
-        Some((_, _, v)) => {
-            *v = value;
-            Ok(status::OK)
-        }
-        None => Ok(status::NOT_FOUND),
+    let Some(d) = index_of(id).and_then(|i| m.get_mut(i)) else {
+        return Ok(status::NOT_FOUND);
+    };
+    match &mut d.value {
+        Value::Counter(_) if value < 0 => return Ok(status::BAD_ARGUMENT),
+        Value::Counter(v) => *v = v.saturating_add(value),
+        Value::Gauge(v) => *v = value,
+        Value::Histogram(h) => h.observe(value as f64),
     }
+    Ok(status::OK)
 }
 
+/// A counter's or a gauge's value; a histogram has no single value (BAD_ARGUMENT, as in Envoy).
 fn get(mut c: C<'_>, id: i32, out: i32) -> R {
     let value = {
         let m = c
@@ -81,8 +139,9 @@ fn get(mut c: C<'_>, id: i32, out: i32) -> R {
             .metrics
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match index_of(id).and_then(|i| m.get(i)) {
-            Some((_, _, v)) => *v,
+        match index_of(id).and_then(|i| m.get(i)).map(|d| &d.value) {
+            Some(Value::Counter(v) | Value::Gauge(v)) => *v,
+            Some(Value::Histogram(_)) => return Ok(status::BAD_ARGUMENT),
             None => return Ok(status::NOT_FOUND),
         }
     };

@@ -32,7 +32,7 @@ mod control;
 mod foreign;
 mod headers;
 mod logging;
-mod metrics;
+pub mod metrics;
 mod properties;
 mod queues;
 mod shared_data;
@@ -65,8 +65,8 @@ pub fn link(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
 pub struct CrossPluginState {
     data: Mutex<HashMap<String, (Vec<u8>, u32)>>,
     queues: Mutex<Vec<queues::Queue>>,
-    /// (name, type, value), indexed by metric id - 1.
-    metrics: Mutex<Vec<(String, i32, i64)>>,
+    /// The metrics filters defined, indexed by metric id - 1.
+    metrics: Mutex<Vec<metrics::Defined>>,
     /// Where `proxy_http_call` requests go (installed by the proxy; absent in unit tests = every upstream unknown).
     pub callouts: OnceLock<Arc<dyn Callouts>>,
     /// Told (owner, queue id) on every enqueue, so the owner's `proxy_on_queue_ready` runs.
@@ -78,12 +78,24 @@ impl CrossPluginState {
         self.callouts.get().cloned()
     }
 
-    /// (name, type, value) of every metric filters defined, for the admin endpoint.
-    pub fn metrics(&self) -> Vec<(String, i32, i64)> {
-        self.metrics
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    /// The metrics filters defined, for the admin endpoint (and tests), read under their lock.
+    pub fn with_metrics<T>(&self, f: impl FnOnce(&[metrics::Defined]) -> T) -> T {
+        f(&self.metrics.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// (name, type, value) of the counters and gauges filters defined (a histogram's value is its sum).
+    pub fn metric_values(&self) -> Vec<(String, i32, i64)> {
+        self.with_metrics(|all| {
+            all.iter()
+                .map(|d| {
+                    let v = match &d.value {
+                        metrics::Value::Counter(v) | metrics::Value::Gauge(v) => *v,
+                        metrics::Value::Histogram(_) => 0,
+                    };
+                    (d.name.clone(), d.value.type_id(), v)
+                })
+                .collect()
+        })
     }
 }
 
