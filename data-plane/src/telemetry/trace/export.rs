@@ -1,9 +1,9 @@
 //! Spans leave the proxy here: the request path queues each finished request's spans (never waiting: a full
-//! queue drops them, counted), and one thread of the proxy's own batches them and sends them with
-//! opentelemetry-otlp's exporter (OTLP/gRPC or OTLP/HTTP) to the collector the current configuration names. A
-//! slow or absent collector fills the queue and costs dropped spans, never a request's time.
+//! queue drops them, counted), and one thread of the proxy's own batches them, encodes them as OTLP (`otlp.rs`)
+//! and sends them over OTLP/HTTP (hyper) or OTLP/gRPC (tonic) to the collector the current configuration names,
+//! one export at a time, each within the configured timeout. A slow or absent collector fills the queue and
+//! costs dropped spans, never a request's time.
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -12,21 +12,18 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use opentelemetry::trace::{
-    SpanContext, SpanId as OtelSpanId, SpanKind, Status, TraceFlags, TraceId as OtelTraceId,
-    TraceState,
-};
-use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
-use opentelemetry_sdk::Resource;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::MetricType;
 
+use super::otlp::Encoder;
 use super::settings::{Protocol, TraceConfig};
-use super::span::{Kind, SpanRecord, Value};
+use super::span::SpanRecord;
 
 /// Who the proxy is, for every span's resource (`service.name` unless the configuration names one).
 #[derive(Debug, Clone, Default)]
@@ -158,10 +155,19 @@ impl Collector for Tracer {
     }
 }
 
+/// Where one configuration's exports go.
+enum Destination {
+    Http(Box<Client<HttpConnector, Full<Bytes>>>, http::Uri),
+    Grpc(tonic::client::Grpc<tonic::transport::Channel>),
+    /// The endpoint could not be used (the reason was logged): exports count as failed.
+    Unusable,
+}
+
 /// The exporter for one configuration.
 struct Current {
     config: Arc<TraceConfig>,
-    exporter: Option<opentelemetry_otlp::SpanExporter>,
+    resource: Vec<(String, String)>,
+    destination: Destination,
 }
 
 /// The exporter thread: batches of up to `max_batch` spans, sent when full or `schedule_delay` after the first
@@ -177,10 +183,14 @@ fn run(rx: &Receiver<Batch>, identity: &Identity, counters: &Counters, closing: 
             return;
         }
     };
-    let mut current: Option<Current> = None;
-    let mut pending: Vec<SpanRecord> = Vec::new();
+    let mut out = Exporter {
+        runtime,
+        current: None,
+        pending: Vec::new(),
+        encoder: Encoder::default(),
+        warned: None,
+    };
     let mut due: Option<Instant> = None;
-    let mut warned: Option<Instant> = None;
     loop {
         let wait = due.map_or(Duration::from_millis(100), |d| {
             d.saturating_duration_since(Instant::now())
@@ -189,21 +199,24 @@ fn run(rx: &Receiver<Batch>, identity: &Identity, counters: &Counters, closing: 
         let closing_now = closing.load(Relaxed);
         match received {
             Ok(batch) => {
-                let same = current.as_ref().is_some_and(|c| *c.config == *batch.config);
-                if !same {
-                    send(&runtime, &mut current, &mut pending, counters, &mut warned);
-                    // The gRPC channel is made inside the runtime it will run on.
-                    let _entered = runtime.enter();
-                    current = Some(exporter_for(batch.config, identity));
-                }
-                pending.extend(batch.spans);
-                let max = current.as_ref().map_or(512, |c| c.config.max_batch);
-                let delay = current
+                let same = out
+                    .current
                     .as_ref()
-                    .map_or(Duration::from_secs(5), |c| c.config.schedule_delay);
+                    .is_some_and(|c| *c.config == *batch.config);
+                if !same {
+                    out.send(counters);
+                    out.current = Some(out.destination_for(batch.config, identity));
+                }
+                out.pending.extend(batch.spans);
+                let (max, delay) = out
+                    .current
+                    .as_ref()
+                    .map_or((512, Duration::from_secs(5)), |c| {
+                        (c.config.max_batch, c.config.schedule_delay)
+                    });
                 due.get_or_insert_with(|| Instant::now() + delay);
-                if pending.len() >= max {
-                    send(&runtime, &mut current, &mut pending, counters, &mut warned);
+                if out.pending.len() >= max {
+                    out.send(counters);
                     due = None;
                 }
             }
@@ -211,7 +224,7 @@ fn run(rx: &Receiver<Batch>, identity: &Identity, counters: &Counters, closing: 
             Err(RecvTimeoutError::Timeout) => {}
         }
         if due.is_some_and(|d| Instant::now() >= d) || closing_now {
-            send(&runtime, &mut current, &mut pending, counters, &mut warned);
+            out.send(counters);
             due = None;
         }
         if closing_now && rx.try_recv().is_err() {
@@ -220,139 +233,205 @@ fn run(rx: &Receiver<Batch>, identity: &Identity, counters: &Counters, closing: 
     }
 }
 
-fn exporter_for(config: Arc<TraceConfig>, identity: &Identity) -> Current {
-    let built = match config.protocol {
-        Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(config.endpoint.clone())
-            .with_timeout(config.timeout)
-            .build(),
-        Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(config.endpoint.clone())
-            .with_timeout(config.timeout)
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_headers(Default::default())
-            .build(),
-    };
-    let exporter = match built {
-        Ok(mut e) => {
-            e.set_resource(&resource(&config, identity));
-            Some(e)
-        }
-        Err(e) => {
-            tracing::warn!(endpoint = %config.endpoint, error = %e, "span exporter cannot be made: spans are dropped");
-            None
-        }
-    };
-    Current { config, exporter }
+/// The exporter thread's state.
+struct Exporter {
+    runtime: tokio::runtime::Runtime,
+    current: Option<Current>,
+    pending: Vec<SpanRecord>,
+    encoder: Encoder,
+    warned: Option<Instant>,
 }
 
-fn resource(config: &TraceConfig, identity: &Identity) -> Resource {
-    let mut attrs = vec![
-        KeyValue::new("service.name", identity.service.clone()),
-        KeyValue::new("service.namespace", identity.namespace.clone()),
-        KeyValue::new("service.instance.id", identity.node_id.clone()),
-        KeyValue::new("meshwork.proxy.role", identity.role),
-        KeyValue::new("telemetry.sdk.name", "meshwork-proxy"),
-        KeyValue::new("telemetry.sdk.language", "rust"),
-        KeyValue::new("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
-    ];
-    for (k, v) in &config.resource {
-        attrs.retain(|a| a.key.as_str() != k);
-        attrs.push(KeyValue::new(k.clone(), v.clone()));
-    }
-    Resource::builder_empty().with_attributes(attrs).build()
-}
-
-/// Exports what is pending with the current exporter; spans it could not send are counted as failed.
-fn send(
-    runtime: &tokio::runtime::Runtime,
-    current: &mut Option<Current>,
-    pending: &mut Vec<SpanRecord>,
-    counters: &Counters,
-    warned: &mut Option<Instant>,
-) {
-    if pending.is_empty() {
-        return;
-    }
-    let n = pending.len() as u64;
-    let spans: Vec<SpanData> = pending.drain(..).map(span_data).collect();
-    let Some(exporter) = current.as_mut().and_then(|c| c.exporter.as_mut()) else {
-        counters.failed.fetch_add(n, Relaxed);
-        return;
-    };
-    match runtime.block_on(exporter.export(spans)) {
-        Ok(()) => {
-            counters.exported.fetch_add(n, Relaxed);
+impl Exporter {
+    fn destination_for(&self, config: Arc<TraceConfig>, identity: &Identity) -> Current {
+        let destination = match config.protocol {
+            Protocol::HttpProtobuf => match config.endpoint.parse::<http::Uri>() {
+                Ok(uri) => {
+                    let mut connector = HttpConnector::new();
+                    connector.set_connect_timeout(Some(config.timeout));
+                    let client = Client::builder(TokioExecutor::new())
+                        .pool_idle_timeout(Duration::from_secs(30))
+                        .build(connector);
+                    Destination::Http(Box::new(client), uri)
+                }
+                Err(e) => unusable(&config, &e.to_string()),
+            },
+            Protocol::Grpc => {
+                match tonic::transport::Endpoint::from_shared(config.endpoint.clone()) {
+                    Ok(endpoint) => {
+                        // The channel is made inside the runtime it will run on.
+                        let _entered = self.runtime.enter();
+                        let channel = endpoint
+                            .connect_timeout(config.timeout)
+                            .timeout(config.timeout)
+                            .connect_lazy();
+                        Destination::Grpc(tonic::client::Grpc::new(channel))
+                    }
+                    Err(e) => unusable(&config, &e.to_string()),
+                }
+            }
+        };
+        Current {
+            resource: resource(&config, identity),
+            config,
+            destination,
         }
-        Err(e) => {
+    }
+
+    /// Exports what is pending; spans the collector did not take are counted as failed.
+    fn send(&mut self, counters: &Counters) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let n = self.pending.len() as u64;
+        let Some(current) = &self.current else {
             counters.failed.fetch_add(n, Relaxed);
-            // At most one warning a minute: a collector that is down must not flood the proxy's log.
-            if warned.is_none_or(|w| w.elapsed() > Duration::from_secs(60)) {
-                *warned = Some(Instant::now());
-                let endpoint = current
-                    .as_ref()
-                    .map(|c| c.config.endpoint.clone())
-                    .unwrap_or_default();
-                tracing::warn!(%endpoint, error = %e, spans = n, "span export failed (warned at most once a minute)");
+            self.pending.clear();
+            return;
+        };
+        let body = self.encoder.export(&current.resource, &self.pending);
+        self.pending.clear();
+        let timeout = current.config.timeout;
+        let result = match &current.destination {
+            Destination::Http(client, uri) => {
+                self.runtime.block_on(post(client, uri, body, timeout))
+            }
+            Destination::Grpc(grpc) => {
+                let mut grpc = grpc.clone();
+                self.runtime.block_on(async move {
+                    tokio::time::timeout(timeout, grpc_export(&mut grpc, body))
+                        .await
+                        .unwrap_or_else(|_| Err("timed out".to_string()))
+                })
+            }
+            Destination::Unusable => Err("the endpoint cannot be used".to_string()),
+        };
+        match result {
+            Ok(()) => {
+                counters.exported.fetch_add(n, Relaxed);
+            }
+            Err(e) => {
+                counters.failed.fetch_add(n, Relaxed);
+                // At most one warning a minute: a collector that is down must not flood the proxy's log.
+                if self
+                    .warned
+                    .is_none_or(|w| w.elapsed() > Duration::from_secs(60))
+                {
+                    self.warned = Some(Instant::now());
+                    let endpoint = &current.config.endpoint;
+                    tracing::warn!(%endpoint, error = %e, spans = n, "span export failed (warned at most once a minute)");
+                }
             }
         }
     }
 }
 
-fn span_data(s: SpanRecord) -> SpanData {
-    let mut events = SpanEvents::default();
-    events.events = s
-        .events
-        .into_iter()
-        .map(|e| opentelemetry::trace::Event::new(e.name, e.time, attributes(e.attributes), 0))
-        .collect();
-    events.dropped_count = s.dropped_events;
-    let context = SpanContext::new(
-        OtelTraceId::from_bytes(s.trace_id.0),
-        OtelSpanId::from_bytes(s.span_id.0),
-        TraceFlags::SAMPLED,
-        false,
-        TraceState::default(),
+fn unusable(config: &TraceConfig, why: &str) -> Destination {
+    tracing::warn!(endpoint = %config.endpoint, error = %why, "span exporter cannot use this endpoint: spans are dropped");
+    Destination::Unusable
+}
+
+/// OTLP/HTTP: a protobuf POST; any 2xx is success (the body, an ExportTraceServiceResponse, is not needed).
+async fn post(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    uri: &http::Uri,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let req = http::Request::post(uri.clone())
+        .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let sent = async {
+        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        // Read (and so release) the connection; the answer itself is not used.
+        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+        match status.is_success() {
+            true => Ok(()),
+            false => Err(format!("the collector answered {status}")),
+        }
+    };
+    tokio::time::timeout(timeout, sent)
+        .await
+        .unwrap_or_else(|_| Err("timed out".to_string()))
+}
+
+/// OTLP/gRPC: the collector's TraceService/Export with the already-encoded request.
+async fn grpc_export(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    body: Vec<u8>,
+) -> Result<(), String> {
+    grpc.ready().await.map_err(|e| e.to_string())?;
+    let path = http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
     );
-    SpanData {
-        span_context: context,
-        parent_span_id: s
-            .parent
-            .map_or(OtelSpanId::INVALID, |p| OtelSpanId::from_bytes(p.0)),
-        parent_span_is_remote: s.parent_remote,
-        span_kind: match s.kind {
-            Kind::Server => SpanKind::Server,
-            Kind::Client => SpanKind::Client,
-        },
-        name: Cow::Owned(s.name),
-        start_time: s.start,
-        end_time: s.end,
-        attributes: attributes(s.attributes),
-        dropped_attributes_count: 0,
-        events,
-        links: SpanLinks::default(),
-        status: match s.error {
-            Some(description) => Status::Error {
-                description: Cow::Borrowed(description),
-            },
-            None => Status::Unset,
-        },
-        instrumentation_scope: InstrumentationScope::builder("meshwork-proxy")
-            .with_version(env!("CARGO_PKG_VERSION"))
-            .build(),
+    grpc.unary::<Bytes, (), _>(tonic::Request::new(Bytes::from(body)), path, Encoded)
+        .await
+        .map(|_| ())
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))
+}
+
+/// A gRPC codec for a message already encoded (the request), whose answer is not read.
+#[derive(Debug, Clone, Copy, Default)]
+struct Encoded;
+
+impl tonic::codec::Codec for Encoded {
+    type Encode = Bytes;
+    type Decode = ();
+    type Encoder = Encoded;
+    type Decoder = Encoded;
+    fn encoder(&mut self) -> Encoded {
+        Encoded
+    }
+    fn decoder(&mut self) -> Encoded {
+        Encoded
     }
 }
 
-fn attributes(attrs: Vec<(&'static str, Value)>) -> Vec<KeyValue> {
+impl tonic::codec::Encoder for Encoded {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Encoded {
+    type Item = ();
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        bytes::Buf::advance(src, n);
+        Ok(Some(()))
+    }
+}
+
+/// Every span's resource: who the proxy is, then the configured attributes (which may override those).
+fn resource(config: &TraceConfig, identity: &Identity) -> Vec<(String, String)> {
+    let mut attrs: Vec<(String, String)> = [
+        ("service.name", identity.service.as_str()),
+        ("service.namespace", identity.namespace.as_str()),
+        ("service.instance.id", identity.node_id.as_str()),
+        ("meshwork.proxy.role", identity.role),
+        ("telemetry.sdk.name", "meshwork-proxy"),
+        ("telemetry.sdk.language", "rust"),
+        ("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in &config.resource {
+        attrs.retain(|(key, _)| key != k);
+        attrs.push((k.clone(), v.clone()));
+    }
     attrs
-        .into_iter()
-        .map(|(k, v)| match v {
-            Value::Static(s) => KeyValue::new(k, s),
-            Value::Shared(s) => KeyValue::new(k, s.to_string()),
-            Value::Owned(s) => KeyValue::new(k, s),
-            Value::Int(i) => KeyValue::new(k, i),
-        })
-        .collect()
 }

@@ -6,6 +6,7 @@
 
 pub mod context;
 pub mod export;
+pub mod otlp;
 pub mod settings;
 pub mod span;
 
@@ -60,7 +61,8 @@ pub fn spans(journal: &Journal, r: &Finished<'_>) -> Vec<SpanRecord> {
             parent: trace.parent,
             parent_remote: true,
             kind: Kind::Server,
-            name: name(r.method, r.route),
+            method: r.method,
+            route: r.route.cloned(),
             start: r.start,
             end: r.end,
             attributes: server_attributes(r),
@@ -90,7 +92,8 @@ pub fn spans(journal: &Journal, r: &Finished<'_>) -> Vec<SpanRecord> {
             parent: client_parent,
             parent_remote: remote,
             kind: Kind::Client,
-            name: name(r.method, r.route),
+            method: r.method,
+            route: r.route.cloned(),
             start: r.start,
             end: r.end,
             attributes: no_attempt_attributes(r),
@@ -100,14 +103,6 @@ pub fn spans(journal: &Journal, r: &Finished<'_>) -> Vec<SpanRecord> {
         });
     }
     out
-}
-
-/// OpenTelemetry's HTTP span name: `{method} {http.route}`, or the method alone.
-fn name(method: &str, route: Option<&Arc<str>>) -> String {
-    match route {
-        Some(route) => format!("{method} {route}"),
-        None => method.to_string(),
-    }
 }
 
 fn error_of(r: &Finished<'_>) -> &'static str {
@@ -130,10 +125,7 @@ fn server_attributes(r: &Finished<'_>) -> Attributes {
             "network.protocol.version",
             Value::Static(protocol(r.version)),
         ),
-        (
-            "client.address",
-            Value::Owned(r.downstream.ip().to_string()),
-        ),
+        ("client.address", Value::Ip(r.downstream.ip())),
         ("http.response.status_code", Value::Int(r.status as i64)),
         ("meshwork.listener", Value::Shared(r.listener.clone())),
         ("meshwork.response_flags", Value::Static(r.flags)),
@@ -187,12 +179,9 @@ fn client_span(
 ) -> SpanRecord {
     let mut attributes: Attributes = vec![
         ("http.request.method", Value::Static(r.method)),
-        ("server.address", Value::Owned(a.endpoint.ip().to_string())),
+        ("server.address", Value::Ip(a.endpoint.ip())),
         ("server.port", Value::Int(a.endpoint.port() as i64)),
-        (
-            "network.peer.address",
-            Value::Owned(a.endpoint.ip().to_string()),
-        ),
+        ("network.peer.address", Value::Ip(a.endpoint.ip())),
         ("meshwork.attempt", Value::Int(number as i64)),
     ];
     if number > 1 {
@@ -225,7 +214,8 @@ fn client_span(
         parent,
         parent_remote: remote,
         kind: Kind::Client,
-        name: name(r.method, r.route),
+        method: r.method,
+        route: r.route.cloned(),
         start: a.start,
         end: a.end.unwrap_or(r.end),
         attributes,

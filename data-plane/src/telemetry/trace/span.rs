@@ -156,6 +156,8 @@ pub enum Value {
     Shared(Arc<str>),
     Owned(String),
     Int(i64),
+    /// Formatted when the span is encoded, off the request path.
+    Ip(std::net::IpAddr),
 }
 
 pub type Attributes = Vec<(&'static str, Value)>;
@@ -177,7 +179,10 @@ pub struct SpanRecord {
     /// The parent is another process's span.
     pub parent_remote: bool,
     pub kind: Kind,
-    pub name: String,
+    /// The span's name is OpenTelemetry's `{method} {http.route}` (or the method alone), put together when it
+    /// is encoded.
+    pub method: &'static str,
+    pub route: Option<Arc<str>>,
     pub start: SystemTime,
     pub end: SystemTime,
     pub attributes: Attributes,
