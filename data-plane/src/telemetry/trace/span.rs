@@ -68,6 +68,8 @@ pub struct Traced {
     pub server: Option<SpanId>,
     pub sampled: bool,
     pub tracestate: Option<HeaderValue>,
+    /// Which context headers the request arrived with (`context::Carried::mask`).
+    carried: u8,
 }
 
 impl Traced {
@@ -75,7 +77,9 @@ impl Traced {
     /// when it has one (parent-based samplers), else the ratio, on the trace id (so every proxy of a trace that
     /// has to decide decides alike).
     pub fn begin(config: &Arc<TraceConfig>, headers: &HeaderMap, server_span: bool) -> Traced {
-        let (incoming, decided) = match context::extract(headers) {
+        let carried = context::Carried::of(headers);
+        let mask = carried.mask();
+        let (incoming, decided) = match context::from_carried(&carried) {
             Ok(c) => {
                 let d = c.sampled;
                 (Some(c), d)
@@ -104,6 +108,7 @@ impl Traced {
             server: server_span.then(new_span_id),
             sampled,
             tracestate,
+            carried: mask,
         }
     }
 
@@ -115,7 +120,7 @@ impl Traced {
             sampled: self.sampled,
             tracestate: self.tracestate.as_ref(),
         };
-        context::inject(headers, self.config.propagators, &out);
+        context::inject(headers, self.config.propagators, &out, self.carried);
     }
 
     /// The span a client span (or the next hop, when this proxy makes none) hangs under.
