@@ -485,24 +485,32 @@ impl Exchange {
     /// A logged or traced request has ended: its line and its spans go to their writers.
     fn report(&self, d: Detail, elapsed: std::time::Duration) {
         let listener = &self.listener;
+        let mut d = d;
         if let Some(config) = d
             .journal
             .trace()
             .filter(|t| t.sampled)
             .map(|t| t.config.clone())
         {
+            // The strings go to the spans; with an access log line to write too, they are copied for it.
+            let logged = d.log.is_some();
+            let mut take = |s: &mut String| if logged { s.clone() } else { std::mem::take(s) };
+            let path = take(&mut d.path);
+            let authority = d.authority.as_mut().map(&mut take);
+            let source = d.source.as_mut().map(&mut take);
+            let request_id = d.request_id.as_mut().map(&mut take);
             let finished = Finished {
                 method: self.labels.http_request_method,
-                path: &d.path,
-                authority: d.authority.as_deref(),
+                path,
+                authority,
                 scheme: if d.https { "https" } else { "http" },
                 version: d.version,
                 listener: &self.labels.listener,
                 route: self.labels.route.as_ref(),
                 destination: self.labels.destination_service.as_ref(),
-                source: d.source.as_deref(),
+                source,
                 downstream: d.downstream,
-                request_id: d.request_id.as_deref(),
+                request_id,
                 status: self.labels.http_response_status_code,
                 flags: self.flags,
                 start: d.start,
@@ -510,7 +518,7 @@ impl Exchange {
             };
             listener
                 .tracer
-                .submit(&config, trace::spans(&d.journal, &finished));
+                .submit(&config, trace::spans(&d.journal, finished));
         }
         let Some(config) = d.log else {
             return;

@@ -298,11 +298,12 @@ fn unhex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn hex_into(bytes: &[u8], out: &mut Vec<u8>) {
-    for b in bytes {
-        out.push(HEX[(b >> 4) as usize]);
-        out.push(HEX[(b & 15) as usize]);
-    }
+fn hex_into(bytes: &[u8], out: &mut impl Extend<u8>) {
+    out.extend(
+        bytes
+            .iter()
+            .flat_map(|b| [HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]),
+    );
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -331,7 +332,7 @@ pub fn inject(headers: &mut HeaderMap, formats: Propagators, out: &Outgoing<'_>,
         }
     }
     let sampled = if out.sampled { b'1' } else { b'0' };
-    let mut v = Vec::with_capacity(55);
+    let mut v = smallvec::SmallVec::<[u8; 56]>::new();
     if formats.tracecontext {
         v.extend_from_slice(b"00-");
         hex_into(&out.trace_id.0, &mut v);

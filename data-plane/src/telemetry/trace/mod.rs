@@ -25,16 +25,17 @@ use span::{Attributes, Event, Kind, SpanRecord, Value};
 /// What the proxy knows of a finished request, for its spans.
 pub struct Finished<'a> {
     pub method: &'static str,
-    pub path: &'a str,
-    pub authority: Option<&'a str>,
+    /// Owned (moved from what was kept on arrival, not copied): the server span takes them.
+    pub path: String,
+    pub authority: Option<String>,
     pub scheme: &'static str,
     pub version: http::Version,
     pub listener: &'a Arc<str>,
     pub route: Option<&'a Arc<str>>,
     pub destination: Option<&'a Arc<str>>,
-    pub source: Option<&'a str>,
+    pub source: Option<String>,
     pub downstream: SocketAddr,
-    pub request_id: Option<&'a str>,
+    pub request_id: Option<String>,
     /// 0: the client went away before any response.
     pub status: u16,
     pub flags: &'static str,
@@ -46,7 +47,7 @@ pub struct Finished<'a> {
 /// attempt. Events go on the server span; without one (a sidecar's outbound listener), on the last attempt's
 /// span, and a request that made no attempt at all (no route, a filter's reply, an open circuit...) still gets
 /// one client span saying how it ended.
-pub fn spans(journal: &Journal, r: &Finished<'_>) -> Vec<SpanRecord> {
+pub fn spans(journal: &Journal, mut r: Finished<'_>) -> Vec<SpanRecord> {
     let Some(trace) = journal.trace().filter(|t| t.sampled) else {
         return Vec::new();
     };
@@ -65,10 +66,10 @@ pub fn spans(journal: &Journal, r: &Finished<'_>) -> Vec<SpanRecord> {
             route: r.route.cloned(),
             start: r.start,
             end: r.end,
-            attributes: server_attributes(r),
+            attributes: server_attributes(&mut r),
             events: events.take().unwrap_or_default(),
             dropped_events: dropped,
-            error: (r.status >= 500 || r.status == 0).then_some(error_of(r)),
+            error: (r.status >= 500 || r.status == 0).then_some(error_of(&r)),
         });
     }
     if !journal.client_spans() {
@@ -77,7 +78,7 @@ pub fn spans(journal: &Journal, r: &Finished<'_>) -> Vec<SpanRecord> {
     let remote = trace.server.is_none();
     let last = attempts.len().saturating_sub(1);
     for (i, a) in attempts.iter().enumerate() {
-        let mut span = client_span(trace.trace_id, client_parent, remote, r, a, i as u32 + 1);
+        let mut span = client_span(trace.trace_id, client_parent, remote, &r, a, i as u32 + 1);
         if i == last {
             span.events = events.take().unwrap_or_default();
             span.dropped_events = dropped;
@@ -96,10 +97,10 @@ pub fn spans(journal: &Journal, r: &Finished<'_>) -> Vec<SpanRecord> {
             route: r.route.cloned(),
             start: r.start,
             end: r.end,
-            attributes: no_attempt_attributes(r),
+            attributes: no_attempt_attributes(&mut r),
             events,
             dropped_events: dropped,
-            error: (r.status >= 400 || r.status == 0).then_some(error_of(r)),
+            error: (r.status >= 400 || r.status == 0).then_some(error_of(&r)),
         });
     }
     out
@@ -113,13 +114,15 @@ fn error_of(r: &Finished<'_>) -> &'static str {
     }
 }
 
-fn server_attributes(r: &Finished<'_>) -> Attributes {
-    let mut a: Attributes = vec![
+fn server_attributes(r: &mut Finished<'_>) -> Attributes {
+    let mut path = std::mem::take(&mut r.path);
+    if let Some(q) = path.find('?') {
+        path.truncate(q);
+    }
+    let mut a: Attributes = Vec::with_capacity(16);
+    a.extend([
         ("http.request.method", Value::Static(r.method)),
-        (
-            "url.path",
-            Value::Owned(r.path.split('?').next().unwrap_or("/").to_string()),
-        ),
+        ("url.path", Value::Owned(path)),
         ("url.scheme", Value::Static(r.scheme)),
         (
             "network.protocol.version",
@@ -129,31 +132,33 @@ fn server_attributes(r: &Finished<'_>) -> Attributes {
         ("http.response.status_code", Value::Int(r.status as i64)),
         ("meshwork.listener", Value::Shared(r.listener.clone())),
         ("meshwork.response_flags", Value::Static(r.flags)),
-    ];
+    ]);
     common(&mut a, r);
     a
 }
 
-fn no_attempt_attributes(r: &Finished<'_>) -> Attributes {
-    let mut a: Attributes = vec![
+fn no_attempt_attributes(r: &mut Finished<'_>) -> Attributes {
+    let mut a: Attributes = Vec::with_capacity(12);
+    a.extend([
         ("http.request.method", Value::Static(r.method)),
         ("http.response.status_code", Value::Int(r.status as i64)),
         ("meshwork.listener", Value::Shared(r.listener.clone())),
         ("meshwork.response_flags", Value::Static(r.flags)),
         ("meshwork.attempt", Value::Int(0)),
-    ];
+    ]);
     common(&mut a, r);
     a
 }
 
-/// What server and client spans both say: the route, the services on each side, the request id, the host.
-fn common(a: &mut Attributes, r: &Finished<'_>) {
+/// What the proxy's own span says about the request: the route, the host, the services on each side, the
+/// request id (the strings are moved into it).
+fn common(a: &mut Attributes, r: &mut Finished<'_>) {
     if let Some(route) = r.route {
         a.push(("http.route", Value::Shared(route.clone())));
     }
-    if let Some(host) = r.authority {
-        let (host, port) = split_host(host);
-        a.push(("server.address", Value::Owned(host.to_string())));
+    if let Some(mut host) = r.authority.take() {
+        let port = split_port(&mut host);
+        a.push(("server.address", Value::Owned(host)));
         if let Some(port) = port {
             a.push(("server.port", Value::Int(port as i64)));
         }
@@ -161,11 +166,11 @@ fn common(a: &mut Attributes, r: &Finished<'_>) {
     if let Some(d) = r.destination {
         a.push(("meshwork.destination_service", Value::Shared(d.clone())));
     }
-    if let Some(s) = r.source {
-        a.push(("meshwork.source", Value::Owned(s.to_string())));
+    if let Some(s) = r.source.take() {
+        a.push(("meshwork.source", Value::Owned(s)));
     }
-    if let Some(id) = r.request_id {
-        a.push(("meshwork.request_id", Value::Owned(id.to_string())));
+    if let Some(id) = r.request_id.take() {
+        a.push(("meshwork.request_id", Value::Owned(id)));
     }
 }
 
@@ -177,13 +182,14 @@ fn client_span(
     a: &Attempt,
     number: u32,
 ) -> SpanRecord {
-    let mut attributes: Attributes = vec![
+    let mut attributes: Attributes = Vec::with_capacity(12);
+    attributes.extend([
         ("http.request.method", Value::Static(r.method)),
         ("server.address", Value::Ip(a.endpoint.ip())),
         ("server.port", Value::Int(a.endpoint.port() as i64)),
         ("network.peer.address", Value::Ip(a.endpoint.ip())),
         ("meshwork.attempt", Value::Int(number as i64)),
-    ];
+    ]);
     if number > 1 {
         attributes.push(("http.request.resend_count", Value::Int(number as i64 - 1)));
     }
@@ -198,9 +204,6 @@ fn client_span(
     }
     if let Some(d) = r.destination {
         attributes.push(("meshwork.destination_service", Value::Shared(d.clone())));
-    }
-    if let Some(s) = r.source {
-        attributes.push(("meshwork.source", Value::Owned(s.to_string())));
     }
     let error = match (a.error, a.status) {
         (Some(_), _) => Some("no response"),
@@ -234,12 +237,13 @@ fn protocol(v: http::Version) -> &'static str {
     }
 }
 
-fn split_host(authority: &str) -> (&str, Option<u16>) {
-    match authority.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && !p.contains(']') => match p.parse() {
-            Ok(port) => (h, Some(port)),
-            Err(_) => (authority, None),
-        },
-        _ => (authority, None),
+/// Cuts `:port` off an authority, returning the port (an IPv6 literal's brackets stay).
+fn split_port(authority: &mut String) -> Option<u16> {
+    let colon = authority.rfind(':')?;
+    if colon == 0 || authority[colon..].contains(']') {
+        return None;
     }
+    let port = authority[colon + 1..].parse().ok()?;
+    authority.truncate(colon);
+    Some(port)
 }
