@@ -273,7 +273,16 @@ async fn the_trace_receiver_refuses_what_is_not_otlp_and_keeps_serving() {
         }
     };
     assert_eq!(post(b"\xff\xff\xff not protobuf".to_vec()).await, 400);
-    assert_eq!(post(vec![0u8; 9 * 1024 * 1024]).await, 413);
+    // What a web page could post cross-site (no preflight): refused by its content type.
+    let form = http::Request::post(format!("{url}/v1/traces"))
+        .header("content-type", "text/plain")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"x")))
+        .unwrap();
+    assert_eq!(c.request(form).await.unwrap().status().as_u16(), 415);
+    // A page reached through another host name (DNS rebinding) is refused.
+    let rebound = get(&c, &format!("{url}/"), &[("host", "attacker.example")]).await;
+    assert_eq!(rebound.status, 403);
+    assert_eq!(post(vec![0u8; 3 * 1024 * 1024]).await, 413);
     // An empty export is a valid one.
     assert_eq!(post(Vec::new()).await, 200);
     let page = get(&c, &format!("{url}/"), &[]).await;

@@ -28,13 +28,17 @@ use crate::serve::ControlPlane;
 use topology::{Node, Topology};
 use traces::TraceStore;
 
-/// Largest OTLP export accepted (a proxy's batch of 512 spans is well under 1 MiB).
-const MAX_EXPORT_BYTES: usize = 8 * 1024 * 1024;
+/// Largest OTLP export accepted (a proxy's batch of 512 spans is about 250 KiB), and how many are decoded at once
+/// (a small export can decode into many objects).
+const MAX_EXPORT_BYTES: usize = 2 * 1024 * 1024;
+const DECODING_AT_ONCE: usize = 2;
+/// How long a request's body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more wait for a slot.
 const MAX_CONNECTIONS: usize = 64;
 /// A connection's headers must arrive within this, and a connection lives at most `CONNECTION_LIFETIME`.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// How often the proxies' metrics are read, and how long one read may take.
 const SCRAPE_EVERY: Duration = Duration::from_secs(2);
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -46,6 +50,10 @@ pub struct Dashboard {
     pub traces: Arc<TraceStore>,
     pub topology: Arc<Topology>,
     cp: ControlPlane,
+    decoding: Arc<Semaphore>,
+    /// The port it listens on: requests must name a loopback host with it (a page on another site, reached by DNS
+    /// rebinding, names its own host).
+    port: Arc<std::sync::OnceLock<u16>>,
 }
 
 impl Dashboard {
@@ -54,12 +62,17 @@ impl Dashboard {
             traces: Arc::default(),
             topology: Arc::default(),
             cp,
+            decoding: Arc::new(Semaphore::new(DECODING_AT_ONCE)),
+            port: Arc::default(),
         }
     }
 
     /// Serves the page and the receiver on `listener`, and reads the proxies' metrics, until dropped (both run as
     /// tasks of the caller's runtime; they end with it).
     pub fn start(&self, listener: tokio::net::TcpListener) {
+        if let Ok(addr) = listener.local_addr() {
+            let _ = self.port.set(addr.port());
+        }
         tokio::spawn(self.clone().accept(listener));
         tokio::spawn(self.clone().scrape());
     }
@@ -91,6 +104,12 @@ impl Dashboard {
     }
 
     async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if !self.local_host(&req) {
+            return plain(
+                StatusCode::FORBIDDEN,
+                "the dashboard answers requests for 127.0.0.1, localhost or [::1] only",
+            );
+        }
         let path = req.uri().path().to_string();
         match (req.method(), path.as_str()) {
             (&Method::POST, "/v1/traces") => self.receive(req).await,
@@ -116,14 +135,50 @@ impl Dashboard {
         }
     }
 
-    /// OTLP/HTTP with protobuf bodies, as the OpenTelemetry exporters send it.
+    /// The request's Host is a loopback name with the dashboard's port.
+    fn local_host(&self, req: &Request<Incoming>) -> bool {
+        let Some(port) = self.port.get() else {
+            return true;
+        };
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or(req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        ["127.0.0.1", "localhost", "[::1]"]
+            .iter()
+            .any(|name| host == format!("{name}:{port}"))
+    }
+
+    /// OTLP/HTTP with protobuf bodies, as the OpenTelemetry exporters send it (a form or a text body, which any web
+    /// page could post here, is refused).
     async fn receive(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let body = match Limited::new(req.into_body(), MAX_EXPORT_BYTES)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "export too large or broken"),
+        let protobuf = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes() == b"application/x-protobuf");
+        if !protobuf {
+            return plain(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected content-type application/x-protobuf",
+            );
+        }
+        let Ok(_slot) = self.decoding.acquire().await else {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+        };
+        let limited = Limited::new(req.into_body(), MAX_EXPORT_BYTES).collect();
+        let body = match tokio::time::timeout(BODY_TIMEOUT, limited).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(_)) => {
+                return plain(StatusCode::PAYLOAD_TOO_LARGE, "export too large or broken")
+            }
+            Err(_) => {
+                return plain(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the export's body came too slowly",
+                )
+            }
         };
         match ExportTraceServiceRequest::decode(body) {
             Ok(export) => {

@@ -252,8 +252,8 @@ fn proxies_table(proxies: &[ProxyRow]) -> String {
 /// One trace: its spans in start order, each indented under its parent, a bar for its time within the trace, and
 /// its events (filter callbacks and their time, retries, ejections...).
 pub fn trace(t: &Trace) -> String {
-    let (start, end) = (t.start_ns(), t.end_ns().max(t.start_ns() + 1));
-    let total = (end - start) as f64;
+    let (start, end) = (t.start_ns(), t.end_ns().max(t.start_ns().saturating_add(1)));
+    let total = ((end - start) as f64).max(1.0);
     let mut m = format!(
         "<p><a href=\"/\">← overview</a> · trace <code id=trace-id>{}</code> · {} spans · {}</p>\
          <table id=waterfall><tr><th>span</th><th>proxy</th><th class=num>duration</th><th style=width:40%>time</th></tr>",

@@ -242,43 +242,55 @@ pub fn service_name(label: &str) -> String {
 /// A sample's labels, in order.
 type Labels = Vec<(String, String)>;
 
-/// `name{k="v",...} value` (Prometheus text format, escaped quotes and backslashes in values).
+/// `name{k="v",...} value` (Prometheus text format, escaped quotes and backslashes in values), read byte by
+/// byte (label names are ASCII; values are kept as UTF-8, anything else replaced).
 fn sample_line(line: &str) -> Option<(&str, Labels, f64)> {
     if line.starts_with('#') {
         return None;
     }
     let (name, rest) = line.split_once('{')?;
+    let b = rest.as_bytes();
     let mut labels = Vec::new();
-    let mut chars = rest.char_indices().peekable();
+    let mut i = 0;
     loop {
-        let start = chars.peek()?.0;
-        let eq = rest[start..].find('=')? + start;
-        let key = rest[start..eq].trim_start_matches(',').to_string();
-        for _ in start..=eq + 1 {
-            chars.next();
+        let eq = i + b.get(i..)?.iter().position(|c| *c == b'=')?;
+        let key = std::str::from_utf8(b.get(i..eq)?).ok()?.to_string();
+        if b.get(eq + 1) != Some(&b'"') {
+            return None;
         }
-        let mut value = String::new();
+        i = eq + 2;
+        let mut value = Vec::new();
         loop {
-            let (_, c) = chars.next()?;
-            match c {
-                '\\' => match chars.next()?.1 {
-                    'n' => value.push('\n'),
-                    other => value.push(other),
-                },
-                '"' => break,
-                c => value.push(c),
+            match *b.get(i)? {
+                b'\\' => {
+                    value.push(match *b.get(i + 1)? {
+                        b'n' => b'\n',
+                        other => other,
+                    });
+                    i += 2;
+                }
+                b'"' => {
+                    i += 1;
+                    break;
+                }
+                c => {
+                    value.push(c);
+                    i += 1;
+                }
             }
         }
-        labels.push((key, value));
-        match chars.peek()?.1 {
-            '}' => {
-                let (i, _) = chars.next()?;
-                let v = rest[i + 1..].split_whitespace().next()?.parse().ok()?;
+        labels.push((key, String::from_utf8_lossy(&value).into_owned()));
+        match *b.get(i)? {
+            b'}' => {
+                let v = std::str::from_utf8(b.get(i + 1..)?)
+                    .ok()?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()?;
                 return Some((name, labels, v));
             }
-            ',' => {
-                chars.next();
-            }
+            b',' => i += 1,
             _ => return None,
         }
     }
@@ -389,13 +401,14 @@ http_server_request_duration_seconds_count{listener="inbound",destination_servic
         ] {
             assert!(sample_line(bad).is_none(), "{bad}");
         }
-        let escaped = sample_line(r#"x{a="q\"uote",b="back\\slash"} 2"#);
+        let escaped = sample_line(r#"x{a="q\"uote",b="back\\slash",é="ü"} 2"#);
         assert_eq!(
             escaped.map(|(_, l, v)| (l, v)),
             Some((
                 vec![
                     ("a".into(), "q\"uote".into()),
-                    ("b".into(), "back\\slash".into())
+                    ("b".into(), "back\\slash".into()),
+                    ("é".into(), "ü".into())
                 ],
                 2.0
             ))

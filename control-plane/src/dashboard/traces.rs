@@ -14,6 +14,9 @@ pub const MAX_TRACES: usize = 500;
 pub const MAX_SPANS: usize = 20_000;
 /// Most spans one trace keeps (a retry storm must not push every other trace out).
 pub const MAX_SPANS_PER_TRACE: usize = 256;
+/// Most bytes of text all the kept spans may hold (names, attributes, events), approximately; the oldest traces go
+/// first when a sender's spans are large.
+pub const MAX_BYTES: usize = 64 * 1024 * 1024;
 
 /// One span as the page shows it.
 #[derive(Debug, Clone)]
@@ -97,7 +100,22 @@ struct Inner {
     order: VecDeque<String>,
     traces: HashMap<String, Trace>,
     spans: usize,
+    bytes: usize,
     received: u64,
+}
+
+impl Span {
+    /// About how much memory the span's text takes.
+    fn weight(&self) -> usize {
+        let pairs =
+            |a: &[(String, String)]| a.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>();
+        let events: usize = self
+            .events
+            .iter()
+            .map(|e| e.name.len() + pairs(&e.attributes) + 48)
+            .sum();
+        200 + self.service.len() + self.name.len() + pairs(&self.attributes) + events
+    }
 }
 
 impl TraceStore {
@@ -167,14 +185,16 @@ impl Inner {
         if trace.spans.len() >= MAX_SPANS_PER_TRACE {
             return false;
         }
+        self.bytes += span.weight();
         trace.spans.push(span);
         self.spans += 1;
-        while self.order.len() > MAX_TRACES || self.spans > MAX_SPANS {
+        while self.order.len() > MAX_TRACES || self.spans > MAX_SPANS || self.bytes > MAX_BYTES {
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
             if let Some(t) = self.traces.remove(&oldest) {
                 self.spans -= t.spans.len();
+                self.bytes -= t.spans.iter().map(Span::weight).sum::<usize>();
             }
         }
         true
@@ -217,7 +237,7 @@ fn convert(s: opentelemetry_proto::tonic::trace::v1::Span, service: &str) -> Spa
             .map(|e| Event {
                 name: bounded(&e.name),
                 time_ns: e.time_unix_nano,
-                attributes: attributes(&e.attributes),
+                attributes: attributes(&e.attributes).into_iter().take(16).collect(),
             })
             .collect(),
         error,

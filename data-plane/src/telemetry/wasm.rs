@@ -91,6 +91,8 @@ impl Collector for WasmMetrics {
 
 /// `meshwork_filter_` + the filter's name with every character Prometheus does not allow in a name as `_`.
 pub fn family_name(name: &str) -> String {
+    // A counter is exported as `<family>_total`: a name that already says so is not said twice.
+    let name = name.strip_suffix("_total").unwrap_or(name);
     let clean: String = name
         .chars()
         .map(|c| {
@@ -116,5 +118,6 @@ mod tests {
             "meshwork_filter_ext_authz_allowed"
         );
         assert_eq!(family_name("a b/c{d}\"e"), "meshwork_filter_a_b_c_d__e");
+        assert_eq!(family_name("hits_total"), "meshwork_filter_hits");
     }
 }

@@ -108,6 +108,8 @@ pub fn extract(headers: &HeaderMap) -> Result<Incoming, Option<bool>> {
 #[derive(Default)]
 pub struct Carried<'a> {
     values: [Option<&'a HeaderValue>; 8],
+    /// Every `tracestate` line joined with commas, when there is more than one.
+    tracestate: Option<HeaderValue>,
 }
 
 /// The names `Carried` looks for, in its slots' order (also what `inject` replaces).
@@ -137,9 +139,21 @@ impl<'a> Carried<'a> {
                 "x-b3-flags" => 7,
                 _ => continue,
             };
+            if slot == 1 && c.values[1].is_some() {
+                c.join_tracestate(value);
+                continue;
+            }
             c.values[slot].get_or_insert(value);
         }
         c
+    }
+
+    fn join_tracestate(&mut self, more: &HeaderValue) {
+        let first = self.tracestate.as_ref().or(self.values[1]);
+        let mut joined = first.map(|v| v.as_bytes().to_vec()).unwrap_or_default();
+        joined.push(b',');
+        joined.extend_from_slice(more.as_bytes());
+        self.tracestate = HeaderValue::from_bytes(&joined).ok();
     }
 
     /// Which of the names were there, one bit each in `NAMES` order.
@@ -155,8 +169,9 @@ impl<'a> Carried<'a> {
 pub fn from_carried(c: &Carried<'_>) -> Result<Incoming, Option<bool>> {
     let [traceparent_v, tracestate, b3, trace, span, _, sampled, flags] = c.values;
     if let Some(found) = traceparent_v.and_then(traceparent) {
+        // Several tracestate lines are one list (W3C): `Carried` keeps them joined.
         return Ok(Incoming {
-            tracestate: tracestate.cloned(),
+            tracestate: c.tracestate.clone().or_else(|| tracestate.cloned()),
             ..found
         });
     }
@@ -164,6 +179,7 @@ pub fn from_carried(c: &Carried<'_>) -> Result<Incoming, Option<bool>> {
         match b3_single(v.as_bytes()) {
             B3Single::Context(found) => return Ok(found),
             B3Single::Deny => return Err(Some(false)),
+            B3Single::Sample => return Err(Some(true)),
             B3Single::Invalid => {}
         }
     }
@@ -197,6 +213,7 @@ fn traceparent(v: &HeaderValue) -> Option<Incoming> {
 enum B3Single {
     Context(Incoming),
     Deny,
+    Sample,
     Invalid,
 }
 
@@ -204,8 +221,11 @@ enum B3Single {
 fn b3_single(b: &[u8]) -> B3Single {
     let mut parts = b.split(|c| *c == b'-');
     let first = parts.next().unwrap_or_default();
-    if first == b"0" {
-        return B3Single::Deny;
+    // A lone sampling state: a decision without a context.
+    match first {
+        b"0" => return B3Single::Deny,
+        b"1" | b"d" => return B3Single::Sample,
+        _ => {}
     }
     let (Some(trace_id), Some(span)) = (b3_trace_id(first), parts.next()) else {
         return B3Single::Invalid;
@@ -219,6 +239,10 @@ fn b3_single(b: &[u8]) -> B3Single {
         Some(b"0") => Some(false),
         Some(_) => return B3Single::Invalid,
     };
+    // The parent span id, if present, must be one; nothing may follow it.
+    if parts.next().is_some_and(|p| unhex::<8>(p).is_none()) || parts.next().is_some() {
+        return B3Single::Invalid;
+    }
     B3Single::Context(Incoming {
         trace_id,
         span_id,
@@ -451,6 +475,17 @@ mod tests {
         );
         assert_eq!(debug.and_then(|c| c.sampled), Some(true));
         assert_eq!(extract(&map(&[(&B3, "0")])), Err(Some(false)));
+        assert_eq!(
+            extract(&map(&[(&B3, "d")])),
+            Err(Some(true)),
+            "a lone forced sample"
+        );
+        for bad in [
+            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-nothex",
+            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90-extra",
+        ] {
+            assert_eq!(extract(&map(&[(&B3, bad)])), Err(None), "{bad}");
+        }
         assert_eq!(extract(&map(&[(&B3, "garbage")])), Err(None));
     }
 
@@ -469,6 +504,15 @@ mod tests {
         assert_eq!(c.and_then(|c| c.sampled), Some(true));
         assert_eq!(extract(&map(&[(&B3_SAMPLED, "0")])), Err(Some(false)));
         assert_eq!(extract(&map(&[(&B3_FLAGS, "1")])), Err(Some(true)));
+    }
+
+    #[test]
+    fn several_tracestate_lines_are_one_list() {
+        let mut h = map(&[(&TRACEPARENT, TP)]);
+        h.append(TRACESTATE, HeaderValue::from_static("a=1"));
+        h.append(TRACESTATE, HeaderValue::from_static("b=2"));
+        let got = extract(&h).ok().and_then(|c| c.tracestate);
+        assert_eq!(got, Some(HeaderValue::from_static("a=1,b=2")));
     }
 
     #[test]

@@ -227,7 +227,12 @@ fn run(rx: &Receiver<Batch>, identity: &Identity, counters: &Counters, closing: 
             out.send(counters);
             due = None;
         }
-        if closing_now && rx.try_recv().is_err() {
+        if closing_now {
+            // Closing: what is still queued goes out with the last export, then the thread ends.
+            while let Ok(batch) = rx.try_recv() {
+                out.pending.extend(batch.spans);
+            }
+            out.send(counters);
             break;
         }
     }
@@ -319,7 +324,8 @@ impl Exporter {
                 {
                     self.warned = Some(Instant::now());
                     let endpoint = &current.config.endpoint;
-                    tracing::warn!(%endpoint, error = %e, spans = n, "span export failed (warned at most once a minute)");
+                    // The collector's text is shown quoted and escaped: it must not forge log lines.
+                    tracing::warn!(%endpoint, error = ?e, spans = n, "span export failed (warned at most once a minute)");
                 }
             }
         }

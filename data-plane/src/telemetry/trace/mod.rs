@@ -60,7 +60,8 @@ pub fn spans(journal: &Journal, mut r: Finished<'_>) -> Vec<SpanRecord> {
             trace_id: trace.trace_id,
             span_id: server,
             parent: trace.parent,
-            parent_remote: true,
+            parent_remote: trace.parent.is_some(),
+            tracestate: trace.tracestate.clone(),
             kind: Kind::Server,
             method: r.method,
             route: r.route.cloned(),
@@ -75,10 +76,11 @@ pub fn spans(journal: &Journal, mut r: Finished<'_>) -> Vec<SpanRecord> {
     if !journal.client_spans() {
         return out;
     }
-    let remote = trace.server.is_none();
+    let remote = trace.server.is_none() && trace.parent.is_some();
     let last = attempts.len().saturating_sub(1);
     for (i, a) in attempts.iter().enumerate() {
         let mut span = client_span(trace.trace_id, client_parent, remote, &r, a, i as u32 + 1);
+        span.tracestate = trace.tracestate.clone();
         if i == last {
             span.events = events.take().unwrap_or_default();
             span.dropped_events = dropped;
@@ -92,6 +94,7 @@ pub fn spans(journal: &Journal, mut r: Finished<'_>) -> Vec<SpanRecord> {
             span_id: span::new_span_id(),
             parent: client_parent,
             parent_remote: remote,
+            tracestate: trace.tracestate.clone(),
             kind: Kind::Client,
             method: r.method,
             route: r.route.cloned(),
@@ -216,6 +219,7 @@ fn client_span(
         span_id: a.span_id,
         parent,
         parent_remote: remote,
+        tracestate: None,
         kind: Kind::Client,
         method: r.method,
         route: r.route.cloned(),

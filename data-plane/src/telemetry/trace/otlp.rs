@@ -64,6 +64,9 @@ impl Encoder {
 fn span(out: &mut Vec<u8>, [l3, l4, l5]: [&mut Vec<u8>; 3], s: &SpanRecord) {
     bytes_field(out, 1, &s.trace_id.0);
     bytes_field(out, 2, &s.span_id.0);
+    if let Some(state) = &s.tracestate {
+        bytes_field(out, 3, state.as_bytes());
+    }
     if let Some(p) = s.parent {
         bytes_field(out, 4, &p.0);
     }
@@ -242,6 +245,7 @@ mod tests {
             span_id: SpanId([8; 8]),
             parent: Some(SpanId([9; 8])),
             parent_remote: true,
+            tracestate: Some(http::HeaderValue::from_static("congo=t61rcWkgMzE")),
             kind: Kind::Server,
             method: "GET",
             route: Some(Arc::from("HTTPRoute/default/shop/rule/0/match/0")),
@@ -304,6 +308,7 @@ mod tests {
         assert_eq!(s.start_time_unix_nano, 1_764_547_200_000_000_123);
         assert_eq!(s.end_time_unix_nano - s.start_time_unix_nano, 1_500_000);
         assert_eq!(s.flags, 0x301);
+        assert_eq!(s.trace_state, "congo=t61rcWkgMzE");
         let values: Vec<(String, Option<Any>)> = s
             .attributes
             .iter()

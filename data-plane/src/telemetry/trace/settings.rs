@@ -252,7 +252,6 @@ pub fn resolve(mesh: Option<&MeshTracing>, env: &Env) -> Option<Arc<TraceConfig>
     match mesh {
         Some(m) if !m.enabled => return None,
         None if !env.wants_tracing() => return None,
-        Some(_) if env.disabled => return None,
         _ => {}
     }
     let mesh = mesh.cloned().unwrap_or_default();
@@ -443,7 +442,7 @@ mod tests {
     }
 
     #[test]
-    fn either_side_can_turn_tracing_off() {
+    fn either_side_can_turn_tracing_off_and_the_mesh_wins() {
         let (e, _) = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4318")]);
         assert_eq!(resolve(Some(&MeshTracing::default()), &e), None);
         let (off, _) = env(&[("OTEL_SDK_DISABLED", "true")]);
@@ -451,7 +450,10 @@ mod tests {
             enabled: true,
             ..MeshTracing::default()
         };
-        assert_eq!(resolve(Some(&mesh), &off), None);
+        assert!(
+            resolve(Some(&mesh), &off).is_some(),
+            "the Mesh says otherwise than the environment: it wins"
+        );
         let (none, _) = env(&[
             ("OTEL_TRACES_EXPORTER", "none"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://e"),

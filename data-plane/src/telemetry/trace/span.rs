@@ -183,6 +183,8 @@ pub struct SpanRecord {
     pub parent: Option<SpanId>,
     /// The parent is another process's span.
     pub parent_remote: bool,
+    /// W3C `tracestate`, as the request carried it.
+    pub tracestate: Option<HeaderValue>,
     pub kind: Kind,
     /// The span's name is OpenTelemetry's `{method} {http.route}` (or the method alone), put together when it
     /// is encoded.

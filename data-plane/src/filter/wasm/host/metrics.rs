@@ -17,6 +17,9 @@ use crate::filter::wasm::memory::{read_string, write_u32, write_u64};
 /// without end); further definitions fail with INTERNAL_FAILURE.
 pub const MAX_METRICS: usize = 1024;
 
+/// Longest metric name a filter may define (it is exported on every scrape).
+pub const MAX_NAME: usize = 256;
+
 /// Buckets of filter-defined histograms, in the filter's own unit (commonly milliseconds or bytes).
 pub const HISTOGRAM_BUCKETS: [f64; 16] = [
     1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0,
@@ -69,6 +72,9 @@ fn define(mut c: C<'_>, ty: i32, np: i32, nn: i32, out: i32) -> R {
         return Ok(status::BAD_ARGUMENT);
     };
     let name = ok_or_status!(read_string(&mut c, np, nn));
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Ok(status::BAD_ARGUMENT);
+    }
     let id = {
         let shared = c.data().shared.clone();
         let mut m = shared
@@ -111,7 +117,7 @@ fn increment(c: C<'_>, id: i32, delta: i64) -> R {
     }
 }
 
-/// A gauge is set, a histogram observes the value, a counter adds it (never a negative one).
+/// A gauge is set, a histogram observes the value, a counter adds it (neither takes a negative one).
 fn record(c: C<'_>, id: i32, value: i64) -> R {
     let shared = c.data().shared.clone();
     let mut m = shared
@@ -122,7 +128,7 @@ fn record(c: C<'_>, id: i32, value: i64) -> R {
         return Ok(status::NOT_FOUND);
     };
     match &mut d.value {
-        Value::Counter(_) if value < 0 => return Ok(status::BAD_ARGUMENT),
+        Value::Counter(_) | Value::Histogram(_) if value < 0 => return Ok(status::BAD_ARGUMENT),
         Value::Counter(v) => *v = v.saturating_add(value),
         Value::Gauge(v) => *v = value,
         Value::Histogram(h) => h.observe(value as f64),
