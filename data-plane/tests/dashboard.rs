@@ -108,6 +108,15 @@ fn edge_total(dom: &str, from: &str, to: &str) -> Option<u64> {
     cell[start..].split('<').next()?.trim().parse().ok()
 }
 
+/// The `req/s` cell of the edge row `from` -> `to`.
+fn edge_rate(dom: &str, from: &str, to: &str) -> Option<f64> {
+    let row = format!("data-from=\"{from}\" data-to=\"{to}\"");
+    let cell = &dom[dom.find(&row)?..];
+    let after_total = &cell[cell.find("class=\"num total\">")?..];
+    let start = after_total.find("class=\"num\">")? + "class=\"num\">".len();
+    after_total[start..].split('<').next()?.trim().parse().ok()
+}
+
 const TRACE: &str = "5bf92f3577b34da6a3ce929d0e0e4736";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,10 +159,30 @@ async fn the_dashboard_shows_topology_traces_and_proxies_in_a_browser() {
     )
     .await;
     assert_eq!(traced.status, 200);
-    // The page's edge total equals what the gateway's own metrics count.
+    // While traffic flows, the browser's page shows the edge busy: a rate above zero (read from the proxies'
+    // metrics every 2 s).
+    let flowing = Load::start(format!("{}/ok", mesh.base()), 2);
+    eventually(
+        Duration::from_secs(20),
+        "a live rate on the edge while traffic flows",
+        || async {
+            let dom = tokio::task::spawn_blocking({
+                let url = url.clone();
+                move || browse(&format!("{url}/"), None)
+            })
+            .await
+            .unwrap();
+            (edge_rate(&dom, "edge", "frontend").is_some_and(|r| r > 0.0)).then_some(())
+        },
+    )
+    .await;
+    let during = flowing
+        .finish_without_failures("the dashboard's page loads")
+        .await;
+    // Once it stops, the page's edge total equals what the gateway's own metrics count.
     let metrics_text = metrics(&c, &mesh.admin("gateway-edge")).await;
     let counted = gateway_count(&metrics_text);
-    assert_eq!(counted, 24, "{metrics_text}");
+    assert_eq!(counted, 24 + during, "{metrics_text}");
     let dom = eventually(
         Duration::from_secs(20),
         "the topology to show every request",
@@ -170,7 +199,7 @@ async fn the_dashboard_shows_topology_traces_and_proxies_in_a_browser() {
     .await;
     assert_eq!(
         edge_total(&dom, "frontend", "backend"),
-        Some(24),
+        Some(counted),
         "the frontend called the backend for each"
     );
     let svg = &dom[dom.find("<svg id=\"topology\"").unwrap()..];
