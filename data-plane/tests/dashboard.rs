@@ -298,7 +298,9 @@ async fn the_trace_receiver_refuses_what_is_not_otlp_and_keeps_serving() {
                 .header("content-type", "application/x-protobuf")
                 .body(http_body_util::Full::new(bytes::Bytes::from(body)))
                 .unwrap();
-            c.request(req).await.unwrap().status().as_u16()
+            // An answer, or 0: the dashboard closed the connection while the body was still coming (its answer
+            // to an oversized export can race the client's sending).
+            c.request(req).await.map_or(0, |r| r.status().as_u16())
         }
     };
     assert_eq!(post(b"\xff\xff\xff not protobuf".to_vec()).await, 400);
@@ -311,7 +313,11 @@ async fn the_trace_receiver_refuses_what_is_not_otlp_and_keeps_serving() {
     // A page reached through another host name (DNS rebinding) is refused.
     let rebound = get(&c, &format!("{url}/"), &[("host", "attacker.example")]).await;
     assert_eq!(rebound.status, 403);
-    assert_eq!(post(vec![0u8; 3 * 1024 * 1024]).await, 413);
+    let oversized = post(vec![0u8; 3 * 1024 * 1024]).await;
+    assert!(
+        matches!(oversized, 413 | 0),
+        "an oversized export is refused, got {oversized}"
+    );
     // An empty export is a valid one.
     assert_eq!(post(Vec::new()).await, 200);
     let page = get(&c, &format!("{url}/"), &[]).await;
