@@ -70,7 +70,11 @@ pub async fn handle(
     req: Request<ClientBody>,
     downstream: Downstream,
 ) -> Response<Observed<ResponseBody>> {
-    let mut exchange = ctx.metrics.begin(req.method());
+    let declared = match http_body::Body::is_end_stream(req.body()) {
+        true => Some(0),
+        false => content_length(req.headers()),
+    };
+    let mut exchange = ctx.metrics.begin_with(req.method(), declared);
     let resp = match route_and_forward(ctx, req, downstream, &mut exchange).await {
         Ok(resp) => resp,
         Err(e) => {

@@ -150,5 +150,30 @@ spec:
             "{text}"
         );
         assert!(text.contains("http_server_active_requests{"), "{text}");
+        // Request bodies: every request here declared its size (none, or a Content-Length), so the request size
+        // histogram counts what the duration histogram counts, and the POST's 100 bytes are in its sum.
+        let request_sizes = series(text, "http_server_request_body_size_bytes_count");
+        assert_eq!(counts, request_sizes, "{text}");
+        let posted_sum: f64 = series(text, "http_server_request_body_size_bytes_sum")
+            .into_iter()
+            .filter(|(l, _)| l.contains("http_request_method=\"POST\""))
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(posted_sum, 100.0, "{text}");
     }
+    // Connections: the gateway's listener accepted some and counts those still open (the client's pool).
+    let accepted: f64 = series(&gw, "meshwork_listener_connections_accepted_total")
+        .into_iter()
+        .filter(|(l, _)| l.contains("listener=\"http\""))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(accepted >= 1.0, "{gw}");
+    assert!(
+        gw.contains("# TYPE meshwork_listener_connections gauge"),
+        "{gw}"
+    );
+    assert!(
+        gw.contains("# TYPE meshwork_listener_connections_accepted_total counter"),
+        "{gw}"
+    );
 }

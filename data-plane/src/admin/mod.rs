@@ -298,7 +298,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, limits: Arc<Li
         Duration::ZERO,
         limits,
         budget,
-        None,
+        listener::PerConnection::default(),
     )
     .await
 }

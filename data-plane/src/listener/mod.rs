@@ -138,11 +138,21 @@ pub async fn serve(
     budget: FdBudget,
 ) {
     let tls = ctx.termination.clone();
+    let connections = Some(ctx.metrics.connections());
     let handler = move |req: Request<ClientBody>, downstream: Downstream| {
         let ctx = ctx.clone();
         async move { handle(&ctx, req, downstream).await }
     };
-    serve_with(listener, handler, stop, drain, limits, budget, tls).await
+    let each = PerConnection { tls, connections };
+    serve_with(listener, handler, stop, drain, limits, budget, each).await
+}
+
+/// What each accepted connection goes through besides the handler: TLS (see `tls.rs`), and the listener's
+/// connection counts.
+#[derive(Default)]
+pub struct PerConnection {
+    pub tls: Option<Termination>,
+    pub connections: Option<crate::telemetry::Connections>,
 }
 
 /// Accepts and serves connections with `handler`, under `limits`, until `stop`; then drains for up to `drain`.
@@ -154,13 +164,14 @@ pub async fn serve_with<H, F, B>(
     drain: Duration,
     limits: Arc<Limits>,
     budget: FdBudget,
-    tls: Option<Termination>,
+    each: PerConnection,
 ) where
     H: Fn(Request<ClientBody>, Downstream) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let PerConnection { tls, connections } = each;
     let own = Arc::new(Semaphore::new(
         limits.max_connections.min(Semaphore::MAX_PERMITS),
     ));
@@ -199,7 +210,12 @@ pub async fn serve_with<H, F, B>(
         let handler = handler.clone();
         let (limits, stop, builder) = (limits.clone(), stop.clone(), builder.clone());
         let tls = tls.clone();
+        // Counted open from accept to close (TLS handshakes included).
+        let open = connections
+            .as_ref()
+            .map(crate::telemetry::Connections::open);
         tokio::spawn(async move {
+            let _open = open;
             let accepted = tokio::time::Instant::now();
             let conn = conn::Conn {
                 accepted,

@@ -76,7 +76,7 @@ async fn start(limits: Limits) -> Server {
         Duration::from_secs(5),
         Arc::new(limits),
         budget,
-        None,
+        super::PerConnection::default(),
     ));
     Server { addr, stop, task }
 }

@@ -70,6 +70,9 @@ const SIZE_BUCKETS: [f64; 10] = [
 struct Series {
     duration: Histogram,
     response_size: Histogram,
+    /// Request bodies whose size was declared (Content-Length, or none at all), as OpenTelemetry's
+    /// `http.server.request.body.size` is usually taken.
+    request_size: Histogram,
 }
 
 /// The served requests' histograms by label set, exported as two families. Not a prometheus-client `Family`
@@ -80,10 +83,19 @@ struct Series {
 struct Served(RwLock<HashMap<RequestLabels, Series, FxBuildHasher>>);
 
 impl Served {
-    fn record(&self, labels: &RequestLabels, seconds: f64, response_bytes: u64) {
+    fn record(
+        &self,
+        labels: &RequestLabels,
+        seconds: f64,
+        response_bytes: u64,
+        request_bytes: Option<u64>,
+    ) {
         let observe = |s: &Series| {
             s.duration.observe(seconds);
             s.response_size.observe(response_bytes as f64);
+            if let Some(n) = request_bytes {
+                s.request_size.observe(n as f64);
+            }
         };
         if let Some(s) = self
             .0
@@ -97,6 +109,7 @@ impl Served {
         observe(all.entry(labels.clone()).or_insert_with(|| Series {
             duration: Histogram::new(DURATION_BUCKETS),
             response_size: Histogram::new(SIZE_BUCKETS),
+            request_size: Histogram::new(SIZE_BUCKETS),
         }));
     }
 }
@@ -107,7 +120,7 @@ type Exported = (&'static str, &'static str, Unit, fn(&Series) -> &Histogram);
 impl Collector for Served {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let all = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        let families: [Exported; 2] = [
+        let families: [Exported; 3] = [
             (
                 "http_server_request_duration",
                 "Duration of requests served, from arrival to the end of the response body",
@@ -119,6 +132,12 @@ impl Collector for Served {
                 "Size of the response bodies sent",
                 Unit::Bytes,
                 |s| &s.response_size,
+            ),
+            (
+                "http_server_request_body_size",
+                "Size of the request bodies received, when declared (Content-Length, or no body)",
+                Unit::Bytes,
+                |s| &s.request_size,
             ),
         ];
         for (name, help, unit, histogram) in families {
@@ -134,6 +153,8 @@ impl Collector for Served {
 
 /// The proxy's request metrics, shared by its listeners and read by `/metrics`.
 pub struct HttpMetrics {
+    connections: Family<ListenerLabels, Gauge>,
+    accepted: Family<ListenerLabels, prometheus_client::metrics::counter::Counter>,
     /// Behind a lock so that collectors can be added after start (the Wasm runtime's); scrapes are rare.
     registry: std::sync::Mutex<Registry>,
     served: Arc<Served>,
@@ -169,7 +190,22 @@ impl HttpMetrics {
             "Requests in flight",
             active.clone(),
         );
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "meshwork_listener_connections",
+            "Client connections open on a listener (accepted and not yet closed)",
+            connections.clone(),
+        );
+        let accepted =
+            Family::<ListenerLabels, prometheus_client::metrics::counter::Counter>::default();
+        registry.register(
+            "meshwork_listener_connections_accepted",
+            "Client connections a listener accepted (refusals at its cap not counted)",
+            accepted.clone(),
+        );
         Self {
+            connections,
+            accepted,
             registry: std::sync::Mutex::new(registry),
             served,
             active,
@@ -192,7 +228,15 @@ impl HttpMetrics {
         let active = self.active.get_or_create_owned(&ListenerLabels {
             listener: name.clone(),
         });
+        let labels = ListenerLabels {
+            listener: name.clone(),
+        };
+        let connections = Connections {
+            open: self.connections.get_or_create_owned(&labels),
+            accepted: self.accepted.get_or_create_owned(&labels),
+        };
         ListenerMetrics(Arc::new(Listener {
+            connections,
             served: self.served.clone(),
             access_log: self.access_log.clone(),
             tracer: self.tracer.clone(),
@@ -239,6 +283,7 @@ impl HttpMetrics {
 }
 
 struct Listener {
+    connections: Connections,
     served: Arc<Served>,
     access_log: Arc<AccessLog>,
     tracer: Arc<Tracer>,
@@ -249,9 +294,42 @@ struct Listener {
 /// What one listener records into.
 pub struct ListenerMetrics(Arc<Listener>);
 
+/// A listener's connection counts, resolved once.
+#[derive(Clone, Debug)]
+pub struct Connections {
+    open: Gauge,
+    accepted: prometheus_client::metrics::counter::Counter,
+}
+
+/// One open connection, counted until dropped.
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Connections {
+    pub fn open(&self) -> OpenConnection {
+        self.accepted.inc();
+        self.open.inc();
+        OpenConnection(self.open.clone())
+    }
+}
+
 impl ListenerMetrics {
+    pub fn connections(&self) -> Connections {
+        self.0.connections.clone()
+    }
+
     /// A request has arrived.
     pub fn begin(&self, method: &Method) -> Exchange {
+        self.begin_with(method, None)
+    }
+
+    /// A request whose body size is declared (`request_bytes`: its Content-Length, or 0 without a body).
+    pub fn begin_with(&self, method: &Method, request_bytes: Option<u64>) -> Exchange {
         self.0.active.inc();
         Exchange {
             labels: RequestLabels {
@@ -264,6 +342,7 @@ impl ListenerMetrics {
             listener: self.0.clone(),
             start: Instant::now(),
             response_bytes: 0,
+            request_bytes,
             flags: NO_FLAGS,
             detail: None,
         }
@@ -294,6 +373,7 @@ pub struct Exchange {
     labels: RequestLabels,
     start: Instant,
     response_bytes: u64,
+    request_bytes: Option<u64>,
     /// Why it ended the way it did (for the access log): `-` unless something went wrong.
     flags: &'static str,
     /// What the access log needs beyond the labels; only for a request sampled for it.
@@ -472,9 +552,12 @@ impl Drop for Exchange {
             self.flag(CLIENT_GONE);
         }
         let elapsed = self.start.elapsed();
-        self.listener
-            .served
-            .record(&self.labels, elapsed.as_secs_f64(), self.response_bytes);
+        self.listener.served.record(
+            &self.labels,
+            elapsed.as_secs_f64(),
+            self.response_bytes,
+            self.request_bytes,
+        );
         if let Some(detail) = self.detail.take() {
             self.report(*detail, elapsed);
         }
@@ -618,6 +701,39 @@ mod tests {
         let mut out = String::new();
         m.encode(&mut out);
         out
+    }
+
+    #[test]
+    fn declared_request_body_sizes_and_connections_are_counted() {
+        let m = HttpMetrics::new();
+        let l = m.listener(Arc::from("edge"));
+        drop(l.begin_with(&Method::POST, Some(300)));
+        drop(l.begin(&Method::POST));
+        let open = l.connections().open();
+        let t = text(&m);
+        assert!(
+            t.contains("meshwork_listener_connections{listener=\"edge\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("meshwork_listener_connections_accepted_total{listener=\"edge\"} 1"),
+            "{t}"
+        );
+        let labels = "listener=\"edge\",route=\"\",destination_service=\"\",http_request_method=\"POST\",http_response_status_code=\"0\"";
+        assert!(
+            t.contains(&format!(
+                "http_server_request_body_size_bytes_sum{{{labels}}} 300.0"
+            )),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!(
+                "http_server_request_body_size_bytes_count{{{labels}}} 1"
+            )),
+            "an undeclared size is not observed: {t}"
+        );
+        drop(open);
+        assert!(text(&m).contains("meshwork_listener_connections{listener=\"edge\"} 0"));
     }
 
     #[tokio::test(start_paused = true)]

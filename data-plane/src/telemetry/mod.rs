@@ -12,5 +12,5 @@ pub mod wasm;
 
 pub use access_log::AccessLog;
 pub use journal::Journal;
-pub use metrics::{Arrival, Exchange, HttpMetrics, ListenerMetrics, Observed};
+pub use metrics::{Arrival, Connections, Exchange, HttpMetrics, ListenerMetrics, Observed};
 pub use upstream::CallMetrics;
