@@ -19,14 +19,6 @@ fn value(text: &str, key: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn dashboard_url(mesh: &Mesh) -> String {
-    let seen = mesh.seen.lock().unwrap();
-    seen.iter()
-        .find_map(|l| l.strip_prefix("dashboard: "))
-        .map(str::to_string)
-        .unwrap()
-}
-
 async fn health(addr: &str, service: &str) -> Option<i32> {
     use meshwork_identity::operator::{client_config, Pointer};
     let (dir, td) = Pointer::read(addr.parse().ok()?)?;
@@ -49,7 +41,7 @@ async fn health(addr: &str, service: &str) -> Option<i32> {
 async fn the_control_plane_reports_proxies_pushes_acks_and_convergence() {
     let mut mesh = Mesh::start(gateway_to_backend).await;
     let c = client();
-    let url = format!("{}/metrics", dashboard_url(&mesh));
+    let url = format!("{}/metrics", mesh.dashboard());
     let text = get(&c, &url, &[]).await.text();
     assert_eq!(
         value(&text, "meshwork_control_connected_proxies"),

@@ -52,15 +52,6 @@ spec:
     )
 }
 
-/// The `dashboard: http://...` address `meshwork up` printed.
-fn dashboard_url(mesh: &Mesh) -> String {
-    let seen = mesh.seen.lock().unwrap();
-    seen.iter()
-        .find_map(|l| l.strip_prefix("dashboard: "))
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("no dashboard line in {seen:?}"))
-}
-
 /// The page's DOM after its scripts ran, as headless Chromium renders it.
 fn browse(url: &str, screenshot: Option<&PathBuf>) -> String {
     let chromium = prereqs::chromium();
@@ -87,6 +78,13 @@ fn browse(url: &str, screenshot: Option<&PathBuf>) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The page at `url` as the browser renders it (on a blocking thread: Chromium is a child process).
+async fn page(url: String) -> String {
+    tokio::task::spawn_blocking(move || browse(&url, None))
+        .await
+        .unwrap()
 }
 
 /// Requests the gateway's metrics count for the frontend (all statuses).
@@ -122,7 +120,7 @@ const TRACE: &str = "5bf92f3577b34da6a3ce929d0e0e4736";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_topology_traces_and_proxies_in_a_browser() {
     let mesh = Mesh::start(manifests).await;
-    let url = dashboard_url(&mesh);
+    let url = mesh.dashboard();
     let c = client();
     // Served before any traffic and before any script: the services are named.
     let first = get(&c, &format!("{url}/"), &[]).await;
@@ -166,12 +164,7 @@ async fn the_dashboard_shows_topology_traces_and_proxies_in_a_browser() {
         Duration::from_secs(20),
         "a live rate on the edge while traffic flows",
         || async {
-            let dom = tokio::task::spawn_blocking({
-                let url = url.clone();
-                move || browse(&format!("{url}/"), None)
-            })
-            .await
-            .unwrap();
+            let dom = page(format!("{url}/")).await;
             (edge_rate(&dom, "edge", "frontend").is_some_and(|r| r > 0.0)).then_some(())
         },
     )
@@ -187,12 +180,7 @@ async fn the_dashboard_shows_topology_traces_and_proxies_in_a_browser() {
         Duration::from_secs(20),
         "the topology to show every request",
         || async {
-            let dom = tokio::task::spawn_blocking({
-                let url = url.clone();
-                move || browse(&format!("{url}/"), None)
-            })
-            .await
-            .unwrap();
+            let dom = page(format!("{url}/")).await;
             (edge_total(&dom, "edge", "frontend") == Some(counted)).then_some(dom)
         },
     )
@@ -218,12 +206,7 @@ async fn the_dashboard_shows_topology_traces_and_proxies_in_a_browser() {
         Duration::from_secs(20),
         "the trace in a search by request id",
         || async {
-            let dom = tokio::task::spawn_blocking({
-                let url = url.clone();
-                move || browse(&format!("{url}/?q=dash-req-1"), None)
-            })
-            .await
-            .unwrap();
+            let dom = page(format!("{url}/?q=dash-req-1")).await;
             dom.contains(&format!("/trace/{TRACE}")).then_some(dom)
         },
     )
@@ -236,12 +219,7 @@ async fn the_dashboard_shows_topology_traces_and_proxies_in_a_browser() {
         Duration::from_secs(20),
         "all five spans of the trace",
         || async {
-            let dom = tokio::task::spawn_blocking({
-                let url = url.clone();
-                move || browse(&format!("{url}/trace/{TRACE}"), None)
-            })
-            .await
-            .unwrap();
+            let dom = page(format!("{url}/trace/{TRACE}")).await;
             (dom.matches("class=\"span\"").count() == 5).then_some(dom)
         },
     )
@@ -288,7 +266,7 @@ async fn the_dashboard_shows_topology_traces_and_proxies_in_a_browser() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_trace_receiver_refuses_what_is_not_otlp_and_keeps_serving() {
     let mesh = Mesh::start(gateway_to_backend).await;
-    let url = dashboard_url(&mesh);
+    let url = mesh.dashboard();
     let c = client();
     let post = |body: Vec<u8>| {
         let c = c.clone();

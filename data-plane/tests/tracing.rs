@@ -252,6 +252,14 @@ spec:
     )
 }
 
+/// The `traceparent` the backend app received, as its echo shows it through the frontend.
+fn app_traceparent(r: &Resp) -> String {
+    r.json()["response"]["headers"]["traceparent"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
@@ -443,20 +451,14 @@ async fn an_unsampled_request_exports_nothing_but_still_carries_its_context() {
     )
     .await;
     assert_eq!(r.status, 200);
-    let seen = r.json()["response"]["headers"]["traceparent"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let seen = app_traceparent(&r);
     assert!(
         seen.starts_with(&format!("00-{unsampled}-")) && seen.ends_with("-00"),
         "{seen}"
     );
     let fresh = send(&c, mesh.gw, "shop", "/checkout", &[]).await;
     assert_eq!(fresh.status, 200);
-    let new_trace = fresh.json()["response"]["headers"]["traceparent"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let new_trace = app_traceparent(&fresh);
     assert!(
         new_trace.starts_with("00-") && new_trace.ends_with("-00"),
         "a new trace, not sampled: {new_trace}"
@@ -633,10 +635,7 @@ async fn tracing_follows_the_mesh_live_and_the_environment_alone_can_turn_it_on(
     )
     .await;
     assert_eq!(r.status, 200);
-    let seen = r.json()["response"]["headers"]["traceparent"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let seen = app_traceparent(&r);
     assert!(
         seen.contains(CALLER_SPAN),
         "tracing off: the context passes untouched ({seen})"

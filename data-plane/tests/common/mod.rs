@@ -334,6 +334,15 @@ impl Mesh {
         mesh
     }
 
+    /// The built-in dashboard's address, from the `dashboard: http://...` line `meshwork up` printed.
+    pub fn dashboard(&self) -> String {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .find_map(|l| l.strip_prefix("dashboard: "))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no dashboard line in {seen:?}"))
+    }
+
     /// `http://127.0.0.1:GW`, the gateway of a mesh started with [`Mesh::start`].
     pub fn base(&self) -> String {
         assert_ne!(
