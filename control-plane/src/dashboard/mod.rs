@@ -170,14 +170,19 @@ impl Dashboard {
         let limited = Limited::new(req.into_body(), MAX_EXPORT_BYTES).collect();
         let body = match tokio::time::timeout(BODY_TIMEOUT, limited).await {
             Ok(Ok(b)) => b.to_bytes(),
+            // The rest of the body is not read, so the connection cannot carry another request: say so, or a
+            // client would reuse it and lose its next request.
             Ok(Err(_)) => {
-                return plain(StatusCode::PAYLOAD_TOO_LARGE, "export too large or broken")
+                return closing(plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "export too large or broken",
+                ))
             }
             Err(_) => {
-                return plain(
+                return closing(plain(
                     StatusCode::REQUEST_TIMEOUT,
                     "the export's body came too slowly",
-                )
+                ))
             }
         };
         match ExportTraceServiceRequest::decode(body) {
@@ -342,6 +347,14 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
         .header(header::CONTENT_TYPE, "text/plain")
         .body(Full::new(Bytes::from_static(text.as_bytes())))
         .unwrap_or_default()
+}
+
+fn closing(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 #[cfg(test)]
