@@ -269,11 +269,14 @@ async fn hand_off(
     ctx: &ListenerCtx,
     route: Option<&Route>,
     cluster: &Arc<Cluster>,
-    parts: http::request::Parts,
+    mut parts: http::request::Parts,
     body: RequestBody,
     peer: SocketAddr,
     journal: Option<&Journal>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    if let Some(journal) = journal {
+        journal.prepare(&mut parts.headers);
+    }
     let resp = match route {
         Some(route) => {
             let route_policy = route.policy.as_ref().map(|p| ctx.resilience.policy(p));
@@ -292,7 +295,6 @@ async fn hand_off(
             let endpoint = cluster
                 .any_endpoint()
                 .ok_or_else(|| ProxyError::NoEndpoint(cluster.name.to_string()))?;
-            let mut parts = parts;
             if let Some(journal) = journal {
                 journal.attempt(endpoint.addr, &mut parts.headers);
             }

@@ -68,30 +68,44 @@ impl Journal {
         self.trace.as_ref().is_some_and(|t| t.sampled)
     }
 
-    /// An attempt is being made at `endpoint` with these request headers: they get the trace context the next
-    /// hop continues from. Returns the attempt's index, for its outcome.
-    pub fn attempt(&self, endpoint: SocketAddr, headers: &mut HeaderMap) -> usize {
-        let n = self.attempts.fetch_add(1, Relaxed) as usize;
-        let mut state = self.state();
-        state.last = Some(endpoint);
+    /// The request is about to be sent on: its headers get the trace context the next hop continues from, once
+    /// (before any per-attempt copy is made, so that no attempt's copy has to grow to take it). An unsampled
+    /// request keeps this context for all its attempts; a sampled one making client spans gets each attempt's
+    /// span written over it by `attempt`.
+    pub fn prepare(&self, headers: &mut HeaderMap) {
         let Some(trace) = &self.trace else {
-            return n;
+            return;
         };
         let parent = match (self.client_spans, trace.server) {
             (false, Some(server)) => server,
             _ => span::new_span_id(),
         };
         trace.inject(headers, parent);
-        if self.client_spans && trace.sampled {
-            state.attempts.push(Attempt {
-                span_id: parent,
-                endpoint,
-                start: SystemTime::now(),
-                end: None,
-                status: 0,
-                error: None,
-            });
-        }
+    }
+
+    /// An attempt is being made at `endpoint` with these request headers (`prepare`d). Returns the attempt's
+    /// index, for its outcome.
+    pub fn attempt(&self, endpoint: SocketAddr, headers: &mut HeaderMap) -> usize {
+        let n = self.attempts.fetch_add(1, Relaxed) as usize;
+        let mut state = self.state();
+        state.last = Some(endpoint);
+        let Some(trace) = self
+            .trace
+            .as_ref()
+            .filter(|t| t.sampled && self.client_spans)
+        else {
+            return n;
+        };
+        let span_id = span::new_span_id();
+        trace.reinject(headers, span_id);
+        state.attempts.push(Attempt {
+            span_id,
+            endpoint,
+            start: SystemTime::now(),
+            end: None,
+            status: 0,
+            error: None,
+        });
         n
     }
 
@@ -168,5 +182,115 @@ impl Journal {
 
     pub fn client_spans(&self) -> bool {
         self.client_spans
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::trace::context::{Propagators, B3, TRACEPARENT};
+    use crate::telemetry::trace::settings::{Protocol, Sampler, TraceConfig};
+    use http::HeaderValue;
+    use std::sync::Arc;
+
+    fn traced(ratio_ppm: u32, propagators: Propagators, incoming: &HeaderMap) -> Traced {
+        let config = Arc::new(TraceConfig {
+            endpoint: String::new(),
+            protocol: Protocol::Grpc,
+            sampler: Sampler {
+                ratio_ppm,
+                parent_based: true,
+            },
+            propagators,
+            resource: Vec::new(),
+            schedule_delay: Duration::from_secs(1),
+            max_queue: 8,
+            max_batch: 8,
+            timeout: Duration::from_secs(1),
+        });
+        Traced::begin(&config, incoming, true)
+    }
+
+    fn traceparents(h: &HeaderMap) -> Vec<String> {
+        h.get_all(TRACEPARENT)
+            .iter()
+            .map(|v| v.to_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    const ADDR: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
+
+    #[test]
+    fn an_unsampled_request_keeps_one_context_for_every_attempt() {
+        let journal = Journal::new(
+            Some(traced(0, Propagators::TRACECONTEXT, &HeaderMap::new())),
+            true,
+        );
+        let mut template = HeaderMap::new();
+        journal.prepare(&mut template);
+        let prepared = traceparents(&template);
+        assert_eq!(prepared.len(), 1);
+        assert!(prepared[0].ends_with("-00"), "{prepared:?}");
+        for i in 0..2 {
+            let mut copy = template.clone();
+            assert_eq!(journal.attempt(ADDR, &mut copy), i);
+            assert_eq!(traceparents(&copy), prepared);
+        }
+        assert_eq!(journal.attempts(), 2);
+        assert!(journal.take().0.is_empty(), "no client spans are kept");
+    }
+
+    #[test]
+    fn a_sampled_request_gives_each_attempt_its_own_span_over_the_carried_context() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert(
+            B3,
+            HeaderValue::from_static("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+        );
+        let journal = Journal::new(Some(traced(0, Propagators::TRACECONTEXT, &incoming)), true);
+        let mut template = incoming.clone();
+        journal.prepare(&mut template);
+        assert!(
+            template.get(B3).is_none(),
+            "a carried format that is not configured is removed"
+        );
+        let mut sent = Vec::new();
+        for _ in 0..2 {
+            let mut copy = template.clone();
+            journal.attempt(ADDR, &mut copy);
+            let tp = traceparents(&copy);
+            assert_eq!(tp.len(), 1, "written over, not added: {tp:?}");
+            assert!(
+                tp[0].starts_with("00-80f198ee56343ba864fe8b2a57d3eff7-") && tp[0].ends_with("-01")
+            );
+            sent.push(tp[0][36..52].to_string());
+        }
+        let (attempts, _, _) = journal.take();
+        let spans: Vec<String> = attempts.iter().map(|a| a.span_id.hex()).collect();
+        assert_eq!(
+            spans, sent,
+            "each attempt's client span is the parent its copy carried"
+        );
+        assert_ne!(sent[0], sent[1]);
+    }
+
+    #[test]
+    fn an_inbound_sidecar_hands_the_app_its_server_span() {
+        let journal = Journal::new(
+            Some(traced(
+                1_000_000,
+                Propagators::TRACECONTEXT,
+                &HeaderMap::new(),
+            )),
+            false,
+        );
+        let mut headers = HeaderMap::new();
+        journal.prepare(&mut headers);
+        journal.attempt(ADDR, &mut headers);
+        let server = journal.trace().and_then(|t| t.server).map(|s| s.hex());
+        let tp = traceparents(&headers);
+        assert_eq!(tp.len(), 1);
+        assert_eq!(Some(&tp[0][36..52]), server.as_deref());
     }
 }

@@ -123,6 +123,17 @@ impl Traced {
         context::inject(headers, self.config.propagators, &out, self.carried);
     }
 
+    /// Writes another span over the context `inject` wrote (the headers it carried are gone already).
+    pub fn reinject(&self, headers: &mut HeaderMap, span: SpanId) {
+        let out = Outgoing {
+            trace_id: self.trace_id,
+            span_id: span,
+            sampled: self.sampled,
+            tracestate: self.tracestate.as_ref(),
+        };
+        context::inject(headers, self.config.propagators, &out, 0);
+    }
+
     /// The span a client span (or the next hop, when this proxy makes none) hangs under.
     pub fn local_parent(&self) -> Option<SpanId> {
         self.server.or(self.parent)
