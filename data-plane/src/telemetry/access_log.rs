@@ -1,14 +1,16 @@
 //! Access logs: one line per request, JSON or text, as the Mesh's `spec.accessLog` says (carried in the snapshot as
-//! [`AccessLogConfig`]). Lines are formatted and written by a thread of their own, fed through a bounded queue: a
-//! slow disk or a full pipe never holds a request; what does not fit is dropped and counted.
+//! [`AccessLogConfig`]). As Envoy does it: the request's own thread formats its line (from borrowed fields: no
+//! copies, no allocation) and appends it to a shared, bounded buffer; a writer thread of its own takes what has
+//! gathered every 100 ms and writes it. A slow disk or a full pipe never holds a request; lines beyond the bound
+//! are dropped and counted.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -23,39 +25,42 @@ use prometheus_client::metrics::MetricType;
 
 pub use crate::config::snapshot::AccessLogConfig;
 
-/// Lines waiting to be written; beyond this, lines are dropped (and counted).
-const QUEUE: usize = 4096;
+/// The most bytes of lines waiting to be written; beyond this, lines are dropped (and counted).
+const MAX_PENDING: usize = 4 << 20;
 
-/// The most bytes of one client-sent field (path, authority, request id) a line carries: queued lines own copies
-/// of what they log, so the queue's memory is bounded (about `QUEUE` x 3 x this at worst), and no request's whole
-/// header block stays alive while its line waits.
+/// The most bytes of one client-sent field (path, authority, request id) a line carries (and a request keeps for
+/// it), so that a line stays bounded whatever the client sent.
 pub const MAX_FIELD: usize = 2048;
 
 /// A client-sent field as a line carries it: at most `MAX_FIELD` bytes, bytes that are not UTF-8 shown as U+FFFD
 /// (a client cannot hide a field by sending them).
 pub fn bounded(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_FIELD)]).into_owned()
+    let bytes = &bytes[..bytes.len().min(MAX_FIELD)];
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
 }
 
-/// What one request leaves in the log.
-pub struct Entry {
-    pub config: Arc<AccessLogConfig>,
+/// What one request leaves in the log, borrowed from the request's record while its line is formatted.
+pub struct Entry<'a> {
+    pub config: &'a AccessLogConfig,
     pub start: SystemTime,
     pub duration: Duration,
     /// The trace the request belongs to, when the proxy traces (sampled or not).
     pub trace_id: Option<TraceId>,
-    pub request_id: Option<String>,
-    pub method: Method,
+    pub request_id: Option<&'a str>,
+    pub method: &'a Method,
     pub version: Version,
     /// As the client sent them (at most `MAX_FIELD` bytes each): the authority (from the request line, else
     /// `host`) and the path with its query.
-    pub authority: Option<String>,
-    pub path: String,
-    pub listener: Arc<str>,
-    pub route: Option<Arc<str>>,
-    pub destination_service: Option<Arc<str>>,
+    pub authority: Option<&'a str>,
+    pub path: &'a str,
+    pub listener: &'a str,
+    pub route: Option<&'a str>,
+    pub destination_service: Option<&'a str>,
     /// The caller: the mTLS peer's SPIFFE ID, or the service this sidecar's outbound listener speaks for.
-    pub source: Option<String>,
+    pub source: Option<&'a str>,
     pub downstream: SocketAddr,
     /// The endpoint of the last attempt upstream, if one was made.
     pub upstream: Option<SocketAddr>,
@@ -68,19 +73,29 @@ pub struct Entry {
     pub flags: &'static str,
 }
 
-/// The proxy's access log writer (started on first use) and its counters.
+/// The proxy's access log: the lines waiting to be written, and the writer (started on first use).
 #[derive(Debug, Default)]
 pub struct AccessLog {
-    writer: OnceLock<Writer>,
+    pending: Arc<Mutex<Pending>>,
+    writer: OnceLock<Mutex<Option<JoinHandle<()>>>>,
     counters: Arc<Counters>,
-    /// Set by `close`: the writer writes what is queued and ends.
+    /// Set by `close`: the writer writes what is pending and ends.
     closing: Arc<AtomicBool>,
 }
 
+/// Formatted lines waiting for the writer, in the order they were made, grouped by where they go (the path
+/// changes only when the Mesh's does).
+#[derive(Debug, Default)]
+struct Pending {
+    chunks: Vec<Chunk>,
+    bytes: usize,
+}
+
 #[derive(Debug)]
-struct Writer {
-    queue: SyncSender<Entry>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+struct Chunk {
+    path: Arc<str>,
+    text: Vec<u8>,
+    lines: u64,
 }
 
 #[derive(Debug, Default)]
@@ -90,33 +105,46 @@ pub struct Counters {
     pub failed: AtomicU64,
 }
 
+thread_local! {
+    /// Each request thread's line buffer and date cache (formatting happens outside the shared buffer's lock).
+    static LINE: RefCell<(String, Clock)> = RefCell::new((String::with_capacity(512), Clock::default()));
+}
+
 impl AccessLog {
-    /// Queues a line; drops it (counted) if the writer is behind.
-    pub fn submit(&self, entry: Entry) {
-        let writer = self.writer.get_or_init(|| self.start());
-        match writer.queue.try_send(entry) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+    /// Formats the line and queues it; drops it (counted) if the writer is too far behind.
+    pub fn submit(&self, entry: &Entry<'_>) {
+        if self.writer.get().is_none() {
+            self.writer.get_or_init(|| Mutex::new(self.start()));
+        }
+        LINE.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let (line, clock) = &mut *cell;
+            line.clear();
+            format_entry(entry, clock, line);
+            if !self
+                .lock_pending()
+                .push(&entry.config.path, line.as_bytes())
+            {
                 self.counters.dropped.fetch_add(1, Relaxed);
             }
-        }
+        });
+    }
+
+    fn lock_pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
 
-    /// At shutdown: the writer writes what is queued and ends; waits for it at most `limit`.
+    /// At shutdown: the writer writes what is pending and ends; waits for it at most `limit`.
     pub fn close(&self, limit: Duration) {
         self.closing.store(true, Relaxed);
         let Some(writer) = self.writer.get() else {
             return;
         };
-        let thread = writer
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let thread = writer.lock().unwrap_or_else(PoisonError::into_inner).take();
         let Some(thread) = thread else {
             return;
         };
@@ -133,23 +161,48 @@ impl AccessLog {
         }
     }
 
-    fn start(&self) -> Writer {
-        let (tx, rx) = sync_channel(QUEUE);
-        let (counters, closing) = (self.counters.clone(), self.closing.clone());
+    fn start(&self) -> Option<JoinHandle<()>> {
+        let (pending, counters, closing) = (
+            self.pending.clone(),
+            self.counters.clone(),
+            self.closing.clone(),
+        );
         let spawned = std::thread::Builder::new()
             .name("meshwork-access-log".into())
-            .spawn(move || write_lines(&rx, &counters, &closing));
-        let thread = match spawned {
+            .spawn(move || write_lines(&pending, &counters, &closing));
+        match spawned {
             Ok(t) => Some(t),
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the access log writer; access log lines are dropped");
                 None
             }
-        };
-        Writer {
-            queue: tx,
-            thread: Mutex::new(thread),
         }
+    }
+}
+
+impl Pending {
+    /// Appends a line bound for `path`, unless `MAX_PENDING` bytes are waiting already.
+    fn push(&mut self, path: &Arc<str>, line: &[u8]) -> bool {
+        if self.bytes + line.len() > MAX_PENDING {
+            return false;
+        }
+        self.bytes += line.len();
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.path == *path => {
+                chunk.text.extend_from_slice(line);
+                chunk.lines += 1;
+            }
+            _ => {
+                let mut text = Vec::with_capacity(64 * 1024);
+                text.extend_from_slice(line);
+                self.chunks.push(Chunk {
+                    path: path.clone(),
+                    text,
+                    lines: 1,
+                });
+            }
+        }
+        true
     }
 }
 
@@ -179,50 +232,47 @@ impl Collector for AccessLog {
 /// Where lines go now; reopened when the configured path changes.
 struct Target {
     path: Arc<str>,
-    out: Option<BufWriter<Box<dyn Write + Send>>>,
+    out: Option<Box<dyn Write + Send>>,
 }
 
-/// How often the writer wakes to write what has queued up. Sleeping between batches (not waiting on the queue)
+/// How often the writer wakes to write what has gathered. Sleeping between batches (not waiting to be told)
 /// means a request never has to wake the writer: queueing a line costs no system call.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
-fn write_lines(rx: &Receiver<Entry>, counters: &Counters, closing: &AtomicBool) {
+fn write_lines(pending: &Mutex<Pending>, counters: &Counters, closing: &AtomicBool) {
     let mut target: Option<Target> = None;
-    let mut clock = Clock::default();
-    let mut line = String::new();
+    // The buffers written last time, handed back so that the request threads reuse them.
+    let mut spare: Vec<Chunk> = Vec::new();
     loop {
         // Woken early (unparked) only by `close`.
         let last = closing.load(Relaxed);
         if !last {
             std::thread::park_timeout(FLUSH_INTERVAL);
         }
-        loop {
-            let entry = match rx.try_recv() {
-                Ok(entry) => entry,
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    flush(&mut target, counters);
-                    return;
-                }
-            };
-            if target.as_ref().is_none_or(|t| t.path != entry.config.path) {
+        let chunks = {
+            let mut p = pending.lock().unwrap_or_else(PoisonError::into_inner);
+            p.bytes = 0;
+            std::mem::replace(&mut p.chunks, std::mem::take(&mut spare))
+        };
+        for chunk in &chunks {
+            if target.as_ref().is_none_or(|t| t.path != chunk.path) {
                 flush(&mut target, counters);
-                target = Some(open(&entry.config.path));
+                target = Some(open(&chunk.path));
             }
-            line.clear();
-            format_entry(&entry, &mut clock, &mut line);
             let written = target
                 .as_mut()
                 .and_then(|t| t.out.as_mut())
-                .is_some_and(|out| out.write_all(line.as_bytes()).is_ok());
+                .is_some_and(|out| out.write_all(&chunk.text).is_ok());
             let counter = if written {
                 &counters.written
             } else {
                 &counters.failed
             };
-            counter.fetch_add(1, Relaxed);
+            counter.fetch_add(chunk.lines, Relaxed);
         }
         flush(&mut target, counters);
+        spare = chunks;
+        spare.clear();
         if last {
             return;
         }
@@ -251,7 +301,7 @@ fn open(path: &Arc<str>) -> Target {
     };
     Target {
         path: path.clone(),
-        out: out.map(|o| BufWriter::with_capacity(64 * 1024, o)),
+        out,
     }
 }
 
@@ -305,15 +355,30 @@ fn push_millis(out: &mut String, d: Duration) {
     push_padded(out, micros % 1000, 3);
 }
 
+/// `ip:port` (`[ip]:port` for IPv6). IPv4, by far the common case, is put together in a stack buffer: through
+/// `itoa` per octet it cost several hundred instructions per address.
 fn push_addr(out: &mut String, addr: SocketAddr) {
     match addr.ip() {
         std::net::IpAddr::V4(ip) => {
+            let mut buf = [0u8; 15];
+            let mut n = 0;
             for (i, octet) in ip.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    buf[n] = b'.';
+                    n += 1;
                 }
-                push_num(out, octet.into());
+                if octet >= 100 {
+                    buf[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    buf[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + octet % 10;
+                n += 1;
             }
+            out.push_str(std::str::from_utf8(&buf[..n]).unwrap_or("?"));
         }
         std::net::IpAddr::V6(ip) => {
             out.push('[');
@@ -323,6 +388,40 @@ fn push_addr(out: &mut String, addr: SocketAddr) {
     }
     out.push(':');
     push_num(out, addr.port().into());
+}
+
+fn push_hex(out: &mut String, bytes: &[u8; 16]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 32];
+    for (b, pair) in bytes.iter().zip(buf.chunks_exact_mut(2)) {
+        pair[0] = HEX[(b >> 4) as usize];
+        pair[1] = HEX[(b & 15) as usize];
+    }
+    out.push_str(std::str::from_utf8(&buf).unwrap_or("?"));
+}
+
+/// How many leading bytes of `bytes` certainly need no JSON escaping, eight at a time: a word has none of `"`,
+/// `\`, DEL or a control character (the classic "has a byte less than n" / "has a zero byte" tests). Nearly every
+/// field is clean throughout, so escaping costs a couple of instructions per byte instead of a branch per byte.
+fn clean_prefix(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut done = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        let special = has_zero(x ^ (ONES * u64::from(b'"')))
+            | has_zero(x ^ (ONES * u64::from(b'\\')))
+            | has_zero(x ^ (ONES * 0x7f));
+        if control | special != 0 {
+            break;
+        }
+        done += 8;
+    }
+    done
 }
 
 /// A JSON string (quoted and escaped), or `null`. Runs of bytes that need no escaping (nearly all of them) are
@@ -335,7 +434,8 @@ fn push_json(out: &mut String, v: Option<&str>) {
     out.push('"');
     let bytes = v.as_bytes();
     let mut run = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let clean = clean_prefix(bytes);
+    for (i, &b) in bytes.iter().enumerate().skip(clean) {
         let escaped = match b {
             b'"' => "\\\"",
             b'\\' => "\\\\",
@@ -394,10 +494,8 @@ fn version(v: Version) -> &'static str {
 
 /// One line, newline-terminated. Written field by field (not through `serde_json::Value`, which cost ten times as
 /// much per line, counted with `bench/instructions.sh`).
-fn format_entry(e: &Entry, clock: &mut Clock, out: &mut String) {
-    let request_id = e.request_id.as_deref();
-    let authority = e.authority.as_deref();
-    let path = e.path.as_str();
+fn format_entry(e: &Entry<'_>, clock: &mut Clock, out: &mut String) {
+    let (request_id, authority, path) = (e.request_id, e.authority, e.path);
     if !e.config.json {
         out.push('[');
         clock.write(e.start, out);
@@ -419,12 +517,7 @@ fn format_entry(e: &Entry, clock: &mut Clock, out: &mut String) {
         push_text(out, request_id, true);
         out.push(' ');
         push_text(out, authority, true);
-        for field in [
-            Some(&*e.listener),
-            e.route.as_deref(),
-            e.destination_service.as_deref(),
-            e.source.as_deref(),
-        ] {
+        for field in [Some(e.listener), e.route, e.destination_service, e.source] {
             out.push(' ');
             push_text(out, field, false);
         }
@@ -439,7 +532,7 @@ fn format_entry(e: &Entry, clock: &mut Clock, out: &mut String) {
         push_num(out, e.attempts.into());
         out.push(' ');
         match &e.trace_id {
-            Some(t) => out.push_str(&t.hex()),
+            Some(t) => push_hex(out, &t.0),
             None => out.push('-'),
         }
         out.push('\n');
@@ -451,7 +544,7 @@ fn format_entry(e: &Entry, clock: &mut Clock, out: &mut String) {
     match &e.trace_id {
         Some(t) => {
             out.push('"');
-            out.push_str(&t.hex());
+            push_hex(out, &t.0);
             out.push('"');
         }
         None => out.push_str("null"),
@@ -475,13 +568,13 @@ fn format_entry(e: &Entry, clock: &mut Clock, out: &mut String) {
     out.push_str(",\"bytes_sent\":");
     push_num(out, e.bytes_sent);
     out.push_str(",\"listener\":");
-    push_json(out, Some(&e.listener));
+    push_json(out, Some(e.listener));
     out.push_str(",\"route\":");
-    push_json(out, e.route.as_deref());
+    push_json(out, e.route);
     out.push_str(",\"destination_service\":");
-    push_json(out, e.destination_service.as_deref());
+    push_json(out, e.destination_service);
     out.push_str(",\"source\":");
-    push_json(out, e.source.as_deref());
+    push_json(out, e.source);
     out.push_str(",\"downstream_address\":\"");
     push_addr(out, e.downstream);
     out.push_str("\",\"upstream_address\":");
@@ -502,23 +595,27 @@ fn format_entry(e: &Entry, clock: &mut Clock, out: &mut String) {
 mod tests {
     use super::*;
 
-    fn entry(json: bool) -> Entry {
+    fn config(json: bool) -> AccessLogConfig {
+        AccessLogConfig {
+            json,
+            path: Arc::from("stdout"),
+            sampling_ppm: 1_000_000,
+        }
+    }
+
+    fn entry(config: &AccessLogConfig) -> Entry<'_> {
         Entry {
-            config: Arc::new(AccessLogConfig {
-                json,
-                path: Arc::from("stdout"),
-                sampling_ppm: 1_000_000,
-            }),
+            config,
             start: SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_547_200_123),
             duration: Duration::from_micros(1500),
             trace_id: Some(TraceId([0xab; 16])),
-            request_id: Some("abc".into()),
-            method: Method::POST,
+            request_id: Some("abc"),
+            method: &Method::POST,
             version: Version::HTTP_11,
-            authority: Some("shop.example\"".into()),
-            path: "/cart?x=1".into(),
-            listener: Arc::from("http"),
-            route: Some(Arc::from("HTTPRoute/default/shop/rule/0/match/0")),
+            authority: Some("shop.example\""),
+            path: "/cart?x=1",
+            listener: "http",
+            route: Some("HTTPRoute/default/shop/rule/0/match/0"),
             destination_service: None,
             source: None,
             downstream: "127.0.0.1:5000"
@@ -535,7 +632,7 @@ mod tests {
     #[test]
     fn a_json_line_has_every_field() {
         let mut line = String::new();
-        format_entry(&entry(true), &mut Clock::default(), &mut line);
+        format_entry(&entry(&config(true)), &mut Clock::default(), &mut line);
         assert!(line.ends_with('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         assert_eq!(v["start_time"], "2025-12-01T00:00:00.123Z", "{line}");
@@ -556,7 +653,7 @@ mod tests {
     #[test]
     fn a_text_line_escapes_what_the_client_sent() {
         let mut line = String::new();
-        format_entry(&entry(false), &mut Clock::default(), &mut line);
+        format_entry(&entry(&config(false)), &mut Clock::default(), &mut line);
         assert_eq!(
             line,
             "[2025-12-01T00:00:00.123Z] \"POST /cart?x=1 HTTP/1.1\" 503 UH 12 1.500 \"abc\" \"shop.example\\\"\" http HTTPRoute/default/shop/rule/0/match/0 - - 127.0.0.1:5000 10.0.0.7:8080 2 abababababababababababababababab\n"
@@ -580,18 +677,18 @@ mod tests {
     }
 
     /// A plain GET line: the fields a test does not care about at their simplest.
-    fn plain_entry(config: Arc<AccessLogConfig>, status: u16) -> Entry {
+    fn plain_entry(config: &AccessLogConfig, status: u16) -> Entry<'_> {
         Entry {
             config,
             start: SystemTime::UNIX_EPOCH,
             duration: Duration::ZERO,
             trace_id: None,
             request_id: None,
-            method: Method::GET,
+            method: &Method::GET,
             version: Version::HTTP_2,
             authority: None,
-            path: "/".into(),
-            listener: Arc::from("http"),
+            path: "/",
+            listener: "http",
             route: None,
             destination_service: None,
             source: None,
@@ -606,16 +703,18 @@ mod tests {
 
     #[test]
     fn what_a_client_sends_cannot_break_a_line() {
-        let mut e = plain_entry(entry(true).config, 200);
-        e.authority = Some(bounded(b"a\t\"b\\"));
-        e.request_id = Some("x\" y".into());
+        let (json, text) = (config(true), config(false));
+        let authority = bounded(b"a\t\"b\\");
+        let mut e = plain_entry(&json, 200);
+        e.authority = Some(&authority);
+        e.request_id = Some("x\" y");
         let mut line = String::new();
         format_entry(&e, &mut Clock::default(), &mut line);
         assert_eq!(line.matches('\n').count(), 1);
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         assert_eq!(v["authority"], "a\t\"b\\", "{line}");
         assert_eq!(v["request_id"], "x\" y", "{line}");
-        e.config = entry(false).config;
+        e.config = &text;
         line.clear();
         format_entry(&e, &mut Clock::default(), &mut line);
         assert!(line.contains(r#" "x\" y" "a\u{9}\"b\\" "#), "{line}");
@@ -632,11 +731,73 @@ mod tests {
             sampling_ppm: 1_000_000,
         });
         for status in [200, 503] {
-            log.submit(plain_entry(config.clone(), status));
+            log.submit(&plain_entry(&config, status));
         }
         log.close(Duration::from_secs(5));
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         assert_eq!(text.lines().count(), 2, "{text}");
         assert_eq!(log.counters().written.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn json_strings_match_serde_json_for_every_special_byte_at_every_position() {
+        let specials = ["\"", "\\", "\n", "\u{7f}", "\u{1}", "é", "日本", "\t"];
+        for len in 0..20 {
+            for special in specials {
+                for at in 0..=len {
+                    let mut v = "a".repeat(len);
+                    v.insert_str(at, special);
+                    let mut out = String::new();
+                    push_json(&mut out, Some(&v));
+                    let back: String = serde_json::from_str(&out).unwrap_or_default();
+                    assert_eq!(back, v, "{out}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn addresses_are_written_as_std_writes_them() {
+        for ip in [
+            [0, 0, 0, 0],
+            [127, 0, 0, 1],
+            [10, 9, 99, 100],
+            [255, 255, 255, 255],
+            [1, 20, 200, 5],
+        ] {
+            let addr = SocketAddr::from((ip, 8080));
+            let mut out = String::new();
+            push_addr(&mut out, addr);
+            assert_eq!(out, addr.to_string());
+        }
+        let v6: SocketAddr = "[::1]:443".parse().unwrap_or(SocketAddr::from(([0; 4], 0)));
+        let mut out = String::new();
+        push_addr(&mut out, v6);
+        assert_eq!(out, "[::1]:443");
+    }
+
+    #[test]
+    fn lines_beyond_the_pending_bound_are_refused() {
+        let mut pending = Pending::default();
+        let path: Arc<str> = Arc::from("stdout");
+        let line = vec![b'x'; 1024];
+        let fits = MAX_PENDING / line.len();
+        assert!((0..fits).all(|_| pending.push(&path, &line)));
+        assert!(!pending.push(&path, &line), "the bound is kept");
+        assert_eq!(pending.chunks.len(), 1, "one path, one chunk");
+        assert_eq!(pending.chunks[0].lines as usize, fits);
+        let other: Arc<str> = Arc::from("/tmp/other.log");
+        let mut pending = Pending::default();
+        assert!(
+            pending.push(&path, b"a\n")
+                && pending.push(&other, b"b\n")
+                && pending.push(&path, b"c\n")
+        );
+        let order: Vec<&str> = pending.chunks.iter().map(|c| &*c.path).collect();
+        assert_eq!(
+            order,
+            ["stdout", "/tmp/other.log", "stdout"],
+            "lines keep their order"
+        );
     }
 }

@@ -565,68 +565,61 @@ impl Drop for Exchange {
 }
 
 impl Exchange {
-    /// A logged or traced request has ended: its line and its spans go to their writers.
-    fn report(&self, d: Detail, elapsed: std::time::Duration) {
+    /// A logged or traced request has ended: its line is written (from the borrowed fields), then its spans
+    /// take the strings.
+    fn report(&self, mut d: Detail, elapsed: std::time::Duration) {
         let listener = &self.listener;
-        let mut d = d;
-        if let Some(config) = d
+        if let Some(config) = &d.log {
+            listener.access_log.submit(&Entry {
+                config,
+                start: d.start,
+                duration: elapsed,
+                trace_id: d.journal.trace().map(|t| t.trace_id),
+                request_id: d.request_id.as_deref(),
+                method: &d.method,
+                version: d.version,
+                authority: d.authority.as_deref(),
+                path: &d.path,
+                listener: &self.labels.listener,
+                route: self.labels.route.as_deref(),
+                destination_service: self.labels.destination_service.as_deref(),
+                source: d.source.as_deref(),
+                downstream: d.downstream,
+                upstream: d.journal.last(),
+                attempts: d.journal.attempts(),
+                status: self.labels.http_response_status_code,
+                bytes_sent: self.response_bytes,
+                flags: self.flags,
+            });
+        }
+        let Some(config) = d
             .journal
             .trace()
             .filter(|t| t.sampled)
             .map(|t| t.config.clone())
-        {
-            // The strings go to the spans; with an access log line to write too, they are copied for it.
-            let logged = d.log.is_some();
-            let mut take = |s: &mut String| if logged { s.clone() } else { std::mem::take(s) };
-            let path = take(&mut d.path);
-            let authority = d.authority.as_mut().map(&mut take);
-            let source = d.source.as_mut().map(&mut take);
-            let request_id = d.request_id.as_mut().map(&mut take);
-            let finished = Finished {
-                method: self.labels.http_request_method,
-                path,
-                authority,
-                scheme: if d.https { "https" } else { "http" },
-                version: d.version,
-                listener: &self.labels.listener,
-                route: self.labels.route.as_ref(),
-                destination: self.labels.destination_service.as_ref(),
-                source,
-                downstream: d.downstream,
-                request_id,
-                status: self.labels.http_response_status_code,
-                flags: self.flags,
-                start: d.start,
-                end: d.start + elapsed,
-            };
-            listener
-                .tracer
-                .submit(&config, trace::spans(&d.journal, finished));
-        }
-        let Some(config) = d.log else {
+        else {
             return;
         };
-        listener.access_log.submit(Entry {
-            config,
-            start: d.start,
-            duration: elapsed,
-            trace_id: d.journal.trace().map(|t| t.trace_id),
-            request_id: d.request_id,
-            method: d.method,
+        let finished = Finished {
+            method: self.labels.http_request_method,
+            path: std::mem::take(&mut d.path),
+            authority: d.authority.take(),
+            scheme: if d.https { "https" } else { "http" },
             version: d.version,
-            authority: d.authority,
-            path: d.path,
-            listener: self.labels.listener.clone(),
-            route: self.labels.route.clone(),
-            destination_service: self.labels.destination_service.clone(),
-            source: d.source,
+            listener: &self.labels.listener,
+            route: self.labels.route.as_ref(),
+            destination: self.labels.destination_service.as_ref(),
+            source: d.source.take(),
             downstream: d.downstream,
-            upstream: d.journal.last(),
-            attempts: d.journal.attempts(),
+            request_id: d.request_id.take(),
             status: self.labels.http_response_status_code,
-            bytes_sent: self.response_bytes,
             flags: self.flags,
-        });
+            start: d.start,
+            end: d.start + elapsed,
+        };
+        listener
+            .tracer
+            .submit(&config, trace::spans(&d.journal, finished));
     }
 }
 
