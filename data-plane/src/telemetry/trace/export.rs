@@ -5,7 +5,7 @@
 //! costs dropped spans, never a request's time.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -104,6 +104,7 @@ impl Tracer {
         let Some(thread) = thread else {
             return;
         };
+        thread.thread().unpark();
         let until = Instant::now() + limit;
         while !thread.is_finished() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(5));
@@ -170,8 +171,14 @@ struct Current {
     destination: Destination,
 }
 
-/// The exporter thread: batches of up to `max_batch` spans, sent when full or `schedule_delay` after the first
-/// span of the batch, one export at a time (each bounded by the configuration's timeout).
+/// How often, at most, the exporter looks at its queue. Looking (rather than waiting to be woken) means a request
+/// never has to wake the exporter: queueing spans costs no system call. At the default queue of 2,048 requests'
+/// spans, this keeps up with 40,000 traced requests a second.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The exporter thread: batches of up to `max_batch` spans, sent when full (noticed within `POLL`) or
+/// `schedule_delay` after the first span of the batch, one export at a time (each bounded by the configuration's
+/// timeout).
 fn run(rx: &Receiver<Batch>, identity: &Identity, counters: &Counters, closing: &AtomicBool) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -192,47 +199,29 @@ fn run(rx: &Receiver<Batch>, identity: &Identity, counters: &Counters, closing: 
     };
     let mut due: Option<Instant> = None;
     loop {
-        let wait = due.map_or(Duration::from_millis(100), |d| {
-            d.saturating_duration_since(Instant::now())
-        });
-        let received = rx.recv_timeout(wait.min(Duration::from_millis(100)));
         let closing_now = closing.load(Relaxed);
-        match received {
-            Ok(batch) => {
-                let same = out
-                    .current
-                    .as_ref()
-                    .is_some_and(|c| *c.config == *batch.config);
-                if !same {
+        if !closing_now {
+            let wait = due.map_or(POLL, |d| {
+                d.saturating_duration_since(Instant::now()).min(POLL)
+            });
+            std::thread::park_timeout(wait);
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(batch) => out.take(batch, identity, counters, &mut due),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
                     out.send(counters);
-                    out.current = Some(out.destination_for(batch.config, identity));
-                }
-                out.pending.extend(batch.spans);
-                let (max, delay) = out
-                    .current
-                    .as_ref()
-                    .map_or((512, Duration::from_secs(5)), |c| {
-                        (c.config.max_batch, c.config.schedule_delay)
-                    });
-                due.get_or_insert_with(|| Instant::now() + delay);
-                if out.pending.len() >= max {
-                    out.send(counters);
-                    due = None;
+                    return;
                 }
             }
-            Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => {}
         }
+        // Closing: what was still queued goes out with this last export, then the thread ends.
         if due.is_some_and(|d| Instant::now() >= d) || closing_now {
             out.send(counters);
             due = None;
         }
         if closing_now {
-            // Closing: what is still queued goes out with the last export, then the thread ends.
-            while let Ok(batch) = rx.try_recv() {
-                out.pending.extend(batch.spans);
-            }
-            out.send(counters);
             break;
         }
     }
@@ -248,6 +237,37 @@ struct Exporter {
 }
 
 impl Exporter {
+    /// One request's spans join the pending batch (sent first if they come under another configuration); a
+    /// full batch is sent at once, else `due` says when.
+    fn take(
+        &mut self,
+        batch: Batch,
+        identity: &Identity,
+        counters: &Counters,
+        due: &mut Option<Instant>,
+    ) {
+        let same = self
+            .current
+            .as_ref()
+            .is_some_and(|c| *c.config == *batch.config);
+        if !same {
+            self.send(counters);
+            self.current = Some(self.destination_for(batch.config, identity));
+        }
+        self.pending.extend(batch.spans);
+        let (max, delay) = self
+            .current
+            .as_ref()
+            .map_or((512, Duration::from_secs(5)), |c| {
+                (c.config.max_batch, c.config.schedule_delay)
+            });
+        due.get_or_insert_with(|| Instant::now() + delay);
+        if self.pending.len() >= max {
+            self.send(counters);
+            *due = None;
+        }
+    }
+
     fn destination_for(&self, config: Arc<TraceConfig>, identity: &Identity) -> Current {
         let destination = match config.protocol {
             Protocol::HttpProtobuf => match config.endpoint.parse::<http::Uri>() {
