@@ -400,28 +400,40 @@ fn push_hex(out: &mut String, bytes: &[u8; 16]) {
     out.push_str(std::str::from_utf8(&buf).unwrap_or("?"));
 }
 
-/// How many leading bytes of `bytes` certainly need no JSON escaping, eight at a time: a word has none of `"`,
-/// `\`, DEL or a control character (the classic "has a byte less than n" / "has a zero byte" tests). Nearly every
-/// field is clean throughout, so escaping costs a couple of instructions per byte instead of a branch per byte.
-fn clean_prefix(bytes: &[u8]) -> usize {
+/// Whether an eight-byte word holds a `"`, a `\`, DEL or a control character (the classic "has a byte less
+/// than n" and "has a zero byte" tests; bytes of multi-byte UTF-8 characters never match).
+fn word_needs_escaping(word: [u8; 8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    let mut done = 0;
-    for chunk in bytes.chunks_exact(8) {
+    let x = u64::from_le_bytes(word);
+    let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+    let special = has_zero(x ^ (ONES * u64::from(b'"')))
+        | has_zero(x ^ (ONES * u64::from(b'\\')))
+        | has_zero(x ^ (ONES * 0x7f));
+    control | special != 0
+}
+
+/// Where the first word that may need escaping starts (`bytes.len()`: none does), eight bytes at a time, the
+/// last few padded with a harmless byte. Nearly every field is clean throughout, so escaping costs a couple of
+/// instructions per byte instead of a branch per byte.
+fn first_dirty_word(bytes: &[u8]) -> usize {
+    let mut chunks = bytes.chunks_exact(8);
+    for (i, chunk) in chunks.by_ref().enumerate() {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(word);
-        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
-        let special = has_zero(x ^ (ONES * u64::from(b'"')))
-            | has_zero(x ^ (ONES * u64::from(b'\\')))
-            | has_zero(x ^ (ONES * 0x7f));
-        if control | special != 0 {
-            break;
+        if word_needs_escaping(word) {
+            return i * 8;
         }
-        done += 8;
     }
-    done
+    let tail = chunks.remainder();
+    let mut word = [b'a'; 8];
+    word[..tail.len()].copy_from_slice(tail);
+    if word_needs_escaping(word) {
+        bytes.len() - tail.len()
+    } else {
+        bytes.len()
+    }
 }
 
 /// A JSON string (quoted and escaped), or `null`. Runs of bytes that need no escaping (nearly all of them) are
@@ -433,8 +445,13 @@ fn push_json(out: &mut String, v: Option<&str>) {
     };
     out.push('"');
     let bytes = v.as_bytes();
+    let clean = first_dirty_word(bytes);
+    if clean == bytes.len() {
+        out.push_str(v);
+        out.push('"');
+        return;
+    }
     let mut run = 0;
-    let clean = clean_prefix(bytes);
     for (i, &b) in bytes.iter().enumerate().skip(clean) {
         let escaped = match b {
             b'"' => "\\\"",
