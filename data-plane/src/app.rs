@@ -523,16 +523,22 @@ fn admin_state(
     applier: &Applier,
     shared: &Shared,
 ) -> Arc<crate::admin::AdminState> {
+    shared
+        .http
+        .register_collector(Box::new(crate::admin::families::Families {
+            store: applier.store.clone(),
+            wasm: applier.wasm.clone(),
+            resilience: applier.resilience.clone(),
+            identity: shared.identity.clone(),
+            tls: shared.tls.clone(),
+            serving: shared.serving.clone(),
+            authz: shared.authz.clone(),
+        }));
     Arc::new(crate::admin::AdminState {
         draining: shared.draining.clone(),
-        wasm: applier.wasm.clone(),
-        resilience: applier.resilience.clone(),
         store: applier.store.clone(),
         node_id: opts.node_id.clone(),
         identity: shared.identity.clone(),
-        tls: shared.tls.clone(),
-        serving: shared.serving.clone(),
-        authz: shared.authz.clone(),
         http: shared.http.clone(),
         role: match opts.role {
             Role::Gateway => "gateway",

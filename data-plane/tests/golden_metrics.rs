@@ -176,4 +176,44 @@ spec:
         gw.contains("# TYPE meshwork_listener_connections_accepted_total counter"),
         "{gw}"
     );
+    // The resilience counters are families of the same registry: the two retries of the GET, and the seven
+    // requests to the service before retries.
+    let cluster = "cluster=\"service/default/backend\"";
+    for (family, n) in [
+        ("meshwork_retries_total", 2.0),
+        ("meshwork_upstream_requests_total", 7.0),
+    ] {
+        let value = |text: &str| series(text, family).get(cluster).copied().unwrap_or(0.0);
+        assert_eq!(value(&gw) - value(&gw_before), n, "{family}:\n{gw}");
+        assert!(gw.contains(&format!("# TYPE {family} counter\n")), "{gw}");
+    }
+    for text in [&gw, &be] {
+        every_sample_has_one_declared_family(text);
+    }
+}
+
+/// The exposition is well formed: each family is declared (`# TYPE`) once, and every sample belongs to a family
+/// declared before it (its name, or its name less a histogram's suffix).
+fn every_sample_has_one_declared_family(text: &str) {
+    let mut declared: Vec<&str> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split(' ').next().unwrap_or_default();
+            assert!(!declared.contains(&name), "{name} declared twice:\n{text}");
+            declared.push(name);
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|f| declared.contains(f)))
+            .unwrap_or(name);
+        assert!(
+            declared.contains(&family),
+            "{name} is not in a declared family:\n{text}"
+        );
+    }
 }

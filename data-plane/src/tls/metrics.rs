@@ -2,7 +2,7 @@
 //! expiry of the proxy's own certificate, in Prometheus text form. Touched once per handshake, never per request.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -10,6 +10,11 @@ use std::time::SystemTime;
 
 use meshwork_identity::PeerRejected;
 use rustls::{AlertDescription, CertificateError, Error};
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 
 use crate::identity::Certified;
 
@@ -103,20 +108,21 @@ impl TlsMetrics {
         self.plaintext_served.load(Relaxed)
     }
 
-    /// Appends the metrics in Prometheus text form; `own` is the proxy's certificate, if it has one.
-    pub fn write(&self, out: &mut String, own: Option<&Certified>) {
-        let _ = writeln!(out, "# HELP meshwork_tls_handshakes_total TLS handshakes, by side (inbound: mTLS from a mesh peer; outbound: mTLS to one; https: a gateway HTTPS listener; egress: TLS originated to a system outside the mesh) and result (ok, resumed, or error with a reason).");
-        let _ = writeln!(out, "# TYPE meshwork_tls_handshakes_total counter");
+    /// Encodes the families into the metrics registry's output; `own` is the proxy's certificate, if it has one.
+    pub fn encode(&self, encoder: &mut DescriptorEncoder, own: Option<&Certified>) -> fmt::Result {
+        let mut family = encoder.encode_descriptor(
+            "meshwork_tls_handshakes",
+            "TLS handshakes, by side (inbound: mTLS from a mesh peer; outbound: mTLS to one; https: a gateway HTTPS listener; egress: TLS originated to a system outside the mesh) and result (ok, resumed, or error with a reason).",
+            None,
+            MetricType::Counter,
+        )?;
         for side in [Side::Inbound, Side::Outbound, Side::Https, Side::Egress] {
             for (result, n) in [
                 ("ok", self.handshakes(side, false)),
                 ("resumed", self.handshakes(side, true)),
             ] {
-                let _ = writeln!(
-                    out,
-                    "meshwork_tls_handshakes_total{{side=\"{}\",result=\"{result}\",reason=\"\"}} {n}",
-                    side.label()
-                );
+                let labels = [("side", side.label()), ("result", result), ("reason", "")];
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
             }
         }
         let failed = self
@@ -125,39 +131,45 @@ impl TlsMetrics {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         for ((side, reason), n) in failed {
-            let _ = writeln!(
-                out,
-                "meshwork_tls_handshakes_total{{side=\"{}\",result=\"error\",reason=\"{reason}\"}} {n}",
-                side.label()
-            );
+            let labels = [
+                ("side", side.label()),
+                ("result", "error"),
+                ("reason", reason),
+            ];
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
         }
-        let _ = writeln!(out, "# HELP meshwork_tls_plaintext_refused_total Plaintext connections closed by a STRICT inbound listener.");
-        let _ = writeln!(out, "# TYPE meshwork_tls_plaintext_refused_total counter");
-        let _ = writeln!(
-            out,
-            "meshwork_tls_plaintext_refused_total {}",
-            self.plaintext_refused_count()
-        );
-        let _ = writeln!(out, "# HELP meshwork_tls_plaintext_accepted_total Plaintext connections a PERMISSIVE inbound listener took after sniffing.");
-        let _ = writeln!(out, "# TYPE meshwork_tls_plaintext_accepted_total counter");
-        let _ = writeln!(
-            out,
-            "meshwork_tls_plaintext_accepted_total {}",
-            self.plaintext_served_count()
-        );
+        ConstCounter::new(self.plaintext_refused_count()).encode(encoder.encode_descriptor(
+            "meshwork_tls_plaintext_refused",
+            "Plaintext connections closed by a STRICT inbound listener.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(self.plaintext_served_count()).encode(encoder.encode_descriptor(
+            "meshwork_tls_plaintext_accepted",
+            "Plaintext connections a PERMISSIVE inbound listener took after sniffing.",
+            None,
+            MetricType::Counter,
+        )?)?;
         if let Some(own) = own {
-            let left = match own.not_after.duration_since(SystemTime::now()) {
-                Ok(d) => d.as_secs_f64(),
-                Err(e) => -e.duration().as_secs_f64(),
-            };
-            let _ = writeln!(out, "# HELP meshwork_tls_certificate_expiry_seconds Seconds until this proxy's certificate expires (negative: expired).");
-            let _ = writeln!(out, "# TYPE meshwork_tls_certificate_expiry_seconds gauge");
-            let _ = writeln!(
-                out,
-                "meshwork_tls_certificate_expiry_seconds{{spiffe_id=\"{}\"}} {left:.0}",
-                own.id
-            );
+            let mut family = encoder.encode_descriptor(
+                "meshwork_tls_certificate_expiry_seconds",
+                "Seconds until this proxy's certificate expires (negative: expired).",
+                None,
+                MetricType::Gauge,
+            )?;
+            let id = own.id.to_string();
+            let left = seconds_left(own.not_after);
+            ConstGauge::new(left).encode(family.encode_family(&[("spiffe_id", id.as_str())])?)?;
         }
+        Ok(())
+    }
+}
+
+/// Whole seconds until `t` (negative once past).
+pub fn seconds_left(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::now()) {
+        Ok(d) => d.as_secs_f64().round() as i64,
+        Err(e) => -(e.duration().as_secs_f64().round() as i64),
     }
 }
 

@@ -9,7 +9,6 @@
 //! good certificate stays.
 
 use std::collections::HashMap;
-use std::fmt::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -18,6 +17,10 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use meshwork_identity::serving::{self, dns_name_covers, ServingCert};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
@@ -236,43 +239,36 @@ impl ServingCerts {
         }
     }
 
-    /// Appends expiry and reload counts per certificate in Prometheus text form.
-    pub fn write_metrics(&self, out: &mut String) {
+    /// Encodes expiry and reload counts per certificate into the metrics registry's output.
+    pub fn encode_metrics(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         let watched = self.in_use();
         if watched.is_empty() {
-            return;
+            return Ok(());
         }
-        let _ = writeln!(out, "# HELP meshwork_tls_serving_certificate_expiry_seconds Seconds until a gateway listener's certificate (TLSCertificate) expires (negative: expired).");
-        let _ = writeln!(
-            out,
-            "# TYPE meshwork_tls_serving_certificate_expiry_seconds gauge"
-        );
+        let mut family = encoder.encode_descriptor(
+            "meshwork_tls_serving_certificate_expiry_seconds",
+            "Seconds until a gateway listener's certificate (TLSCertificate) expires (negative: expired).",
+            None,
+            MetricType::Gauge,
+        )?;
         for w in &watched {
-            let left = match w.current.load().not_after.duration_since(SystemTime::now()) {
-                Ok(d) => d.as_secs_f64(),
-                Err(e) => -e.duration().as_secs_f64(),
-            };
-            let _ = writeln!(
-                out,
-                "meshwork_tls_serving_certificate_expiry_seconds{{certificate=\"{}\"}} {left:.0}",
-                w.files.name
-            );
+            let left = super::metrics::seconds_left(w.current.load().not_after);
+            let labels = [("certificate", &*w.files.name)];
+            ConstGauge::new(left).encode(family.encode_family(&labels)?)?;
         }
-        let _ = writeln!(out, "# HELP meshwork_tls_serving_certificate_reloads_total Reloads of a TLSCertificate's files after they changed, by result (error: the previous certificate stayed).");
-        let _ = writeln!(
-            out,
-            "# TYPE meshwork_tls_serving_certificate_reloads_total counter"
-        );
+        let mut family = encoder.encode_descriptor(
+            "meshwork_tls_serving_certificate_reloads",
+            "Reloads of a TLSCertificate's files after they changed, by result (error: the previous certificate stayed).",
+            None,
+            MetricType::Counter,
+        )?;
         for w in &watched {
             for (result, n) in [("ok", &w.reloaded), ("error", &w.reload_failed)] {
-                let _ = writeln!(
-                    out,
-                    "meshwork_tls_serving_certificate_reloads_total{{certificate=\"{}\",result=\"{result}\"}} {}",
-                    w.files.name,
-                    n.load(Relaxed)
-                );
+                let labels = [("certificate", &*w.files.name), ("result", result)];
+                ConstCounter::new(n.load(Relaxed)).encode(family.encode_family(&labels)?)?;
             }
         }
+        Ok(())
     }
 }
 
