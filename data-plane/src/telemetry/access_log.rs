@@ -77,7 +77,7 @@ pub struct Entry<'a> {
 #[derive(Debug, Default)]
 pub struct AccessLog {
     pending: Arc<Mutex<Pending>>,
-    writer: OnceLock<Mutex<Option<JoinHandle<()>>>>,
+    writer: OnceLock<Writer>,
     counters: Arc<Counters>,
     /// Set by `close`: the writer writes what is pending and ends.
     closing: Arc<AtomicBool>,
@@ -89,7 +89,34 @@ pub struct AccessLog {
 struct Pending {
     chunks: Vec<Chunk>,
     bytes: usize,
+    /// The writer has been woken for what is pending (it clears this when it takes it).
+    woken: bool,
+    /// Buffers the writer has written and handed back, for the next chunks (no allocation, no fresh pages).
+    spare: Vec<Vec<u8>>,
 }
+
+/// The writer thread: its handle (for `close`) and a way to wake it.
+#[derive(Debug)]
+struct Writer {
+    handle: Mutex<Option<JoinHandle<()>>>,
+    thread: Option<std::thread::Thread>,
+}
+
+/// What became of a line offered to `Pending`.
+#[derive(Debug, PartialEq, Eq)]
+enum Pushed {
+    Queued,
+    /// Queued, and `FLUSH_SIZE` bytes are waiting: the writer should be woken.
+    QueuedWake,
+    Dropped,
+}
+
+/// When this many bytes are waiting the writer is woken rather than left to its next look (as Envoy's access log
+/// flushes at 64 KiB): a busy proxy's log is written in pieces of about this size, and what waits stays small.
+const FLUSH_SIZE: usize = 64 * 1024;
+/// Handed-back buffers kept for reuse (larger ones are freed).
+const SPARE_BUFFERS: usize = 4;
+const SPARE_CAPACITY: usize = 4 * FLUSH_SIZE;
 
 #[derive(Debug)]
 struct Chunk {
@@ -113,19 +140,25 @@ thread_local! {
 impl AccessLog {
     /// Formats the line and queues it; drops it (counted) if the writer is too far behind.
     pub fn submit(&self, entry: &Entry<'_>) {
-        if self.writer.get().is_none() {
-            self.writer.get_or_init(|| Mutex::new(self.start()));
-        }
+        let writer = self.writer.get_or_init(|| self.start());
         LINE.with(|cell| {
             let mut cell = cell.borrow_mut();
             let (line, clock) = &mut *cell;
             line.clear();
             format_entry(entry, clock, line);
-            if !self
+            let pushed = self
                 .lock_pending()
-                .push(&entry.config.path, line.as_bytes())
-            {
-                self.counters.dropped.fetch_add(1, Relaxed);
+                .push(&entry.config.path, line.as_bytes());
+            match pushed {
+                Pushed::Queued => {}
+                Pushed::QueuedWake => {
+                    if let Some(t) = &writer.thread {
+                        t.unpark();
+                    }
+                }
+                Pushed::Dropped => {
+                    self.counters.dropped.fetch_add(1, Relaxed);
+                }
             }
         });
     }
@@ -144,7 +177,11 @@ impl AccessLog {
         let Some(writer) = self.writer.get() else {
             return;
         };
-        let thread = writer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let thread = writer
+            .handle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         let Some(thread) = thread else {
             return;
         };
@@ -161,7 +198,7 @@ impl AccessLog {
         }
     }
 
-    fn start(&self) -> Option<JoinHandle<()>> {
+    fn start(&self) -> Writer {
         let (pending, counters, closing) = (
             self.pending.clone(),
             self.counters.clone(),
@@ -170,30 +207,39 @@ impl AccessLog {
         let spawned = std::thread::Builder::new()
             .name("meshwork-access-log".into())
             .spawn(move || write_lines(&pending, &counters, &closing));
-        match spawned {
+        let handle = match spawned {
             Ok(t) => Some(t),
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the access log writer; access log lines are dropped");
                 None
             }
+        };
+        Writer {
+            thread: handle.as_ref().map(|h| h.thread().clone()),
+            handle: Mutex::new(handle),
         }
     }
 }
 
 impl Pending {
     /// Appends a line bound for `path`, unless `MAX_PENDING` bytes are waiting already.
-    fn push(&mut self, path: &Arc<str>, line: &[u8]) -> bool {
+    fn push(&mut self, path: &Arc<str>, line: &[u8]) -> Pushed {
         if self.bytes + line.len() > MAX_PENDING {
-            return false;
+            return Pushed::Dropped;
         }
         self.bytes += line.len();
+        let wake = self.bytes >= FLUSH_SIZE && !self.woken;
+        self.woken |= wake;
         match self.chunks.last_mut() {
             Some(chunk) if chunk.path == *path => {
                 chunk.text.extend_from_slice(line);
                 chunk.lines += 1;
             }
             _ => {
-                let mut text = Vec::with_capacity(64 * 1024);
+                let mut text = self
+                    .spare
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(2 * FLUSH_SIZE));
                 text.extend_from_slice(line);
                 self.chunks.push(Chunk {
                     path: path.clone(),
@@ -202,7 +248,26 @@ impl Pending {
                 });
             }
         }
-        true
+        if wake {
+            Pushed::QueuedWake
+        } else {
+            Pushed::Queued
+        }
+    }
+
+    /// What is pending, taken by the writer (`chunks` is a list to reuse for the next ones).
+    fn take(&mut self, chunks: Vec<Chunk>) -> Vec<Chunk> {
+        self.bytes = 0;
+        self.woken = false;
+        std::mem::replace(&mut self.chunks, chunks)
+    }
+
+    /// The writer hands back a written buffer.
+    fn give_back(&mut self, mut text: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS && text.capacity() <= SPARE_CAPACITY {
+            text.clear();
+            self.spare.push(text);
+        }
     }
 }
 
@@ -235,25 +300,24 @@ struct Target {
     out: Option<Box<dyn Write + Send>>,
 }
 
-/// How often the writer wakes to write what has gathered. Sleeping between batches (not waiting to be told)
-/// means a request never has to wake the writer: queueing a line costs no system call.
+/// How often the writer looks for lines when it is not woken (`FLUSH_SIZE`): a quiet proxy's lines wait at most
+/// this long. Between wake-ups, queueing a line costs no system call.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 fn write_lines(pending: &Mutex<Pending>, counters: &Counters, closing: &AtomicBool) {
     let mut target: Option<Target> = None;
-    // The buffers written last time, handed back so that the request threads reuse them.
+    // The list the chunks came in, kept for the next ones.
     let mut spare: Vec<Chunk> = Vec::new();
     loop {
-        // Woken early (unparked) only by `close`.
+        // Woken early (unparked) by `FLUSH_SIZE` bytes waiting, or by `close`.
         let last = closing.load(Relaxed);
         if !last {
             std::thread::park_timeout(FLUSH_INTERVAL);
         }
-        let chunks = {
-            let mut p = pending.lock().unwrap_or_else(PoisonError::into_inner);
-            p.bytes = 0;
-            std::mem::replace(&mut p.chunks, std::mem::take(&mut spare))
-        };
+        let mut chunks = pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(std::mem::take(&mut spare));
         for chunk in &chunks {
             if target.as_ref().is_none_or(|t| t.path != chunk.path) {
                 flush(&mut target, counters);
@@ -271,8 +335,13 @@ fn write_lines(pending: &Mutex<Pending>, counters: &Counters, closing: &AtomicBo
             counter.fetch_add(chunk.lines, Relaxed);
         }
         flush(&mut target, counters);
+        {
+            let mut p = pending.lock().unwrap_or_else(PoisonError::into_inner);
+            for chunk in chunks.drain(..) {
+                p.give_back(chunk.text);
+            }
+        }
         spare = chunks;
-        spare.clear();
         if last {
             return;
         }
@@ -799,22 +868,36 @@ mod tests {
         let path: Arc<str> = Arc::from("stdout");
         let line = vec![b'x'; 1024];
         let fits = MAX_PENDING / line.len();
-        assert!((0..fits).all(|_| pending.push(&path, &line)));
-        assert!(!pending.push(&path, &line), "the bound is kept");
+        let pushed: Vec<Pushed> = (0..fits).map(|_| pending.push(&path, &line)).collect();
+        assert!(!pushed.contains(&Pushed::Dropped));
+        let wakes = pushed.iter().filter(|p| **p == Pushed::QueuedWake).count();
+        assert_eq!(wakes, 1, "the writer is woken once for what waits");
+        assert_eq!(
+            pending.push(&path, &line),
+            Pushed::Dropped,
+            "the bound is kept"
+        );
         assert_eq!(pending.chunks.len(), 1, "one path, one chunk");
         assert_eq!(pending.chunks[0].lines as usize, fits);
         let other: Arc<str> = Arc::from("/tmp/other.log");
         let mut pending = Pending::default();
-        assert!(
-            pending.push(&path, b"a\n")
-                && pending.push(&other, b"b\n")
-                && pending.push(&path, b"c\n")
-        );
+        for (to, line) in [(&path, b"a\n"), (&other, b"b\n"), (&path, b"c\n")] {
+            assert_eq!(pending.push(to, line), Pushed::Queued);
+        }
         let order: Vec<&str> = pending.chunks.iter().map(|c| &*c.path).collect();
         assert_eq!(
             order,
             ["stdout", "/tmp/other.log", "stdout"],
             "lines keep their order"
         );
+        // What the writer hands back is reused for the next chunk.
+        let taken = pending.take(Vec::new());
+        assert_eq!(taken.len(), 3);
+        for chunk in taken {
+            pending.give_back(chunk.text);
+        }
+        assert_eq!(pending.spare.len(), 3);
+        pending.push(&path, b"d\n");
+        assert_eq!(pending.spare.len(), 2, "a spare buffer was taken");
     }
 }
